@@ -1,0 +1,32 @@
+# zt: `make test` sets up a fresh Debian 12 machine (as root) and runs every test tier plus
+# mypy --strict and ruff. `make setup` alone is idempotent.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := .stamps
+
+.PHONY: setup test lint typecheck unit clean
+
+setup: $(STAMP)/venv
+	@scripts/setup-host.sh
+
+$(STAMP)/venv: pyproject.toml scripts/setup-venv.sh
+	@scripts/setup-host.sh
+	@VENV=$(VENV) scripts/setup-venv.sh
+	@mkdir -p $(STAMP) && touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check zt cli tests
+	$(VENV)/bin/ruff format --check zt cli tests
+
+typecheck: setup
+	$(VENV)/bin/mypy --strict
+
+test: setup lint typecheck
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(STAMP) .mypy_cache .ruff_cache .pytest_cache

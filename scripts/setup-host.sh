@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Host set-up for zt on Debian 12 (idempotent). Installs what bcc and the tests need and links
+# kernel headers when the running kernel has no headers package of its own (DESIGN.md §6).
+set -euo pipefail
+
+need=(python3-bpfcc linux-headers-amd64 iproute2 bpftool python3-venv openssl
+      iptables nftables)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing Debian packages ${missing[*]}; run 'make setup' as root" >&2
+    exit 1
+  fi
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  echo "setup: Debian packages present (${need[*]})"
+fi
+
+# bcc compiles against /lib/modules/$(uname -r)/build. Kernels without a Debian headers package
+# (such as this machine's) get links to the newest installed linux-headers-*-amd64.
+kdir="/lib/modules/$(uname -r)"
+if [ -e "$kdir/build/include" ]; then
+  echo "setup: kernel headers present at $kdir/build"
+else
+  hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -z "$hdr" ]; then
+    echo "setup: no /usr/src/linux-headers-*-amd64 found; install linux-headers-amd64" >&2
+    exit 1
+  fi
+  common="${hdr%-amd64}-common"
+  mkdir -p "$kdir"
+  ln -sfn "$hdr" "$kdir/build"
+  ln -sfn "$common" "$kdir/source"
+  echo "setup: linked $kdir/build -> $hdr and $kdir/source -> $common (no headers package for $(uname -r))"
+fi
+
+# bpffs is where the daemon pins capture; tests do not pin but bpftool wants it.
+if ! mount | grep -q " /sys/fs/bpf type bpf"; then
+  mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf && echo "setup: mounted bpffs at /sys/fs/bpf"
+fi

@@ -1,0 +1,80 @@
+"""The root of zt's error tree.
+
+Every failure zt can report is one class. Each class carries how it surfaces everywhere it can
+surface: the HTTP status an HBONE CONNECT answers with, the HTTP/2 error code of a stream reset, the
+short reason written to logs and metrics (`response_flags`), and the CLI exit status. Foreign
+exceptions (OSError, ssl.SSLError, h2 exceptions, pydantic errors) are translated into these once, at
+the boundary where they are caught; code above that boundary only sees ZtError subclasses.
+
+Rooms with many failure kinds keep their subclasses next to them (zt/identity/errors.py,
+zt/hbone/errors.py, zt/capture/errors.py); they all derive from the classes here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+# HTTP/2 error codes (RFC 9113 §7) used by the tree.
+H2_NO_ERROR = 0x0
+H2_PROTOCOL_ERROR = 0x1
+H2_INTERNAL_ERROR = 0x2
+H2_REFUSED_STREAM = 0x7
+H2_CANCEL = 0x8
+H2_CONNECT_ERROR = 0xA
+
+
+class ZtError(Exception):
+    """Base of every zt failure."""
+
+    http_status: ClassVar[int] = 500
+    h2_error_code: ClassVar[int] = H2_INTERNAL_ERROR
+    reason: ClassVar[str] = "internal_error"
+    exit_code: ClassVar[int] = 1
+
+
+class UsageError(ZtError):
+    """A value given on the command line or an API call is not of the expected form."""
+
+    http_status = 400
+    reason = "bad_input"
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One bad field: where it is, what it held, what was expected."""
+
+    path: str
+    value: object
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: got {self.value!r}, expected {self.expected}"
+
+
+class ConfigError(ZtError):
+    """A configuration document was rejected. Carries every problem found, each with its field path."""
+
+    reason = "config_invalid"
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[FieldProblem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  {source}: {p}" for p in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s)\n{lines}")
+
+
+class AddressError(UsageError):
+    """An `ip:port` / `[ipv6]:port` string that does not parse."""
+
+    reason = "bad_address"
+
+
+class NotFoundError(ZtError):
+    """A named object (workload uid, pod, identity) does not exist."""
+
+    http_status = 404
+    reason = "not_found"
+    exit_code = 2
