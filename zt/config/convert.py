@@ -1,0 +1,110 @@
+"""Pydantic models (edge) -> frozen domain objects (data path)."""
+
+from __future__ import annotations
+
+import ipaddress
+from types import MappingProxyType
+
+from zt.config.schema import (
+    MatchModel,
+    MeshFile,
+    PolicyModel,
+    ServiceAccountModel,
+    ServiceModel,
+    WorkloadModel,
+)
+from zt.state.model import (
+    Action,
+    Health,
+    Match,
+    Policy,
+    Protocol,
+    Scope,
+    Service,
+    ServiceAccountMatch,
+    StringMatch,
+    Workload,
+    frozen_map,
+)
+from zt.state.snapshot import Snapshot
+
+
+def workload(m: WorkloadModel) -> Workload:
+    return Workload(
+        uid=m.uid,
+        name=m.name,
+        namespace=m.namespace,
+        service_account=m.service_account,
+        trust_domain=m.trust_domain,
+        ips=tuple(m.workload_ips),
+        network=m.network,
+        protocol=Protocol(m.protocol),
+        node=m.node,
+        netns=m.netns,
+        status=Health(m.status),
+        services=frozen_map(m.services),
+        authorization_policies=tuple(m.authorization_policies),
+    )
+
+
+def service(m: ServiceModel) -> Service:
+    vips = []
+    for vip in m.vips:
+        network, _, ip = vip.rpartition("/")
+        vips.append((network, ipaddress.ip_address(ip)))
+    return Service(
+        name=m.name,
+        namespace=m.namespace,
+        hostname=m.hostname,
+        vips=tuple(vips),
+        ports=MappingProxyType(dict(m.ports)),
+        subject_alt_names=tuple(m.subject_alt_names),
+    )
+
+
+def _strings(values: list[str]) -> tuple[StringMatch, ...]:
+    return tuple(StringMatch.parse(v) for v in values)
+
+
+def _nets(values: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+def _accounts(values: list[ServiceAccountModel]) -> tuple[ServiceAccountMatch, ...]:
+    return tuple(ServiceAccountMatch(a.namespace, a.service_account) for a in values)
+
+
+def match(m: MatchModel) -> Match:
+    return Match(
+        namespaces=_strings(m.namespaces),
+        not_namespaces=_strings(m.not_namespaces),
+        principals=_strings(m.principals),
+        not_principals=_strings(m.not_principals),
+        service_accounts=_accounts(m.service_accounts),
+        not_service_accounts=_accounts(m.not_service_accounts),
+        source_ips=_nets(m.source_ips),
+        not_source_ips=_nets(m.not_source_ips),
+        destination_ips=_nets(m.destination_ips),
+        not_destination_ips=_nets(m.not_destination_ips),
+        destination_ports=tuple(m.destination_ports),
+        not_destination_ports=tuple(m.not_destination_ports),
+    )
+
+
+def policy(m: PolicyModel) -> Policy:
+    return Policy(
+        name=m.name,
+        namespace=m.namespace,
+        scope=Scope(m.scope),
+        action=Action(m.action),
+        dry_run=m.dry_run,
+        rules=tuple(tuple(tuple(match(x) for x in clause) for clause in rule) for rule in m.rules),
+    )
+
+
+def snapshot(mesh: MeshFile) -> Snapshot:
+    return Snapshot.build(
+        tuple(workload(w) for w in mesh.workloads),
+        tuple(service(s) for s in mesh.services),
+        tuple(policy(p) for p in mesh.policies),
+    )

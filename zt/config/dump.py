@@ -1,0 +1,86 @@
+"""A snapshot back to a normalized document (camelCase, defaults filled in), loadable again."""
+
+from __future__ import annotations
+
+from zt.state.model import Match, Policy, Service, Workload
+from zt.state.snapshot import Snapshot
+
+
+def workload(w: Workload) -> dict[str, object]:
+    return {
+        "uid": w.uid,
+        "name": w.name,
+        "namespace": w.namespace,
+        "serviceAccount": w.service_account,
+        "trustDomain": w.trust_domain,
+        "workloadIps": [str(ip) for ip in w.ips],
+        "network": w.network,
+        "protocol": w.protocol.value,
+        "node": w.node,
+        "netns": w.netns,
+        "status": w.status.value,
+        "services": {k: dict(v) for k, v in w.services.items()},
+        "authorizationPolicies": list(w.authorization_policies),
+        "identity": w.identity,
+    }
+
+
+def service(s: Service) -> dict[str, object]:
+    return {
+        "name": s.name,
+        "namespace": s.namespace,
+        "hostname": s.hostname,
+        "vips": [f"{network}/{ip}" for network, ip in s.vips],
+        "ports": dict(s.ports),
+        "subjectAltNames": list(s.subject_alt_names),
+    }
+
+
+def match(m: Match) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for field in ("namespaces", "notNamespaces", "principals", "notPrincipals"):
+        values = getattr(m, _snake(field))
+        if values:
+            out[field] = [str(v) for v in values]
+    for field in ("serviceAccounts", "notServiceAccounts"):
+        values = getattr(m, _snake(field))
+        if values:
+            out[field] = [
+                {"namespace": a.namespace, "serviceAccount": a.service_account} for a in values
+            ]
+    for field in ("sourceIps", "notSourceIps", "destinationIps", "notDestinationIps"):
+        values = getattr(m, _snake(field))
+        if values:
+            out[field] = [str(n) for n in values]
+    for field in ("destinationPorts", "notDestinationPorts"):
+        values = getattr(m, _snake(field))
+        if values:
+            out[field] = list(values)
+    return out
+
+
+def _snake(camel: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
+
+
+def policy(p: Policy) -> dict[str, object]:
+    return {
+        "name": p.name,
+        "namespace": p.namespace,
+        "scope": p.scope.value,
+        "action": p.action.value,
+        "dryRun": p.dry_run,
+        "rules": [[[match(m) for m in clause] for clause in rule] for rule in p.rules],
+    }
+
+
+def document(snapshot: Snapshot, *, with_identity: bool = True) -> dict[str, object]:
+    workloads = [workload(w) for w in snapshot.workloads]
+    if not with_identity:
+        for w in workloads:
+            del w["identity"]
+    return {
+        "workloads": workloads,
+        "services": [service(s) for s in snapshot.services],
+        "policies": [policy(p) for p in snapshot.policies],
+    }

@@ -1,0 +1,140 @@
+"""Pydantic schema of the mesh file (ztunnel-shaped, camelCase, unknown keys rejected).
+
+Only the edge sees these classes: `zt.config.loader` turns them into `zt.state` frozen objects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress
+from pydantic.alias_generators import to_camel
+
+from zt.errors import ZtError
+from zt.identity import spiffe
+
+_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("a name of letters, digits, '.', '_' or '-' (no '/', not empty)")
+    return value
+
+
+def _trust_domain(value: str) -> str:
+    try:
+        return spiffe.trust_domain(value)
+    except ZtError:
+        raise ValueError("a trust domain of lowercase letters, digits, '.', '_' or '-'") from None
+
+
+def _spiffe(value: str) -> str:
+    try:
+        return str(spiffe.SpiffeId.parse(value))
+    except ZtError as exc:  # the identity room's error names what was wrong
+        raise ValueError(f"a SPIFFE id spiffe://<trust-domain>/ns/<ns>/sa/<sa> ({exc})") from None
+
+
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("a CIDR such as 10.0.0.0/8, fd00::/64, or a single IP") from None
+    return value
+
+
+def _vip(value: str) -> str:
+    network, sep, ip = value.rpartition("/")
+    if not sep:
+        ip = value
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValueError("'<network>/<ip>' or '<ip>' with an IPv4 or IPv6 address") from None
+    return f"{network}/{ip}"
+
+
+def _service_key(value: str) -> str:
+    ns, sep, host = value.partition("/")
+    if not sep or not ns or not host or "/" in host:
+        raise ValueError("'<namespace>/<hostname>'")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name)]
+TrustDomain = Annotated[str, AfterValidator(_trust_domain)]
+SpiffeUri = Annotated[str, AfterValidator(_spiffe)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Vip = Annotated[str, AfterValidator(_vip)]
+ServiceKey = Annotated[str, AfterValidator(_service_key)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+TargetPort = Annotated[int, Field(ge=0, le=65535)]  # 0: the endpoint's own mapping decides
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False
+    )
+
+
+class WorkloadModel(_Model):
+    uid: Annotated[str, Field(min_length=1)]
+    name: Name
+    namespace: Name = "default"
+    service_account: Name = "default"
+    trust_domain: TrustDomain = "cluster.local"
+    workload_ips: list[IPvAnyAddress] = []
+    network: str = ""
+    protocol: Literal["HBONE", "TCP"] = "TCP"
+    node: str = ""
+    netns: str | None = None
+    status: Literal["Healthy", "Unhealthy"] = "Healthy"
+    services: dict[ServiceKey, dict[Port, TargetPort]] = {}
+    authorization_policies: list[ServiceKey] = []
+
+
+class ServiceModel(_Model):
+    name: Name
+    namespace: Name = "default"
+    hostname: Annotated[str, Field(min_length=1)]
+    vips: list[Vip] = []
+    ports: dict[Port, TargetPort] = {}
+    subject_alt_names: list[SpiffeUri] = []
+
+
+class ServiceAccountModel(_Model):
+    namespace: Name
+    service_account: Name
+
+
+class MatchModel(_Model):
+    namespaces: list[str] = []
+    not_namespaces: list[str] = []
+    principals: list[str] = []
+    not_principals: list[str] = []
+    service_accounts: list[ServiceAccountModel] = []
+    not_service_accounts: list[ServiceAccountModel] = []
+    source_ips: list[Cidr] = []
+    not_source_ips: list[Cidr] = []
+    destination_ips: list[Cidr] = []
+    not_destination_ips: list[Cidr] = []
+    destination_ports: list[Port] = []
+    not_destination_ports: list[Port] = []
+
+
+class PolicyModel(_Model):
+    name: Name
+    namespace: Name = "default"
+    scope: Literal["Global", "Namespace", "WorkloadSelector"]
+    action: Literal["Allow", "Deny"]
+    dry_run: bool = False
+    rules: list[list[list[MatchModel]]] = []
+
+
+class MeshFile(_Model):
+    workloads: list[WorkloadModel] = []
+    services: list[ServiceModel] = []
+    policies: list[PolicyModel] = []

@@ -1,0 +1,180 @@
+"""Frozen domain objects of the mesh: what the data path sees (never pydantic).
+
+Field meanings follow DESIGN.md §4 (a ztunnel-shaped local config).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from zt.addr import IpAddress
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Protocol(enum.Enum):
+    HBONE = "HBONE"
+    TCP = "TCP"
+
+
+class Health(enum.Enum):
+    HEALTHY = "Healthy"
+    UNHEALTHY = "Unhealthy"
+
+
+class Scope(enum.Enum):
+    GLOBAL = "Global"
+    NAMESPACE = "Namespace"
+    WORKLOAD_SELECTOR = "WorkloadSelector"
+
+
+class Action(enum.Enum):
+    ALLOW = "Allow"
+    DENY = "Deny"
+
+
+def frozen_map(items: Mapping[str, Mapping[int, int]]) -> Mapping[str, Mapping[int, int]]:
+    """A read-only copy of a two-level mapping (dataclass(frozen) does not freeze dict fields)."""
+    return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in items.items()})
+
+
+@dataclass(frozen=True)
+class Workload:
+    uid: str
+    name: str
+    namespace: str
+    service_account: str
+    trust_domain: str
+    ips: tuple[IpAddress, ...]
+    network: str
+    protocol: Protocol
+    node: str
+    netns: str | None
+    status: Health
+    # "<ns>/<hostname>" -> {service port: target port}
+    services: Mapping[str, Mapping[int, int]] = field(default_factory=lambda: frozen_map({}))
+    # "<ns>/<name>" of WorkloadSelector-scoped policies that select this workload
+    authorization_policies: tuple[str, ...] = ()
+
+    @property
+    def identity(self) -> str:
+        """The SPIFFE id this workload's certificate carries."""
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+    @property
+    def healthy(self) -> bool:
+        return self.status is Health.HEALTHY
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    hostname: str
+    vips: tuple[tuple[str, IpAddress], ...]  # (network, ip)
+    ports: Mapping[int, int]  # service port -> target port (0: the endpoint's own mapping decides)
+    subject_alt_names: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """How workloads refer to this service: `<namespace>/<hostname>`."""
+        return f"{self.namespace}/{self.hostname}"
+
+
+class StringMatchKind(enum.Enum):
+    EXACT = "exact"
+    PREFIX = "prefix"
+    SUFFIX = "suffix"
+    PRESENCE = "presence"
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    """Istio AuthorizationPolicy string matching: "exact", "prefix*", "*suffix", "*"."""
+
+    kind: StringMatchKind
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> StringMatch:
+        if text == "*":
+            return cls(StringMatchKind.PRESENCE, "")
+        if text.endswith("*"):
+            return cls(StringMatchKind.PREFIX, text[:-1])
+        if text.startswith("*"):
+            return cls(StringMatchKind.SUFFIX, text[1:])
+        return cls(StringMatchKind.EXACT, text)
+
+    def matches(self, candidate: str) -> bool:
+        if self.kind is StringMatchKind.PRESENCE:
+            return candidate != ""
+        if self.kind is StringMatchKind.PREFIX:
+            return candidate.startswith(self.value)
+        if self.kind is StringMatchKind.SUFFIX:
+            return candidate.endswith(self.value)
+        return candidate == self.value
+
+    def __str__(self) -> str:
+        return {
+            StringMatchKind.PRESENCE: "*",
+            StringMatchKind.PREFIX: f"{self.value}*",
+            StringMatchKind.SUFFIX: f"*{self.value}",
+            StringMatchKind.EXACT: self.value,
+        }[self.kind]
+
+
+@dataclass(frozen=True)
+class ServiceAccountMatch:
+    namespace: str
+    service_account: str
+
+
+@dataclass(frozen=True)
+class Match:
+    """One match: every non-empty field must hold (AND), any value within a field may (OR)."""
+
+    namespaces: tuple[StringMatch, ...] = ()
+    not_namespaces: tuple[StringMatch, ...] = ()
+    principals: tuple[StringMatch, ...] = ()
+    not_principals: tuple[StringMatch, ...] = ()
+    service_accounts: tuple[ServiceAccountMatch, ...] = ()
+    not_service_accounts: tuple[ServiceAccountMatch, ...] = ()
+    source_ips: tuple[IpNetwork, ...] = ()
+    not_source_ips: tuple[IpNetwork, ...] = ()
+    destination_ips: tuple[IpNetwork, ...] = ()
+    not_destination_ips: tuple[IpNetwork, ...] = ()
+    destination_ports: tuple[int, ...] = ()
+    not_destination_ports: tuple[int, ...] = ()
+
+    @property
+    def uses_identity(self) -> bool:
+        return bool(
+            self.namespaces
+            or self.not_namespaces
+            or self.principals
+            or self.not_principals
+            or self.service_accounts
+            or self.not_service_accounts
+        )
+
+
+Clause = tuple[Match, ...]  # matches: OR
+Rule = tuple[Clause, ...]  # clauses: AND
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    namespace: str
+    scope: Scope
+    action: Action
+    dry_run: bool
+    rules: tuple[Rule, ...]  # rules: OR
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"

@@ -1,0 +1,116 @@
+"""Outbound routing: a pure function of (original destination, source workload, snapshot) (§5).
+
+It returns data; the proxy acts on it. Service VIP -> a healthy endpoint (deterministic for a seed)
+with the service port translated to the target port; an HBONE workload -> a tunnel to
+`<pod ip>:15008` with authority `<pod ip>:<target port>`; a TCP workload -> plain TCP; an address
+outside the mesh -> passthrough; the proxy's own ports as a destination -> refused (loop guard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from dataclasses import dataclass
+
+from zt.addr import IpAddress, SocketAddr
+from zt.state.model import Protocol, Service, Workload
+from zt.state.snapshot import Snapshot
+
+HBONE_PORT = 15008
+# DESIGN.md §1: "Traffic addressed to 15001/15006/15008 as a *destination* is refused (loop guard)."
+PROXY_PORTS = frozenset({15001, 15006, HBONE_PORT})
+
+
+class RouteKind(enum.Enum):
+    HBONE = "hbone"
+    TCP = "tcp"
+    PASSTHROUGH = "passthrough"
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: RouteKind
+    next_hop: SocketAddr | None
+    authority: SocketAddr | None
+    expected_identities: tuple[str, ...]
+    reason: str
+    destination_workload: str | None = None  # uid
+    service: str | None = None  # "<ns>/<hostname>"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind.value,
+            "next_hop": None if self.next_hop is None else str(self.next_hop),
+            "authority": None if self.authority is None else str(self.authority),
+            "expected_identities": list(self.expected_identities),
+            "reason": self.reason,
+            "destination_workload": self.destination_workload,
+            "service": self.service,
+        }
+
+
+def _refused(reason: str, service: str | None = None) -> Route:
+    return Route(RouteKind.REFUSED, None, None, (), reason, service=service)
+
+
+def _pick_ip(workload: Workload, like: IpAddress) -> IpAddress:
+    """Prefer an address of the family the application asked for."""
+    same = [ip for ip in workload.ips if ip.version == like.version]
+    return (same or list(workload.ips))[0]
+
+
+def _to_workload(
+    w: Workload, ip: IpAddress, port: int, reason: str, extra_sans: tuple[str, ...] = ()
+) -> Route:
+    target = SocketAddr(ip, port)
+    if w.protocol is Protocol.HBONE:
+        sans = (w.identity, *(s for s in extra_sans if s != w.identity))
+        return Route(RouteKind.HBONE, SocketAddr(ip, HBONE_PORT), target, sans, reason, w.uid)
+    return Route(RouteKind.TCP, target, None, (), reason, w.uid)
+
+
+def _target_port(service: Service, endpoint: Workload, service_port: int) -> int:
+    """The endpoint's own mapping wins; else the service's; 0 means nothing maps it."""
+    own = endpoint.services.get(service.key, {}).get(service_port, 0)
+    return own or service.ports.get(service_port, 0)
+
+
+def _via_service(
+    service: Service, dst: SocketAddr, source: Workload, snapshot: Snapshot, seed: int
+) -> Route:
+    key = service.key
+    if dst.port not in service.ports:
+        return _refused(f"service {key} has no port {dst.port}", key)
+    candidates = [
+        w
+        for w in snapshot.endpoints.get(key, ())
+        if w.healthy and w.ips and w.network == source.network
+        if _target_port(service, w, dst.port)
+    ]
+    if not candidates:
+        return _refused(f"service {key} has no healthy endpoint for port {dst.port}", key)
+    endpoint = random.Random(f"{seed}/{source.uid}/{dst}").choice(candidates)
+    port = _target_port(service, endpoint, dst.port)
+    reason = f"service {key} port {dst.port} -> endpoint {endpoint.uid} port {port}"
+    chosen = _to_workload(
+        endpoint, _pick_ip(endpoint, dst.ip), port, reason, service.subject_alt_names
+    )
+    return dataclasses.replace(chosen, service=key)
+
+
+def route(
+    original_destination: SocketAddr, source: Workload, snapshot: Snapshot, *, seed: int = 0
+) -> Route:
+    """Decide how the source workload's connection to `original_destination` leaves the node."""
+    dst = original_destination
+    if dst.port in PROXY_PORTS:
+        return _refused(f"destination port {dst.port} is a zt proxy port (loop guard)")
+    service = snapshot.service_by_vip.get((source.network, dst.ip))
+    if service is not None:
+        return _via_service(service, dst, source, snapshot, seed)
+    workload = snapshot.workload_at(source.network, dst.ip)
+    if workload is not None:
+        return _to_workload(workload, dst.ip, dst.port, f"workload {workload.uid}")
+    return Route(RouteKind.PASSTHROUGH, dst, None, (), f"{dst.ip} is not in the mesh")
