@@ -1,0 +1,1 @@
+"""Operations: Prometheus metrics, the access log, readiness and the admin endpoints."""
