@@ -1,0 +1,1 @@
+"""The local lab: nodes and pods as network namespaces on one machine."""
