@@ -21,6 +21,7 @@ _SUBAPPS: tuple[tuple[str, str], ...] = (
     ("ca_cmd", "ca"),
     ("hbone_cmd", "hbone"),
     ("capture_cmd", "capture"),
+    ("pod_cmd", "pod"),
 )
 _COMMANDS: tuple[tuple[str, str], ...] = (("route_cmd", "route"),)
 
