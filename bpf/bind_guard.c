@@ -1,0 +1,24 @@
+/* cgroup/bind4 + bind6 guard: in an enrolled pod only sockets marked ZT_MARK may bind
+ * 15001/15006/15008 (DESIGN.md §6: "A bind4/bind6 guard keeps apps from binding
+ * 15001/15006/15008 in enrolled pods"). Return 0 = bind() fails with EPERM.
+ */
+#include "zt_capture.h"
+
+static __always_inline int zt_bind(struct bpf_sock_addr *ctx)
+{
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    if (!zt_pods.lookup(&netns))
+        return 1;
+    __u16 port = bpf_ntohs((__u16)ctx->user_port);
+    if (port != ZT_PORT_OUTBOUND && port != ZT_PORT_INBOUND && port != ZT_PORT_HBONE)
+        return 1;
+    struct bpf_sock *sk = ctx->sk;
+    if (sk && sk->mark == ZT_MARK)
+        return 1;
+    zt_count(ZT_C_BIND_DENIED);
+    return 0;
+}
+
+int zt_bind4(struct bpf_sock_addr *ctx) { return zt_bind(ctx); }
+
+int zt_bind6(struct bpf_sock_addr *ctx) { return zt_bind(ctx); }

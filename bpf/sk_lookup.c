@@ -1,0 +1,67 @@
+/* sk_lookup: steer new TCP connections in an enrolled pod's netns to zt's listeners (DESIGN.md §6).
+ *
+ * Linked (BPF link on the netns fd) into every enrolled pod netns. Runs only when no established
+ * socket matches, i.e. for SYNs. Decisions, in order:
+ *   local ip is a pod IP, remote ip is a pod IP of the same pod -> pass (in-pod / delivery to app)
+ *   local ip is a pod IP, port 15008                            -> the pod's HBONE listener
+ *   local ip is a pod IP, any other port                        -> the pod's 15006 listener
+ *   remote ip is a pod IP whose pod uses sk_lookup outbound     -> the pod's 15001 listener
+ *     (policy routing delivered the app's SYN locally; destination is kept: getsockname())
+ *   anything else                                               -> pass
+ * A missing listener is SK_DROP: fail closed, never bypass the proxy.
+ */
+#include "zt_capture.h"
+
+static __always_inline int zt_assign(struct bpf_sk_lookup *ctx, __u32 slot, __u32 kind, __u32 ok)
+{
+    __u32 key = slot * ZT_L_COUNT + kind;
+    struct bpf_sock *sk = (struct bpf_sock *)zt_listeners.lookup(&key);
+    if (!sk) {
+        zt_count(ZT_C_LOOKUP_NO_LISTENER);
+        return SK_DROP;
+    }
+    long err = bpf_sk_assign(ctx, sk, 0);
+    bpf_sk_release(sk); /* the sockmap lookup took a reference: release on every path */
+    if (err) {
+        zt_count(ZT_C_LOOKUP_ASSIGN_ERROR);
+        return SK_DROP;
+    }
+    zt_count(ok);
+    return SK_PASS;
+}
+
+int zt_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+    struct zt_addr local = {};
+    struct zt_addr remote = {};
+
+    if (ctx->protocol != IPPROTO_TCP)
+        return SK_PASS;
+    if (ctx->family == AF_INET) {
+        zt_map4(&local, ctx->local_ip4);
+        zt_map4(&remote, ctx->remote_ip4);
+    } else {
+        __u32 l[4] = {ZT_LD32(ctx->local_ip6[0]), ZT_LD32(ctx->local_ip6[1]),
+                      ZT_LD32(ctx->local_ip6[2]), ZT_LD32(ctx->local_ip6[3])};
+        __u32 r[4] = {ZT_LD32(ctx->remote_ip6[0]), ZT_LD32(ctx->remote_ip6[1]),
+                      ZT_LD32(ctx->remote_ip6[2]), ZT_LD32(ctx->remote_ip6[3])};
+        __builtin_memcpy(local.ip, l, 16);
+        __builtin_memcpy(remote.ip, r, 16);
+    }
+
+    struct zt_ipval *src = zt_ips.lookup(&remote);
+    struct zt_ipval *dst = zt_ips.lookup(&local);
+    if (dst) {
+        /* "Connections whose source IP equals the pod IP are left alone" (DESIGN.md §6) */
+        if (src && src->slot == dst->slot) {
+            zt_count(ZT_C_LOOKUP_SELF);
+            return SK_PASS;
+        }
+        if (ctx->local_port == ZT_PORT_HBONE) /* local_port is in host order */
+            return zt_assign(ctx, dst->slot, ZT_L_HBONE, ZT_C_LOOKUP_HBONE);
+        return zt_assign(ctx, dst->slot, ZT_L_INBOUND, ZT_C_LOOKUP_INBOUND);
+    }
+    if (src && (src->flags & ZT_POD_OUT_SKLOOKUP))
+        return zt_assign(ctx, src->slot, ZT_L_OUTBOUND, ZT_C_LOOKUP_OUTBOUND);
+    return SK_PASS;
+}

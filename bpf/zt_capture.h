@@ -1,0 +1,153 @@
+/* zt capture: the one header shared by every hook (DESIGN.md §6).
+ *
+ * bcc compiles everything as ONE module (zt/capture/loader.py pastes this header and then every
+ * C file of bpf/, because bcc rewrites map calls only in its main file), so the maps below exist
+ * once and all programs share them. Constants the Python side also knows come in as cflags
+ * "-D..." (DESIGN.md §6, bcc quirk) and have the same defaults here.
+ *
+ * Byte order: addresses and ports stored in maps are in NETWORK order; addresses are always 16
+ * bytes (IPv4 as IPv4-mapped IPv6, ::ffff:a.b.c.d), so one key layout serves both families.
+ *
+ * Maps (names and layouts are the contract with zt/capture/maps.py):
+ *
+ *   zt_pods        HASH      u64 netns cookie          -> struct zt_pod (enrolled pods)
+ *   zt_ips         HASH      struct zt_addr (ip only)  -> struct zt_ipval (pod IP -> its pod)
+ *   zt_listeners   SOCKMAP   u32 slot*3 + ZT_L_*       -> u64 listener socket
+ *   zt_orig_cookie LRU_HASH  u64 socket cookie         -> struct zt_addr: original destination,
+ *                                                         written by connect4/6, read by sockops
+ *                                                         and getpeername4/6
+ *   zt_orig_addr   LRU_HASH  struct zt_addr (app ip, port) -> struct zt_addr: the same, keyed as
+ *                                                         the proxy sees its 15001 peer
+ *   zt_counters    PERCPU_ARRAY u32 ZT_C_*             -> u64 verdict / error counters
+ *   zt_pod_meta    HASH      u64 netns cookie          -> struct zt_pod_meta (Python only: names
+ *                                                         for `zt capture status` from the pins)
+ */
+#ifndef ZT_CAPTURE_H
+#define ZT_CAPTURE_H
+
+#include <uapi/linux/bpf.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/socket.h>
+
+#ifndef ZT_MARK
+#define ZT_MARK 0x539 /* SO_MARK of every socket zt creates for a pod (DESIGN.md §6) */
+#endif
+#ifndef ZT_PORT_OUTBOUND
+#define ZT_PORT_OUTBOUND 15001
+#endif
+#ifndef ZT_PORT_INBOUND
+#define ZT_PORT_INBOUND 15006
+#endif
+#ifndef ZT_PORT_HBONE
+#define ZT_PORT_HBONE 15008
+#endif
+#ifndef ZT_MAX_PODS
+#define ZT_MAX_PODS 256
+#endif
+#ifndef ZT_SOCK_STREAM
+#define ZT_SOCK_STREAM 1 /* SOCK_STREAM; asm/socket.h is not reachable from BPF */
+#endif
+#ifndef ZT_MAX_ORIG
+#define ZT_MAX_ORIG 65536
+#endif
+
+/* Listener kinds: zt_listeners key = slot * ZT_L_COUNT + kind. */
+#define ZT_L_OUTBOUND 0 /* 15001 */
+#define ZT_L_INBOUND 1  /* 15006 */
+#define ZT_L_HBONE 2    /* 15008 */
+#define ZT_L_COUNT 3
+
+/* zt_pod.flags */
+#define ZT_POD_HAS_IP4 1
+#define ZT_POD_HAS_IP6 2
+#define ZT_POD_OUT_SKLOOKUP 4 /* outbound by policy routing + sk_lookup, not by connect4/6 */
+
+/* Counters: one per-CPU slot each; names in zt/capture/maps.py COUNTERS, same order. */
+#define ZT_C_LOOKUP_HBONE 0         /* sk_lookup: pod ip:15008 -> hbone listener */
+#define ZT_C_LOOKUP_INBOUND 1       /* sk_lookup: pod ip:other -> 15006 */
+#define ZT_C_LOOKUP_OUTBOUND 2      /* sk_lookup: pod -> remote (routed local) -> 15001 */
+#define ZT_C_LOOKUP_SELF 3          /* sk_lookup: source is a pod IP, left alone */
+#define ZT_C_LOOKUP_NO_LISTENER 4   /* sk_lookup: sockmap entry missing -> SK_DROP */
+#define ZT_C_LOOKUP_ASSIGN_ERROR 5  /* sk_lookup: bpf_sk_assign failed -> SK_DROP */
+#define ZT_C_CONNECT_REDIRECT 6     /* connect4/6: rewritten to pod ip:15001 */
+#define ZT_C_CONNECT_SKIP_MARK 7    /* connect4/6: zt's own (marked) socket */
+#define ZT_C_CONNECT_SKIP_LOCAL 8   /* connect4/6: loopback or the pod's own IP */
+#define ZT_C_CONNECT_SKIP_NOIP 9    /* connect4/6: pod has no IP of that family */
+#define ZT_C_CONNECT_MAP_ERROR 10   /* connect4/6: store failed -> EPERM */
+#define ZT_C_SOCKOPS_KEYED 11       /* sockops: original destination re-keyed by (app ip, port) */
+#define ZT_C_SOCKOPS_MAP_ERROR 12   /* sockops: zt_orig_addr update failed */
+#define ZT_C_PEERNAME_REWRITE 13    /* getpeername4/6: original peer shown to the app */
+#define ZT_C_BIND_DENIED 14         /* bind4/6: unmarked bind of a zt port in an enrolled pod */
+#define ZT_C_MAX 15
+
+struct zt_addr {
+    __u8 ip[16];   /* IPv6, or IPv4-mapped ::ffff:a.b.c.d */
+    __u16 port;    /* network order; 0 in zt_ips keys */
+    __u16 family;  /* AF_INET or AF_INET6 of the original destination; 0 in keys */
+    __u32 pad;     /* zero */
+};
+
+struct zt_pod {
+    __u32 ip4;     /* network order; the rewrite target of connect4 */
+    __u32 ip6[4];  /* network order; the rewrite target of connect6 */
+    __u32 slot;    /* index into zt_listeners / ZT_L_COUNT */
+    __u32 flags;   /* ZT_POD_* */
+};
+
+struct zt_ipval {
+    __u32 slot;
+    __u32 flags;   /* ZT_POD_* of the owning pod */
+    __u64 netns_cookie;
+};
+
+/* Names for `zt capture status`; no program reads it, it lives in bpffs so a restarted zt (and the
+ * CLI) can tell which pod a netns cookie belongs to. NUL-padded UTF-8. */
+struct zt_pod_meta {
+    char name[64];
+    char netns[192];
+};
+
+BPF_HASH(zt_pods, __u64, struct zt_pod, ZT_MAX_PODS);
+BPF_HASH(zt_ips, struct zt_addr, struct zt_ipval, ZT_MAX_PODS * 8);
+/* A plain BPF_TABLE (not BPF_SOCKMAP) so bcc rewrites .lookup(). The value is a socket fd on update
+ * from user space, a referenced struct bpf_sock * on lookup in BPF, and the socket cookie on lookup
+ * from user space (which the kernel only answers for 8-byte values, hence __u64). */
+BPF_TABLE("sockmap", __u32, __u64, zt_listeners, ZT_MAX_PODS * ZT_L_COUNT);
+BPF_TABLE("lru_hash", __u64, struct zt_addr, zt_orig_cookie, ZT_MAX_ORIG);
+BPF_TABLE("lru_hash", struct zt_addr, struct zt_addr, zt_orig_addr, ZT_MAX_ORIG);
+BPF_PERCPU_ARRAY(zt_counters, __u64, ZT_C_MAX);
+BPF_HASH(zt_pod_meta, __u64, struct zt_pod_meta, ZT_MAX_PODS);
+
+static __always_inline void zt_count(__u32 which)
+{
+    __u64 *v = zt_counters.lookup(&which);
+    if (v)
+        *v += 1;
+}
+
+/* One 32-bit load of a context field: clang would otherwise merge neighbouring ip6 words into one
+ * 64-bit load, which the verifier rejects ("invalid bpf_context access"). */
+#define ZT_LD32(field) (*(volatile __u32 *)&(field))
+
+/* IPv4 a (network order) -> ::ffff:a */
+static __always_inline void zt_map4(struct zt_addr *out, __u32 a)
+{
+    __builtin_memset(out->ip, 0, 10);
+    out->ip[10] = 0xff;
+    out->ip[11] = 0xff;
+    __builtin_memcpy(&out->ip[12], &a, 4);
+}
+
+static __always_inline int zt_is_mapped(const __u32 w[4])
+{
+    return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff);
+}
+
+/* 127.0.0.0/8, network order */
+static __always_inline int zt_is_loop4(__u32 a)
+{
+    return (bpf_ntohl(a) >> 24) == 127;
+}
+
+#endif /* ZT_CAPTURE_H */

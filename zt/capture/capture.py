@@ -1,0 +1,372 @@
+"""Capture: attach zt's BPF programs, enroll pods, answer original destinations (DESIGN.md §6).
+
+BPF links, not legacy attachments: cgroup links at the cgroup-v2 root (the programs act only on
+enrolled netns cookies) and one sk_lookup netns link per enrolled pod. Unpinned (tests), all of it
+vanishes with the process; pinned (the daemon), maps, links and the sk_lookup program live in
+bpffs, so capture survives a restart fail-closed until the new process re-registers listeners.
+
+Pin layout under pin_dir: one file per map (its name), `prog_zt_sk_lookup`, `link_<program>` per
+cgroup link, `link_sk_lookup_<netns cookie>` per pod.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from zt.capture import bpfsys, hostcheck, loader, maps, routing
+from zt.capture.errors import (
+    CaptureBusyError,
+    CaptureError,
+    CaptureNotRunningError,
+    NoOriginalDestinationError,
+    PodNotEnrolledError,
+    PodSpecError,
+)
+from zt.capture.maps import OrigDst
+from zt.capture.netns import netns_cookie, netns_path
+from zt.capture.tables import PodEntry, Tables
+from zt.capture.types import MODES, CaptureStatus, LinkStatus, Mode, PodCapture, PodStatus
+from zt.errors import UsageError
+
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/zt")
+_SK_LOOKUP_PIN = "prog_zt_sk_lookup"
+
+
+@dataclass(frozen=True)
+class _Link:
+    fd: int
+    program: str
+    target: str
+
+
+class Capture:
+    """One node's capture. Open with Capture.open(); close() detaches what it attached."""
+
+    _compiled_in_use: ClassVar[bool] = False
+    _class_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        mode: Mode,
+        *,
+        cgroup: Path,
+        pin_dir: Path | None,
+        map_fds: dict[str, int],
+        sk_lookup_fd: int,
+        owned_fds: list[int],
+        uses_compiled: bool,
+    ) -> None:
+        self.mode: Mode = mode
+        self.cgroup = cgroup
+        self.pin_dir = pin_dir
+        self._tables = Tables(map_fds)
+        self._sk_lookup_fd = sk_lookup_fd
+        self._owned = owned_fds  # fds from bpffs pins: closed in close()
+        self._uses_compiled = uses_compiled
+        self._links: dict[str, _Link] = {}  # pin name -> link
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ---- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, mode: Mode = "connect", *, pin_dir: Path | None = None) -> Capture:
+        """Host checks, then compile/load once per process (or re-open pins) and attach.
+
+        pin_dir=None: unpinned (tests). Otherwise pins live there (the daemon uses
+        DEFAULT_PIN_DIR); when it already holds a capture (zt restarted) that one is re-opened
+        without compiling, and enroll() re-registers each pod's new listeners."""
+        if mode not in MODES:
+            raise UsageError(f"mode: got {mode!r}, expected one of {list(MODES)}")
+        existing = pin_dir is not None and (pin_dir / "zt_pods").exists()
+        cgroup = hostcheck.check(need_compile=not existing)
+        if pin_dir is None:
+            return cls._fresh(mode, cgroup, None)
+        hostcheck.ensure_bpffs()
+        if not existing:
+            return cls._fresh(mode, cgroup, pin_dir)
+        cap = cls._reopen(pin_dir)
+        if cap.mode != mode:
+            cap.close(detach=False)
+            raise CaptureError(
+                f"mode: got {mode!r}, but the capture pinned under {pin_dir} runs {cap.mode!r};"
+                " remove it first (`zt capture remove`)"
+            )
+        return cap
+
+    @classmethod
+    def _fresh(cls, mode: Mode, cgroup: Path, pin_dir: Path | None) -> Capture:
+        with cls._class_lock:
+            if cls._compiled_in_use:
+                raise CaptureBusyError(
+                    "this process already has an open Capture over the compiled programs;"
+                    " close it first (one compile per process, DESIGN.md §6)"
+                )
+            loaded = loader.load()
+            cls._compiled_in_use = True
+        cap = cls(
+            mode,
+            cgroup=cgroup,
+            pin_dir=pin_dir,
+            map_fds=dict(loaded.map_fds),
+            sk_lookup_fd=loaded.prog_fds["zt_sk_lookup"],
+            owned_fds=[],
+            uses_compiled=True,
+        )
+        try:
+            cap._tables.reset()
+            if pin_dir is not None:
+                pin_dir.mkdir(parents=True, exist_ok=True)
+                for name, fd in loaded.map_fds.items():
+                    bpfsys.obj_pin(fd, pin_dir / name)
+                bpfsys.obj_pin(loaded.prog_fds["zt_sk_lookup"], pin_dir / _SK_LOOKUP_PIN)
+            cap._attach_cgroup(loaded.prog_fds)
+        except BaseException:
+            cap.close(detach=True)
+            raise
+        return cap
+
+    @classmethod
+    def _reopen(cls, pin_dir: Path) -> Capture:
+        """A Capture over the pins of a running (or orphaned) capture; attaches nothing."""
+        if not (pin_dir / "zt_pods").exists():
+            raise CaptureNotRunningError(f"no capture pinned under {pin_dir}")
+        owned: list[int] = []
+        try:
+            map_fds = {}
+            for name in maps.MAPS:
+                map_fds[name] = bpfsys.obj_get(pin_dir / name)
+                owned.append(map_fds[name])
+            prog = bpfsys.obj_get(pin_dir / _SK_LOOKUP_PIN)
+            owned.append(prog)
+            links = {
+                entry.name: bpfsys.obj_get(entry)
+                for entry in sorted(pin_dir.iterdir())
+                if entry.name.startswith("link_")
+            }
+        except BaseException:
+            for fd in owned:
+                os.close(fd)
+            raise
+        mode: Mode = "connect" if "link_zt_connect4" in links else "sklookup"
+        cap = cls(
+            mode,
+            cgroup=hostcheck.find_cgroup2() or hostcheck.CGROUP2_ROOT,
+            pin_dir=pin_dir,
+            map_fds=map_fds,
+            sk_lookup_fd=prog,
+            owned_fds=owned,
+            uses_compiled=False,
+        )
+        for pin, fd in links.items():
+            cap._links[pin] = _Link(fd, *cap._describe_pin(pin))
+        return cap
+
+    def _describe_pin(self, pin: str) -> tuple[str, str]:
+        """(program, target) of a link pin: link_<program> or link_sk_lookup_<netns cookie>."""
+        if pin.startswith("link_sk_lookup_"):
+            cookie = int(pin.removeprefix("link_sk_lookup_"))
+            name = self._tables.pod_name(cookie) or f"cookie {cookie}"
+            return "zt_sk_lookup", f"netns:{name}"
+        return pin.removeprefix("link_"), f"cgroup:{self.cgroup}"
+
+    def _attach_cgroup(self, prog_fds: dict[str, int]) -> None:
+        cg = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for prog in loader.CGROUP_PROGRAMS[self.mode]:
+                fd = bpfsys.link_create(prog_fds[prog], cg, loader.PROGRAMS[prog][1])
+                self._add_link(f"link_{prog}", _Link(fd, prog, f"cgroup:{self.cgroup}"))
+        finally:
+            os.close(cg)
+
+    def _add_link(self, pin: str, link: _Link) -> None:
+        self._links[pin] = link
+        if self.pin_dir is not None:
+            bpfsys.obj_pin(link.fd, self.pin_dir / pin)
+
+    def _drop_link(self, pin: str) -> None:
+        link = self._links.pop(pin, None)
+        if link is None:
+            return
+        if self.pin_dir is not None:
+            (self.pin_dir / pin).unlink(missing_ok=True)
+        os.close(link.fd)  # the last reference: the kernel detaches the program
+
+    # ---- pods ----------------------------------------------------------------------------
+
+    def enroll(self, pod: PodCapture) -> int:
+        """Steer pod's traffic to its listeners; returns the pod's netns cookie.
+
+        Enrolling an already enrolled pod (same netns) re-registers its listeners: what a
+        restarted daemon does for every pod after Capture.open() re-opened the pins."""
+        with self._lock:
+            self._check_open()
+            path = netns_path(pod.netns)
+            cookie = netns_cookie(path)
+            current = {p.cookie: p for p in self._tables.pods()}
+            slot = current[cookie].slot if cookie in current else self._tables.free_slot()
+            if slot is None:
+                raise CaptureError(f"pods: {maps.MAX_PODS} enrolled already (ZT_MAX_PODS)")
+            owners = self._tables.ips()
+            for ip in pod.ips:
+                if owners.get(ip, cookie) != cookie:
+                    raise PodSpecError(f"ips: got {str(ip)!r}, which another enrolled pod owns")
+            flags = (maps.POD_HAS_IP4 if pod.ip4 else 0) | (maps.POD_HAS_IP6 if pod.ip6 else 0)
+            if self.mode == "sklookup":
+                flags |= maps.POD_OUT_SKLOOKUP
+            self._tables.put_pod(cookie, slot, flags, pod, path)
+            pin = f"link_sk_lookup_{cookie}"
+            if pin not in self._links:
+                nsfd = os.open(path, os.O_RDONLY)
+                try:
+                    fd = bpfsys.link_create(self._sk_lookup_fd, nsfd, "sk_lookup")
+                finally:
+                    os.close(nsfd)
+                self._add_link(pin, _Link(fd, "zt_sk_lookup", f"netns:{pod.name}"))
+            if self.mode == "sklookup" and not routing.installed(path):
+                routing.install(routing.RoutingPlan(path, pod.ips, routing.interfaces(path)))
+            return cookie
+
+    def unenroll(self, name: str) -> None:
+        """Stop capturing a pod: pod entry, IPs, listeners, its sk_lookup link, its routing."""
+        with self._lock:
+            self._check_open()
+            entry = next((p for p in self._tables.pods() if p.name == name), None)
+            if entry is None:
+                raise PodNotEnrolledError(f"pod: got {name!r}, expected an enrolled pod's name")
+            self._forget(entry)
+
+    def _forget(self, entry: PodEntry) -> None:
+        ips = self._tables.drop_pod(entry)
+        self._drop_link(f"link_sk_lookup_{entry.cookie}")
+        netns = Path(entry.netns)
+        if entry.flags & maps.POD_OUT_SKLOOKUP and netns.exists():
+            routing.remove(routing.RoutingPlan(netns, ips, routing.interfaces(netns)))
+
+    # ---- the proxy's questions -------------------------------------------------------------
+
+    def original_destination(self, sock: socket.socket) -> OrigDst:
+        """Where the peer meant to connect, for a socket accepted on one of a pod's listeners.
+
+        connect mode, 15001: the entry sockops keyed by the app's (ip, port) = our peer (read
+        once). Everything else (inbound; sk_lookup mode): sk_lookup does not rewrite, so
+        getsockname() is the original destination (DESIGN.md §6)."""
+        local = sock.getsockname()
+        if self.mode == "connect" and local[1] == maps.PORT_OUTBOUND:
+            peer = sock.getpeername()
+            orig = self._tables.pop_orig(_ip(peer[0]), peer[1])
+            if orig is None:
+                raise NoOriginalDestinationError(
+                    f"socket from {peer[0]}:{peer[1]}: no captured original destination"
+                )
+            return orig
+        return OrigDst(_ip(local[0]), local[1])
+
+    def counters(self) -> dict[str, int]:
+        return self._tables.counters()
+
+    def status(self) -> CaptureStatus:
+        with self._lock:
+            self._check_open()
+            ips = self._tables.ips()
+            pods = tuple(
+                PodStatus(
+                    name=p.name,
+                    netns=p.netns,
+                    netns_cookie=p.cookie,
+                    slot=p.slot,
+                    ips=tuple(sorted(str(ip) for ip, c in ips.items() if c == p.cookie)),
+                    listeners=self._tables.listeners(p.slot),
+                )
+                for p in self._tables.pods()
+            )
+            links = tuple(
+                LinkStatus(link.program, link.target, *bpfsys.link_info(link.fd))
+                for link in self._links.values()
+            )
+            return CaptureStatus(
+                mode=self.mode,
+                pin_dir=str(self.pin_dir) if self.pin_dir else None,
+                pods=pods,
+                links=links,
+                counters=self._tables.counters(),
+            )
+
+    # ---- closing -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CaptureError("this Capture is closed")
+
+    def close(self, *, detach: bool | None = None) -> None:
+        """Release this process's hold. detach (default: True when unpinned) also removes every
+        attachment, routing, map entry and pin; detach=False leaves a pinned capture running
+        (fail-closed) for the next zt process."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if detach if detach is not None else self.pin_dir is None:
+                    self._detach_all()
+            finally:
+                for link in self._links.values():
+                    os.close(link.fd)
+                self._links.clear()
+                for fd in self._owned:
+                    os.close(fd)
+                if self._uses_compiled:
+                    with Capture._class_lock:
+                        Capture._compiled_in_use = False
+
+    def _detach_all(self) -> None:
+        for entry in self._tables.pods():
+            self._forget(entry)
+        for pin in list(self._links):
+            self._drop_link(pin)
+        if self._uses_compiled:
+            self._tables.reset()
+        if self.pin_dir is not None and self.pin_dir.exists():
+            for pinned in self.pin_dir.iterdir():
+                pinned.unlink()
+            self.pin_dir.rmdir()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ip(host: str) -> maps.IPAddress:
+    """A socket address host as an IP; IPv4-mapped (dual-stack sockets) unwrapped."""
+    ip = ipaddress.ip_address(host.split("%", maxsplit=1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def read_status(pin_dir: Path = DEFAULT_PIN_DIR) -> CaptureStatus:
+    """Status of the capture pinned under pin_dir, without attaching or changing anything."""
+    if not (pin_dir / "zt_pods").exists():
+        raise CaptureNotRunningError(
+            f"capture is not running: nothing pinned under {pin_dir} (start `zt run`)"
+        )
+    cap = Capture._reopen(pin_dir)
+    try:
+        return cap.status()
+    finally:
+        cap.close(detach=False)
+
+
+def remove_pins(pin_dir: Path = DEFAULT_PIN_DIR) -> None:
+    """Detach and remove a pinned capture (operator clean-up, tests)."""
+    if not (pin_dir / "zt_pods").exists():
+        raise CaptureNotRunningError(f"nothing pinned under {pin_dir}")
+    Capture._reopen(pin_dir).close(detach=True)

@@ -1,0 +1,116 @@
+"""Compile bpf/ once per process with bcc and load every program with its attach type.
+
+DESIGN.md §6: "One compile is about 1 s and 150 MB: compile once per process"; "pass
+`attach_type=` to `load_func`"; "pass constants with `cflags=["-D…"]`". This is the only module of
+zt that imports bcc (lazily, so importing zt.capture works on a host without it).
+bcc rewrites map calls only in its main file, so the C files are concatenated after the header
+instead of being #included.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from zt.capture import maps
+from zt.capture.bpfsys import ATTACH
+from zt.capture.errors import BccMissingError, BpfLoadError
+
+BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
+HEADER: Final = "zt_capture.h"
+SOURCES: Final = ("sk_lookup.c", "connect.c", "sockops.c", "getpeername.c", "bind_guard.c")
+
+_PROG_SK_LOOKUP: Final = 30  # enum bpf_prog_type
+_PROG_SOCK_OPS: Final = 13
+_PROG_SOCK_ADDR: Final = 18
+
+# program name -> (prog type, attach type name in bpfsys.ATTACH)
+PROGRAMS: Final = {
+    "zt_sk_lookup": (_PROG_SK_LOOKUP, "sk_lookup"),
+    "zt_connect4": (_PROG_SOCK_ADDR, "cgroup_inet4_connect"),
+    "zt_connect6": (_PROG_SOCK_ADDR, "cgroup_inet6_connect"),
+    "zt_sockops": (_PROG_SOCK_OPS, "cgroup_sock_ops"),
+    "zt_getpeername4": (_PROG_SOCK_ADDR, "cgroup_inet4_getpeername"),
+    "zt_getpeername6": (_PROG_SOCK_ADDR, "cgroup_inet6_getpeername"),
+    "zt_bind4": (_PROG_SOCK_ADDR, "cgroup_inet4_bind"),
+    "zt_bind6": (_PROG_SOCK_ADDR, "cgroup_inet6_bind"),
+}
+# The cgroup programs of each outbound mode (sk_lookup is per pod netns in both).
+CGROUP_PROGRAMS: Final = {
+    "connect": (
+        "zt_connect4",
+        "zt_connect6",
+        "zt_sockops",
+        "zt_getpeername4",
+        "zt_getpeername6",
+        "zt_bind4",
+        "zt_bind6",
+    ),
+    "sklookup": ("zt_bind4", "zt_bind6"),
+}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """fds of the maps (by name, see maps.MAPS) and programs (by name, see PROGRAMS)."""
+
+    map_fds: dict[str, int]
+    prog_fds: dict[str, int]
+
+
+_lock = threading.Lock()
+_loaded: Loaded | None = None
+_module: Any = None  # the bcc.BPF object: owns the fds, must live as long as the process
+
+
+def source_text() -> str:
+    parts = [(BPF_DIR / HEADER).read_text()]
+    for name in SOURCES:
+        parts.append((BPF_DIR / name).read_text().replace(f'#include "{HEADER}"', ""))
+    return "\n".join(parts)
+
+
+def cflags() -> list[str]:
+    return [
+        f"-DZT_MARK={maps.ZT_MARK:#x}",
+        f"-DZT_PORT_OUTBOUND={maps.PORT_OUTBOUND}",
+        f"-DZT_PORT_INBOUND={maps.PORT_INBOUND}",
+        f"-DZT_PORT_HBONE={maps.PORT_HBONE}",
+        f"-DZT_MAX_PODS={maps.MAX_PODS}",
+    ]
+
+
+def load() -> Loaded:
+    """Compile and load (first call of the process), then return the same fds every time."""
+    global _loaded, _module
+    with _lock:
+        if _loaded is None:
+            _module, _loaded = _compile()
+        return _loaded
+
+
+def _compile() -> tuple[Any, Loaded]:
+    try:
+        import bcc  # noqa: PLC0415 - the one bcc import of zt, deferred on purpose
+    except ImportError as exc:
+        raise BccMissingError(
+            f"bcc is not importable ({exc})",
+            "apt-get install python3-bpfcc and run `make setup` (links it into the venv)",
+        ) from None
+    try:
+        module = bcc.BPF(text=source_text().encode(), cflags=cflags())
+        progs = {
+            name: int(module.load_func(name.encode(), ptype, attach_type=ATTACH[at]).fd)
+            for name, (ptype, at) in PROGRAMS.items()
+        }
+        map_fds = {
+            name: int(bcc.lib.bpf_table_fd(module.module, name.encode())) for name in maps.MAPS
+        }
+    except Exception as exc:  # bcc raises bare Exception for compile and verifier failures
+        raise BpfLoadError(f"loading bpf/ with bcc failed: {exc}") from exc
+    bad = [n for n, fd in map_fds.items() if fd < 0]
+    if bad:
+        raise BpfLoadError(f"bcc created no map named {bad} (compare bpf/{HEADER} and maps.MAPS)")
+    return module, Loaded(map_fds, progs)

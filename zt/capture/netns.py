@@ -1,0 +1,146 @@
+"""Sockets inside a pod's network namespace (DESIGN.md §6: "Every socket the proxy creates for a
+pod ... carries SO_MARK 0x539 and is created inside the pod netns (setns in a worker thread,
+restore in finally; Python < 3.12 needs ctypes setns)").
+
+A socket keeps the netns it was created in, so callers use the returned sockets from any thread.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from zt.capture.bpfsys import setns
+from zt.capture.errors import PodSpecError
+from zt.capture.maps import ZT_MARK
+
+T = TypeVar("T")
+
+SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (5.14+)
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+NETNS_RUN_DIR = Path("/run/netns")
+
+
+def netns_path(netns: str | Path) -> Path:
+    """A name under /run/netns or a path (DESIGN.md §4 `netns`)."""
+    text = str(netns)
+    path = Path(text) if "/" in text else NETNS_RUN_DIR / text
+    if not path.exists():
+        raise PodSpecError(f"netns: got {text!r}, expected a name under /run/netns or a path")
+    return path
+
+
+def run_in_netns(netns: str | Path, fn: Callable[[], T], *, timeout: float = 30.0) -> T:
+    """Run fn in a fresh thread that has entered netns; the thread restores its netns in finally."""
+    target = netns_path(netns)
+    box: dict[str, T] = {}
+    err: list[BaseException] = []
+
+    def worker() -> None:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
+            try:
+                box["v"] = fn()
+            finally:
+                setns(own)  # a thread that stays in a pod netns would leak it to later work
+        except BaseException as exc:
+            err.append(exc)
+        finally:
+            os.close(own)
+
+    thread = threading.Thread(target=worker, name=f"netns:{target.name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"work in netns {target} did not finish in {timeout} s")
+    if err:
+        raise err[0]
+    return box["v"]
+
+
+def marked_socket(
+    family: int = socket.AF_INET6, *, transparent: bool = False, kind: int = socket.SOCK_STREAM
+) -> socket.socket:
+    """A socket with SO_MARK 0x539 (in the calling thread's netns); optionally IP_TRANSPARENT."""
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZT_MARK)
+        if transparent:
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def open_listener(
+    netns: str | Path, port: int, *, transparent: bool = False, backlog: int = 128
+) -> socket.socket:
+    """A marked dual-stack listener on [::]:port inside netns (a v6 SYN can't be assigned to a
+    v4 socket, DESIGN.md §6), so one socket serves IPv4 and IPv6."""
+
+    def make() -> socket.socket:
+        sock = marked_socket(socket.AF_INET6, transparent=transparent)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if transparent:  # the v4 half of a dual-stack socket checks IP_TRANSPARENT
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            sock.bind(("::", port))
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return run_in_netns(netns, make)
+
+
+def dial_marked(
+    netns: str | Path, address: tuple[str, int], *, timeout: float = 10.0
+) -> socket.socket:
+    """A marked TCP connection from inside netns (an upstream dial or delivery to the app)."""
+    host = address[0]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    def make() -> socket.socket:
+        sock = marked_socket(family)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return run_in_netns(netns, make, timeout=timeout + 5)
+
+
+def netns_cookie(netns: str | Path) -> int:
+    """SO_NETNS_COOKIE of netns: what the cgroup programs key enrolled pods by."""
+
+    def read() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+        return int(struct.unpack("<Q", raw)[0])
+
+    return run_in_netns(netns, read)
+
+
+def socket_netns_cookie(sock: socket.socket) -> int:
+    raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+    return int(struct.unpack("<Q", raw)[0])
