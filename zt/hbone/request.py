@@ -1,0 +1,267 @@
+"""Building and strictly parsing HBONE CONNECT requests and responses.
+
+DESIGN.md §2: "Request: `:method CONNECT`, `:authority <dst-ip>:<dst-port>` (IPv6 as `[addr]:port`),
+no `:scheme`, `:path`, `:protocol`. Headers sent by ztunnel: `baggage`, `forwarded: for="<src
+ip:port>"`, `traceparent`. Receivers must tolerate their absence (Envoy sends none)."
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from zt.hbone.errors import BadConnectRequest
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Headers = list[tuple[bytes, bytes]]
+
+# Response header carrying the short reason of a non-200 answer (HTTP/2 has no reason phrase).
+REASON_HEADER = b"zt-reason"
+
+_PORT = re.compile(r"[1-9][0-9]{0,4}")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+# RFC 9110 §5.5: field-value = *field-content; visible ASCII, SP and HTAB, no leading/trailing WS.
+_FIELD_VALUE = re.compile(rb"[\x21-\x7e\x80-\xff]([\x20-\x7e\x80-\xff\t]*[\x21-\x7e\x80-\xff])?")
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+# RFC 7239 §4: forwarded-element = [ forwarded-pair ] *( ";" [ forwarded-pair ] ), pair = token "="
+# value, value = token / quoted-string. We keep the first `for=` node.
+_FORWARDED_PAIR = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)=("(?:[^"\\]|\\.)*"|[^;,\s"]+)\s*')
+# RFC 9113 §8.2.2: "An endpoint MUST NOT generate an HTTP/2 message containing connection-specific
+# header fields [...] Any message containing connection-specific header fields MUST be treated as
+# malformed."
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """One HBONE CONNECT: where to (an IP literal and a port) plus optional context headers."""
+
+    authority: tuple[IpAddress, int]
+    baggage: str | None = None
+    forwarded_for: str | None = None
+    traceparent: str | None = None
+
+    def __post_init__(self) -> None:
+        ip, port = self.authority
+        if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            raise BadConnectRequest("authority ip", ip, "an IPv4Address or IPv6Address")
+        if not 1 <= port <= 65535:
+            raise BadConnectRequest("authority port", port, "1..65535")
+        for name in ("baggage", "forwarded_for", "traceparent"):
+            value = getattr(self, name)
+            if value is not None and not _FIELD_VALUE.fullmatch(_latin1(value)):
+                raise BadConnectRequest(name, value, "a non-empty header value without CR/LF/NUL")
+        if self.forwarded_for is not None and (
+            '"' in self.forwarded_for or "\\" in self.forwarded_for
+        ):
+            raise BadConnectRequest("forwarded_for", self.forwarded_for, "ip:port without quotes")
+
+    @property
+    def authority_text(self) -> str:
+        """`ip:port` or `[v6]:port`, as sent in `:authority`."""
+        return format_hostport(*self.authority)
+
+    def headers(self) -> Headers:
+        """The request header block, pseudo-headers first (RFC 9113 §8.3)."""
+        out: Headers = [(b":method", b"CONNECT"), (b":authority", self.authority_text.encode())]
+        # RFC 9110 §5.5: field values are octets; "historically, HTTP allowed field content with
+        # text in the ISO-8859-1 charset". Latin-1 maps them 1:1 both ways.
+        if self.baggage is not None:
+            out.append((b"baggage", _latin1(self.baggage)))
+        if self.forwarded_for is not None:
+            out.append((b"forwarded", _latin1(f'for="{self.forwarded_for}"')))
+        if self.traceparent is not None:
+            out.append((b"traceparent", _latin1(self.traceparent)))
+        return out
+
+    @classmethod
+    def parse(cls, headers: Iterable[tuple[bytes, bytes]]) -> ConnectRequest:
+        """Validate a received header block; raise BadConnectRequest naming the header at fault."""
+        pseudo, regular = _split_header_block(headers)
+        method = pseudo.get(b":method")
+        if method != b"CONNECT":
+            raise BadConnectRequest(":method", _text(method), "CONNECT")
+        for name in (b":scheme", b":path", b":protocol"):
+            # DESIGN.md §2: "no `:scheme`, `:path`, `:protocol`" (ordinary CONNECT, RFC 9113 §8.5).
+            if name in pseudo:
+                raise BadConnectRequest(name.decode(), _text(pseudo[name]), "absent in CONNECT")
+        authority = pseudo.get(b":authority")
+        if authority is None:
+            raise BadConnectRequest(":authority", None, "ip:port or [ipv6]:port")
+        return cls(
+            authority=parse_authority(authority),
+            baggage=_joined(regular, b"baggage", ","),
+            forwarded_for=_forwarded_for(_joined(regular, b"forwarded", ",")),
+            traceparent=_valid_traceparent(regular.get(b"traceparent")),
+        )
+
+
+def format_hostport(ip: IpAddress, port: int) -> str:
+    """`ip:port`, IPv6 in brackets (RFC 3986 §3.2.2)."""
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def parse_authority(raw: bytes) -> tuple[IpAddress, int]:
+    """Strict `:authority`: an IP literal and a port 1..65535; hostnames, zones, userinfo refused."""
+    expected = "ip:port or [ipv6]:port with an IP literal and port 1..65535"
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadConnectRequest(":authority", raw, expected) from None
+    host, sep, port = text.rpartition(":")
+    if not sep or not _PORT.fullmatch(port) or int(port) > 65535:
+        raise BadConnectRequest(":authority", text, expected)
+    bracketed = host.startswith("[") and host.endswith("]")
+    literal = host[1:-1] if bracketed else host
+    if "%" in literal or (":" in literal) != bracketed:
+        # IPv6 must be bracketed and IPv4 must not be; zone ids are meaningless across nodes.
+        raise BadConnectRequest(":authority", text, expected)
+    try:
+        ip = ipaddress.ip_address(literal)
+    except ValueError:
+        raise BadConnectRequest(":authority", text, expected) from None
+    return ip, int(port)
+
+
+def new_traceparent(
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes, *, sampled: bool = False
+) -> str:
+    """A fresh W3C traceparent `00-<trace-id>-<parent-id>-<flags>`.
+
+    W3C Trace Context §3.2.2.3: "All bytes as zero (00000000000000000000000000000000) is considered
+    an invalid value" (same for parent-id), so an all-zero draw gets its last bit set.
+    """
+    trace_id = bytearray(random_bytes(16))
+    parent_id = bytearray(random_bytes(8))
+    for field in (trace_id, parent_id):
+        if not any(field):
+            field[-1] = 1
+    return f"00-{trace_id.hex()}-{parent_id.hex()}-{'01' if sampled else '00'}"
+
+
+def response_headers(status: int, reason: str = "") -> Headers:
+    """`:status` plus, for failures, our short reason."""
+    out: Headers = [(b":status", str(status).encode())]
+    # Only visible ASCII and inner spaces, at most 128 bytes: a reason must never break the header.
+    text = "".join(c if " " <= c <= "~" else "?" for c in reason[:128]).strip()
+    if status != 200 and text:
+        out.append((REASON_HEADER, text.encode("ascii")))
+    return out
+
+
+def parse_response(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, str]:
+    """(status, reason) of a response; the reason falls back to the standard phrase."""
+    status = 0
+    reason = ""
+    for name, value in headers:
+        if name == b":status" and value.isdigit() and len(value) == 3:
+            status = int(value)
+        elif name == REASON_HEADER:
+            reason = value.decode("ascii", "replace")
+    if not reason and status != 200:
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = ""
+    return status, reason
+
+
+def _split_header_block(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[dict[bytes, bytes], dict[bytes, list[bytes]]]:
+    """Check RFC 9113 §8.2-8.3 framing rules; return pseudo-headers and regular headers."""
+    pseudo: dict[bytes, bytes] = {}
+    regular: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        if not _FIELD_NAME.fullmatch(name.lstrip(b":") if name.startswith(b":") else name):
+            # §8.2.1: "A field name MUST NOT contain characters in the ranges 0x00-0x20, 0x41-0x5a
+            # [uppercase], or 0x7f-0xff".
+            raise BadConnectRequest("header name", _text(name), "a lowercase token")
+        if value and not _FIELD_VALUE.fullmatch(value):
+            raise BadConnectRequest(
+                name.decode("latin-1"), _text(value), "a field value without CR/LF/NUL"
+            )
+        if name.startswith(b":"):
+            # §8.3: "All pseudo-header fields MUST appear in a field block before all regular field
+            # lines"; pseudo-headers "MUST NOT appear more than once".
+            if regular or name in pseudo:
+                raise BadConnectRequest(
+                    name.decode("latin-1"), _text(value), "once, before regular headers"
+                )
+            if name not in (b":method", b":authority", b":scheme", b":path", b":protocol"):
+                raise BadConnectRequest(
+                    name.decode("latin-1"), _text(value), "a request pseudo-header"
+                )
+            pseudo[name] = value
+        elif name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+            raise BadConnectRequest(
+                name.decode("latin-1"), _text(value), "no connection-specific header"
+            )
+        else:
+            regular.setdefault(name, []).append(value)
+    return pseudo, regular
+
+
+def _joined(regular: dict[bytes, list[bytes]], name: bytes, sep: str) -> str | None:
+    values = regular.get(name)
+    if not values:
+        return None
+    return sep.join(v.decode("latin-1") for v in values)
+
+
+def _forwarded_for(value: str | None) -> str | None:
+    """The first `for=` node of a `forwarded` header (RFC 7239), unquoted; None when absent."""
+    if value is None:
+        return None
+    for element in value.split(","):
+        for pair in element.split(";"):
+            if not pair.strip():
+                continue
+            match = _FORWARDED_PAIR.fullmatch(pair)
+            if match is None:
+                raise BadConnectRequest("forwarded", value, 'pairs like for="ip:port"')
+            if match.group(1).lower() == "for":
+                node = match.group(2)
+                return node[1:-1].replace("\\", "") if node.startswith('"') else node
+    return None
+
+
+def _valid_traceparent(values: list[bytes] | None) -> str | None:
+    """A well-formed traceparent, else None.
+
+    W3C Trace Context §4.3: "If the vendor failed to parse traceparent, it MUST NOT attempt to parse
+    tracestate" and starts a new trace: an invalid traceparent is ignored, never a 400.
+    """
+    if values is None or len(values) != 1:
+        return None
+    text = values[0].decode("latin-1")
+    match = _TRACEPARENT.fullmatch(text)
+    if match is None:
+        return None
+    version, trace_id, parent_id, _flags, rest = match.groups()
+    if (
+        version == "ff"
+        or (version == "00" and rest)
+        or not int(trace_id, 16)
+        or not int(parent_id, 16)
+    ):
+        return None
+    return text
+
+
+def _latin1(value: str) -> bytes:
+    """Octets of a header value; text beyond Latin-1 maps to NUL, which validation refuses."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return b"\x00"
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
