@@ -22,8 +22,9 @@ _SUBAPPS: tuple[tuple[str, str], ...] = (
     ("hbone_cmd", "hbone"),
     ("capture_cmd", "capture"),
     ("pod_cmd", "pod"),
+    ("lab_cmd", "lab"),
 )
-_COMMANDS: tuple[tuple[str, str], ...] = (("route_cmd", "route"),)
+_COMMANDS: tuple[tuple[str, str], ...] = (("route_cmd", "route"), ("run_cmd", "run"))
 
 
 def _mount() -> None:

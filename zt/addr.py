@@ -50,3 +50,15 @@ class SocketAddr:
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
             raise AddressError(f"{field}: got port {port_text!r} in {text!r}, expected 1..65535")
         return cls(parse_ip(host, field=field), int(port_text))
+
+
+def unmap(ip: IpAddress) -> IpAddress:
+    """`::ffff:a.b.c.d` (how a dual-stack socket shows an IPv4 peer) -> `a.b.c.d`."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def from_sockaddr(sockaddr: tuple[str, int] | tuple[str, int, int, int]) -> SocketAddr:
+    """A socket's `getsockname()`/`getpeername()` as a SocketAddr, IPv4-mapped IPv6 unmapped."""
+    return SocketAddr(unmap(ipaddress.ip_address(sockaddr[0].split("%")[0])), sockaddr[1])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 
@@ -75,6 +75,20 @@ def cached_server_context(cert: WorkloadCert) -> ssl.SSLContext:
 def cached_client_context(cert: WorkloadCert) -> ssl.SSLContext:
     """`client_context`, built once per certificate; callers must not modify it."""
     return client_context(cert)
+
+
+def rotating_server_context(current: Callable[[], WorkloadCert]) -> ssl.SSLContext:
+    """A server context that presents `current()`'s certificate at every handshake, so a listener
+    keeps serving across renewals. OpenSSL calls the servername callback for every ClientHello,
+    with or without SNI (name None), and switching `SSLObject.context` there selects the
+    certificate (and the identical verification settings) of the renewed context."""
+    ctx = server_context(current())
+
+    def select(obj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        obj.context = cached_server_context(current())
+
+    ctx.sni_callback = select
+    return ctx
 
 
 def _load_chain(ctx: ssl.SSLContext, cert: WorkloadCert) -> None:

@@ -105,6 +105,25 @@ class ConnectionTelemetry:
         return access_record(info, outcome, self.log_format, now)
 
 
+class ConnectionReport:
+    """The telemetry of one connection: `opened()` once bytes may flow, `closed()` exactly once."""
+
+    def __init__(self, telemetry: ConnectionTelemetry, info: ConnectionInfo) -> None:
+        self.telemetry = telemetry
+        self.info = info
+        self.started = time.monotonic()
+
+    def opened(self) -> None:
+        self.telemetry.opened(self.info)
+
+    def closed(
+        self, sent: int = 0, received: int = 0, flags: str = "-", error: str = "", policy: str = ""
+    ) -> None:
+        elapsed = time.monotonic() - self.started
+        outcome = ConnectionOutcome(sent, received, elapsed, flags, error, policy)
+        self.telemetry.closed(self.info, outcome)
+
+
 def access_record(
     info: ConnectionInfo, outcome: ConnectionOutcome, fmt: str = "text", now: float | None = None
 ) -> str:

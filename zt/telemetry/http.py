@@ -113,7 +113,9 @@ async def _handle(
 
 
 async def serve(host: str, port: int, handler: Handler) -> asyncio.Server:
-    """Listen on host:port (port 0: any) and answer each connection's one request with `handler`."""
+    """Listen on host:port (port 0: any) and answer each connection's one request with `handler`.
+    `::` means every address: asyncio makes IPv6 sockets v6-only, so IPv4 gets its own socket."""
+    hosts: str | list[str] = ["0.0.0.0", "::"] if host == "::" and port else host
     return await asyncio.start_server(
-        lambda r, w: _handle(r, w, handler), host, port, limit=MAX_HEAD, reuse_address=True
+        lambda r, w: _handle(r, w, handler), hosts, port, limit=MAX_HEAD, reuse_address=True
     )

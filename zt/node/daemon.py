@@ -1,0 +1,277 @@
+"""`zt run`: the composition root of a node. Config, certificates, capture, pods, endpoints.
+
+Start-up order makes readiness honest: config loaded -> CA and certificate manager -> capture
+opened (pinned) -> every local pod's certificate issued, listeners opened in its netns and enrolled
+-> ready. SIGTERM (or POST /quitquitquit) drains: not ready, stop accepting, GOAWAY, let open
+connections finish until the deadline, then abort what remains. Capture stays pinned and the pods
+enrolled, so they fail closed until the next `zt run` re-registers their listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zt.addr import SocketAddr
+from zt.capture import Capture, Mode
+from zt.config import FileWatcher, SnapshotStore, load_file
+from zt.config.dump import document
+from zt.errors import NotFoundError, UsageError, ZtError
+from zt.identity.ca import CertificateAuthority
+from zt.identity.manager import CertificateManager
+from zt.node.pod import PodProxy
+from zt.node.podapi import PodAdd, PodList, PodRemove
+from zt.node.podapi import serve as serve_pod_api
+from zt.node.services import NodeServices
+from zt.state import Protocol, Snapshot, Workload
+from zt.telemetry import http
+from zt.telemetry.connections import ConnectionTelemetry
+from zt.telemetry.endpoints import Admin, Readiness, metrics_handler, readiness_handler
+from zt.telemetry.metrics import Registry
+
+log = logging.getLogger("zt.node")
+
+RENEW_CHECK = 60.0  # seconds between certificate renewal checks (renewal is at half-life)
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    config: Path
+    node: str
+    ca_dir: Path = Path("/var/lib/zt/ca")
+    trust_domain: str = "cluster.local"
+    capture: Mode = "connect"
+    pin_dir: Path | None = Path("/sys/fs/bpf/zt")
+    pod_socket: Path = Path("/run/zt/pods.sock")
+    metrics: SocketAddr = field(default_factory=lambda: SocketAddr.parse("[::]:15020"))
+    readiness: SocketAddr = field(default_factory=lambda: SocketAddr.parse("[::]:15021"))
+    admin: SocketAddr = field(default_factory=lambda: SocketAddr.parse("127.0.0.1:15000"))
+    log_format: str = "text"
+    drain_deadline: float = 10.0
+    config_poll: float = 1.0
+    socks5: bool = False
+
+
+class PodNotLocal(UsageError):
+    reason = "pod_not_local"
+
+
+class NodeDaemon:
+    def __init__(self, options: NodeOptions) -> None:
+        self.options = options
+        self.readiness = Readiness("config", "certificates", "capture")
+        self.registry = Registry()
+        self.pods: dict[str, PodProxy] = {}
+        self._stop = asyncio.Event()
+        self._servers: list[asyncio.Server] = []
+        self._background: list[asyncio.Task[None]] = []
+        self._pod_lock = asyncio.Lock()
+        self.services: NodeServices | None = None
+
+    # -- start-up -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT or /quitquitquit, then drain and return."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._start()
+            log.info("node %s ready: %d pods", self.options.node, len(self.pods))
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+
+    async def _start(self) -> None:
+        opts = self.options
+        store = SnapshotStore(load_file(opts.config))
+        self.readiness.set("config")
+        await self._endpoints(store)
+        ca = await asyncio.to_thread(
+            CertificateAuthority.load_or_init, opts.ca_dir, opts.trust_domain
+        )
+        capture = await asyncio.to_thread(Capture.open, opts.capture, pin_dir=opts.pin_dir)
+        self.services = NodeServices(
+            node=opts.node,
+            store=store,
+            certs=CertificateManager(ca),
+            capture=capture,
+            registry=self.registry,
+            telemetry=ConnectionTelemetry(self.registry, log_format=opts.log_format),
+            socks5=opts.socks5,
+        )
+        self._collectors()
+        self.readiness.set("capture")
+        await self._sync_pods(store.current)
+        self.readiness.set("certificates")
+        store.subscribe(self._on_swap)
+        watcher = FileWatcher(opts.config, store)
+        self._background += [
+            asyncio.ensure_future(watcher.run(opts.config_poll)),
+            asyncio.ensure_future(self._renew_loop()),
+        ]
+        self._servers.append(await serve_pod_api(opts.pod_socket, self._pod_api))
+
+    async def _endpoints(self, store: SnapshotStore) -> None:
+        opts = self.options
+        admin = Admin(lambda: self.config_dump(store), self._stop.set)
+        for addr, handler in (
+            (opts.metrics, metrics_handler(self.registry)),
+            (opts.readiness, readiness_handler(self.readiness)),
+            (opts.admin, admin),
+        ):
+            self._servers.append(await http.serve(str(addr.ip), addr.port, handler))
+
+    def _collectors(self) -> None:
+        services = self.services
+        assert services is not None
+
+        def capture_counters() -> list[tuple[str, str, str, float]]:
+            counters = services.capture.counters()
+            return [
+                (f"zt_capture_{name}_total", f"BPF capture verdicts: {name}", "counter", float(v))
+                for name, v in sorted(counters.items())
+            ]
+
+        def node_gauges() -> list[tuple[str, str, str, float]]:
+            return [
+                ("zt_pods", "Pods served by this node", "gauge", float(len(self.pods))),
+                ("zt_config_generation", "Config snapshots loaded", "gauge",
+                 float(services.store.generation)),
+                ("zt_config_reload_errors_total", "Rejected config reloads", "counter",
+                 float(services.store.reload_errors)),
+                ("zt_policy_revoked_connections_total", "Live connections closed by a policy "
+                 "change", "counter", float(services.tracker.revoked_total)),
+                ("zt_live_inbound_connections", "Inbound connections open", "gauge",
+                 float(services.tracker.count())),
+            ]  # fmt: skip
+
+        self.registry.add_collector(capture_counters)
+        self.registry.add_collector(node_gauges)
+
+    # -- pods -----------------------------------------------------------------------------------
+    def _local(self, snapshot: Snapshot) -> dict[str, Workload]:
+        return {
+            w.uid: w
+            for w in snapshot.workloads_on(self.options.node)
+            if w.netns and w.protocol is Protocol.HBONE
+        }
+
+    async def _sync_pods(self, snapshot: Snapshot) -> None:
+        """Serve the config's local pods (netns known); stop those that left or changed."""
+        wanted = self._local(snapshot)
+        for uid, pod in list(self.pods.items()):
+            now = snapshot.by_uid.get(uid)
+            if now is None or (now != pod.workload and uid in wanted):
+                await self.remove_pod(uid)
+        for uid, workload in wanted.items():
+            if uid not in self.pods:
+                try:
+                    await self.add_pod(workload, workload.netns or "")
+                except ZtError as exc:
+                    log.error("pod %s not served: %s", uid, exc)
+                except OSError as exc:
+                    log.error("pod %s not served: %s", uid, exc)
+
+    async def add_pod(self, workload: Workload, netns: str) -> PodProxy:
+        assert self.services is not None
+        async with self._pod_lock:
+            if workload.uid in self.pods:
+                return self.pods[workload.uid]
+            pod = PodProxy(self.services, workload, netns)
+            try:
+                await pod.start()
+            except BaseException:
+                await pod.stop(0.0, unenroll=True)
+                raise
+            self.pods[workload.uid] = pod
+            return pod
+
+    async def remove_pod(self, uid: str) -> None:
+        async with self._pod_lock:
+            pod = self.pods.pop(uid, None)
+        if pod is None:
+            raise NotFoundError(f"pod {uid!r} is not served by node {self.options.node}")
+        await pod.stop(self.options.drain_deadline, unenroll=True)
+        assert self.services is not None
+        if not any(p.identity == pod.identity for p in self.pods.values()):
+            self.services.certs.forget(pod.identity)  # a workload that left: forget its cert
+
+    async def _pod_api(self, cmd: PodAdd | PodRemove | PodList) -> dict[str, object]:
+        assert self.services is not None
+        if isinstance(cmd, PodList):
+            return {"pods": [self._pod_info(p) for p in self.pods.values()]}
+        if isinstance(cmd, PodRemove):
+            await self.remove_pod(cmd.uid)
+            return {"removed": cmd.uid}
+        workload = self.services.store.current.by_uid.get(cmd.uid)
+        if workload is None:
+            raise NotFoundError(f"uid: got {cmd.uid!r}, expected a workload of the mesh config")
+        if workload.node != self.options.node:
+            raise PodNotLocal(
+                f"uid: {cmd.uid!r} runs on node {workload.node!r}, not {self.options.node!r}"
+            )
+        pod = await self.add_pod(workload, cmd.netns)
+        return {"added": self._pod_info(pod)}
+
+    @staticmethod
+    def _pod_info(pod: PodProxy) -> dict[str, object]:
+        return {
+            "uid": pod.uid,
+            "netns": pod.netns,
+            "ips": [str(ip) for ip in pod.workload.ips],
+            "identity": str(pod.identity),
+            "connections": pod.connections,
+        }
+
+    def _on_swap(self, old: Snapshot, new: Snapshot) -> None:
+        assert self.services is not None
+        revoked = self.services.tracker.apply(new)
+        if revoked:
+            log.info("policy change closed %d live connection(s)", revoked)
+        self._background.append(asyncio.ensure_future(self._sync_pods(new)))
+
+    async def _renew_loop(self) -> None:
+        assert self.services is not None
+        while True:
+            await asyncio.sleep(RENEW_CHECK)
+            with contextlib.suppress(ZtError):
+                renewed = await self.services.certs.renew_due()
+                if renewed:
+                    log.info("renewed %d workload certificate(s)", renewed)
+
+    def config_dump(self, store: SnapshotStore) -> dict[str, object]:
+        services = self.services
+        return {
+            "node": self.options.node,
+            "ready": self.readiness.ready,
+            "config": {"path": str(self.options.config), "generation": store.generation,
+                       "reload_errors": store.reload_errors, **document(store.current)},
+            "pods": [self._pod_info(p) for p in self.pods.values()],
+            "capture": services.capture.status().to_dict() if services else None,
+        }  # fmt: skip
+
+    # -- shutdown -------------------------------------------------------------------------------
+    async def _shutdown(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().remove_signal_handler(sig)
+        for condition in ("config", "certificates", "capture"):
+            self.readiness.set(condition, False)
+        log.info("node %s draining (deadline %g s)", self.options.node, self.options.drain_deadline)
+        for task in self._background:
+            task.cancel()
+        pods = list(self.pods.values())
+        self.pods.clear()
+        await asyncio.gather(
+            *(p.stop(self.options.drain_deadline, unenroll=False) for p in pods),
+            return_exceptions=True,
+        )
+        for server in self._servers:
+            server.close()
+        if self.services is not None:
+            # Pinned: leave capture in place (fail closed until the next zt). Unpinned: detach.
+            self.services.capture.close(detach=self.options.pin_dir is None)
+        log.info("node %s stopped", self.options.node)

@@ -1,0 +1,178 @@
+"""Inbound: HBONE tunnels (:15008) and plaintext (:15006) to a pod's applications.
+
+DESIGN.md §2: "200 once policy passed **and** the upstream socket is connected; 400 malformed
+request or authority IP ≠ the pod the connection reached; 401 policy denied; 503 unknown destination
+or upstream unreachable (10 s dial timeout). After 200, failures become RST_STREAM."
+Plaintext (§1): "non-HBONE connections to the pod; only IP/port policy rules can allow them".
+Delivery to the app is a marked connection from inside the pod to `<pod ip>:<port>`; its source is
+the pod's own IP, which sk_lookup leaves alone (§6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from zt.addr import SocketAddr, from_sockaddr, unmap
+from zt.errors import H2_CONNECT_ERROR, ZtError
+from zt.hbone.errors import AuthorityMismatch, PolicyDenied, UpstreamUnreachable
+from zt.node.services import (
+    FLAG_DENIED,
+    FLAG_DRAINED,
+    FLAG_NO_ROUTE,
+    FLAG_OK,
+    FLAG_UPSTREAM_FAILURE,
+)
+from zt.proxy.errors import StreamResetError
+from zt.proxy.relay import relay, reset_tcp
+from zt.proxy.splice import splice
+from zt.proxy.stream import HboneStream
+from zt.state import Connection, Decision, Workload, authorize
+from zt.telemetry.connections import ConnectionInfo, ConnectionReport, Peer
+
+if TYPE_CHECKING:
+    from zt.node.pod import PodProxy
+
+log = logging.getLogger("zt.node.inbound")
+
+
+def _source_peer(pod: PodProxy, addr: SocketAddr, identity: str) -> Peer:
+    known = pod.services.store.current.workload_at(pod.workload.network, addr.ip)
+    return Peer(str(addr), known.name if known else "", known.namespace if known else "", identity)
+
+
+def _dest_peer(workload: Workload, target: SocketAddr, with_identity: bool) -> Peer:
+    identity = workload.identity if with_identity else ""
+    return Peer(str(target), workload.name, workload.namespace, identity)
+
+
+def _deny_log(pod: PodProxy, conn: Connection, decision: Decision) -> None:
+    log.info(
+        "pod %s: DENY %s (%s) -> %s: %s",
+        pod.uid,
+        conn.src_ip,
+        conn.src_identity or "no identity",
+        conn.dst,
+        decision.reason,
+    )
+
+
+class _Closer:
+    """What the conntrack calls when a policy change revokes a live connection."""
+
+    def __init__(self, writer: asyncio.StreamWriter, stream: HboneStream | None = None) -> None:
+        self.writer = writer
+        self.stream = stream
+        self.revoked: Decision | None = None
+
+    def __call__(self, decision: Decision) -> None:
+        self.revoked = decision
+        if self.stream is not None:
+            self.stream.reset(H2_CONNECT_ERROR)
+        reset_tcp(self.writer)
+
+
+async def hbone_tunnel(pod: PodProxy, stream: HboneStream) -> None:
+    """One CONNECT on the pod's :15008: check, dial the app, answer, relay, report."""
+    workload = pod.workload
+    peer_id = str(stream.driver.peer)
+    transport = stream.driver.transport
+    peer_addr = from_sockaddr(transport.get_extra_info("peername")) if transport else None
+    ip, port = stream.request.authority
+    target = SocketAddr(unmap(ip), port)
+    info = ConnectionInfo(
+        direction="inbound",
+        src=_source_peer(pod, peer_addr, peer_id) if peer_addr else Peer(identity=peer_id),
+        dst=_dest_peer(workload, target, True),
+        hbone_addr=str(from_sockaddr(transport.get_extra_info("sockname"))) if transport else "",
+        protocol="hbone",
+    )
+    report = ConnectionReport(pod.services.telemetry, info)
+    if target.ip not in workload.ips or peer_addr is None:
+        _refuse(stream, AuthorityMismatch(f"{target} is not an address of pod {workload.uid}"))
+        report.closed(flags=FLAG_NO_ROUTE, error=f"authority {target} is not this pod")
+        return
+    conn = Connection(peer_addr.ip, target, peer_id, workload.network)
+    decision = authorize(conn, pod.services.store.current)
+    if not decision.allowed:
+        _deny_log(pod, conn, decision)
+        _refuse(stream, PolicyDenied(decision.reason))
+        report.closed(flags=FLAG_DENIED, error=decision.reason, policy=decision.policy or "")
+        return
+    try:
+        reader, writer = await pod.net.open_connection(target, pod.services.dial_timeout)
+    except (OSError, TimeoutError) as exc:
+        _refuse(stream, UpstreamUnreachable(f"{target}: {exc}"))
+        report.closed(flags=FLAG_UPSTREAM_FAILURE, error=f"{target}: {exc}")
+        return
+    try:
+        stream.driver.respond(stream, 200)  # only now: the app's socket is connected
+    except (StreamResetError, ZtError):
+        writer.close()
+        report.closed(flags=FLAG_DRAINED, error="client went away during the dial")
+        return
+    closer = _Closer(writer, stream)
+    key = pod.services.tracker.add(pod.uid, conn, closer)
+    report.opened()
+    try:
+        result = await relay(stream, reader, writer)
+    finally:
+        pod.services.tracker.remove(key)
+    flags, error = _ending(closer, result.outcome)
+    report.closed(result.stream_to_tcp, result.tcp_to_stream, flags, error, decision.policy or "")
+
+
+def _refuse(stream: HboneStream, error: ZtError) -> None:
+    """Answer a CONNECT with the error's status (its class carries it) and reason."""
+    if stream.was_reset is None:
+        with contextlib.suppress(StreamResetError, ZtError):  # the client gave up already
+            stream.driver.respond(stream, error.http_status, error.reason)
+
+
+def _ending(closer: _Closer, outcome: str) -> tuple[str, str]:
+    if closer.revoked is not None:
+        return FLAG_DRAINED, f"revoked by policy change: {closer.revoked.reason}"
+    return FLAG_OK, "" if outcome == "closed" else outcome
+
+
+async def plaintext(
+    pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """A non-HBONE connection to the pod (:15006): IP/port policy only; deny closes it."""
+    sock = writer.get_extra_info("socket")
+    source = from_sockaddr(sock.getpeername())
+    target = from_sockaddr(sock.getsockname())  # sk_lookup does not rewrite: the original dst
+    workload = pod.workload
+    info = ConnectionInfo(
+        direction="inbound",
+        src=_source_peer(pod, source, ""),
+        dst=_dest_peer(workload, target, False),
+        protocol="tcp",
+    )
+    report = ConnectionReport(pod.services.telemetry, info)
+    conn = Connection(source.ip, target, None, workload.network)
+    decision = authorize(conn, pod.services.store.current)
+    if not decision.allowed:
+        _deny_log(pod, conn, decision)
+        reset_tcp(writer)
+        report.closed(flags=FLAG_DENIED, error=decision.reason, policy=decision.policy or "")
+        return
+    try:
+        upstream = await pod.net.open_connection(target, pod.services.dial_timeout)
+    except (OSError, TimeoutError) as exc:
+        reset_tcp(writer)
+        report.closed(flags=FLAG_UPSTREAM_FAILURE, error=f"{target}: {exc}")
+        return
+    closer = _Closer(writer)
+    key = pod.services.tracker.add(pod.uid, conn, closer)
+    report.opened()
+    try:
+        result = await splice((reader, writer), upstream)
+    finally:
+        pod.services.tracker.remove(key)
+    if closer.revoked is not None:
+        reset_tcp(upstream[1])
+    flags, error = _ending(closer, result.outcome)
+    report.closed(result.b_to_a, result.a_to_b, flags, error, decision.policy or "")

@@ -1,0 +1,152 @@
+"""Outbound (:15001): a captured app connection -> route() -> HBONE tunnel, plain TCP or
+passthrough, every upstream socket marked and made inside the pod's netns (DESIGN.md §5, §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from zt.addr import SocketAddr, from_sockaddr, unmap
+from zt.errors import ZtError
+from zt.hbone.request import ConnectRequest, new_traceparent
+from zt.identity.spiffe import SpiffeId
+from zt.node.services import FLAG_NO_ROUTE, FLAG_UPSTREAM_FAILURE, STATUS_FLAGS
+from zt.proxy.errors import TunnelRefused
+from zt.proxy.pool import PoolKey
+from zt.proxy.relay import relay, reset_tcp
+from zt.proxy.splice import splice
+from zt.state import Route, RouteKind, Workload, route
+from zt.telemetry.connections import ConnectionInfo, ConnectionReport, Peer
+
+if TYPE_CHECKING:
+    from zt.node.pod import PodProxy
+
+log = logging.getLogger("zt.node.outbound")
+
+
+def _info(pod: PodProxy, source: Workload, app: SocketAddr, decided: Route) -> ConnectionInfo:
+    dst = pod.services.store.current.by_uid.get(decided.destination_workload or "")
+    target = decided.authority or decided.next_hop
+    hbone = decided.kind is RouteKind.HBONE
+    return ConnectionInfo(
+        direction="outbound",
+        src=Peer(str(app), source.name, source.namespace, source.identity),
+        dst=Peer(
+            str(target) if target else "",
+            dst.name if dst else "",
+            dst.namespace if dst else "",
+            dst.identity if dst and hbone else "",
+        ),
+        service=(decided.service or "").partition("/")[2],
+        hbone_addr=str(decided.next_hop) if hbone else "",
+        protocol=decided.kind.value,
+    )
+
+
+@dataclass
+class _Outbound:
+    pod: PodProxy
+    app: SocketAddr
+    source: Workload
+    decided: Route
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    report: ConnectionReport
+    # SOCKS5 answers its client once the upstream is known to work or to have failed
+    announce: Callable[[bool], None] = lambda ok: None
+
+    def refuse(self, flags: str, error: str) -> None:
+        self.announce(False)
+        reset_tcp(self.writer)
+        self.report.closed(flags=flags, error=error)
+
+    def connected(self) -> None:
+        self.announce(True)
+        self.report.opened()
+
+    async def via_hbone(self) -> None:
+        decided = self.decided
+        assert decided.next_hop is not None and decided.authority is not None
+        key = PoolKey(
+            SpiffeId.parse(self.source.identity),
+            frozenset(SpiffeId.parse(i) for i in decided.expected_identities),
+            decided.next_hop,
+        )
+        request = ConnectRequest(
+            authority=(decided.authority.ip, decided.authority.port),
+            forwarded_for=str(self.app),
+            traceparent=new_traceparent(),
+        )
+        try:
+            stream = await self.pod.pool.open(key, request, timeout=self.pod.services.dial_timeout)
+        except TunnelRefused as exc:
+            self.refuse(STATUS_FLAGS.get(exc.status, FLAG_UPSTREAM_FAILURE), str(exc))
+            return
+        except ZtError as exc:  # dial, TLS or peer identity failure
+            self.refuse(FLAG_UPSTREAM_FAILURE, str(exc))
+            return
+        self.connected()
+        result = await relay(stream, self.reader, self.writer)
+        self.report.closed(result.stream_to_tcp, result.tcp_to_stream, error=_error(result.outcome))
+
+    async def via_tcp(self) -> None:
+        hop = self.decided.next_hop
+        assert hop is not None
+        try:
+            upstream = await self.pod.net.open_connection(hop, self.pod.services.dial_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.refuse(FLAG_UPSTREAM_FAILURE, f"{hop}: {exc}")
+            return
+        self.connected()
+        result = await splice((self.reader, self.writer), upstream)
+        self.report.closed(result.b_to_a, result.a_to_b, error=_error(result.outcome))
+
+
+def _error(outcome: str) -> str:
+    return "" if outcome == "closed" else outcome
+
+
+async def handle(pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A connection captured on :15001: its original destination comes from capture."""
+    sock = writer.get_extra_info("socket")
+    app = from_sockaddr(sock.getpeername())
+    try:
+        orig = pod.services.capture.original_destination(sock)
+    except ZtError as exc:
+        log.warning("pod %s: outbound connection from %s dropped: %s", pod.uid, app, exc)
+        reset_tcp(writer)
+        return
+    await forward(pod, reader, writer, app, SocketAddr(unmap(orig.ip), orig.port))
+
+
+async def forward(
+    pod: PodProxy,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    app: SocketAddr,
+    destination: SocketAddr,
+    *,
+    announce: Callable[[bool], None] | None = None,
+) -> None:
+    """Route an app connection to `destination` and carry it there."""
+    snapshot = pod.services.store.current
+    source = snapshot.by_uid.get(pod.uid)
+    if source is None:
+        log.warning("pod %s left the config; dropping its connection to %s", pod.uid, destination)
+        reset_tcp(writer)
+        return
+    decided = route(destination, source, snapshot, seed=random.getrandbits(32))
+    report = ConnectionReport(pod.services.telemetry, _info(pod, source, app, decided))
+    flow = _Outbound(pod, app, source, decided, reader, writer, report)
+    if announce is not None:
+        flow.announce = announce
+    if decided.kind is RouteKind.REFUSED:
+        flow.refuse(FLAG_NO_ROUTE, decided.reason)
+    elif decided.kind is RouteKind.HBONE:
+        await flow.via_hbone()
+    else:
+        await flow.via_tcp()

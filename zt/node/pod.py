@@ -1,0 +1,179 @@
+"""One pod served by the node: its listeners inside its netns, its capture enrollment, its
+outbound pool and inbound HBONE server, and draining it when it goes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from zt.capture import ListenerSockets, PodCapture
+from zt.identity.certs import WorkloadCert
+from zt.identity.errors import CertificateUnavailable
+from zt.identity.spiffe import SpiffeId
+from zt.identity.tls import cached_client_context, rotating_server_context
+from zt.node import inbound, outbound, socks5
+from zt.node.podnet import STREAM_LIMIT, PodNet
+from zt.node.services import NodeServices
+from zt.proxy.client import dial
+from zt.proxy.driver import HboneDriver
+from zt.proxy.pool import HbonePool, PoolKey
+from zt.proxy.server import HboneServer
+from zt.proxy.stream import HboneStream
+from zt.proxy.tls import client_peer_check, server_peer_check
+from zt.state import Workload
+
+log = logging.getLogger("zt.node.pod")
+
+OUTBOUND_PORT, PLAINTEXT_PORT, HBONE_PORT = 15001, 15006, 15008
+
+
+def capture_name(uid: str) -> str:
+    """Capture names are at most 63 bytes; long uids keep a readable head and a hash."""
+    if len(uid.encode()) <= 63:
+        return uid
+    digest = hashlib.sha256(uid.encode()).hexdigest()[:12]
+    return uid.encode()[:50].decode(errors="ignore") + "~" + digest
+
+
+class PodProxy:
+    def __init__(self, services: NodeServices, workload: Workload, netns: str) -> None:
+        self.services = services
+        self.workload = workload
+        self.uid = workload.uid
+        self.netns = netns
+        self.identity = SpiffeId.parse(workload.identity)
+        self.net = PodNet(netns)
+        self.pool = HbonePool(self._connect, clock=None)
+        self._servers: list[asyncio.Server] = []
+        self._hbone: HboneServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.enrolled = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.services.certs.get(self.identity)  # fail here, not on the first connection
+        transparent = (
+            self.services.capture.mode == "sklookup"
+        )  # DESIGN.md §6: IP_TRANSPARENT on 15001
+
+        def listeners() -> ListenerSockets:
+            return ListenerSockets(
+                self.net.listener(OUTBOUND_PORT, transparent=transparent),
+                self.net.listener(PLAINTEXT_PORT),
+                self.net.listener(HBONE_PORT),
+            )
+
+        socks = await asyncio.to_thread(listeners)
+        try:
+            await asyncio.to_thread(self.services.capture.enroll, self._capture_spec(socks))
+            self.enrolled = True
+            self._servers.append(
+                await asyncio.start_server(
+                    self._handler(outbound.handle), sock=socks.outbound, limit=STREAM_LIMIT
+                )
+            )
+            self._servers.append(
+                await asyncio.start_server(
+                    self._handler(inbound.plaintext), sock=socks.inbound_plain, limit=STREAM_LIMIT
+                )
+            )
+            self._hbone = HboneServer(
+                rotating_server_context(self._current_cert),
+                peer_check=client_peer_check(self.workload.trust_domain),
+                handler=self._stream_handler,
+            )
+            await self._hbone.start_on(socks.inbound_hbone)
+            if self.services.socks5:
+                proxy = await asyncio.to_thread(self.net.loopback_listener, socks5.SOCKS_PORT)
+                self._servers.append(
+                    await asyncio.start_server(self._handler(socks5.handle), sock=proxy)
+                )
+        except BaseException:
+            self._close_servers()  # servers own their sockets; close the rest by hand
+            for sock in (socks.outbound, socks.inbound_plain, socks.inbound_hbone):
+                if sock.fileno() != -1:
+                    sock.close()
+            raise
+        log.info(
+            "pod %s served in %s (%s)", self.uid, self.netns, ", ".join(map(str, self.workload.ips))
+        )
+
+    def _capture_spec(self, socks: ListenerSockets) -> PodCapture:
+        first = {ip.version: ip for ip in reversed(self.workload.ips)}
+        ips = tuple(first[v] for v in (4, 6) if v in first)
+        return PodCapture(capture_name(self.uid), Path(self.net.path), ips, socks)
+
+    async def stop(self, deadline: float, *, unenroll: bool) -> None:
+        """Stop accepting, drain (GOAWAY, let open connections finish until `deadline` seconds),
+        then abort what remains. `unenroll=False` (node shutdown) leaves the pod captured: with
+        the listeners gone its traffic is dropped (fail closed) until a new zt registers."""
+        self._close_servers()
+        if self._hbone is not None:
+            await self._hbone.shutdown(deadline)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=deadline)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        await self.pool.close()
+        if unenroll and self.enrolled:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.services.capture.unenroll, capture_name(self.uid))
+            self.enrolled = False
+        self.net.close()
+        log.info("pod %s stopped (unenroll=%s)", self.uid, unenroll)
+
+    def _close_servers(self) -> None:
+        for server in self._servers:
+            with contextlib.suppress(ValueError):  # its socket was closed already
+                server.close()
+        self._servers.clear()
+
+    @property
+    def connections(self) -> int:
+        return len(self._tasks)
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def _track(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _handler(
+        self,
+        handle: Callable[[PodProxy, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = self._track(handle(self, reader, writer))
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        return run
+
+    def _stream_handler(self, stream: HboneStream) -> None:
+        self._track(inbound.hbone_tunnel(self, stream))
+
+    def _current_cert(self) -> WorkloadCert:
+        """The pod's certificate now (the manager renews it at half-life; each handshake asks)."""
+        cert = self.services.certs.cached(self.identity)
+        if cert is None:
+            raise CertificateUnavailable(f"no certificate for {self.identity}")
+        return cert
+
+    async def _connect(self, key: PoolKey) -> HboneDriver:
+        """The pool's dialer: a marked socket from inside this pod, TLS with the pod's cert."""
+        cert = await self.services.certs.get(key.source)
+        sock = await self.net.connect(key.destination, self.services.dial_timeout)
+        return await dial(
+            key.destination,
+            cached_client_context(cert),
+            peer_check=server_peer_check(sorted(key.expected)),
+            sock=sock,
+            timeout=self.services.dial_timeout,
+        )

@@ -1,0 +1,82 @@
+"""A pod's network namespace as the node uses it: one long-lived thread inside it makes sockets.
+
+A socket belongs to the netns it was created in, whatever thread uses it later, so only `socket()`
+(and `bind`/`listen` for listeners) run in the pod's thread; connecting and all I/O happen on the
+event loop. One thread per pod avoids paying a thread start and two setns calls per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from zt.addr import SocketAddr
+from zt.capture.bpfsys import setns
+from zt.capture.netns import marked_socket, netns_path, open_listener
+
+STREAM_LIMIT = 1024 * 1024
+
+
+def _enter(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        setns(fd)
+    finally:
+        os.close(fd)
+
+
+class PodNet:
+    def __init__(self, netns: str | Path) -> None:
+        self.path = netns_path(netns)
+        self._thread = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"netns-{self.path.name}",
+            initializer=_enter,
+            initargs=(self.path,),
+        )
+
+    def listener(self, port: int, *, transparent: bool = False) -> socket.socket:
+        """A marked dual-stack listener on [::]:port inside the pod (blocking; at pod start)."""
+        return open_listener(self.path, port, transparent=transparent, backlog=1024)
+
+    def loopback_listener(self, port: int) -> socket.socket:
+        """A listener on the pod's 127.0.0.1:port (SOCKS5: reachable only from inside the pod)."""
+
+        def make() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", port))
+                sock.listen(128)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        return self._thread.submit(make).result(timeout=10)
+
+    async def connect(self, target: SocketAddr, timeout: float = 10.0) -> socket.socket:
+        """A marked TCP connection from inside the pod to `target` (raises OSError/TimeoutError)."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if target.ip.version == 6 else socket.AF_INET
+        sock = await loop.run_in_executor(self._thread, marked_socket, family)
+        try:
+            sock.setblocking(False)
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, (str(target.ip), target.port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def open_connection(
+        self, target: SocketAddr, timeout: float = 10.0
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = await self.connect(target, timeout)
+        return await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
