@@ -1,0 +1,465 @@
+"""Relay conformance over a real zt pair on loopback: every close order, resets, a slow reader.
+
+app → zt client relay → HBONE (mTLS, HTTP/2) → zt server relay → target. DESIGN.md §2: "TCP FIN →
+DATA with END_STREAM; END_STREAM → shutdown(SHUT_WR); RST_STREAM (NO_ERROR/CANCEL) after END_STREAM
+is EOF, not an error; a TCP reset → RST_STREAM."
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+
+import pytest
+
+from tests.proxy.helpers import (
+    CLIENT_ID,
+    LOOPBACK,
+    SERVER_ID,
+    Pki,
+    closed_port,
+    echo_handler,
+    read_all,
+    rst,
+    run,
+    zt_pair,
+)
+from zt.addr import SocketAddr
+from zt.hbone.request import ConnectRequest
+from zt.proxy.errors import TunnelRefused
+from zt.proxy.forward import TcpToHbone
+from zt.proxy.pool import PoolKey
+
+
+def test_small_echo_byte_exact(pki: Pki) -> None:
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await read_all(reader))
+        writer.write_eof()
+        await writer.drain()
+        writer.close()
+
+    async def body() -> None:
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            payload = os.urandom(64)
+            writer.write(payload)
+            writer.write_eof()
+            assert await read_all(reader) == payload
+            writer.close()
+
+    run(body())
+
+
+def test_app_fin_first_then_target_answers(pki: Pki) -> None:
+    """The app half-closes; the target still sees every byte, then EOF, and can still answer."""
+    seen: asyncio.Future[bytes]
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await read_all(reader)  # returns only at the END_STREAM-turned-FIN
+        seen.set_result(data)
+        writer.write(b"reply after your FIN")
+        writer.write_eof()
+        await writer.drain()
+        writer.close()
+
+    async def body() -> None:
+        nonlocal seen
+        seen = asyncio.get_running_loop().create_future()
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            payload = os.urandom(300_000)
+            writer.write(payload)
+            writer.write_eof()
+            assert await read_all(reader) == b"reply after your FIN"
+            assert await seen == payload
+            writer.close()
+
+    run(body())
+
+
+def test_target_fin_first_then_app_keeps_sending(pki: Pki) -> None:
+    """The target half-closes first; the app reads EOF and can still send to the target."""
+    late: asyncio.Future[bytes]
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello, then FIN")
+        writer.write_eof()
+        await writer.drain()
+        late.set_result(await read_all(reader))
+        writer.close()
+
+    async def body() -> None:
+        nonlocal late
+        late = asyncio.get_running_loop().create_future()
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            assert await read_all(reader) == b"hello, then FIN"
+            writer.write(b"sent after reading EOF")
+            writer.write_eof()
+            await writer.drain()
+            assert await asyncio.wait_for(late, 5) == b"sent after reading EOF"
+            writer.close()
+
+    run(body())
+
+
+def test_simultaneous_fin(pki: Pki) -> None:
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"T" * 1000)
+        writer.write_eof()
+        await writer.drain()
+        got = await read_all(reader)
+        assert got == b"A" * 1000
+        writer.close()
+
+    async def body() -> None:
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            writer.write(b"A" * 1000)
+            writer.write_eof()
+            assert await read_all(reader) == b"T" * 1000
+            writer.close()
+            await asyncio.sleep(0.1)
+            assert [r.outcome for r in pair.forwarder.results] == ["closed"]
+
+    run(body())
+
+
+def test_full_duplex_8mib_each_way(pki: Pki) -> None:
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def send() -> None:
+            for i in range(8):
+                writer.write(bytes([i]) * (1 << 20))
+                await writer.drain()
+            writer.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        digest = hashlib.sha256(await read_all(reader)).hexdigest()
+        await sender
+        writer.close()
+        got_up.set_result(digest)
+
+    got_up: asyncio.Future[str]
+
+    async def body() -> None:
+        nonlocal got_up
+        got_up = asyncio.get_running_loop().create_future()
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            up = os.urandom(8 << 20)
+
+            async def send() -> None:
+                writer.write(up)
+                await writer.drain()
+                writer.write_eof()
+
+            sender = asyncio.ensure_future(send())
+            down = await read_all(reader)
+            await sender
+            assert down == b"".join(bytes([i]) * (1 << 20) for i in range(8))
+            assert await got_up == hashlib.sha256(up).hexdigest()
+            writer.close()
+
+    run(body(), timeout=60)
+
+
+def test_app_reset_reaches_target_as_reset(pki: Pki) -> None:
+    """TCP RST at the app → RST_STREAM(CONNECT_ERROR) → RST at the target (RFC 9113 §8.5)."""
+    outcome: asyncio.Future[str]
+    got_first: asyncio.Future[None]
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readexactly(3) == b"abc"
+        got_first.set_result(None)
+        try:
+            rest = await reader.read(100)
+            outcome.set_result(f"eof:{rest!r}")
+        except ConnectionResetError:
+            outcome.set_result("reset")
+        writer.close()
+
+    async def body() -> None:
+        nonlocal outcome, got_first
+        loop = asyncio.get_running_loop()
+        outcome, got_first = loop.create_future(), loop.create_future()
+        async with zt_pair(pki, target) as pair:
+            _, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            writer.write(b"abc")
+            await asyncio.wait_for(got_first, 5)
+            rst(writer)
+            assert await asyncio.wait_for(outcome, 5) == "reset"
+            await asyncio.sleep(0.05)
+            assert [r.outcome for r in pair.forwarder.results] == ["tcp_reset"]
+
+    run(body())
+
+
+def test_target_reset_reaches_app_as_reset(pki: Pki) -> None:
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readexactly(2) == b"go"
+        writer.write(b"partial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        rst(writer)
+
+    async def body() -> None:
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            writer.write(b"go")
+            assert await reader.readexactly(7) == b"partial"
+            with pytest.raises(ConnectionResetError):
+                await reader.read(100)
+            writer.close()
+
+    run(body())
+
+
+def test_reset_after_target_fin_resets_app(pki: Pki) -> None:
+    """A target that FINs and then RSTs while the app still sends: the app ends with a reset,
+    not a hang (the RST of the target reaches the app after its EOF)."""
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"done")
+        writer.write_eof()
+        await writer.drain()
+        await reader.readexactly(1)
+        rst(writer)
+
+    async def body() -> None:
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            assert await read_all(reader) == b"done"
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            with pytest.raises(ConnectionError):
+                for _ in range(50):  # bounded: the reset shows on a write or a read
+                    writer.write(b"more")
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+            writer.close()
+
+    run(body())
+
+
+def test_slow_reader_bounds_buffering_to_windows(pki: Pki) -> None:
+    """The target pushes 40 MiB at an app that does not read: the push stalls, zt's own buffer on
+    the stream stays within the 4 MiB stream window, and nothing is lost once the app reads."""
+    total = 40 << 20
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    sent = 0
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readexactly(2)
+        while sent < total:
+            writer.write(chunk)
+            await writer.drain()
+            sent += len(chunk)
+        writer.write_eof()
+        await writer.drain()
+        writer.close()
+
+    async def body() -> None:
+        async with zt_pair(pki, target) as pair:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (str(pair.app.ip), pair.app.port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=64 * 1024)
+            writer.write(b"go")
+            await asyncio.sleep(1.0)
+            stalled_at = sent
+            buffered = [s.buffered for s in pair.client.streams.values()]
+            await asyncio.sleep(0.5)
+            assert sent == stalled_at, "the target kept sending: no backpressure"
+            # Outside zt: kernel socket buffers (autotuned, a few MiB per socket) and the asyncio
+            # reader buffers; the 4 MiB stream window is the only in-flight budget zt adds.
+            assert stalled_at < 24 << 20, f"{stalled_at} bytes left the target before it stalled"
+            assert buffered and max(buffered) <= 4 << 20
+            received = 0
+            digest = hashlib.sha256()
+            while data := await reader.read(1 << 20):
+                received += len(data)
+                digest.update(data)
+            assert received == total
+            expected = hashlib.sha256()
+            for _ in range(total // len(chunk)):
+                expected.update(chunk)
+            assert digest.hexdigest() == expected.hexdigest()
+            writer.close()
+
+    run(body(), timeout=60)
+
+
+def test_connection_loss_resets_the_app(pki: Pki) -> None:
+    """When the HBONE connection dies, every relayed TCP connection is reset (not FIN'd: the byte
+    stream is incomplete)."""
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        await asyncio.sleep(5)
+        writer.close()
+
+    async def body() -> None:
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            writer.write(b"hi")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            pair.client.close("test kills the connection")
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(100), 5)
+            writer.close()
+
+    run(body())
+
+
+def test_app_data_and_fin_before_the_tunnel_is_up_are_kept(pki: Pki) -> None:
+    """The app writes and half-closes at once, before the CONNECT is answered: nothing is lost."""
+    seen: asyncio.Future[bytes]
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.set_result(await read_all(reader))
+        writer.close()
+
+    async def body() -> None:
+        nonlocal seen
+        seen = asyncio.get_running_loop().create_future()
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            writer.write(b"early bytes")
+            writer.write_eof()
+            assert await asyncio.wait_for(seen, 5) == b"early bytes"
+            assert await read_all(reader) == b""
+            writer.close()
+
+    run(body())
+
+
+def test_200_concurrent_tunnels_stay_byte_exact(pki: Pki) -> None:
+    """Many tunnels multiplexed on one HBONE connection, each with its own random payload."""
+
+    async def body() -> None:
+        async with zt_pair(pki, echo_handler) as pair:
+
+            async def one() -> bool:
+                payload = os.urandom(256 * 1024)
+                reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+
+                async def send() -> None:
+                    writer.write(payload)
+                    await writer.drain()
+                    writer.write_eof()
+
+                sender = asyncio.ensure_future(send())
+                got = await read_all(reader)
+                await sender
+                writer.close()
+                return got == payload
+
+            assert all(await asyncio.gather(*(one() for _ in range(200))))
+            # ≤ 100 streams per client connection (DESIGN.md §2): the pool needed 2.
+            assert pair.server.connections_accepted == 2
+
+    run(body(), timeout=120)
+
+
+def test_refused_tunnel_resets_the_app_connection(pki: Pki) -> None:
+    """A non-200 answer never becomes a clean FIN at the app: it is a reset (the app must not
+    mistake a refused tunnel for an empty reply)."""
+
+    async def body() -> None:
+        async with zt_pair(pki, echo_handler) as pair:
+            closed = SocketAddr.parse(f"127.0.0.1:{closed_port()}")
+            request = ConnectRequest((closed.ip, closed.port))
+            key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), pair.hbone)
+            forwarder = TcpToHbone(lambda: pair.pool.open(key, request))
+            app = await forwarder.start(LOOPBACK)
+            try:
+                reader, writer = await asyncio.open_connection(str(app.ip), app.port)
+                with pytest.raises(ConnectionResetError):
+                    await asyncio.wait_for(reader.read(10), 5)
+                writer.close()
+                [refusal] = forwarder.refused
+                assert isinstance(refusal, TunnelRefused) and refusal.status == 503
+            finally:
+                await forwarder.close()
+
+    run(body())
+
+
+def test_server_shutdown_deadline_resets_both_ends(pki: Pki) -> None:
+    """Past the drain deadline, live tunnels are cut: RST at the app and at the target, never a
+    FIN that would look like a complete stream."""
+    target_outcome: asyncio.Future[str]
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(2)
+        writer.write(b"ok")
+        try:
+            rest = await reader.read(100)
+            target_outcome.set_result(f"eof {rest!r}")
+        except ConnectionResetError:
+            target_outcome.set_result("reset")
+
+    async def body() -> None:
+        nonlocal target_outcome
+        target_outcome = asyncio.get_running_loop().create_future()
+        async with zt_pair(pki, target) as pair:
+            reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            writer.write(b"hi")
+            assert await reader.readexactly(2) == b"ok"
+            await pair.server.shutdown(0.3)
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(100), 5)
+            assert await asyncio.wait_for(target_outcome, 5) == "reset"
+            writer.close()
+
+    run(body())
+
+
+def test_slow_target_bounds_buffering_on_the_upload_path(pki: Pki) -> None:
+    """The mirror case: the target does not read; the app's push stalls and the zt server holds
+    at most one stream window."""
+    total = 40 << 20
+    start_reading = asyncio.Event()
+    received: asyncio.Future[int]
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await start_reading.wait()
+        received.set_result(len(await read_all(reader)))
+        writer.close()
+
+    async def body() -> None:
+        nonlocal received
+        received = asyncio.get_running_loop().create_future()
+        async with zt_pair(pki, target) as pair:
+            _, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
+            sent = 0
+
+            async def push() -> None:
+                nonlocal sent
+                chunk = b"u" * (1 << 16)
+                while sent < total:
+                    writer.write(chunk)
+                    await writer.drain()
+                    sent += len(chunk)
+                writer.write_eof()
+
+            pusher = asyncio.ensure_future(push())
+            await asyncio.sleep(1.0)
+            stalled_at = sent
+            buffered = [s.buffered for d in pair.server.drivers for s in d.streams.values()]
+            await asyncio.sleep(0.5)
+            assert sent == stalled_at, "the app kept sending: no backpressure"
+            assert stalled_at < 24 << 20
+            assert buffered and max(buffered) <= 4 << 20
+            start_reading.set()
+            await asyncio.wait_for(pusher, 30)
+            assert await asyncio.wait_for(received, 30) == total
+            writer.close()
+
+    run(body(), timeout=60)

@@ -1,0 +1,39 @@
+"""The asyncio HBONE data plane: the driver of one TLS connection ↔ one sans-IO core, the TCP ↔
+stream relay, the client pool and the HBONE server.
+
+Public API (what other rooms use):
+
+    from zt.proxy.client import dial, open_tunnel
+        await dial(target: SocketAddr, ctx: ssl.SSLContext, *, peer_check: PeerCheck | None,
+                   settings: HboneSettings | None = None, timeout=10.0) -> HboneDriver
+            # raises zt.identity TlsError subclasses (refused / untrusted / wrong identity) or
+            # DialFailed; returns once the server's first HTTP/2 bytes arrived (it took our cert)
+        await open_tunnel(driver, request: ConnectRequest, *, timeout=10.0) -> HboneStream
+            # raises TunnelRefused(status, detail) for a non-200 answer
+    from zt.proxy.tls import server_peer_check, client_peer_check
+        server_peer_check(expected: Sequence[SpiffeId]) -> PeerCheck   # client side
+        client_peer_check(trust_domain: str) -> PeerCheck              # server side
+    from zt.proxy.pool import HbonePool, PoolKey
+        PoolKey(source: SpiffeId, expected: frozenset[SpiffeId], destination: SocketAddr)
+        HbonePool(connector: async (PoolKey) -> HboneDriver, *, idle_timeout=300.0, clock=None)
+        await pool.open(key, request) -> HboneStream ; await pool.acquire(key) -> HboneDriver
+        pool.reap(now) -> int ; pool.connections(key) ; pool.dials ; await pool.close()
+    from zt.proxy.server import HboneServer, Admission, AdmissionHook, Dialer, Upstream
+        HboneServer(ctx, *, peer_check: PeerCheck, admission: AdmissionHook = allow_all,
+                    dialer: Dialer = dial_authority, settings=None, dial_timeout=10.0)
+        await server.start(listen: SocketAddr) -> SocketAddr ; await server.shutdown(deadline)
+        server.connections_accepted / peer_refusals / statuses (Counter) / tunnels / drivers
+        AdmissionHook = async (peer: SpiffeId, request: ConnectRequest) -> Admission
+            Admission.allow() | Admission.deny(PolicyDenied("...")) (status/reason from the error)
+        Dialer = async (request: ConnectRequest) -> socket.socket (connected, non-blocking;
+            e.g. made inside a pod netns). Raise OSError/TimeoutError → 503 upstream_unreachable;
+            raise a ZtError → its status. `dial_authority` is the standalone default.
+    from zt.proxy.relay import relay, reset_tcp
+        await relay(stream, reader, writer) -> RelayResult(tcp_to_stream, stream_to_tcp, outcome)
+    from zt.proxy.forward import TcpToHbone
+        TcpToHbone(opener: async () -> HboneStream); await start(listen) -> SocketAddr; close()
+    HboneStream: await read() (b"" = END_STREAM) / acknowledge() (after the socket took the
+        bytes) / await write(data) / write_eof() / reset(code) / was_reset / buffered
+    HboneDriver: usable / alive / goaway / streams / peer / close(reason, abort=True) /
+        start_drain(deadline_seconds) / closed (future) / close_reason
+"""

@@ -1,0 +1,72 @@
+"""Client side: dial an HBONE server (TCP + TLS + peer identity check) and open tunnels on it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+
+from zt.addr import SocketAddr
+from zt.hbone.request import ConnectRequest
+from zt.hbone.settings import HboneSettings
+from zt.identity.handshake import tls_error
+from zt.proxy.driver import HboneDriver, PeerCheck
+from zt.proxy.errors import DialFailed, TunnelRefused
+from zt.proxy.stream import HboneStream
+
+DIAL_TIMEOUT = 10.0  # DESIGN.md §2: "upstream unreachable (10 s dial timeout)"
+
+
+async def dial(
+    target: SocketAddr,
+    context: ssl.SSLContext,
+    *,
+    peer_check: PeerCheck | None,
+    settings: HboneSettings | None = None,
+    timeout: float = DIAL_TIMEOUT,
+    clock: Callable[[], float] | None = None,
+    sock: socket.socket | None = None,
+) -> HboneDriver:
+    """Open one HBONE connection; raises DialFailed or the peer check's typed error. With `sock`
+    (already connected to `target`, e.g. made inside a pod's netns) only TLS runs on it."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> HboneDriver:
+        return HboneDriver("client", settings=settings, peer_check=peer_check, clock=clock)
+
+    try:
+        async with asyncio.timeout(timeout):
+            # DESIGN.md §2: "no SNI is relied upon" — server_hostname="" sends none.
+            if sock is not None:
+                _, driver = await loop.create_connection(
+                    factory, sock=sock, ssl=context, server_hostname=""
+                )
+            else:
+                _, driver = await loop.create_connection(
+                    factory, str(target.ip), target.port, ssl=context, server_hostname=""
+                )
+            await driver.ready
+    except TimeoutError:
+        raise DialFailed(str(target), f"no TLS connection within {timeout:g} s") from None
+    except ssl.SSLError as exc:
+        raise tls_error(exc, peer=f"HBONE server {target}") from None
+    except OSError as exc:
+        raise DialFailed(str(target), exc.strerror or str(exc)) from None
+    return driver
+
+
+async def open_tunnel(
+    driver: HboneDriver, request: ConnectRequest, *, timeout: float = DIAL_TIMEOUT
+) -> HboneStream:
+    """Send a CONNECT and wait for the answer; 200 returns the stream, else TunnelRefused."""
+    stream = driver.open_stream(request)
+    try:
+        async with asyncio.timeout(timeout):
+            status, reason = await stream.response
+    except TimeoutError:
+        stream.reset(0x8)  # CANCEL: we stopped waiting
+        raise TunnelRefused(504, f"no response within {timeout:g} s") from None
+    if status != 200:
+        raise TunnelRefused(status, reason)
+    return stream

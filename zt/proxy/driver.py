@@ -1,0 +1,386 @@
+"""The asyncio driver of one TLS connection ↔ one sans-IO `HboneConnection`.
+
+A thin loop: bytes from the transport go into the core, its events go to the `HboneStream`s, its
+output goes to the transport, and `on_timer` runs at `next_deadline()`. No protocol decision is made
+here. Time comes from `clock` (the loop's monotonic clock by default) so tests can reason about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Literal
+
+from zt.errors import H2_CANCEL, H2_CONNECT_ERROR, ZtError
+from zt.hbone import events as ev
+from zt.hbone.connection import HboneConnection
+from zt.hbone.errors import HboneError
+from zt.hbone.request import ConnectRequest
+from zt.hbone.settings import HboneSettings
+from zt.identity.errors import RefusedByPeer
+from zt.identity.handshake import tls_error
+from zt.identity.spiffe import SpiffeId
+from zt.proxy.errors import ConnectionLost, StreamResetError
+from zt.proxy.stream import HboneStream
+
+log = logging.getLogger("zt.proxy.driver")
+
+Role = Literal["client", "server"]
+CLOSE_GRACE = 1.0  # seconds a closing connection gets to flush its GOAWAY before an abort
+# Checks the TLS peer once the handshake is done; returns its identity or raises a ZtError.
+PeerCheck = Callable[[ssl.SSLObject | None], SpiffeId]
+
+
+class HboneDriver(asyncio.Protocol):
+    """Runs one HBONE connection. Server role: `on_request(stream)` is called for each CONNECT."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        settings: HboneSettings | None = None,
+        peer_check: PeerCheck | None = None,
+        on_request: Callable[[HboneStream], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.role = role
+        self.loop = asyncio.get_running_loop()
+        self.settings = settings or HboneSettings()
+        self.clock = clock or self.loop.time
+        self._peer_check = peer_check
+        self._on_request = on_request
+        self.streams: dict[int, HboneStream] = {}
+        self.core: HboneConnection | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer: SpiffeId | None = None  # set by peer_check after the handshake
+        self.ready: asyncio.Future[SpiffeId | None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.close_reason = ""
+        self.goaway = False
+        self.idle_since = self.clock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._paused = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        try:
+            if self._peer_check is not None:
+                self.peer = self._peer_check(transport.get_extra_info("ssl_object"))
+        except Exception as exc:  # a refused identity (ZtError) or a broken check: no connection
+            self._fail_ready(exc)
+            transport.abort()
+            return
+        self.core = HboneConnection(self.role, now=self.clock(), settings=self.settings)
+        self._flush()
+        self._arm_timer()
+        if self.role == "server":
+            self.ready.set_result(self.peer)
+
+    def data_received(self, data: bytes) -> None:
+        if self.core is None:
+            return
+        if not self.ready.done():
+            # Client: the server's first bytes (its SETTINGS) prove it accepted our certificate;
+            # in TLS 1.3 a refusal of the client certificate only shows up after the handshake.
+            self.ready.set_result(self.peer)
+        self._handle(self.core.receive_data(data, self.clock()))
+        self._flush()
+        self._arm_timer()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport: HTTP/2 has no half-closed connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self._fail_ready(self._refusal(exc))
+        if self.core is not None and not self.closed.done():
+            self._handle(self.core.transport_closed(self.clock()))
+        self._terminate(self.close_reason or (f"transport error: {exc}" if exc else "peer closed"))
+
+    def _refusal(self, exc: Exception | None) -> ZtError:
+        """Why the connection ended before the peer's first HTTP/2 bytes. TLS 1.3 clients finish
+        their handshake before the server checks their certificate, so a refusal of our
+        certificate shows up here as an alert or a bare close."""
+        if exc is not None:
+            return tls_error(exc, peer=f"HBONE {'server' if self.role == 'client' else 'client'}")
+        return RefusedByPeer(
+            "HBONE server closed the connection right after the TLS handshake "
+            "(it refused our certificate or identity)"
+        )
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        self._resumed.clear()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._resumed.set()
+
+    # -- used by HboneStream ----------------------------------------------------------------
+    async def writable(self) -> None:
+        """Wait while the TLS transport's write buffer is above its high-water mark."""
+        if self._paused:
+            await self._resumed.wait()
+
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int:
+        core = self._core_or_raise()
+        try:
+            sent = core.send_data(stream_id, data)
+        except HboneError:
+            # The stream is closed on the wire (e.g. the peer's RST_STREAM(NO_ERROR) after its
+            # END_STREAM, RFC 9113 §8.1): nothing more can be sent on it.
+            raise StreamResetError(stream_id, H2_CANCEL) from None
+        self._flush()
+        return sent
+
+    def send_window(self, stream_id: int) -> int:
+        return self._core_or_raise().send_window(stream_id)
+
+    def acknowledge(self, stream_id: int, n: int) -> None:
+        if self.core is None or self.transport is None:
+            return
+        try:
+            self.core.acknowledge(stream_id, n)
+        except HboneError:
+            return  # the stream closed meanwhile: nothing to open
+        self._flush()
+
+    def end_stream(self, stream_id: int) -> None:
+        core = self._core_or_raise()
+        try:
+            core.end_stream(stream_id)
+        except HboneError:
+            self._reset_local(stream_id, H2_CANCEL)
+        self._flush()
+        self.forget_if_finished(stream_id)
+        self._arm_timer()
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        if self.core is not None and self.transport is not None and not self.closed.done():
+            with contextlib.suppress(HboneError):  # already closed on the wire
+                self.core.reset_stream(stream_id, code)
+            self._flush()
+        self._forget(stream_id)
+        self._arm_timer()
+
+    # -- client / server API ----------------------------------------------------------------
+    @property
+    def usable(self) -> bool:
+        """True while new streams may be opened here (alive, no GOAWAY, under the stream limit)."""
+        core = self.core
+        return (
+            core is not None
+            and not self.closed.done()
+            and not self.goaway
+            and core.can_open_stream()
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.core is not None and not self.closed.done() and not self.goaway
+
+    def open_stream(self, request: ConnectRequest) -> HboneStream:
+        """Client: send the CONNECT; await `stream.response` for the status."""
+        core = self._core_or_raise()
+        stream_id = core.open_stream(request)
+        stream = HboneStream(self, stream_id, request)
+        self.streams[stream_id] = stream
+        self._flush()
+        self._arm_timer()
+        return stream
+
+    def respond(self, stream: HboneStream, status: int, reason: str = "") -> None:
+        """Server: answer a CONNECT (non-200 ends the stream). A stream the client already reset
+        gets no answer: the reset is raised to the caller."""
+        core = self._core_or_raise()
+        if stream.was_reset is not None:
+            raise stream.was_reset
+        core.respond(stream.stream_id, status, reason)
+        if status != 200:
+            stream.local_ended = True
+            stream._feed_eof()
+            self._forget(stream.stream_id)
+        self._flush()
+        self._arm_timer()
+
+    def start_drain(self, deadline: float) -> None:
+        """Send GOAWAY; the core ends the connection when streams finish or at now + deadline."""
+        if self.core is None or self.closed.done():
+            return
+        now = self.clock()
+        self.core.start_drain(now, now + deadline)
+        self._flush()
+        self._arm_timer()
+
+    def close(self, reason: str = "closed", *, abort: bool = True) -> None:
+        """End the connection now; live streams are reset. `abort=False` first writes what is
+        queued (a GOAWAY, a last END_STREAM) and TLS close_notify."""
+        self.close_reason = reason
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self._flush()
+                self.transport.close()
+        self._terminate(reason)
+
+    # -- internals --------------------------------------------------------------------------
+    def _core_or_raise(self) -> HboneConnection:
+        if self.core is None or self.closed.done():
+            raise ConnectionLost(self.close_reason or "connection not established")
+        return self.core
+
+    def _flush(self) -> None:
+        # A TLS transport whose socket died is not `is_closing()` until close() is called on it:
+        # check `closed` too, or late acknowledgements would write into a dead socket.
+        if (
+            self.core is None
+            or self.transport is None
+            or self.transport.is_closing()
+            or self.closed.done()
+        ):
+            return
+        out = self.core.data_to_send()
+        if out:
+            self.transport.write(out)
+
+    def _handle(self, events: list[ev.Event]) -> None:
+        for event in events:
+            match event:
+                case ev.DataReceived(stream_id, data, flow_controlled):
+                    self._on_data(stream_id, data, flow_controlled)
+                case ev.WindowOpened(stream_id):
+                    self._on_window(stream_id)
+                case ev.ConnectRequested(stream_id, request):
+                    self._on_connect(stream_id, request)
+                case ev.ConnectResponded(stream_id, status, reason):
+                    self._on_response(stream_id, status, reason)
+                case ev.StreamEnded(stream_id):
+                    self._on_ended(stream_id)
+                case ev.StreamReset():
+                    self._on_reset(event)
+                case ev.GoAwayReceived():
+                    self.goaway = True
+                case ev.ConnectionTerminated(reason):
+                    self._flush()
+                    self.close_reason = reason
+                    if self.transport is not None:
+                        self.transport.close()  # close after the queued GOAWAY is written...
+                        # ...unless the peer stopped reading (a ping timeout): then cut it.
+                        self.loop.call_later(CLOSE_GRACE, self.transport.abort)
+                    self._terminate(reason)
+                case ev.RequestRejected(stream_id, status, error):
+                    log.info("rejected stream %d: %d %s", stream_id, status, error)
+
+    def _on_data(self, stream_id: int, data: bytes | memoryview, flow_controlled: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            self.acknowledge(stream_id, flow_controlled)  # nobody will read it: don't leak window
+            return
+        stream._feed(data, flow_controlled)
+
+    def _on_window(self, stream_id: int | None) -> None:
+        if stream_id is None:
+            for stream in list(self.streams.values()):
+                stream._wake_writer()
+        elif (one := self.streams.get(stream_id)) is not None:
+            one._wake_writer()
+
+    def _on_connect(self, stream_id: int, request: ConnectRequest) -> None:
+        stream = HboneStream(self, stream_id, request)
+        self.streams[stream_id] = stream
+        if self._on_request is None:
+            self.respond(stream, 503, "no handler")
+            return
+        self._on_request(stream)
+
+    def _on_response(self, stream_id: int, status: int, reason: str) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        if not stream.response.done():
+            stream.response.set_result((status, reason))
+        if status != 200:
+            self._forget(stream_id)
+
+    def _on_ended(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream._feed_eof()
+            self.forget_if_finished(stream_id)
+
+    def _on_reset(self, event: ev.StreamReset) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        if event.is_eof:
+            stream._feed_eof()  # RST(NO_ERROR/CANCEL) after END_STREAM is EOF (DESIGN.md §2)
+            stream.local_ended = True
+        else:
+            stream._feed_reset(event.error_code)
+        self._forget(event.stream_id)
+
+    def _reset_local(self, stream_id: int, code: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.reset(code)
+
+    def forget_if_finished(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.finished:
+            self._forget(stream_id)
+
+    def _forget(self, stream_id: int) -> None:
+        if self.streams.pop(stream_id, None) is not None and not self.streams:
+            self.idle_since = self.clock()
+
+    def _terminate(self, reason: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.ready.done():
+            self._fail_ready(ConnectionLost(reason))
+        lost = ConnectionLost(reason)
+        for stream in list(self.streams.values()):
+            stream._feed_reset(H2_CONNECT_ERROR, lost)
+        self.streams.clear()
+        self._resumed.set()
+        if not self.closed.done():
+            self.close_reason = self.close_reason or reason
+            self.closed.set_result(None)
+
+    def _fail_ready(self, exc: BaseException) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # retrieved by whoever awaits it, or logged by nobody
+
+    def _arm_timer(self) -> None:
+        if self.core is None or self.closed.done():
+            return
+        deadline = self.core.next_deadline()
+        if deadline == self._timer_at and (deadline is None or self._timer is not None):
+            return  # already scheduled for that instant (the common case on the data path)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - self.clock())
+            self._timer = self.loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self.core is None or self.closed.done():
+            return
+        self._handle(self.core.on_timer(self.clock()))
+        self._flush()
+        self._arm_timer()

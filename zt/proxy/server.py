@@ -1,0 +1,223 @@
+"""The HBONE server: TLS + HTTP/2 CONNECT, an admission hook, the upstream dial, the relay.
+
+DESIGN.md §2: "Responses: 200 once policy passed **and** the upstream socket is connected; 400
+malformed request [...]; 401 policy denied; 503 unknown destination or upstream unreachable (10 s
+dial timeout). After 200, failures become RST_STREAM." Malformed requests are answered by the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from zt.addr import SocketAddr, from_sockaddr
+from zt.errors import ZtError
+from zt.hbone.errors import UpstreamUnreachable
+from zt.hbone.request import ConnectRequest
+from zt.hbone.settings import HboneSettings
+from zt.identity.spiffe import SpiffeId
+from zt.proxy.driver import HboneDriver, PeerCheck
+from zt.proxy.errors import InternalError, StreamResetError
+from zt.proxy.relay import relay
+from zt.proxy.stream import HboneStream
+
+log = logging.getLogger("zt.proxy.server")
+
+
+DIAL_TIMEOUT = 10.0
+RECENT = 64  # how many recent refusals are kept for inspection
+STREAM_LIMIT = 1024 * 1024  # StreamReader buffer of upstream sockets (reading pauses at 2x)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The admission hook's answer: allowed, or denied with the CONNECT status and a short reason."""
+
+    allowed: bool
+    status: int = 200
+    reason: str = ""
+
+    @classmethod
+    def allow(cls) -> Admission:
+        return cls(True)
+
+    @classmethod
+    def deny(cls, error: ZtError) -> Admission:
+        """Deny with the status and reason the error class carries (e.g. PolicyDenied → 401)."""
+        return cls(False, error.http_status, error.reason)
+
+
+# async (peer identity, request) -> Admission
+AdmissionHook = Callable[[SpiffeId, ConnectRequest], Awaitable[Admission]]
+# A connected TCP socket to the destination (the inbound proxy makes it inside the pod's netns).
+Upstream = socket.socket
+Dialer = Callable[[ConnectRequest], Awaitable[Upstream]]
+
+
+async def allow_all(peer: SpiffeId, request: ConnectRequest) -> Admission:
+    return Admission.allow()
+
+
+async def dial_authority(request: ConnectRequest) -> Upstream:
+    """The standalone server's dialer: connect to the `:authority` itself."""
+    ip, port = request.authority
+    sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (str(ip), port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class HboneServer:
+    """Accepts HBONE connections; one `HboneDriver` per TLS connection, one task per tunnel."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        peer_check: PeerCheck,
+        admission: AdmissionHook = allow_all,
+        dialer: Dialer = dial_authority,
+        settings: HboneSettings | None = None,
+        dial_timeout: float = DIAL_TIMEOUT,
+        handler: Callable[[HboneStream], None] | None = None,
+    ) -> None:
+        """`handler`, when given, takes over every CONNECT (the node's own admission, dial and
+        relay); otherwise `admission` + `dialer` + relay serve it."""
+        self._context = context
+        self._handler = handler
+        self._peer_check = peer_check
+        self._admission = admission
+        self._dialer = dialer
+        self._settings = settings
+        self.dial_timeout = dial_timeout
+        self._server: asyncio.Server | None = None
+        self.drivers: set[HboneDriver] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connections_accepted = 0  # TLS handshakes that passed the peer check
+        # The last peer checks that failed after TLS (bounded: a node may be probed endlessly).
+        self.peer_refusals: deque[BaseException] = deque(maxlen=RECENT)
+        self.statuses: Counter[int] = Counter()  # CONNECT answers given, by status
+        self.tunnels = 0
+
+    async def start(self, listen: SocketAddr) -> SocketAddr:
+        """Listen on `listen` (port 0 picks one); return the bound address."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._make_driver, str(listen.ip), listen.port, ssl=self._context, backlog=1024
+        )
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return SocketAddr.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+    async def start_on(self, sock: socket.socket) -> SocketAddr:
+        """Serve on an already listening socket (e.g. one opened inside a pod's netns)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._make_driver, sock=sock, ssl=self._context)
+        return from_sockaddr(sock.getsockname())
+
+    def _make_driver(self) -> HboneDriver:
+        on_request = self._handler or (lambda stream: self._spawn(self._serve(stream)))
+        driver = HboneDriver(
+            "server",
+            settings=self._settings,
+            peer_check=self._peer_check,
+            on_request=on_request,
+        )
+        driver.ready.add_done_callback(lambda f: self._accepted(driver, f))
+        return driver
+
+    def _accepted(self, driver: HboneDriver, ready: asyncio.Future[SpiffeId | None]) -> None:
+        if ready.cancelled() or ready.exception() is not None:
+            exc = ready.exception()
+            log.info("HBONE connection refused: %s", exc)
+            if exc is not None:
+                self.peer_refusals.append(exc)
+            return
+        self.connections_accepted += 1
+        self.drivers.add(driver)
+        driver.closed.add_done_callback(lambda _: self.drivers.discard(driver))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, stream: HboneStream) -> None:
+        """Admit, dial, answer, relay. A failure before the answer becomes its status (the
+        error's `http_status`); after the 200 it becomes RST_STREAM (DESIGN.md §2)."""
+        try:
+            upstream = await self._admit_and_dial(stream)
+        except StreamResetError:
+            return  # the client or the connection went away first
+        except Exception as exc:  # the hook or dialer of another room failed: answer, don't hang
+            error = exc if isinstance(exc, ZtError) else InternalError(repr(exc))
+            log.warning("tunnel %s refused: %s", stream.request.authority_text, exc)
+            self._answer_error(stream, error)
+            return
+        if upstream is None:
+            return
+        try:
+            reader, writer = await asyncio.open_connection(sock=upstream, limit=STREAM_LIMIT)
+        except OSError as exc:  # the socket died between the dial and now
+            upstream.close()
+            self._answer_error(stream, UpstreamUnreachable(str(exc)))
+            return
+        try:
+            self._respond(stream, 200)  # only now: the upstream socket is connected
+        except StreamResetError:  # the client gave up while we dialed
+            writer.close()
+            return
+        self.tunnels += 1
+        await relay(stream, reader, writer)
+
+    async def _admit_and_dial(self, stream: HboneStream) -> Upstream | None:
+        assert stream.driver.peer is not None  # the peer check ran before any stream
+        decision = await self._admission(stream.driver.peer, stream.request)
+        if not decision.allowed:
+            self._respond(stream, decision.status, decision.reason)
+            return None
+        try:
+            async with asyncio.timeout(self.dial_timeout):
+                return await self._dialer(stream.request)
+        except (OSError, TimeoutError) as exc:
+            self._answer_error(
+                stream, UpstreamUnreachable(f"{stream.request.authority_text}: {exc}")
+            )
+            return None
+
+    def _answer_error(self, stream: HboneStream, error: ZtError) -> None:
+        if stream.was_reset is None and not stream.driver.closed.done():
+            with contextlib.suppress(StreamResetError):
+                self._respond(stream, error.http_status, error.reason)
+
+    def _respond(self, stream: HboneStream, status: int, reason: str = "") -> None:
+        stream.driver.respond(stream, status, reason)
+        self.statuses[status] += 1
+
+    async def shutdown(self, deadline: float = 5.0) -> None:
+        """Stop accepting, GOAWAY every connection, wait up to `deadline` s, then abort the rest."""
+        if self._server is not None:
+            self._server.close()
+        for driver in list(self.drivers):
+            driver.start_drain(deadline)
+        waits = [d.closed for d in self.drivers]
+        if waits:
+            await asyncio.wait(waits, timeout=deadline + 1.0)
+        for driver in list(self.drivers):
+            driver.close("shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
