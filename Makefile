@@ -16,8 +16,8 @@ $(STAMP)/venv: pyproject.toml scripts/setup-venv.sh
 	@mkdir -p $(STAMP) && touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check zt cli tests
-	$(VENV)/bin/ruff format --check zt cli tests
+	$(VENV)/bin/ruff check zt cli tests bench
+	$(VENV)/bin/ruff format --check zt cli tests bench
 
 typecheck: setup
 	$(VENV)/bin/mypy --strict
@@ -30,3 +30,7 @@ unit: setup
 
 clean:
 	rm -rf $(VENV) $(STAMP) .mypy_cache .ruff_cache .pytest_cache
+
+# The local lab (`make lab`, the main job) and the VM lab on real kernels (`make vm-test`).
+include lab.mk
+include vagrant/vm-test.mk
