@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := .stamps
 
-.PHONY: setup test lint typecheck unit clean
+.PHONY: setup test lint typecheck unit bench clean
 
 setup: $(STAMP)/venv
 	@scripts/setup-host.sh
@@ -24,6 +24,10 @@ typecheck: setup
 
 test: setup lint typecheck
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Not a test: direct TCP vs an Envoy pair vs a zt pair on loopback (BENCH_ARGS=--quick: < 2 min).
+bench: setup
+	$(PY) -m bench.hbone_bench $(BENCH_ARGS)
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
