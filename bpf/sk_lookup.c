@@ -3,6 +3,10 @@
  * Linked (BPF link on the netns fd) into every enrolled pod netns. Runs only when no established
  * socket matches, i.e. for SYNs. Decisions, in order:
  *   local ip is a pod IP, remote ip is a pod IP of the same pod -> pass (in-pod / delivery to app)
+ *   remote ip is a pod IP whose pod uses sk_lookup outbound, the SYN came in on lo, and the local
+ *     ip is another pod's                                       -> the remote pod's 15001 listener
+ *     (same-node pod to pod: the source pod's policy routing delivered its app's SYN locally, in
+ *     the *source* netns; only a pod's own unmarked SYNs arrive on its lo, never another pod's)
  *   local ip is a pod IP, port 15008                            -> the pod's HBONE listener
  *   local ip is a pod IP, any other port                        -> the pod's 15006 listener
  *   remote ip is a pod IP whose pod uses sk_lookup outbound     -> the pod's 15001 listener
@@ -57,6 +61,12 @@ int zt_sk_lookup(struct bpf_sk_lookup *ctx)
             zt_count(ZT_C_LOOKUP_SELF);
             return SK_PASS;
         }
+#ifdef ZT_HAVE_INGRESS_IFINDEX
+        /* bpf_get_netns_cookie() is not offered to sk_lookup programs (EINVAL on 6.18); the
+         * loopback ifindex (1 in every netns) tells the source pod's netns from the destination's. */
+        if (src && (src->flags & ZT_POD_OUT_SKLOOKUP) && ctx->ingress_ifindex == ZT_LOOPBACK_IFINDEX)
+            return zt_assign(ctx, src->slot, ZT_L_OUTBOUND, ZT_C_LOOKUP_OUTBOUND);
+#endif
         if (ctx->local_port == ZT_PORT_HBONE) /* local_port is in host order */
             return zt_assign(ctx, dst->slot, ZT_L_HBONE, ZT_C_LOOKUP_HBONE);
         return zt_assign(ctx, dst->slot, ZT_L_INBOUND, ZT_C_LOOKUP_INBOUND);

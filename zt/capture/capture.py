@@ -84,6 +84,7 @@ class Capture:
         without compiling, and enroll() re-registers each pod's new listeners."""
         if mode not in MODES:
             raise UsageError(f"mode: got {mode!r}, expected one of {list(MODES)}")
+        hostcheck.check_mode(mode)
         existing = pin_dir is not None and (pin_dir / "zt_pods").exists()
         cgroup = hostcheck.check(need_compile=not existing)
         if pin_dir is None:

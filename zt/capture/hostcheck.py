@@ -34,6 +34,26 @@ _BPF_FS_MAGIC: Final = 0xCAFE4A11
 _CGROUP2_MAGIC: Final = 0x63677270
 
 
+# The sk_lookup outbound mode tells a pod's own locally routed SYNs by `ingress_ifindex` (5.17).
+SKLOOKUP_OUTBOUND_FLOOR: Final = (5, 17)
+
+
+def supports_sklookup_outbound(release: str | None = None) -> bool:
+    return kernel_version(release or os.uname().release) >= SKLOOKUP_OUTBOUND_FLOOR
+
+
+def check_mode(mode: str, release: str | None = None) -> None:
+    """The sk_lookup outbound mode needs a newer kernel than the floor."""
+    release = release or os.uname().release
+    if mode == "sklookup" and not supports_sklookup_outbound(release):
+        floor = ".".join(map(str, SKLOOKUP_OUTBOUND_FLOOR))
+        raise KernelTooOldError(
+            f"capture mode sklookup needs kernel >= {floor} (sk_lookup ingress_ifindex), "
+            f"this is {release}",
+            "use --capture connect, or boot a newer kernel",
+        )
+
+
 @dataclass(frozen=True)
 class HostFacts:
     euid: int

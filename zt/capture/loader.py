@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from zt.capture import maps
+from zt.capture import hostcheck, maps
 from zt.capture.bpfsys import ATTACH
 from zt.capture.errors import BccMissingError, BpfLoadError
 
@@ -79,6 +79,8 @@ def cflags() -> list[str]:
         f"-DZT_PORT_INBOUND={maps.PORT_INBOUND}",
         f"-DZT_PORT_HBONE={maps.PORT_HBONE}",
         f"-DZT_MAX_PODS={maps.MAX_PODS}",
+        "-DZT_LOOPBACK_IFINDEX=1",
+        *(["-DZT_HAVE_INGRESS_IFINDEX"] if hostcheck.supports_sklookup_outbound() else []),
     ]
 
 

@@ -7,13 +7,16 @@ A socket keeps the netns it was created in, so callers use the returned sockets 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+
+from pyroute2 import IPRoute
 
 from zt.capture.bpfsys import setns
 from zt.capture.errors import PodSpecError
@@ -67,6 +70,23 @@ def run_in_netns(netns: str | Path, fn: Callable[[], T], *, timeout: float = 30.
     if err:
         raise err[0]
     return box["v"]
+
+
+@contextlib.contextmanager
+def iproute_in(netns: str | Path) -> Iterator[IPRoute]:
+    """An rtnetlink handle on netns, without fork: the netlink socket is made by a thread inside
+    netns (a socket keeps its netns). pyroute2's own netns support forks a child and ends it with
+    SIGTERM; in an asyncio process that child shares the loop's signal wakeup fd, and the parent
+    then runs its SIGTERM handler (seen as a node daemon draining itself right after start)."""
+
+    def make() -> int:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE).detach()
+
+    ipr = IPRoute(fileno=run_in_netns(netns, make))
+    try:
+        yield ipr
+    finally:
+        ipr.close()
 
 
 def marked_socket(

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from pyroute2 import NetNS
 from pyroute2.netlink.exceptions import NetlinkError
 
 from zt.capture.errors import RoutingError
 from zt.capture.maps import ZT_MARK, IPAddress
-from zt.capture.netns import run_in_netns
+from zt.capture.netns import iproute_in, run_in_netns
 
 TABLE: Final = 100
 PREF_MARKED: Final = 100
@@ -81,7 +80,7 @@ def _route(ip: IPAddress) -> dict[str, Any]:
 
 def install(plan: RoutingPlan) -> None:
     try:
-        with NetNS(str(plan.netns)) as ns:
+        with iproute_in(plan.netns) as ns:
             lo = ns.link_lookup(ifname="lo")[0]
             for ip in plan.sources:
                 for rule in _rules(_family(ip)):
@@ -97,7 +96,7 @@ def remove(plan: RoutingPlan) -> None:
     """Remove what install() added; absent pieces are fine (idempotent, used in cleanup)."""
     if not plan.netns.exists():
         return
-    with NetNS(str(plan.netns)) as ns:
+    with iproute_in(plan.netns) as ns:
         lo = ns.link_lookup(ifname="lo")
         for ip in plan.sources:
             for rule in _rules(_family(ip)):
@@ -109,13 +108,13 @@ def remove(plan: RoutingPlan) -> None:
 
 def installed(netns: Path) -> bool:
     """Whether any rule of ours is present in netns (for tests and the final leftover check)."""
-    with NetNS(str(netns)) as ns:
+    with iproute_in(netns) as ns:
         prios = {r.get("priority") for fam in (2, 10) for r in ns.get_rules(family=fam)}
     return PREF_CAPTURE in prios or PREF_MARKED in prios
 
 
 def interfaces(netns: Path) -> tuple[str, ...]:
-    with NetNS(str(netns)) as ns:
+    with iproute_in(netns) as ns:
         names = [link.get("ifname") for link in ns.get_links()]
     return tuple(str(n) for n in names if n and n != "lo")
 

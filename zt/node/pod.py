@@ -20,6 +20,7 @@ from zt.node.podnet import STREAM_LIMIT, PodNet
 from zt.node.services import NodeServices
 from zt.proxy.client import dial
 from zt.proxy.driver import HboneDriver
+from zt.proxy.errors import DialFailed
 from zt.proxy.pool import HbonePool, PoolKey
 from zt.proxy.server import HboneServer
 from zt.proxy.stream import HboneStream
@@ -169,7 +170,14 @@ class PodProxy:
     async def _connect(self, key: PoolKey) -> HboneDriver:
         """The pool's dialer: a marked socket from inside this pod, TLS with the pod's cert."""
         cert = await self.services.certs.get(key.source)
-        sock = await self.net.connect(key.destination, self.services.dial_timeout)
+        try:
+            sock = await self.net.connect(key.destination, self.services.dial_timeout)
+        except TimeoutError:
+            raise DialFailed(
+                str(key.destination), "no TCP connection within the dial timeout"
+            ) from None
+        except OSError as exc:
+            raise DialFailed(str(key.destination), exc.strerror or str(exc)) from None
         return await dial(
             key.destination,
             cached_client_context(cert),
