@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from zt.state.model import Match, Policy, Service, Workload
+from collections.abc import Callable
+from typing import Any
+
+from zt.state.model import Match, Policy, Service, ServiceAccountMatch, Workload
 from zt.state.snapshot import Snapshot
 
 
@@ -36,26 +39,25 @@ def service(s: Service) -> dict[str, object]:
     }
 
 
+def _account(a: ServiceAccountMatch) -> dict[str, str]:
+    return {"namespace": a.namespace, "serviceAccount": a.service_account}
+
+
+# camelCase field -> how one value of it is written back
+_MATCH_FIELDS: tuple[tuple[str, Callable[[Any], object]], ...] = (
+    *((f, str) for f in ("namespaces", "notNamespaces", "principals", "notPrincipals")),
+    *((f, _account) for f in ("serviceAccounts", "notServiceAccounts")),
+    *((f, str) for f in ("sourceIps", "notSourceIps", "destinationIps", "notDestinationIps")),
+    *((f, int) for f in ("destinationPorts", "notDestinationPorts")),
+)
+
+
 def match(m: Match) -> dict[str, object]:
     out: dict[str, object] = {}
-    for field in ("namespaces", "notNamespaces", "principals", "notPrincipals"):
+    for field, write in _MATCH_FIELDS:
         values = getattr(m, _snake(field))
         if values:
-            out[field] = [str(v) for v in values]
-    for field in ("serviceAccounts", "notServiceAccounts"):
-        values = getattr(m, _snake(field))
-        if values:
-            out[field] = [
-                {"namespace": a.namespace, "serviceAccount": a.service_account} for a in values
-            ]
-    for field in ("sourceIps", "notSourceIps", "destinationIps", "notDestinationIps"):
-        values = getattr(m, _snake(field))
-        if values:
-            out[field] = [str(n) for n in values]
-    for field in ("destinationPorts", "notDestinationPorts"):
-        values = getattr(m, _snake(field))
-        if values:
-            out[field] = list(values)
+            out[field] = [write(v) for v in values]
     return out
 
 

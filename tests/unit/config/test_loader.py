@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from zt.config import load_document, load_file, load_text
+from zt.config.dump import document
 from zt.errors import ConfigError
 from zt.state import Protocol, Scope
 
@@ -264,3 +265,25 @@ def test_message_format() -> None:
         .splitlines()[1]
         .startswith("  mesh.yaml: workloads[0].workloadIps[0]: got '1.2.3', expected ")
     )
+
+
+def test_dump_roundtrips_every_match_field() -> None:
+    everything = {
+        "namespaces": ["a", "b*"],
+        "notNamespaces": ["*c"],
+        "principals": ["td/ns/a/sa/b"],
+        "notPrincipals": ["*"],
+        "serviceAccounts": [{"namespace": "a", "serviceAccount": "b"}],
+        "notServiceAccounts": [{"namespace": "c", "serviceAccount": "d"}],
+        "sourceIps": ["10.0.0.0/8"],
+        "notSourceIps": ["fd00::/64"],
+        "destinationIps": ["10.1.0.1/32"],
+        "notDestinationIps": ["10.2.0.0/16"],
+        "destinationPorts": [80],
+        "notDestinationPorts": [81],
+    }
+    policy = {"name": "p", "scope": "Global", "action": "Allow", "rules": [[[everything]]]}
+    first = load_document({"policies": [policy]}, "a")
+    again = load_document(document(first, with_identity=False), "b")
+    assert again.policies == first.policies
+    assert document(first)["policies"][0]["rules"][0][0][0] == everything  # type: ignore[index]
