@@ -36,5 +36,5 @@ clean:
 	rm -rf $(VENV) $(STAMP) .mypy_cache .ruff_cache .pytest_cache
 
 # The local lab (`make lab`, the main job) and the VM lab on real kernels (`make vm-test`).
--include lab.mk
+include lab.mk
 -include vagrant/vm-test.mk

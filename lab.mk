@@ -1,0 +1,36 @@
+# `make lab`: the local lab on this machine (issue 7). Included by the Makefile.
+#   make lab                 set up, `zt lab up`, `zt lab demo`, `zt lab down`; fails if a row fails
+#   make lab KEEP=1          leave the lab running afterwards and print how to explore it
+#   make lab-down            remove a lab left running (idempotent)
+# Knobs: LAB_NAME (namespaces zt-<name>-*), LAB_NODES, LAB_PODS, LAB_CAPTURE (connect | sklookup).
+VENV ?= .venv
+LAB_NAME ?= lab
+LAB_NODES ?= 2
+LAB_PODS ?= 2
+LAB_CAPTURE ?= connect
+LAB_ZT := $(VENV)/bin/zt
+LAB_FLAGS := --name $(LAB_NAME)
+
+.PHONY: lab lab-down
+
+# `up` removes what it built when it fails, so only demo's outcome decides whether `down` runs.
+lab: setup
+	@$(LAB_ZT) lab up $(LAB_FLAGS) --nodes $(LAB_NODES) --pods $(LAB_PODS) --capture $(LAB_CAPTURE)
+	@rc=0; $(LAB_ZT) lab demo $(LAB_FLAGS) || rc=$$?; \
+	if [ "$(KEEP)" = "1" ]; then \
+	  echo; echo "lab '$(LAB_NAME)' left running (KEEP=1). Explore it:"; \
+	  echo "  $(LAB_ZT) lab status $(LAB_FLAGS) [--json]"; \
+	  echo "  $(LAB_ZT) lab exec $(LAB_FLAGS) pod1-1 -- $(VENV)/bin/python -m zt.lab.apps send 10.96.0.10 80 hi"; \
+	  echo "  $(LAB_ZT) lab exec $(LAB_FLAGS) pod1-1 -- ss -tn       # any command, inside the pod"; \
+	  echo "  $(LAB_ZT) lab exec $(LAB_FLAGS) node1 -- curl -s localhost:15020/metrics"; \
+	  echo "  $(LAB_ZT) lab exec $(LAB_FLAGS) node1 -- curl -s localhost:15000/config_dump"; \
+	  echo "  $(LAB_ZT) lab demo $(LAB_FLAGS)            # the scenario table again"; \
+	  echo "  logs: /run/zt/lab-$(LAB_NAME)/node*.log"; \
+	  echo "  make lab-down LAB_NAME=$(LAB_NAME)         # remove everything"; \
+	else \
+	  $(LAB_ZT) lab down $(LAB_FLAGS) || rc=$$?; \
+	fi; \
+	exit $$rc
+
+lab-down:
+	@$(LAB_ZT) lab down $(LAB_FLAGS)

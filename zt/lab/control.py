@@ -1,0 +1,363 @@
+"""`zt lab up|down|status|exec`: build a lab, run one `zt run` per node in it, tear it all down.
+
+Issue 7: "a failure names the step and leaves nothing half-built"; "`zt lab down` removes everything
+the lab made (processes by PID, netns, links, BPF attachments); running it twice is fine; `up` after
+a crash cleans leftovers first."
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from zt.capture import remove_pins
+from zt.config import load_document
+from zt.errors import NotFoundError, UsageError, ZtError
+from zt.identity.ca import CertificateAuthority
+from zt.lab import mesh, runner, topology
+from zt.lab.apps import wait_listening
+from zt.lab.state import LabState, Proc, load, load_or_none, save, start_time, state_dir
+
+CAPTURE_MODES = ("connect", "sklookup")
+APP_PORTS = (mesh.APP_PORT, mesh.DENIED_PORT)
+EXT = "ext"  # `zt lab exec ext -- ...`: the host outside the mesh
+
+Progress = Callable[[str], None]
+
+
+class LabUpFailed(ZtError):
+    """`zt lab up` failed at `step`; everything it made was removed again."""
+
+    reason = "lab_up_failed"
+
+    def __init__(self, step: str, cause: str, pids: tuple[int, ...] = ()) -> None:
+        self.step = step
+        self.pids = pids  # what it had started (all stopped again): lets tests check that
+        super().__init__(f"lab up failed at step {step!r}: {cause}\n(everything removed again)")
+
+
+class UnknownPod(NotFoundError):
+    reason = "lab_pod_unknown"
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    name: str = "lab"
+    nodes: int = 2
+    pods: int = 2
+    capture: str = "connect"
+    log_format: str = "text"
+    ready_timeout: float = 90.0
+    node_args: tuple[str, ...] = ()  # extra `zt run` flags (tests inject failures with these)
+
+
+def check_options(opts: UpOptions) -> None:
+    if opts.capture not in CAPTURE_MODES:
+        raise UsageError(f"--capture: got {opts.capture!r}, expected connect or sklookup")
+    if opts.log_format not in ("text", "json"):
+        raise UsageError(f"--log-format: got {opts.log_format!r}, expected text or json")
+    if not opts.name or not opts.name.replace("-", "").isalnum() or len(opts.name) > 12:
+        raise UsageError(f"--name: got {opts.name!r}, expected 1-12 letters, digits or '-'")
+    if not 1 <= opts.nodes <= 9 or not 1 <= opts.pods <= 50:
+        raise UsageError(
+            f"--nodes/--pods: got {opts.nodes}/{opts.pods}, expected 1..9 nodes, 1..50 pods"
+        )
+
+
+# -- up --------------------------------------------------------------------------------------------
+def up(opts: UpOptions, progress: Progress = _quiet) -> LabState:
+    check_options(opts)
+    removed = down(opts.name)
+    if removed:
+        progress(f"cleaned leftovers of an earlier lab {opts.name!r}: {len(removed)} item(s)")
+    lab = topology.plan(opts.name, opts.nodes, opts.pods)
+    state = LabState(
+        opts.name,
+        opts.nodes,
+        opts.pods,
+        opts.capture,
+        str(state_dir(opts.name)),
+        log_format=opts.log_format,
+    )
+    build = _Build(lab, opts, state)
+    step = "state directory"
+    try:
+        for step, action in build.steps():
+            started = time.monotonic()
+            detail = action()
+            progress(f"{step}: {detail} ({time.monotonic() - started:.1f} s)")
+    except (ZtError, OSError, RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
+        pids = tuple(p.pid for p in build.state.procs)
+        down(opts.name)
+        raise LabUpFailed(step, str(exc), pids) from exc
+    except BaseException:  # Ctrl-C in the middle: still leave nothing half-built
+        down(opts.name)
+        raise
+    return build.state
+
+
+@dataclass
+class _Build:
+    """The steps of `up`, in order; each returns what it did (for the progress line)."""
+
+    lab: topology.LabPlan
+    opts: UpOptions
+    state: LabState
+
+    def steps(self) -> list[tuple[str, Callable[[], str]]]:
+        return [
+            ("topology", self.topology),
+            ("mesh config", self.config),
+            ("certificate authority", self.ca),
+            ("pod apps", self.apps),
+            ("node daemons", self.daemons),
+            ("readiness", self.ready),
+        ]
+
+    def record(self, proc: Proc) -> None:
+        self.state = self.state.with_proc(proc)
+        save(self.state)  # at once: a crash after this point still lets `down` find the process
+
+    def topology(self) -> str:
+        save(self.state)
+        topology.build(self.lab)
+        lab = self.lab
+        return f"{len(lab.namespaces)} namespaces ({len(lab.nodes)} nodes, {len(lab.pods)} pods)"
+
+    def config(self) -> str:
+        doc = mesh.mesh_config(self.lab)
+        load_document(doc, "lab mesh")  # validate before any daemon reads it
+        tmp = self.state.config.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        os.replace(tmp, self.state.config)
+        return str(self.state.config)
+
+    def ca(self) -> str:
+        CertificateAuthority.load_or_init(self.state.ca_dir)  # one CA shared by every node
+        return str(self.state.ca_dir)
+
+    def apps(self) -> str:
+        where: list[tuple[str, str, tuple[int, ...]]] = [
+            (p.name, p.netns, APP_PORTS) for p in self.lab.pods
+        ]
+        where.append((EXT, self.lab.external_netns, (mesh.APP_PORT,)))
+        for label, ns, ports in where:
+            log = self.state.dir / f"app-{label}.log"
+            self.record(_proc(f"app:{label}", runner.start_app(ns, ports, log), log))
+        for _label, ns, ports in where:
+            for port in ports:
+                wait_listening(ns, port)
+        return f"echo servers on {', '.join(map(str, APP_PORTS))} in {len(where)} namespaces"
+
+    def daemons(self) -> str:
+        for node in self.lab.nodes:
+            p = runner.start_node(
+                self.lab,
+                node,
+                self.state.config,
+                self.state.dir,
+                capture=self.opts.capture,
+                log_format=self.opts.log_format,
+                extra=self.opts.node_args,
+            )
+            self.record(_proc(f"node:{node.name}", p.pid, p.log))
+        return ", ".join(f"{p.role.partition(':')[2]} pid {p.pid}" for p in _nodes(self.state))
+
+    def ready(self) -> str:
+        deadline = time.monotonic() + self.opts.ready_timeout
+        for node in self.lab.nodes:
+            np = node_process(self.state, node.name)
+            runner.wait_ready(np, max(1.0, deadline - time.monotonic()))
+        return f"{len(self.lab.nodes)} node(s) answer 200 on /healthz/ready"
+
+
+def _proc(role: str, pid: int, log: Path) -> Proc:
+    return Proc(role, pid, start_time(pid) or 0, str(log))
+
+
+def _nodes(state: LabState) -> list[Proc]:
+    return [p for p in state.procs if p.role.startswith("node:")]
+
+
+def node_process(state: LabState, node: str) -> runner.NodeProcess:
+    lab = state.plan
+    plan = lab.node(node)
+    proc = state.node_proc(node)
+    if proc is None:
+        raise UnknownPod(f"node: got {node!r}, expected a node daemon of lab {state.name!r}")
+    return runner.NodeProcess(
+        node,
+        plan.netns,
+        proc.pid,
+        Path(proc.log),
+        state.dir / f"{node}.sock",
+        runner.pin_dir(lab, plan),
+    )
+
+
+def restart_node(state: LabState, node: str, timeout: float = 60.0) -> LabState:
+    """Start `zt run` again for a node whose daemon died (same config, CA and pin dir: capture
+    stayed pinned, the new process re-registers every pod's listeners); wait until ready."""
+    lab = state.plan
+    old = state.node_proc(node)
+    if old is not None and start_time(old.pid) == old.start_time:
+        runner.stop(old.pid)
+    p = runner.start_node(
+        lab,
+        lab.node(node),
+        state.config,
+        state.dir,
+        capture=state.capture,
+        log_format=state.log_format,
+    )
+    state = state.with_proc(_proc(f"node:{node}", p.pid, p.log))
+    save(state)
+    runner.wait_ready(p, timeout)
+    return state
+
+
+# -- down ------------------------------------------------------------------------------------------
+def down(name: str, progress: Progress = _quiet) -> list[str]:
+    """Remove the lab: processes (by recorded PID, then any left inside its namespaces), pins,
+    namespaces, state. Returns what it removed; an empty list when there was nothing."""
+    removed: list[str] = []
+    state = load_or_none(name)
+    prefix = f"zt-{name}-"
+    if state is not None:
+        for proc in reversed(state.procs):  # nodes first (they drain), then apps
+            if start_time(proc.pid) == proc.start_time:
+                runner.stop(proc.pid)
+                removed.append(f"process {proc.pid} ({proc.role})")
+    for pid in processes_in(topology.leftovers(prefix)):
+        runner.stop(pid, deadline=5.0)
+        removed.append(f"process {pid} (left in a lab namespace)")
+    for pins in sorted(Path("/sys/fs/bpf").glob(f"{prefix}*")):
+        _remove_pins(pins)
+        removed.append(f"pins {pins}")
+    removed += [f"netns {ns}" for ns in topology.destroy(prefix)]
+    directory = state_dir(name)
+    if directory.exists():
+        shutil.rmtree(directory)
+        removed.append(f"state {directory}")
+    for item in removed:
+        progress(f"removed {item}")
+    return removed
+
+
+def _remove_pins(pins: Path) -> None:
+    """Detach through the capture (links, maps, routing); a damaged pin dir is unlinked by hand
+    (a pinned BPF link held by nobody goes away with its last pin)."""
+    with contextlib.suppress(ZtError, OSError):
+        remove_pins(pins)
+    if pins.exists():
+        for entry in pins.iterdir():
+            entry.unlink()
+        pins.rmdir()
+
+
+def processes_in(namespaces: list[str]) -> list[int]:
+    """PIDs whose network namespace is one of these (compared by inode), never our own."""
+    inodes = set()
+    for ns in namespaces:
+        with contextlib.suppress(OSError):
+            inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(entry / "ns" / "net").st_ino in inodes:
+                found.append(int(entry.name))
+    return found
+
+
+# -- status / exec ---------------------------------------------------------------------------------
+def status(name: str) -> dict[str, object]:
+    state = load(name)
+    lab = state.plan
+    snap = load_document(yaml.safe_load(state.config.read_text()), str(state.config))
+    nodes = []
+    for node in lab.nodes:
+        proc = state.node_proc(node.name)
+        alive = proc is not None and start_time(proc.pid) == proc.start_time
+        nodes.append(
+            {
+                "name": node.name,
+                "netns": node.netns,
+                "ip": str(node.link_ipv4),
+                "ipv6": str(node.link_ipv6),
+                "link": node.link,
+                "link_peer": f"{lab.fabric_netns}/{node.fabric_veth}",
+                "pid": proc.pid if proc and alive else None,
+                "ready": alive and _ready(node.netns),
+                "capture": state.capture,
+                "pin_dir": str(runner.pin_dir(lab, node)),
+                "log": proc.log if proc else None,
+            }
+        )
+    pods = []
+    for pod in lab.pods:
+        workload = snap.by_uid[f"lab/{pod.name}"]
+        pods.append(
+            {
+                "name": pod.name,
+                "node": pod.node,
+                "ip": str(pod.ipv4),
+                "ipv6": str(pod.ipv6),
+                "netns": pod.netns,
+                "identity": workload.identity,
+                "protocol": workload.protocol.value,
+            }
+        )
+    return {
+        "name": state.name,
+        "capture": state.capture,
+        "log_format": state.log_format,
+        "state_dir": state.state_dir,
+        "config": str(state.config),
+        "fabric": {"netns": lab.fabric_netns, "bridge": "fab0"},
+        "external": {"netns": lab.external_netns, "ip": str(lab.external_ipv4)},
+        "service": {"vip": mesh.SERVICE_VIP4, "vip6": mesh.SERVICE_VIP6, "port": mesh.SERVICE_PORT},
+        "nodes": nodes,
+        "pods": pods,
+    }
+
+
+def _ready(netns: str) -> bool:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return runner.http_get(netns, runner.READY_PORT, "/healthz/ready")[0] == 200
+    return False
+
+
+def netns_of(state: LabState, target: str) -> str:
+    """The namespace of a pod, a node (`node1`) or the outside host (`ext`)."""
+    lab = state.plan
+    names = {p.name: p.netns for p in lab.pods} | {n.name: n.netns for n in lab.nodes}
+    names[EXT] = lab.external_netns
+    if target not in names:
+        raise UnknownPod(f"POD: got {target!r}, expected one of {', '.join(sorted(names))}")
+    return names[target]
+
+
+def exec_in(name: str, target: str, argv: list[str]) -> int:
+    """Run argv inside a lab namespace (network only, like `kubectl exec`); its exit status."""
+    if not argv:
+        raise UsageError("CMD: got nothing, expected a command after `--`")
+    netns = netns_of(load(name), target)
+    with contextlib.suppress(KeyboardInterrupt):
+        done = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", *argv], check=False)
+        return done.returncode
+    return 128 + signal.SIGINT
