@@ -69,7 +69,8 @@ def test_no_netfilter_rules() -> None:
 
 def test_no_netns_left() -> None:
     names = _run("ip", "netns", "list")
-    left = [line for line in names.splitlines() if line.startswith("ztcap-")]
+    # ztcap-: capture tests; zt-: labs and the node tests (zt-<lab>-node1, ...)
+    left = [line for line in names.splitlines() if line.startswith(("ztcap-", "zt-"))]
     assert not left, f"network namespaces left behind: {left}"
 
 
@@ -103,8 +104,15 @@ def test_no_cgroup_attachment_left() -> None:
 
 def test_nothing_pinned() -> None:
     bpffs = Path("/sys/fs/bpf")
-    left = sorted(str(p) for p in bpffs.glob("ztcap-*"))
+    left = sorted(str(p) for p in bpffs.glob("ztcap-*")) + sorted(
+        str(p) for p in bpffs.glob("zt-*")
+    )
     zt_dir = bpffs / "zt"
     if zt_dir.exists():
         left += sorted(str(p) for p in zt_dir.iterdir())
     assert not left, f"pins left behind: {left}"
+
+
+def test_no_lab_state_left() -> None:
+    left = sorted(str(p) for p in Path("/run/zt").glob("lab-*")) if Path("/run/zt").exists() else []
+    assert not left, f"lab state left behind: {left}"
