@@ -37,4 +37,4 @@ clean:
 
 # The local lab (`make lab`, the main job) and the VM lab on real kernels (`make vm-test`).
 include lab.mk
--include vagrant/vm-test.mk
+include vagrant/vm-test.mk

@@ -26,6 +26,7 @@ from tests.netns.sockets import app_server, connect_from, nothing_pending
 from tests.netns.topo import Topology
 from zt.capture import Capture, remove_pins, routing
 from zt.capture.errors import CaptureError
+from zt.timescale import scaled
 
 pytestmark = pytest.mark.root
 
@@ -67,6 +68,7 @@ class Worker:
         )
 
     def reply(self, timeout: float = 15.0) -> dict[str, Any]:
+        timeout = scaled(timeout)  # the worker compiles bcc: minutes under emulation
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         assert ready, f"worker {self.proc.pid} said nothing in {timeout} s"

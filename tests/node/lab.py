@@ -27,6 +27,7 @@ from zt.proxy.client import open_tunnel
 from zt.proxy.driver import HboneDriver
 from zt.proxy.errors import TunnelRefused
 from zt.proxy.tls import server_peer_check
+from zt.timescale import scaled
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -106,7 +107,7 @@ class Lab:
             self.log(node),
             offset,
             lambda r: all(r.get(k) == v for k, v in want.items()),
-            timeout,
+            scaled(timeout),
         )
         assert rec is not None, (
             f"no access record {want} on {node} after byte {offset}:\n"

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from zt.capture.netns import run_in_netns
+from zt.timescale import scaled
 
 CHUNK = 65536
 
@@ -141,6 +142,7 @@ def connect_only(netns: str, host: str, port: int, *, timeout: float = 5.0) -> s
 
 
 def wait_listening(netns: str, port: int, timeout: float = 10.0) -> None:
+    timeout = scaled(timeout)
     """Poll the app's port over the pod's loopback (capture leaves loopback alone)."""
     deadline = time.monotonic() + timeout
 

@@ -26,6 +26,7 @@ from zt.identity.ca import CertificateAuthority
 from zt.lab import mesh, runner, topology
 from zt.lab.apps import wait_listening
 from zt.lab.state import LabState, Proc, load, load_or_none, save, start_time, state_dir
+from zt.timescale import scaled
 
 CAPTURE_MODES = ("connect", "sklookup")
 APP_PORTS = (mesh.APP_PORT, mesh.DENIED_PORT)
@@ -177,7 +178,7 @@ class _Build:
         return ", ".join(f"{p.role.partition(':')[2]} pid {p.pid}" for p in _nodes(self.state))
 
     def ready(self) -> str:
-        deadline = time.monotonic() + self.opts.ready_timeout
+        deadline = time.monotonic() + scaled(self.opts.ready_timeout)
         for node in self.lab.nodes:
             np = node_process(self.state, node.name)
             runner.wait_ready(np, max(1.0, deadline - time.monotonic()))
@@ -225,7 +226,7 @@ def restart_node(state: LabState, node: str, timeout: float = 60.0) -> LabState:
     )
     state = state.with_proc(_proc(f"node:{node}", p.pid, p.log))
     save(state)
-    runner.wait_ready(p, timeout)
+    runner.wait_ready(p, scaled(timeout))
     return state
 
 
