@@ -16,8 +16,8 @@ $(STAMP)/venv: pyproject.toml scripts/setup-venv.sh
 	@mkdir -p $(STAMP) && touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check zt cli tests bench
-	$(VENV)/bin/ruff format --check zt cli tests bench
+	$(VENV)/bin/ruff check zt cli tests bench vagrant
+	$(VENV)/bin/ruff format --check zt cli tests bench vagrant
 
 typecheck: setup
 	$(VENV)/bin/mypy --strict
