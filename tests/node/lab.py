@@ -129,10 +129,10 @@ class Lab:
 
 
 @contextmanager
-def running_lab(tag: str) -> Iterator[Lab]:
+def running_lab(tag: str, node_args: tuple[str, ...] = ()) -> Iterator[Lab]:
     name = f"{tag}{os.getpid() % 1000}"
     try:
-        lab = Lab(control.up(control.UpOptions(name=name)))
+        lab = Lab(control.up(control.UpOptions(name=name, node_args=node_args)))
         yield lab
     finally:
         control.down(name)

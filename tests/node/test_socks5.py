@@ -1,0 +1,62 @@
+"""The optional SOCKS5 listener (DESIGN.md §1, 127.0.0.1:15080 in each pod): a tool without capture
+reaches a pod on another node through HBONE, and a refused destination gets a SOCKS failure."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tests.node.lab import Lab, identity, running_lab
+from zt.capture.netns import run_in_netns
+from zt.lab import mesh
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with running_lab("s5", node_args=("--socks5",)) as lab:
+        yield lab
+
+
+def _socks(netns: str, ip: str, port: int, payload: bytes) -> tuple[bytes, bytes]:
+    """(the SOCKS5 reply, what came back after sending `payload` and half-closing)."""
+
+    def talk() -> tuple[bytes, bytes]:
+        with socket.create_connection(("127.0.0.1", 15080), timeout=10) as sock:
+            sock.sendall(b"\x05\x01\x00")
+            assert sock.recv(2) == b"\x05\x00"
+            sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(ip) + port.to_bytes(2, "big"))
+            answer = b""
+            while len(answer) < 10:
+                chunk = sock.recv(10 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+            if answer[1:2] != b"\x00":
+                return answer, b""
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            echoed = b""
+            while chunk := sock.recv(65536):
+                echoed += chunk
+            return answer, echoed
+
+    return run_in_netns(netns, talk, timeout=30)
+
+
+def test_socks5_connect_goes_through_hbone(lab: Lab) -> None:
+    a, b = lab.pod("pod1-1"), lab.pod("pod2-1")
+    offset = lab.offsets()["node1"]
+    answer, echoed = _socks(a.netns, str(b.ipv4), mesh.APP_PORT, b"socks payload")
+    assert answer[:2] == b"\x05\x00" and echoed == b"socks payload"
+    rec = lab.wait_record("node1", offset, direction="outbound", dst__addr=f"{b.ipv4}:8080")
+    assert (rec.get("protocol"), rec.get("dst.identity")) == ("hbone", identity(b))
+
+
+def test_socks5_denied_destination_gets_a_failure_reply(lab: Lab) -> None:
+    a, b = lab.pod("pod1-1"), lab.pod("pod2-1")
+    answer, _ = _socks(a.netns, str(b.ipv4), mesh.DENIED_PORT, b"x")
+    assert answer[:2] == b"\x05\x04"  # host unreachable: the tunnel was refused (401)
