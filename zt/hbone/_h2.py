@@ -10,9 +10,18 @@
    opposite: "Activity on streams numbered lower than or equal to the last stream identifier might
    still complete successfully." `HboneH2Connection` reports the GOAWAY and leaves the state alone;
    the HBONE core enforces "no new streams" itself.
+3. The outbound DATA fast path (issue 8, "frames [...] DATA frames without per-frame object churn"):
+   h2 still decides (stream states, flow-control windows), but serialising goes through
+   `_prepare_for_sending`, which here frames DATA with a 9-byte header (RFC 9113 §4.1) and keeps the
+   payload object as is instead of copying it three times (`serialize_body` join, header join,
+   `_data_to_send +=`, `bytes(...)`). Output is a list of chunks for `transport.writelines`: small
+   frames are coalesced into one buffer (one TLS record, not one per frame), a large payload rides
+   along with only its first `COALESCE` bytes copied.
 """
 
 from __future__ import annotations
+
+import struct
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -23,6 +32,14 @@ from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
 from zt.hbone.settings import DEFAULT_WINDOW, HboneSettings
 
+# RFC 9113 §4.1: "Length (24), Type (8), Flags (8), Reserved (1), Stream Identifier (31)".
+_HEADER = struct.Struct(">HBBBL")
+_DATA_TYPE = 0x0
+_END_STREAM = 0x1
+# Bytes copied into the shared buffer before a large payload is passed on by reference: one TLS
+# record's worth (RFC 8446 §5.1: at most 2^14 bytes per record), so framing adds no extra record.
+COALESCE = 16384
+
 
 def _data_body_repr(self: DataFrame) -> str:
     return f"<{len(self.data)} bytes>"
@@ -32,7 +49,61 @@ setattr(DataFrame, "_body_repr", _data_body_repr)  # noqa: B010 (mypy forbids me
 
 
 class HboneH2Connection(H2Connection):
-    """H2Connection whose GOAWAY handling follows RFC 9113 §6.8 (see module docstring)."""
+    """H2Connection whose GOAWAY handling follows RFC 9113 §6.8 and whose output is a list of
+    chunks with DATA payloads passed by reference (see module docstring)."""
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        self._chunks: list[bytes | memoryview] = []
+        self._small = bytearray()
+
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        self._take_raw()
+        small = self._small
+        for frame in frames:
+            if type(frame) is not DataFrame or "PADDED" in frame.flags:  # h2 pads: its serialiser
+                small += frame.serialize()
+                continue
+            payload = frame.data
+            size = len(payload)
+            flags = _END_STREAM if "END_STREAM" in frame.flags else 0
+            frame.body_len = size
+            small += _HEADER.pack(size >> 8, size & 0xFF, _DATA_TYPE, flags, frame.stream_id)
+            if size <= COALESCE:
+                small += payload
+                continue
+            view = memoryview(payload)
+            small += view[:COALESCE]
+            self._chunks.append(bytes(small))
+            small.clear()
+            self._chunks.append(view[COALESCE:])
+
+    def _take_raw(self) -> None:
+        """h2 writes its preamble straight into `_data_to_send`: keep it in order."""
+        if self._data_to_send:
+            self._small += self._data_to_send
+            self._data_to_send = bytearray()
+
+    def chunks_to_send(self) -> list[bytes | memoryview]:
+        """Everything queued for the peer, in order, cleared (for `transport.writelines`)."""
+        self._take_raw()
+        if self._small:
+            self._chunks.append(bytes(self._small))
+            self._small.clear()
+        chunks, self._chunks = self._chunks, []
+        return chunks
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        out = b"".join(self.chunks_to_send())
+        if amount is not None and amount < len(out):
+            self._small += out[amount:]
+            out = out[:amount]
+        return out
+
+    def clear_outbound_data_buffer(self) -> None:
+        super().clear_outbound_data_buffer()
+        self._chunks = []
+        self._small.clear()
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[H2Event]]:
         event = H2ConnectionTerminated()

@@ -156,6 +156,11 @@ class HboneConnection:
         """Everything queued for the peer, cleared."""
         return self._h2.data_to_send()
 
+    def chunks_to_send(self) -> list[bytes | memoryview]:
+        """Everything queued for the peer as a list of chunks (DATA payloads by reference, not
+        copied: the caller must not mutate what it gave `send_data` until it is written), cleared."""
+        return self._h2.chunks_to_send()
+
     # ----------------------------------------------------------------- client/server actions
 
     def open_stream(self, request: ConnectRequest) -> int:
@@ -219,7 +224,7 @@ class HboneConnection:
         for offset in range(0, accepted, frame):
             chunk = view[offset : min(offset + frame, accepted)]
             last = end_stream and complete and offset + len(chunk) == accepted
-            self._h2.send_data(stream_id, chunk, end_stream=last)
+            self._h2.send_data(stream_id, _unshared(chunk), end_stream=last)
         if end_stream and complete:
             if accepted == 0:
                 self._h2.end_stream(stream_id)
@@ -545,3 +550,12 @@ class HboneConnection:
     def _take_pending(self) -> list[Event]:
         pending, self._pending = self._pending, []
         return pending
+
+
+def _unshared(chunk: memoryview) -> bytes | memoryview:
+    """A payload h2 may keep by reference: the whole immutable bytes object when `chunk` covers
+    it (h2 copies memoryviews with `tobytes()`), else the view itself (h2 copies it)."""
+    whole = chunk.obj
+    if type(whole) is bytes and len(whole) == chunk.nbytes:
+        return whole
+    return chunk

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 from zt.errors import H2_CANCEL, H2_CONNECT_ERROR, ZtError
 from zt.hbone import events as ev
@@ -29,6 +29,10 @@ from zt.proxy.stream import HboneStream
 log = logging.getLogger("zt.proxy.driver")
 
 Role = Literal["client", "server"]
+# Write-buffer thresholds of the TLS transport: asyncio's 64 KiB default pauses the writer after
+# every 1 MiB DATA frame (issue 8: "reads and writes sized to match" 1 MiB frames).
+WRITE_HIGH = 4 * 1024 * 1024
+WRITE_LOW = 1024 * 1024
 CLOSE_GRACE = 1.0  # seconds a closing connection gets to flush its GOAWAY before an abort
 # Checks the TLS peer once the handshake is done; returns its identity or raises a ZtError.
 PeerCheck = Callable[[ssl.SSLObject | None], SpiffeId]
@@ -69,14 +73,15 @@ class HboneDriver(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         try:
             if self._peer_check is not None:
                 self.peer = self._peer_check(transport.get_extra_info("ssl_object"))
         except Exception as exc:  # a refused identity (ZtError) or a broken check: no connection
             self._fail_ready(exc)
-            transport.abort()
+            self.transport.abort()
             return
         self.core = HboneConnection(self.role, now=self.clock(), settings=self.settings)
         self._flush()
@@ -248,9 +253,10 @@ class HboneDriver(asyncio.Protocol):
             or self.closed.done()
         ):
             return
-        out = self.core.data_to_send()
-        if out:
-            self.transport.write(out)
+        # writelines: DATA payloads go to the TLS layer by reference (zt/hbone/_h2.py fast path).
+        chunks = self.core.chunks_to_send()
+        if chunks:
+            self.transport.writelines(chunks)
 
     def _handle(self, events: list[ev.Event]) -> None:
         for event in events:

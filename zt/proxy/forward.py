@@ -33,10 +33,12 @@ class TcpToHbone:
         self.results: deque[RelayResult] = deque(maxlen=RECENT)
         self.refused: deque[ZtError] = deque(maxlen=RECENT)
 
-    async def start(self, listen: SocketAddr) -> SocketAddr:
+    async def start(self, listen: SocketAddr, *, reuse_port: bool = False) -> SocketAddr:
+        """`reuse_port`: join an SO_REUSEPORT group (one listener per worker process)."""
         self._server = await asyncio.start_server(
-            self._accepted, str(listen.ip), listen.port, limit=STREAM_LIMIT, backlog=1024
-        )
+            self._accepted, str(listen.ip), listen.port, limit=STREAM_LIMIT, backlog=1024,
+            reuse_port=reuse_port,
+        )  # fmt: skip
         port = self._server.sockets[0].getsockname()[1]
         return SocketAddr(listen.ip, port)
 

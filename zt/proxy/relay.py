@@ -22,6 +22,10 @@ from zt.proxy.errors import StreamResetError
 from zt.proxy.stream import HboneStream
 
 READ_CHUNK = 1024 * 1024  # up to one advertised MAX_FRAME_SIZE per read
+# The TCP side's write-buffer thresholds: room for a couple of 1 MiB frames before drain() waits
+# (asyncio's 64 KiB default stalls the relay after every large frame).
+TCP_WRITE_HIGH = 2 * 1024 * 1024
+TCP_WRITE_LOW = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ async def relay(
 ) -> RelayResult:
     """Run both directions until each has ended or one side reset; close the TCP socket. If the
     relay itself is cancelled (shutdown), both sides are reset: neither saw a complete stream."""
+    writer.transport.set_write_buffer_limits(high=TCP_WRITE_HIGH, low=TCP_WRITE_LOW)
     up = asyncio.ensure_future(_tcp_to_stream(reader, stream))
     down = asyncio.ensure_future(_stream_to_tcp(stream, writer))
     try:

@@ -109,12 +109,14 @@ class HboneServer:
         self.statuses: Counter[int] = Counter()  # CONNECT answers given, by status
         self.tunnels = 0
 
-    async def start(self, listen: SocketAddr) -> SocketAddr:
-        """Listen on `listen` (port 0 picks one); return the bound address."""
+    async def start(self, listen: SocketAddr, *, reuse_port: bool = False) -> SocketAddr:
+        """Listen on `listen` (port 0 picks one); return the bound address. `reuse_port`: join
+        an SO_REUSEPORT group, so several worker processes share the port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._make_driver, str(listen.ip), listen.port, ssl=self._context, backlog=1024
-        )
+            self._make_driver, str(listen.ip), listen.port, ssl=self._context, backlog=1024,
+            reuse_port=reuse_port,
+        )  # fmt: skip
         host, port = self._server.sockets[0].getsockname()[:2]
         return SocketAddr.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
