@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import uvloop
 
 from cli._common import reports_errors
 from zt.addr import SocketAddr
@@ -74,4 +74,4 @@ def command(
         drain_deadline=drain_deadline,
         socks5=socks5,
     )
-    asyncio.run(NodeDaemon(options).run())
+    uvloop.run(NodeDaemon(options).run())

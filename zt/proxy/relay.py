@@ -41,7 +41,8 @@ def reset_tcp_transport(transport: asyncio.WriteTransport) -> None:
     """Close with RST instead of FIN: SO_LINGER on with a zero timeout, then close."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # uvloop's pseudo-socket raises ValueError once its fd is gone
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
 
@@ -81,7 +82,7 @@ async def _stream_to_tcp(stream: HboneStream, writer: asyncio.StreamWriter) -> s
                 return "closed"
             writer.write(data)
             await writer.drain()
-        except OSError:
+        except (OSError, RuntimeError):  # uvloop: RuntimeError on a transport aborted meanwhile
             stream.reset(H2_CONNECT_ERROR)
             return "tcp_reset"
         stream.acknowledge()  # only now: the socket took the bytes

@@ -39,7 +39,7 @@ async def _pump(
                 return "closed"
             writer.write(data)
             await writer.drain()
-        except OSError:
+        except (OSError, RuntimeError):  # uvloop: RuntimeError on a transport aborted meanwhile
             return "reset"
         counter[0] += len(data)
 
