@@ -66,6 +66,7 @@ class NodeDaemon:
         self.readiness = Readiness("config", "certificates", "capture")
         self.registry = Registry()
         self.pods: dict[str, PodProxy] = {}
+        self._api_pods: dict[str, str] = {}  # uid -> netns, pods added through the pod API
         self._stop = asyncio.Event()
         self._servers: list[asyncio.Server] = []
         self._background: list[asyncio.Task[None]] = []
@@ -153,27 +154,31 @@ class NodeDaemon:
         self.registry.add_collector(node_gauges)
 
     # -- pods -----------------------------------------------------------------------------------
-    def _local(self, snapshot: Snapshot) -> dict[str, Workload]:
-        return {
-            w.uid: w
+    def _desired(self, snapshot: Snapshot) -> dict[str, tuple[Workload, str]]:
+        """uid -> (workload, netns) this node should serve: the config's local HBONE workloads
+        with a netns, plus pods added through the pod API whose workload is still here."""
+        desired = {
+            w.uid: (w, w.netns)
             for w in snapshot.workloads_on(self.options.node)
             if w.netns and w.protocol is Protocol.HBONE
         }
+        for uid, netns in self._api_pods.items():
+            w = snapshot.by_uid.get(uid)
+            if w is not None and w.node == self.options.node:
+                desired.setdefault(uid, (w, netns))
+        return desired
 
     async def _sync_pods(self, snapshot: Snapshot) -> None:
-        """Serve the config's local pods (netns known); stop those that left or changed."""
-        wanted = self._local(snapshot)
+        """Converge on the desired pods: stop those that left or changed, start the missing."""
+        desired = self._desired(snapshot)
         for uid, pod in list(self.pods.items()):
-            now = snapshot.by_uid.get(uid)
-            if now is None or (now != pod.workload and uid in wanted):
-                await self.remove_pod(uid)
-        for uid, workload in wanted.items():
+            if desired.get(uid) != (pod.workload, pod.netns):
+                await self.remove_pod(uid, forget=False)
+        for uid, (workload, netns) in desired.items():
             if uid not in self.pods:
                 try:
-                    await self.add_pod(workload, workload.netns or "")
-                except ZtError as exc:
-                    log.error("pod %s not served: %s", uid, exc)
-                except OSError as exc:
+                    await self.add_pod(workload, netns)
+                except (ZtError, OSError) as exc:
                     log.error("pod %s not served: %s", uid, exc)
 
     async def add_pod(self, workload: Workload, netns: str) -> PodProxy:
@@ -190,7 +195,10 @@ class NodeDaemon:
             self.pods[workload.uid] = pod
             return pod
 
-    async def remove_pod(self, uid: str) -> None:
+    async def remove_pod(self, uid: str, *, forget: bool = True) -> None:
+        """Drain and stop a pod; `forget` also drops a pod-API registration."""
+        if forget:
+            self._api_pods.pop(uid, None)
         async with self._pod_lock:
             pod = self.pods.pop(uid, None)
         if pod is None:
@@ -214,7 +222,12 @@ class NodeDaemon:
             raise PodNotLocal(
                 f"uid: {cmd.uid!r} runs on node {workload.node!r}, not {self.options.node!r}"
             )
-        pod = await self.add_pod(workload, cmd.netns)
+        self._api_pods[cmd.uid] = cmd.netns
+        try:
+            pod = await self.add_pod(workload, cmd.netns)
+        except BaseException:
+            self._api_pods.pop(cmd.uid, None)
+            raise
         return {"added": self._pod_info(pod)}
 
     @staticmethod
