@@ -1,10 +1,20 @@
-"""Entry point of the `zt` console script: mounts one typer sub-app per room."""
+"""Entry point of the `zt` console script: one typer sub-app per room, mounted here."""
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from cli import (
+    authz_cmd,
+    ca_cmd,
+    capture_cmd,
+    config_cmd,
+    hbone_cmd,
+    lab_cmd,
+    pod_cmd,
+    route_cmd,
+    run_cmd,
+)
 
 app = typer.Typer(
     name="zt",
@@ -13,35 +23,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# (module under cli/, command name). Each module exposes `app` (a typer.Typer) or, for a single
-# command, `command` (a function registered as a top-level command).
-_SUBAPPS: tuple[tuple[str, str], ...] = (
-    ("config_cmd", "config"),
-    ("authz_cmd", "authz"),
-    ("ca_cmd", "ca"),
-    ("hbone_cmd", "hbone"),
-    ("capture_cmd", "capture"),
-    ("pod_cmd", "pod"),
-    ("lab_cmd", "lab"),
-)
-_COMMANDS: tuple[tuple[str, str], ...] = (("route_cmd", "route"), ("run_cmd", "run"))
-
-
-def _mount() -> None:
-    for module_name, name in _SUBAPPS:
-        try:
-            module = importlib.import_module(f"cli.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"cli.{module_name}":
-                continue  # that room has not landed its CLI yet
-            raise
-        app.add_typer(module.app, name=name)
-    for module_name, name in _COMMANDS:
-        module = importlib.import_module(f"cli.{module_name}")
-        app.command(name)(module.command)
-
-
-_mount()
+app.command("run")(run_cmd.command)
+app.add_typer(pod_cmd.app, name="pod")
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(authz_cmd.app, name="authz")
+app.command("route")(route_cmd.command)
+app.add_typer(ca_cmd.app, name="ca")
+app.add_typer(capture_cmd.app, name="capture")
+app.add_typer(hbone_cmd.app, name="hbone")
+app.add_typer(lab_cmd.app, name="lab")
 
 
 def main() -> None:
