@@ -23,17 +23,27 @@ static __always_inline int zt_remember(struct bpf_sock_addr *ctx, struct zt_addr
     return 1;
 }
 
-int zt_connect4(struct bpf_sock_addr *ctx)
+/* The enrolled pod whose TCP connect this is, or NULL to leave it alone: not an enrolled netns, not
+ * TCP, a pod whose outbound goes through sk_lookup, or one of zt's own (marked) sockets. */
+static __always_inline struct zt_pod *zt_capturing_pod(struct bpf_sock_addr *ctx)
 {
     __u64 netns = bpf_get_netns_cookie(ctx);
     struct zt_pod *pod = zt_pods.lookup(&netns);
     if (!pod || ctx->type != ZT_SOCK_STREAM || (pod->flags & ZT_POD_OUT_SKLOOKUP))
-        return 1;
+        return NULL;
     struct bpf_sock *sk = ctx->sk;
     if (sk && sk->mark == ZT_MARK) {
         zt_count(ZT_C_CONNECT_SKIP_MARK);
-        return 1;
+        return NULL;
     }
+    return pod;
+}
+
+int zt_connect4(struct bpf_sock_addr *ctx)
+{
+    struct zt_pod *pod = zt_capturing_pod(ctx);
+    if (!pod)
+        return 1;
     __u32 dst = ctx->user_ip4;
     if (zt_is_loop4(dst) || dst == pod->ip4 || dst == 0) {
         zt_count(ZT_C_CONNECT_SKIP_LOCAL);
@@ -56,15 +66,9 @@ int zt_connect4(struct bpf_sock_addr *ctx)
 
 int zt_connect6(struct bpf_sock_addr *ctx)
 {
-    __u64 netns = bpf_get_netns_cookie(ctx);
-    struct zt_pod *pod = zt_pods.lookup(&netns);
-    if (!pod || ctx->type != ZT_SOCK_STREAM || (pod->flags & ZT_POD_OUT_SKLOOKUP))
+    struct zt_pod *pod = zt_capturing_pod(ctx);
+    if (!pod)
         return 1;
-    struct bpf_sock *sk = ctx->sk;
-    if (sk && sk->mark == ZT_MARK) {
-        zt_count(ZT_C_CONNECT_SKIP_MARK);
-        return 1;
-    }
     __u32 d[4] = {ZT_LD32(ctx->user_ip6[0]), ZT_LD32(ctx->user_ip6[1]),
                   ZT_LD32(ctx->user_ip6[2]), ZT_LD32(ctx->user_ip6[3])};
     int mapped = zt_is_mapped(d);
