@@ -326,6 +326,11 @@ class Mode:
     pids: list[int]
     hbone_port: int | None = None  # the HBONE server, for handshakes/s
     workers_only: bool = False  # the N-worker zt pair: only the aggregate throughput
+    servers: int = 1  # `pids` lists the HBONE server process(es) first, then the client(s)
+
+    def cpu_sides(self) -> tuple[float, float]:
+        """CPU seconds so far of (client side, server side)."""
+        return _cpu(self.pids[self.servers :]), _cpu(self.pids[: self.servers])
 
 
 @contextlib.contextmanager
@@ -423,7 +428,9 @@ def setup(workdir: Path, workers: int, loop: str, variants: list[Variant]) -> It
         if workers > 1:
             many = Variant(f"zt_x{workers}", None, loop)
             many_cli, _, many_pids = _zt_pair(stack, workdir, target, workers, many)
-            modes.append(Mode(f"zt_x{workers}", many_cli, many_pids, workers_only=True))
+            modes.append(
+                Mode(f"zt_x{workers}", many_cli, many_pids, workers_only=True, servers=workers)
+            )
         yield modes
 
 
@@ -439,11 +446,14 @@ def _measure(mode: Mode, args: argparse.Namespace, results: Results) -> None:
         add("workers_MB/s", parallel_upload(mode.port, size // 2, 2 * args.workers))
     if mode.workers_only:
         return
-    cpu0 = _cpu(mode.pids)
+    (cli0, srv0) = mode.cpu_sides()
     elapsed = bulk(mode.port, size)
-    cpu1 = _cpu(mode.pids)
+    (cli1, srv1) = mode.cpu_sides()
     add("MB/s", size / elapsed / 1e6)
-    add("cpu_s_per_GB", (cpu1 - cpu0) / (2 * size / 1e9))  # both directions crossed the proxies
+    gigabytes = 2 * size / 1e9  # both directions crossed the proxies
+    add("cpu_s_per_GB", (cli1 - cli0 + srv1 - srv0) / gigabytes)
+    add("cpu_client_s_per_GB", (cli1 - cli0) / gigabytes)
+    add("cpu_server_s_per_GB", (srv1 - srv0) / gigabytes)
     add("up_MB/s", size / upload(mode.port, size) / 1e6)
     add("down_MB/s", size / download(mode.port, size) / 1e6)
     rtts = sorted(ping_pong(mode.port, args.pings))

@@ -14,7 +14,8 @@ import statistics
 Results = dict[str, dict[str, list[float]]]
 
 METRICS = (
-    "MB/s", "up_MB/s", "down_MB/s", "cpu_s_per_GB", "p50_us", "p99_us", "tunnels/s",
+    "MB/s", "up_MB/s", "down_MB/s", "cpu_s_per_GB", "cpu_client_s_per_GB", "cpu_server_s_per_GB",
+    "p50_us", "p99_us", "tunnels/s",
     "cpu_ms_per_tunnel", "handshakes/s", "KiB_per_idle_tunnel", "workers_MB/s", "failures",
 )  # fmt: skip
 RATIO_KEYS = (
@@ -123,6 +124,8 @@ def summary(results: Results) -> list[str]:
         f"added p50 µs    zt {z['p50_us'] - d['p50_us']:.0f}  envoy {e['p50_us'] - d['p50_us']:.0f}",
         f"added p99 µs    zt {z['p99_us'] - d['p99_us']:.0f}  envoy {e['p99_us'] - d['p99_us']:.0f}",
         f"CPU s/GB        zt {z['cpu_s_per_GB']:.2f}  envoy {e['cpu_s_per_GB']:.2f}",
+        f"  client side   zt {z['cpu_client_s_per_GB']:.2f}  envoy {e['cpu_client_s_per_GB']:.2f}",
+        f"  server side   zt {z['cpu_server_s_per_GB']:.2f}  envoy {e['cpu_server_s_per_GB']:.2f}",
         f"CPU ms/tunnel   zt {z['cpu_ms_per_tunnel']:.2f}  envoy {e['cpu_ms_per_tunnel']:.2f}",
         f"handshakes/s    zt/envoy {_div(z['handshakes/s'], e['handshakes/s']):.2f}",
     ]

@@ -18,6 +18,7 @@ from bench.report import (
     parse_capture_lines,
     parse_machine_lines,
     ratios,
+    summary,
     table,
 )
 
@@ -107,3 +108,16 @@ def test_variant_specs_name_tree_and_loop() -> None:
     for bad in ("base=asyncio", "zt_x=trio", "zt_x"):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(bad))):
             parse_variant(bad)
+
+
+def test_summary_reports_cpu_per_gb_for_both_sides() -> None:
+    results = _results()
+    for mode, (client, server) in (("envoy", (1.0, 0.5)), ("zt", (2.25, 1.5))):
+        results[mode] |= {
+            "cpu_s_per_GB": [client + server],
+            "cpu_client_s_per_GB": [client],
+            "cpu_server_s_per_GB": [server],
+        }
+    lines = summary(results)
+    assert "  client side   zt 2.25  envoy 1.00" in lines
+    assert "  server side   zt 1.50  envoy 0.50" in lines
