@@ -3,23 +3,38 @@
  * Linked once at the cgroup-v2 root, so it runs for every connect() on the machine: it must leave
  * alone everything that is not an enrolled pod (netns cookie not in zt_pods). In an enrolled pod:
  * loopback, the pod's own IPs and sockets marked ZT_MARK are left alone; other TCP connects are
- * rewritten to <pod ip>:15001 and the original destination is stored by socket cookie (sockops
- * re-keys it by the app's (ip, port) once the source port is known).
+ * rewritten to <pod ip>:15001 and the original destination is stored in the socket's own storage
+ * (zt_orig_app; sockops re-keys it by the app's (ip, port) once the source port is known). A socket
+ * may connect() again after a failed attempt: every attempt overwrites or forgets what an earlier
+ * one stored, so getpeername and sockops never see a stale destination.
  * Return 1 = let connect() proceed (rewritten or not). The one exception: when the original
  * destination cannot be stored, return 0 (connect() fails with EPERM) - fail closed, because
  * letting the connection through unrewritten would bypass the proxy.
  */
 #include "zt_capture.h"
 
-/* Store the original destination by socket cookie; 0 when the map refused it. */
+/* Store the original destination in the socket's storage; 0 when there is no memory for it. */
 static __always_inline int zt_remember(struct bpf_sock_addr *ctx, struct zt_addr *orig)
 {
-    __u64 cookie = bpf_get_socket_cookie(ctx);
-    if (zt_orig_cookie.update(&cookie, orig)) {
+    struct bpf_sock *sk = ctx->sk;
+    struct zt_addr *stored =
+        sk ? zt_orig_app.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : NULL;
+    if (!stored) {
         zt_count(ZT_C_CONNECT_MAP_ERROR);
         return 0;
     }
+    *stored = *orig; /* F_CREATE alone would keep the value of an earlier connect() */
     zt_count(ZT_C_CONNECT_REDIRECT);
+    return 1;
+}
+
+/* An enrolled pod's TCP connect left alone: forget what an earlier connect() stored. */
+static __always_inline int zt_leave(struct bpf_sock_addr *ctx, __u32 why)
+{
+    struct bpf_sock *sk = ctx->sk;
+    if (sk)
+        zt_orig_app.sk_storage_delete(sk);
+    zt_count(why);
     return 1;
 }
 
@@ -33,7 +48,7 @@ static __always_inline struct zt_pod *zt_capturing_pod(struct bpf_sock_addr *ctx
         return NULL;
     struct bpf_sock *sk = ctx->sk;
     if (sk && sk->mark == ZT_MARK) {
-        zt_count(ZT_C_CONNECT_SKIP_MARK);
+        zt_leave(ctx, ZT_C_CONNECT_SKIP_MARK);
         return NULL;
     }
     return pod;
@@ -45,14 +60,10 @@ int zt_connect4(struct bpf_sock_addr *ctx)
     if (!pod)
         return 1;
     __u32 dst = ctx->user_ip4;
-    if (zt_is_loop4(dst) || dst == pod->ip4 || dst == 0) {
-        zt_count(ZT_C_CONNECT_SKIP_LOCAL);
-        return 1;
-    }
-    if (!(pod->flags & ZT_POD_HAS_IP4)) {
-        zt_count(ZT_C_CONNECT_SKIP_NOIP);
-        return 1;
-    }
+    if (zt_is_loop4(dst) || dst == pod->ip4 || dst == 0)
+        return zt_leave(ctx, ZT_C_CONNECT_SKIP_LOCAL);
+    if (!(pod->flags & ZT_POD_HAS_IP4))
+        return zt_leave(ctx, ZT_C_CONNECT_SKIP_NOIP);
     struct zt_addr orig = {};
     zt_map4(&orig, dst);
     orig.port = (__u16)ctx->user_port;
@@ -79,14 +90,10 @@ int zt_connect6(struct bpf_sock_addr *ctx)
     int own = mapped ? d[3] == pod->ip4
                      : (d[0] == pod->ip6[0] && d[1] == pod->ip6[1] && d[2] == pod->ip6[2] &&
                         d[3] == pod->ip6[3]);
-    if (loop || own) {
-        zt_count(ZT_C_CONNECT_SKIP_LOCAL);
-        return 1;
-    }
-    if (!(pod->flags & (mapped ? ZT_POD_HAS_IP4 : ZT_POD_HAS_IP6))) {
-        zt_count(ZT_C_CONNECT_SKIP_NOIP);
-        return 1;
-    }
+    if (loop || own)
+        return zt_leave(ctx, ZT_C_CONNECT_SKIP_LOCAL);
+    if (!(pod->flags & (mapped ? ZT_POD_HAS_IP4 : ZT_POD_HAS_IP6)))
+        return zt_leave(ctx, ZT_C_CONNECT_SKIP_NOIP);
     struct zt_addr orig = {};
     __builtin_memcpy(orig.ip, d, 16);
     orig.port = (__u16)ctx->user_port;

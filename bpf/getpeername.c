@@ -1,12 +1,15 @@
 /* cgroup/getpeername4 + getpeername6: the app of a captured connection sees its original peer,
- * not <pod ip>:15001 (DESIGN.md §6). Keyed by the socket cookie connect4/6 stored.
+ * not <pod ip>:15001 (DESIGN.md §6). Read from the socket storage connect4/6 wrote; every other
+ * socket (no storage: one pointer test in the kernel) is left alone.
  */
 #include "zt_capture.h"
 
 int zt_getpeername4(struct bpf_sock_addr *ctx)
 {
-    __u64 cookie = bpf_get_socket_cookie(ctx);
-    struct zt_addr *orig = zt_orig_cookie.lookup(&cookie);
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 1;
+    struct zt_addr *orig = zt_orig_app.sk_storage_get(sk, 0, 0);
     if (!orig)
         return 1;
     __u32 a;
@@ -19,8 +22,10 @@ int zt_getpeername4(struct bpf_sock_addr *ctx)
 
 int zt_getpeername6(struct bpf_sock_addr *ctx)
 {
-    __u64 cookie = bpf_get_socket_cookie(ctx);
-    struct zt_addr *orig = zt_orig_cookie.lookup(&cookie);
+    struct bpf_sock *sk = ctx->sk;
+    if (!sk)
+        return 1;
+    struct zt_addr *orig = zt_orig_app.sk_storage_get(sk, 0, 0);
     if (!orig)
         return 1;
     __u32 w[4];

@@ -1,23 +1,25 @@
 /* sockops: re-key a captured connection's original destination by the app's (ip, port)
  * (DESIGN.md §6: "re-keyed by the app's (ip, port) in sockops TCP_CONNECT_CB"), which is what the
- * proxy sees as the peer of the socket accepted on 15001; and forget the cookie entry on close.
+ * proxy sees as the peer of the socket accepted on 15001.
+ *
+ * The kernel calls this for every TCP socket on the machine, ~9 times per connection (TIMEOUT_INIT,
+ * RWND_INIT and NEEDS_ECN on both ends, TCP_CONNECT_CB, ACTIVE/PASSIVE_ESTABLISHED_CB), so all but
+ * TCP_CONNECT_CB return at once, and no callback flag is set: the app's original destination lives
+ * in its socket storage and goes with the socket, so no STATE_CB is needed to clean it up (an
+ * earlier version kept it by socket cookie and paid 4 more runs per connection to delete it).
  */
 #include "zt_capture.h"
 
 int zt_sockops(struct bpf_sock_ops *skops)
 {
-    __u32 op = skops->op;
-    if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_STATE_CB)
+    if (skops->op != BPF_SOCK_OPS_TCP_CONNECT_CB)
         return 1;
-    __u64 cookie = bpf_get_socket_cookie(skops);
-    struct zt_addr *orig = zt_orig_cookie.lookup(&cookie);
+    struct bpf_sock *sk = skops->sk;
+    if (!sk)
+        return 1;
+    struct zt_addr *orig = zt_orig_app.sk_storage_get(sk, 0, 0);
     if (!orig)
         return 1;
-    if (op == BPF_SOCK_OPS_STATE_CB) {
-        if (skops->args[1] == BPF_TCP_CLOSE)
-            zt_orig_cookie.delete(&cookie);
-        return 1;
-    }
     struct zt_addr app = {};
     if (skops->family == AF_INET) {
         zt_map4(&app, skops->local_ip4);
@@ -32,6 +34,5 @@ int zt_sockops(struct bpf_sock_ops *skops)
         zt_count(ZT_C_SOCKOPS_MAP_ERROR);
     else
         zt_count(ZT_C_SOCKOPS_KEYED);
-    bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
     return 1;
 }

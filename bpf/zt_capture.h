@@ -13,11 +13,18 @@
  *   zt_pods        HASH      u64 netns cookie          -> struct zt_pod (enrolled pods)
  *   zt_ips         HASH      struct zt_addr (ip only)  -> struct zt_ipval (pod IP -> its pod)
  *   zt_listeners   SOCKMAP   u32 slot*3 + ZT_L_*       -> u64 listener socket
- *   zt_orig_cookie LRU_HASH  u64 socket cookie         -> struct zt_addr: original destination,
+ *   zt_orig_app    SK_STORAGE on the app's socket      -> struct zt_addr: original destination,
  *                                                         written by connect4/6, read by sockops
- *                                                         and getpeername4/6
+ *                                                         and getpeername4/6; freed with the socket
+ *                                                         (no close callback, no LRU eviction of
+ *                                                         live connections)
  *   zt_orig_addr   LRU_HASH  struct zt_addr (app ip, port) -> struct zt_addr: the same, keyed as
- *                                                         the proxy sees its 15001 peer
+ *                                                         the proxy sees its 15001 peer (sockops)
+ *   zt_orig_proxy  SK_STORAGE on the proxy's accepted socket -> struct zt_addr: the same, moved
+ *                                                         there from zt_orig_addr by getsockopt on
+ *                                                         the first SO_ORIGINAL_DST question, then
+ *                                                         answered again and again as netfilter
+ *                                                         does; freed with the socket
  *   zt_counters    PERCPU_ARRAY u32 ZT_C_*             -> u64 verdict / error counters
  *   zt_pod_meta    HASH      u64 netns cookie          -> struct zt_pod_meta (Python only: names
  *                                                         for `zt capture status` from the pins)
@@ -79,7 +86,8 @@
 #define ZT_C_SOCKOPS_MAP_ERROR 12   /* sockops: zt_orig_addr update failed */
 #define ZT_C_PEERNAME_REWRITE 13    /* getpeername4/6: original peer shown to the app */
 #define ZT_C_BIND_DENIED 14         /* bind4/6: unmarked bind of a zt port in an enrolled pod */
-#define ZT_C_MAX 15
+#define ZT_C_SOCKOPT_ORIG 15        /* getsockopt: SO_ORIGINAL_DST moved from zt_orig_addr */
+#define ZT_C_MAX 16
 
 struct zt_addr {
     __u8 ip[16];   /* IPv6, or IPv4-mapped ::ffff:a.b.c.d */
@@ -114,8 +122,10 @@ BPF_HASH(zt_ips, struct zt_addr, struct zt_ipval, ZT_MAX_PODS * 8);
  * from user space, a referenced struct bpf_sock * on lookup in BPF, and the socket cookie on lookup
  * from user space (which the kernel only answers for 8-byte values, hence __u64). */
 BPF_TABLE("sockmap", __u32, __u64, zt_listeners, ZT_MAX_PODS * ZT_L_COUNT);
-BPF_TABLE("lru_hash", __u64, struct zt_addr, zt_orig_cookie, ZT_MAX_ORIG);
+/* Socket storage: user space reads it with a socket fd as the key (4 bytes). */
+BPF_SK_STORAGE(zt_orig_app, struct zt_addr);
 BPF_TABLE("lru_hash", struct zt_addr, struct zt_addr, zt_orig_addr, ZT_MAX_ORIG);
+BPF_SK_STORAGE(zt_orig_proxy, struct zt_addr);
 BPF_PERCPU_ARRAY(zt_counters, __u64, ZT_C_MAX);
 BPF_HASH(zt_pod_meta, __u64, struct zt_pod_meta, ZT_MAX_PODS);
 

@@ -25,7 +25,7 @@ from cli.main import app as cli_app
 from tests.netns.sockets import app_server, connect_from, nothing_pending
 from tests.netns.topo import Topology
 from zt.capture import Capture, remove_pins, routing
-from zt.capture.errors import CaptureError
+from zt.capture.errors import CaptureError, CaptureIncompatibleError
 from zt.timescale import scaled
 
 pytestmark = pytest.mark.root
@@ -121,9 +121,9 @@ def test_capture_survives_restart_fail_closed(topo: Topology, pin_dir: Path, mod
         assert human.exit_code == 0
         assert f"mode: {mode}" in human.stdout
         assert "pod-pinned" in human.stdout and "listeners=outbound,inbound,hbone" in human.stdout
-        # connect: 7 cgroup links (connect4/6, sockops, getpeername4/6, bind4/6); sk_lookup mode:
-        # the bind guard only; both: the pod's sk_lookup netns link
-        assert len(links) == (8 if mode == "connect" else 3)
+        # connect: 8 cgroup links (connect4/6, sockops, getpeername4/6, getsockopt, bind4/6);
+        # sk_lookup mode: the bind guard only; both: the pod's sk_lookup netns link
+        assert len(links) == (9 if mode == "connect" else 3)
         assert links <= _link_ids()
 
         with connect_from(topo.peer, topo.pod_ip4, 8080):
@@ -198,9 +198,31 @@ def test_reopen_checks_the_mode(pin_dir: Path) -> None:
             "zt_sockops",
             "zt_getpeername4",
             "zt_getpeername6",
+            "zt_getsockopt",
             "zt_bind4",
             "zt_bind6",
         }
     finally:
         again.close(detach=True)
     assert not pin_dir.exists()
+
+
+def test_pins_of_another_build_are_refused_and_removable(pin_dir: Path) -> None:
+    """An upgrade: pins without a map this build needs are named, not half re-opened, and
+    `zt capture remove` still clears them (links detach with their last reference)."""
+    cap = Capture.open("connect", pin_dir=pin_dir)
+    cap.close(detach=False)
+    (pin_dir / "zt_orig_app").unlink()  # as if pinned by a build before that map existed
+    with pytest.raises(
+        CaptureIncompatibleError, match=r"another zt build \(no zt_orig_app\)"
+    ) as err:
+        Capture.open("connect", pin_dir=pin_dir)
+    assert err.value.reason == "capture_incompatible_pins"
+    result = CliRunner().invoke(cli_app, ["capture", "remove", "--pin-dir", str(pin_dir)])
+    assert result.exit_code == 0, result.output
+    assert not pin_dir.exists()
+    fresh = Capture.open("connect", pin_dir=pin_dir)  # compiled and attached anew
+    try:
+        assert len(fresh.status().links) == 8
+    finally:
+        fresh.close(detach=True)

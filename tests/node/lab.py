@@ -90,7 +90,8 @@ class Lab:
         """Entries of each pinned hash map of the node's capture (bpftool)."""
         pins = runner.pin_dir(self.plan, self.plan.node(node))
         counts = {}
-        for name in ("zt_pods", "zt_ips", "zt_orig_cookie", "zt_orig_addr"):
+        # the hash maps (zt_orig_app / zt_orig_proxy are socket storage: gone with their sockets)
+        for name in ("zt_pods", "zt_ips", "zt_orig_addr"):
             done = subprocess.run(
                 ["bpftool", "-j", "map", "dump", "pinned", str(pins / name)],
                 capture_output=True, text=True, timeout=60, check=False,

@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import struct
 from pathlib import Path
 
 from zt.capture.errors import BpfSyscallError
@@ -23,11 +24,16 @@ _MAP_LOOKUP_ELEM = 1
 _MAP_UPDATE_ELEM = 2
 _MAP_DELETE_ELEM = 3
 _MAP_GET_NEXT_KEY = 4
+_MAP_LOOKUP_AND_DELETE_ELEM = 21
 _OBJ_PIN = 6
 _OBJ_GET = 7
 _OBJ_GET_INFO_BY_FD = 15
 _LINK_CREATE = 28
+_ENABLE_STATS = 32
 _LINK_DETACH = 34
+_STATS_RUN_TIME = 0  # enum bpf_stats_type BPF_STATS_RUN_TIME
+_PROG_INFO_SIZE = 232  # struct bpf_prog_info up to run_cnt and beyond
+_PROG_RUN_TIME_NS = 192  # offsetof(struct bpf_prog_info, run_time_ns); run_cnt follows
 
 CLONE_NEWNET = 0x40000000
 
@@ -38,6 +44,7 @@ ATTACH = {
     "cgroup_inet6_bind": 9,
     "cgroup_inet4_connect": 10,
     "cgroup_inet6_connect": 11,
+    "cgroup_getsockopt": 21,
     "cgroup_inet4_getpeername": 29,
     "cgroup_inet6_getpeername": 30,
     "sk_lookup": 36,
@@ -78,6 +85,19 @@ def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
     attr = _attr((0, 4, map_fd), (8, 8, _ptr(k)), (16, 8, _ptr(v)))
     try:
         _call(_MAP_LOOKUP_ELEM, attr, "bpf(MAP_LOOKUP_ELEM)")
+    except BpfSyscallError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return v.raw
+
+
+def map_lookup_and_delete(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value, removed in the same call; None when the key is absent (ENOENT)."""
+    k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value_size)
+    attr = _attr((0, 4, map_fd), (8, 8, _ptr(k)), (16, 8, _ptr(v)))
+    try:
+        _call(_MAP_LOOKUP_AND_DELETE_ELEM, attr, "bpf(MAP_LOOKUP_AND_DELETE_ELEM)")
     except BpfSyscallError as exc:
         if exc.errno == errno.ENOENT:
             return None
@@ -134,6 +154,23 @@ def link_create(prog_fd: int, target_fd: int, attach_type: str) -> int:
 
 def link_detach(link_fd: int) -> None:
     _call(_LINK_DETACH, _attr((0, 4, link_fd)), "bpf(LINK_DETACH)")
+
+
+def enable_stats() -> int:
+    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): the kernel counts run time and runs of every program
+    while the returned fd is open (like `sysctl kernel.bpf_stats_enabled=1`, but it ends with the
+    fd, even when the process dies)."""
+    return _call(_ENABLE_STATS, _attr((0, 4, _STATS_RUN_TIME)), "bpf(ENABLE_STATS)")
+
+
+def prog_run_stats(prog_fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program, as `bpftool prog show` prints them (0 unless stats
+    are enabled)."""
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    attr = _attr((0, 4, prog_fd), (4, 4, _PROG_INFO_SIZE), (8, 8, _ptr(info)))
+    _call(_OBJ_GET_INFO_BY_FD, attr, "bpf(OBJ_GET_INFO_BY_FD prog)")
+    run_time_ns, run_cnt = struct.unpack_from("<QQ", info.raw, _PROG_RUN_TIME_NS)
+    return int(run_time_ns), int(run_cnt)
 
 
 def link_info(link_fd: int) -> tuple[int, int]:

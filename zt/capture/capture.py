@@ -23,6 +23,7 @@ from zt.capture import bpfsys, hostcheck, loader, maps, routing
 from zt.capture.errors import (
     CaptureBusyError,
     CaptureError,
+    CaptureIncompatibleError,
     CaptureNotRunningError,
     NoOriginalDestinationError,
     PodNotEnrolledError,
@@ -92,6 +93,13 @@ class Capture:
         hostcheck.ensure_bpffs()
         if not existing:
             return cls._fresh(mode, cgroup, pin_dir)
+        missing = _missing_pins(pin_dir)
+        if missing:  # e.g. pins left by an older zt across an upgrade
+            raise CaptureIncompatibleError(
+                f"pin_dir: the capture pinned under {pin_dir} was made by another zt build"
+                f" (no {', '.join(missing)}); remove it (`zt capture remove --pin-dir {pin_dir}`)"
+                " and start zt again"
+            )
         cap = cls._reopen(pin_dir)
         if cap.mode != mode:
             cap.close(detach=False)
@@ -168,6 +176,32 @@ class Capture:
         for pin, fd in links.items():
             cap._links[pin] = _Link(fd, *cap._describe_pin(pin))
         return cap
+
+    @classmethod
+    def follow(cls, pin_dir: Path) -> Capture:
+        """A node worker process's view of the capture its leader pinned: the maps only, for
+        original_destination(). It attaches, enrolls and compiles nothing, and holds no link fd
+        (a link lives while any fd or pin holds it: the leader's unenroll must still detach)."""
+        if not (pin_dir / "zt_pods").exists():
+            raise CaptureNotRunningError(f"no capture pinned under {pin_dir}")
+        owned: list[int] = []
+        try:
+            for name in maps.MAPS:
+                owned.append(bpfsys.obj_get(pin_dir / name))
+        except BaseException:
+            for fd in owned:
+                os.close(fd)
+            raise
+        mode: Mode = "connect" if (pin_dir / "link_zt_connect4").exists() else "sklookup"
+        return cls(
+            mode,
+            cgroup=hostcheck.find_cgroup2() or hostcheck.CGROUP2_ROOT,
+            pin_dir=pin_dir,
+            map_fds=dict(zip(maps.MAPS, owned, strict=True)),
+            sk_lookup_fd=-1,  # enroll() is the leader's: a follower has no program to link
+            owned_fds=owned,
+            uses_compiled=False,
+        )
 
     def _describe_pin(self, pin: str) -> tuple[str, str]:
         """(program, target) of a link pin: link_<program> or link_sk_lookup_<netns cookie>."""
@@ -255,9 +289,15 @@ class Capture:
     def original_destination(self, sock: socket.socket) -> OrigDst:
         """Where the peer meant to connect, for a socket accepted on one of a pod's listeners.
 
-        connect mode, 15001: the entry sockops keyed by the app's (ip, port) = our peer (read
-        once). Everything else (inbound; sk_lookup mode): sk_lookup does not rewrite, so
+        connect mode: getsockopt(SO_ORIGINAL_DST), which bpf/getsockopt.c answers like
+        netfilter after a REDIRECT (one syscall); should it not (no memory for the socket's
+        storage), the entry sockops keyed by the app's (ip, port) = our peer is popped from the
+        map. Everything else (inbound; sk_lookup mode): sk_lookup does not rewrite, so
         getsockname() is the original destination (DESIGN.md §6)."""
+        if self.mode == "connect":
+            answered = _ask_original_dst(sock)
+            if answered is not None:
+                return answered
         local = sock.getsockname()
         if self.mode == "connect" and local[1] == maps.PORT_OUTBOUND:
             peer = sock.getpeername()
@@ -345,6 +385,21 @@ class Capture:
         self.close()
 
 
+def _ask_original_dst(sock: socket.socket) -> OrigDst | None:
+    """SO_ORIGINAL_DST as netfilter or bpf/getsockopt.c answers it: at SOL_IP for an IPv4
+    original (asked first: the common case), at SOL_IPV6 for an IPv6 one; None when neither."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, maps.SO_ORIGINAL_DST, maps.SOCKADDR_IN_SIZE)
+        return maps.decode_sockaddr_in(raw)
+    except OSError:
+        pass
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, maps.SO_ORIGINAL_DST, maps.SOCKADDR_IN6_SIZE)
+        return maps.decode_sockaddr_in6(raw)
+    except OSError:
+        return None
+
+
 def _ip(host: str) -> maps.IPAddress:
     """A socket address host as an IP; IPv4-mapped (dual-stack sockets) unwrapped."""
     ip = ipaddress.ip_address(host.split("%", maxsplit=1)[0])
@@ -370,4 +425,15 @@ def remove_pins(pin_dir: Path = DEFAULT_PIN_DIR) -> None:
     """Detach and remove a pinned capture (operator clean-up, tests)."""
     if not (pin_dir / "zt_pods").exists():
         raise CaptureNotRunningError(f"nothing pinned under {pin_dir}")
+    if _missing_pins(pin_dir):
+        # Another build's pins: unpin everything; each link detaches with its last reference.
+        for entry in pin_dir.iterdir():
+            entry.unlink()
+        pin_dir.rmdir()
+        return
     Capture._reopen(pin_dir).close(detach=True)
+
+
+def _missing_pins(pin_dir: Path) -> list[str]:
+    """The pins this build needs that `pin_dir` lacks (a capture pinned by another build)."""
+    return [name for name in (*maps.MAPS, _SK_LOOKUP_PIN) if not (pin_dir / name).exists()]

@@ -88,6 +88,13 @@ class CaptureBusyError(CaptureError):
     reason = "capture_busy"
 
 
+class CaptureIncompatibleError(CaptureError):
+    """The pins were made by another zt build (its maps differ): re-opening them would run this
+    build's user space against another build's programs."""
+
+    reason = "capture_incompatible_pins"
+
+
 class CaptureNotRunningError(NotFoundError):
     """No pinned capture under the pin directory."""
 

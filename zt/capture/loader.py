@@ -20,11 +20,19 @@ from zt.capture.errors import BccMissingError, BpfLoadError
 
 BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
 HEADER: Final = "zt_capture.h"
-SOURCES: Final = ("sk_lookup.c", "connect.c", "sockops.c", "getpeername.c", "bind_guard.c")
+SOURCES: Final = (
+    "sk_lookup.c",
+    "connect.c",
+    "sockops.c",
+    "getpeername.c",
+    "getsockopt.c",
+    "bind_guard.c",
+)
 
 _PROG_SK_LOOKUP: Final = 30  # enum bpf_prog_type
 _PROG_SOCK_OPS: Final = 13
 _PROG_SOCK_ADDR: Final = 18
+_PROG_CGROUP_SOCKOPT: Final = 25
 
 # program name -> (prog type, attach type name in bpfsys.ATTACH)
 PROGRAMS: Final = {
@@ -34,6 +42,7 @@ PROGRAMS: Final = {
     "zt_sockops": (_PROG_SOCK_OPS, "cgroup_sock_ops"),
     "zt_getpeername4": (_PROG_SOCK_ADDR, "cgroup_inet4_getpeername"),
     "zt_getpeername6": (_PROG_SOCK_ADDR, "cgroup_inet6_getpeername"),
+    "zt_getsockopt": (_PROG_CGROUP_SOCKOPT, "cgroup_getsockopt"),
     "zt_bind4": (_PROG_SOCK_ADDR, "cgroup_inet4_bind"),
     "zt_bind6": (_PROG_SOCK_ADDR, "cgroup_inet6_bind"),
 }
@@ -45,6 +54,7 @@ CGROUP_PROGRAMS: Final = {
         "zt_sockops",
         "zt_getpeername4",
         "zt_getpeername6",
+        "zt_getsockopt",
         "zt_bind4",
         "zt_bind6",
     ),

@@ -18,6 +18,11 @@ ZT_MARK: Final = 0x539
 PORT_OUTBOUND: Final = 15001
 PORT_INBOUND: Final = 15006
 PORT_HBONE: Final = 15008
+# getsockopt(SOL_IP, SO_ORIGINAL_DST) / (SOL_IPV6, IP6T_SO_ORIGINAL_DST): linux/netfilter_ipv4.h,
+# linux/netfilter_ipv6/ip6_tables.h; bpf/getsockopt.c answers both like netfilter.
+SO_ORIGINAL_DST: Final = 80
+SOCKADDR_IN_SIZE: Final = 16
+SOCKADDR_IN6_SIZE: Final = 28
 MAX_PODS: Final = 256
 
 # Listener kinds (ZT_L_*): zt_listeners key = slot * 3 + kind
@@ -47,16 +52,19 @@ COUNTERS: Final = (
     "sockops_map_error",
     "peername_rewrite",
     "bind_denied",
+    "sockopt_orig",
 )
 
 # name -> (key size, value size) of every map. zt_listeners: a socket fd on update, the socket
-# cookie on lookup.
+# cookie on lookup. zt_orig_app, zt_orig_proxy: socket storage, keyed by a socket fd from user
+# space (no iteration: tables.reset() skips them, they go with their sockets).
 MAPS: Final = {
     "zt_pods": (8, 28),
     "zt_ips": (24, 16),
     "zt_listeners": (4, 8),
-    "zt_orig_cookie": (8, 24),
+    "zt_orig_app": (4, 24),
     "zt_orig_addr": (24, 24),
+    "zt_orig_proxy": (4, 24),
     "zt_counters": (4, 8),
     "zt_pod_meta": (8, 256),
 }
@@ -65,6 +73,8 @@ _ADDR = struct.Struct("<16sHHI")  # ip, port (bytes already big-endian), family,
 _POD = struct.Struct("<4s16sII")
 _IPVAL = struct.Struct("<IIQ")
 _META = struct.Struct("<64s192s")
+_SOCKADDR_IN = struct.Struct("!2xH4s8x")  # family (host order, skipped), port, addr, zero
+_SOCKADDR_IN6 = struct.Struct("!2xH4x16s4x")  # family, port, flowinfo, addr, scope id
 
 
 def ip16(ip: IPAddress) -> bytes:
@@ -93,6 +103,18 @@ class OrigDst:
 def decode_addr(raw: bytes) -> OrigDst:
     ip, port, _family, _pad = _ADDR.unpack(raw)
     return OrigDst(from_ip16(ip), socket.ntohs(port))
+
+
+def decode_sockaddr_in(raw: bytes) -> OrigDst:
+    """The struct sockaddr_in that SO_ORIGINAL_DST returns."""
+    port, packed = _SOCKADDR_IN.unpack(raw)
+    return OrigDst(ipaddress.IPv4Address(packed), port)
+
+
+def decode_sockaddr_in6(raw: bytes) -> OrigDst:
+    """The struct sockaddr_in6 that IP6T_SO_ORIGINAL_DST returns."""
+    port, packed = _SOCKADDR_IN6.unpack(raw)
+    return OrigDst(ipaddress.IPv6Address(packed), port)
 
 
 def pod_value(

@@ -108,16 +108,26 @@ def marked_socket(
 
 
 def open_listener(
-    netns: str | Path, port: int, *, transparent: bool = False, backlog: int = 128
+    netns: str | Path,
+    port: int,
+    *,
+    transparent: bool = False,
+    backlog: int = 128,
+    reuse_port: bool = False,
 ) -> socket.socket:
     """A marked dual-stack listener on [::]:port inside netns (a v6 SYN can't be assigned to a
-    v4 socket, DESIGN.md §6), so one socket serves IPv4 and IPv6."""
+    v4 socket, DESIGN.md §6), so one socket serves IPv4 and IPv6.
+
+    `reuse_port`: join the port's SO_REUSEPORT group (node worker processes each open one; the
+    kernel spreads connections over the group, also after sk_lookup assigned one member)."""
 
     def make() -> socket.socket:
         sock = marked_socket(socket.AF_INET6, transparent=transparent)
         try:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:  # before bind(): the group is formed at bind time
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if transparent:  # the v4 half of a dual-stack socket checks IP_TRANSPARENT
                 sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
             sock.bind(("::", port))

@@ -43,7 +43,7 @@ class Tables:
 
     def reset(self) -> None:
         """Empty every map and zero the counters (a fresh capture starts clean)."""
-        for name in ("zt_pods", "zt_ips", "zt_orig_cookie", "zt_orig_addr", "zt_pod_meta"):
+        for name in ("zt_pods", "zt_ips", "zt_orig_addr", "zt_pod_meta"):
             for key in bpfsys.map_keys(self.fds[name], maps.MAPS[name][0]):
                 bpfsys.map_delete(self.fds[name], key)
         for i in range(maps.MAX_PODS * maps.L_COUNT):
@@ -130,14 +130,12 @@ class Tables:
         )
 
     def pop_orig(self, app_ip: IPAddress, app_port: int) -> OrigDst | None:
-        """The original destination sockops keyed by the app's (ip, port), removed once read."""
-        fd = self.fds["zt_orig_addr"]
+        """The original destination sockops keyed by the app's (ip, port), removed as it is read
+        (one BPF_MAP_LOOKUP_AND_DELETE_ELEM: hash maps have it since 5.14, zt's floor)."""
         key = maps.addr_key(app_ip, app_port)
-        raw = bpfsys.map_lookup(fd, key, maps.MAPS["zt_orig_addr"][1])
-        if raw is None:
-            return None
-        bpfsys.map_delete(fd, key)
-        return maps.decode_addr(raw)
+        size = maps.MAPS["zt_orig_addr"][1]
+        raw = bpfsys.map_lookup_and_delete(self.fds["zt_orig_addr"], key, size)
+        return maps.decode_addr(raw) if raw is not None else None
 
     def counters(self) -> dict[str, int]:
         fd = self.fds["zt_counters"]
