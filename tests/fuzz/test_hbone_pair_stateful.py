@@ -6,6 +6,7 @@ nothing but documented HboneErrors is raised; stream counts never exceed the lim
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from hypothesis import HealthCheck, settings
@@ -48,9 +49,12 @@ class Side:
 
 
 class PairMachine(RuleBasedStateMachine):
+    client_settings = SMALL
+    server_settings = SMALL
+
     def __init__(self) -> None:
         super().__init__()
-        self.pair = Pair(client_settings=SMALL, server_settings=SMALL)
+        self.pair = Pair(client_settings=self.client_settings, server_settings=self.server_settings)
         self.up = Side()  # client → server
         self.down = Side()  # server → client
         self.answered: dict[int, int] = {}
@@ -163,11 +167,21 @@ class PairMachine(RuleBasedStateMachine):
         assert self.pair.server.open_streams <= SMALL.server_max_streams
 
 
-PairMachine.TestCase.settings = settings(
+class MixedPairMachine(PairMachine):
+    """The same model with the inbound DATA fast path on the client only (zt/hbone/_inbound.py):
+    a fast-path core and a plain-h2 core must interoperate exactly."""
+
+    server_settings = dataclasses.replace(SMALL, inbound_fast_path=False)
+
+
+MACHINE_SETTINGS = settings(
     max_examples=int(os.environ.get("ZT_FUZZ_EXAMPLES", "100")),
     stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     database=None,
 )
+PairMachine.TestCase.settings = MACHINE_SETTINGS
+MixedPairMachine.TestCase.settings = MACHINE_SETTINGS
 TestPairMachine = PairMachine.TestCase
+TestMixedPairMachine = MixedPairMachine.TestCase

@@ -80,8 +80,13 @@ Semantics the adapter relies on:
 
 Performance notes: hyperframe's DATA repr (hex of the whole payload, evaluated by h2 for every
 received frame) is replaced by a constant-time one (_h2.py): receive_data is ~6-9x faster at 1 MiB
-frames (`python -m tests.unit.hbone.bench_core`). DATA bytes otherwise pass through h2; a later fast
-path can frame/parse DATA inside `send_data`/`receive_data` without changing this API.
+frames (`python -m tests.unit.hbone.bench_core`). DATA fast paths (issue 8), same API:
+- outbound (_h2.py): `send_data` frames DATA with a 9-byte header and passes payloads by reference;
+  `chunks_to_send()` returns them for `transport.writelines`.
+- inbound (_inbound.py, `HboneSettings.inbound_fast_path`, on by default): received chunks are
+  scanned without copying; unpadded DATA is parsed without hyperframe objects and handed to h2's
+  own DATA handler, so windows, stream states and errors are h2's. `DataReceived.data` may be a
+  read-only memoryview of the received bytes (when the payload is >= 1/4 of its chunk) or bytes.
 """
 
 from zt.hbone import errors, events

@@ -30,6 +30,7 @@ from h2.events import Event as H2Event
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
+from zt.hbone._inbound import install as install_inbound_fast_path
 from zt.hbone.settings import DEFAULT_WINDOW, HboneSettings
 
 # RFC 9113 §4.1: "Length (24), Type (8), Flags (8), Reserved (1), Stream Identifier (31)".
@@ -131,6 +132,8 @@ def new_h2(client: bool, settings: HboneSettings) -> HboneH2Connection:
         validate_inbound_headers=client,
     )
     conn = HboneH2Connection(config=config)
+    if settings.inbound_fast_path:
+        install_inbound_fast_path(conn)
     max_streams = settings.client_max_streams if client else settings.server_max_streams
     values: dict[SettingCodes, int] = {
         SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,

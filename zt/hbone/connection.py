@@ -178,7 +178,7 @@ class HboneConnection:
         self._h2.send_headers(stream_id, request.headers(), end_stream=False)
         self._streams.add(stream_id)
         self._highest_seen = stream_id
-        self._timers.streams_changed(self.open_streams, self._now)
+        self._timers.streams_changed(self._streams.any_active(), self._now)
         return stream_id
 
     def respond(self, stream_id: int, status: int, reason: str = "") -> None:
@@ -338,7 +338,7 @@ class HboneConnection:
             self._dispatch(h2_event, events)
             if self.closed:
                 break
-        self._timers.streams_changed(self.open_streams, now)
+        self._timers.streams_changed(self._streams.any_active(), now)
         events.extend(self._take_pending())
         return events
 
@@ -514,12 +514,12 @@ class HboneConnection:
 
     def _retire(self, record: StreamRecord) -> None:
         if self._streams.retire_if_finished(record) or record.finished:
-            self._timers.streams_changed(self.open_streams, self._now)
+            self._timers.streams_changed(self._streams.any_active(), self._now)
             self._check_drained()
 
     def _check_drained(self) -> None:
         """After a GOAWAY either way, the connection ends when its last stream does."""
-        if self.closed or not self.draining or self.open_streams:
+        if self.closed or not self.draining or self._streams.any_active():
             return
         reason = REASON_DRAINED if self._local_goaway is not None else REASON_PEER_GOAWAY
         self._pending.extend(self._terminate(reason, H2_NO_ERROR, None, goaway=False))

@@ -38,6 +38,8 @@ class HboneSettings:
     ping_interval: float | None = 10.0
     ping_timeout: float = 20.0
     idle_timeout: float | None = 300.0
+    # Issue 8's inbound DATA fast path (zt/hbone/_inbound.py); False: h2 parses every frame.
+    inbound_fast_path: bool = True
 
     def __post_init__(self) -> None:
         _check_range("stream_window", self.stream_window, DEFAULT_WINDOW, MAX_WINDOW)

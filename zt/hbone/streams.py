@@ -51,7 +51,8 @@ class StreamRecord:
 
     @property
     def finished(self) -> bool:
-        return self.state in (StreamState.CLOSED, StreamState.RESET)
+        # `state in (CLOSED, RESET)`, without building the state: called per live stream.
+        return self.reset_code is not None or (self.local_ended and self.remote_ended)
 
 
 class StreamTable:
@@ -76,6 +77,10 @@ class StreamTable:
     def active(self) -> int:
         """Streams not yet closed or reset (what counts against concurrency limits)."""
         return sum(1 for record in self._live.values() if not record.finished)
+
+    def any_active(self) -> bool:
+        """`active() > 0` without counting: once per receive_data call, so O(1) when busy."""
+        return any(not record.finished for record in self._live.values())
 
     def retire_if_finished(self, record: StreamRecord) -> bool:
         """Forget a finished, fully acknowledged stream; True when it was retired now.
