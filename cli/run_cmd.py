@@ -47,6 +47,10 @@ def command(
     socks5: Annotated[
         bool, typer.Option("--socks5", help="SOCKS5 on each pod's 127.0.0.1:15080")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(help="data-plane processes sharing each pod's listeners (SO_REUSEPORT)"),
+    ] = 1,
 ) -> None:
     """Run the node proxy: capture, HBONE, policy, metrics, readiness and admin endpoints."""
     if capture not in ("connect", "sklookup"):
@@ -73,5 +77,6 @@ def command(
         log_format=log_format,
         drain_deadline=drain_deadline,
         socks5=socks5,
+        workers=workers,
     )
     uvloop.run(NodeDaemon(options).run())

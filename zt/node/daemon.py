@@ -5,6 +5,10 @@ opened (pinned) -> every local pod's certificate issued, listeners opened in its
 -> ready. SIGTERM (or POST /quitquitquit) drains: not ready, stop accepting, GOAWAY, let open
 connections finish until the deadline, then abort what remains. Capture stays pinned and the pods
 enrolled, so they fail closed until the next `zt run` re-registers their listeners.
+
+`--workers N`: this process is the leader and worker 0; zt/node/workers.py starts N-1 followers
+(zt/node/worker.py) that open their own listeners in every pod this node serves, told over a
+control channel; /metrics sums every worker's registry (zt/node/metricsmerge.py).
 """
 
 from __future__ import annotations
@@ -13,24 +17,25 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from zt.addr import SocketAddr
-from zt.capture import Capture, Mode
+from zt.capture import Capture
 from zt.config import FileWatcher, SnapshotStore, load_file
 from zt.config.dump import document
 from zt.errors import NotFoundError, UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
 from zt.identity.manager import CertificateManager
+from zt.node import metricsmerge
+from zt.node.options import NodeOptions
 from zt.node.pod import PodProxy
 from zt.node.podapi import PodAdd, PodList, PodRemove
 from zt.node.podapi import serve as serve_pod_api
 from zt.node.services import NodeServices
+from zt.node.workers import WorkerSupervisor
 from zt.state import Protocol, Snapshot, Workload
 from zt.telemetry import http
 from zt.telemetry.connections import ConnectionTelemetry
 from zt.telemetry.endpoints import Admin, Readiness, metrics_handler, readiness_handler
+from zt.telemetry.http import Request, Response
 from zt.telemetry.metrics import Registry
 
 log = logging.getLogger("zt.node")
@@ -38,32 +43,25 @@ log = logging.getLogger("zt.node")
 RENEW_CHECK = 60.0  # seconds between certificate renewal checks (renewal is at half-life)
 
 
-@dataclass(frozen=True)
-class NodeOptions:
-    config: Path
-    node: str
-    ca_dir: Path = Path("/var/lib/zt/ca")
-    trust_domain: str = "cluster.local"
-    capture: Mode = "connect"
-    pin_dir: Path | None = Path("/sys/fs/bpf/zt")
-    pod_socket: Path = Path("/run/zt/pods.sock")
-    metrics: SocketAddr = field(default_factory=lambda: SocketAddr.parse("[::]:15020"))
-    readiness: SocketAddr = field(default_factory=lambda: SocketAddr.parse("[::]:15021"))
-    admin: SocketAddr = field(default_factory=lambda: SocketAddr.parse("127.0.0.1:15000"))
-    log_format: str = "text"
-    drain_deadline: float = 10.0
-    config_poll: float = 1.0
-    socks5: bool = False
-
-
 class PodNotLocal(UsageError):
     reason = "pod_not_local"
+
+
+class WorkerPodFailed(ZtError):
+    """A follower worker could not serve a pod the leader serves (pod API add is undone)."""
+
+    http_status = 503
+    reason = "worker_pod_failed"
+
+
+__all__ = ["NodeDaemon", "NodeOptions", "PodNotLocal", "WorkerPodFailed"]
 
 
 class NodeDaemon:
     def __init__(self, options: NodeOptions) -> None:
         self.options = options
-        self.readiness = Readiness("config", "certificates", "capture")
+        # issue 8 (worker processes): ready only when every worker serves every pod
+        self.readiness = Readiness("config", "certificates", "capture", "workers")
         self.registry = Registry()
         self.pods: dict[str, PodProxy] = {}
         self._api_pods: dict[str, str] = {}  # uid -> netns, pods added through the pod API
@@ -72,6 +70,8 @@ class NodeDaemon:
         self._background: list[asyncio.Task[None]] = []
         self._pod_lock = asyncio.Lock()
         self.services: NodeServices | None = None
+        self.workers: WorkerSupervisor | None = None
+        self._watcher: FileWatcher | None = None
 
     # -- start-up -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -103,13 +103,15 @@ class NodeDaemon:
             registry=self.registry,
             telemetry=ConnectionTelemetry(self.registry, log_format=opts.log_format),
             socks5=opts.socks5,
+            reuse_port=opts.workers > 1,
         )
         self._collectors()
         self.readiness.set("capture")
         await self._sync_pods(store.current)
         self.readiness.set("certificates")
         store.subscribe(self._on_swap)
-        watcher = FileWatcher(opts.config, store)
+        self._watcher = watcher = FileWatcher(opts.config, store)
+        self._start_workers()
         self._background += [
             asyncio.ensure_future(watcher.run(opts.config_poll)),
             asyncio.ensure_future(self._renew_loop()),
@@ -120,11 +122,44 @@ class NodeDaemon:
         opts = self.options
         admin = Admin(lambda: self.config_dump(store), self._stop.set)
         for addr, handler in (
-            (opts.metrics, metrics_handler(self.registry)),
+            (opts.metrics, self._metrics),
             (opts.readiness, readiness_handler(self.readiness)),
             (opts.admin, admin),
         ):
             self._servers.append(await http.serve(str(addr.ip), addr.port, handler))
+
+    async def _metrics(self, request: Request) -> Response:
+        """The whole node: the leader's registry plus every follower's, summed (metricsmerge)."""
+        if self.workers is None or request.path != "/metrics":
+            return metrics_handler(self.registry)(request)
+        texts = [self.registry.render(), *await self.workers.expositions()]
+        body = metricsmerge.merge_expositions(texts).encode()
+        return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
+
+    def _start_workers(self) -> None:
+        if self.options.workers == 1:
+            self.readiness.set("workers")
+            return
+        self.workers = WorkerSupervisor(
+            self.options,
+            self.registry,
+            desired=lambda: {uid: pod.netns for uid, pod in self.pods.items()},
+            changed=lambda: self.readiness.set("workers", self._workers_ready()),
+            config_changed=self._poll_config,
+        )
+        self.workers.start()
+
+    def _poll_config(self) -> None:
+        """A follower swapped in a new mesh file: reload now (the swap syncs every worker)."""
+        if self._watcher is not None:
+            self._watcher.poll()
+
+    def _workers_ready(self) -> bool:
+        return self.workers is None or self.workers.all_serving()
+
+    async def _sync_workers(self) -> dict[int, dict[str, str]]:
+        """Followers serve the leader's pods; what failed, by worker (answered once they listen)."""
+        return await self.workers.sync() if self.workers is not None else {}
 
     def _collectors(self) -> None:
         services = self.services
@@ -180,6 +215,7 @@ class NodeDaemon:
                     await self.add_pod(workload, netns)
                 except (ZtError, OSError) as exc:
                     log.error("pod %s not served: %s", uid, exc)
+        await self._sync_workers()
 
     async def add_pod(self, workload: Workload, netns: str) -> PodProxy:
         assert self.services is not None
@@ -203,7 +239,9 @@ class NodeDaemon:
             pod = self.pods.pop(uid, None)
         if pod is None:
             raise NotFoundError(f"pod {uid!r} is not served by node {self.options.node}")
-        await pod.stop(self.options.drain_deadline, unenroll=True)
+        # the followers drain their sockets of the pod while the leader drains its own
+        await asyncio.gather(pod.stop(self.options.drain_deadline, unenroll=True),
+                             self._sync_workers())  # fmt: skip
         assert self.services is not None
         if not any(p.identity == pod.identity for p in self.pods.values()):
             self.services.certs.forget(pod.identity)  # a workload that left: forget its cert
@@ -228,6 +266,11 @@ class NodeDaemon:
         except BaseException:
             self._api_pods.pop(cmd.uid, None)
             raise
+        failed = {w: f[cmd.uid] for w, f in (await self._sync_workers()).items() if cmd.uid in f}
+        if failed:  # answered only when every worker listens, or undone
+            await self.remove_pod(cmd.uid)
+            worker, error = next(iter(failed.items()))
+            raise WorkerPodFailed(f"uid: {cmd.uid!r} not served by worker {worker}: {error}")
         return {"added": self._pod_info(pod)}
 
     @staticmethod
@@ -265,6 +308,7 @@ class NodeDaemon:
                        "reload_errors": store.reload_errors, **document(store.current)},
             "pods": [self._pod_info(p) for p in self.pods.values()],
             "capture": services.capture.status().to_dict() if services else None,
+            "workers": self.workers.info() if self.workers else [],
         }  # fmt: skip
 
     # -- shutdown -------------------------------------------------------------------------------
@@ -278,8 +322,10 @@ class NodeDaemon:
             task.cancel()
         pods = list(self.pods.values())
         self.pods.clear()
+        followers = [self.workers.stop(self.options.drain_deadline)] if self.workers else []
         await asyncio.gather(
             *(p.stop(self.options.drain_deadline, unenroll=False) for p in pods),
+            *followers,  # every follower drains too, and none is left behind
             return_exceptions=True,
         )
         for server in self._servers:

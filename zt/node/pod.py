@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -53,6 +55,8 @@ class PodProxy:
         self._hbone: HboneServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.enrolled = False
+        # HBONE connections that carried a CONNECT (weak: a closed driver leaves on its own)
+        self._hbone_seen: weakref.WeakSet[HboneDriver] = weakref.WeakSet()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -61,25 +65,37 @@ class PodProxy:
             self.services.capture.mode == "sklookup"
         )  # DESIGN.md §6: IP_TRANSPARENT on 15001
 
+        reuse = self.services.reuse_port
+
         def listeners() -> ListenerSockets:
             return ListenerSockets(
-                self.net.listener(OUTBOUND_PORT, transparent=transparent),
-                self.net.listener(PLAINTEXT_PORT),
-                self.net.listener(HBONE_PORT),
+                self.net.listener(OUTBOUND_PORT, transparent=transparent, reuse_port=reuse),
+                self.net.listener(PLAINTEXT_PORT, reuse_port=reuse),
+                self.net.listener(HBONE_PORT, reuse_port=reuse),
             )
 
+        if reuse:
+            try:
+                await asyncio.to_thread(self.net.migrate_requests)
+            except OSError as exc:  # older kernel: a dying worker's queue is reset, not moved
+                log.warning("pod %s: tcp_migrate_req not set: %s", self.uid, exc)
         socks = await asyncio.to_thread(listeners)
         try:
-            await asyncio.to_thread(self.services.capture.enroll, self._capture_spec(socks))
-            self.enrolled = True
+            if self.services.enrolls:  # a follower worker's sockets join the leader's groups
+                await asyncio.to_thread(self.services.capture.enroll, self._capture_spec(socks))
+                self.enrolled = True
             self._servers.append(
                 await asyncio.start_server(
-                    self._handler(outbound.handle), sock=socks.outbound, limit=STREAM_LIMIT
+                    self._handler(outbound.handle, "outbound"),
+                    sock=socks.outbound,
+                    limit=STREAM_LIMIT,
                 )
             )
             self._servers.append(
                 await asyncio.start_server(
-                    self._handler(inbound.plaintext), sock=socks.inbound_plain, limit=STREAM_LIMIT
+                    self._handler(inbound.plaintext, "inbound"),
+                    sock=socks.inbound_plain,
+                    limit=STREAM_LIMIT,
                 )
             )
             self._hbone = HboneServer(
@@ -89,9 +105,13 @@ class PodProxy:
             )
             await self._hbone.start_on(socks.inbound_hbone)
             if self.services.socks5:
-                proxy = await asyncio.to_thread(self.net.loopback_listener, socks5.SOCKS_PORT)
+                proxy = await asyncio.to_thread(
+                    functools.partial(
+                        self.net.loopback_listener, socks5.SOCKS_PORT, reuse_port=reuse
+                    )
+                )
                 self._servers.append(
-                    await asyncio.start_server(self._handler(socks5.handle), sock=proxy)
+                    await asyncio.start_server(self._handler(socks5.handle, "socks5"), sock=proxy)
                 )
         except BaseException:
             self._close_servers()  # servers own their sockets; close the rest by hand
@@ -149,8 +169,10 @@ class PodProxy:
     def _handler(
         self,
         handle: Callable[[PodProxy, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        listener: str,
     ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.services.count_connection(listener)
             task = self._track(handle(self, reader, writer))
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -158,6 +180,9 @@ class PodProxy:
         return run
 
     def _stream_handler(self, stream: HboneStream) -> None:
+        if stream.driver not in self._hbone_seen:  # the TLS connection's first CONNECT
+            self._hbone_seen.add(stream.driver)
+            self.services.count_connection("hbone")
         self._track(inbound.hbone_tunnel(self, stream))
 
     def _current_cert(self) -> WorkloadCert:

@@ -38,17 +38,24 @@ class PodNet:
             initargs=(self.path,),
         )
 
-    def listener(self, port: int, *, transparent: bool = False) -> socket.socket:
-        """A marked dual-stack listener on [::]:port inside the pod (blocking; at pod start)."""
-        return open_listener(self.path, port, transparent=transparent, backlog=1024)
+    def listener(
+        self, port: int, *, transparent: bool = False, reuse_port: bool = False
+    ) -> socket.socket:
+        """A marked dual-stack listener on [::]:port inside the pod (blocking; at pod start);
+        `reuse_port` joins the port's SO_REUSEPORT group shared by the node's workers."""
+        return open_listener(
+            self.path, port, transparent=transparent, backlog=1024, reuse_port=reuse_port
+        )
 
-    def loopback_listener(self, port: int) -> socket.socket:
+    def loopback_listener(self, port: int, *, reuse_port: bool = False) -> socket.socket:
         """A listener on the pod's 127.0.0.1:port (SOCKS5: reachable only from inside the pod)."""
 
         def make() -> socket.socket:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind(("127.0.0.1", port))
                 sock.listen(128)
             except BaseException:
@@ -57,6 +64,18 @@ class PodNet:
             return sock
 
         return self._thread.submit(make).result(timeout=10)
+
+    def migrate_requests(self) -> None:
+        """net.ipv4.tcp_migrate_req=1 in the pod (Linux 5.14): "when a listener is closed,
+        requests in its accept queue are migrated to another listener in the same reuseport
+        group" (Documentation/networking/ip-sysctl.rst). With worker processes sharing each
+        port, a follower that dies or drains hands its queued connections to the others instead
+        of resetting them. /proc/sys/net follows the netns of the thread that opens it."""
+
+        def write() -> None:
+            Path("/proc/sys/net/ipv4/tcp_migrate_req").write_text("1\n")
+
+        self._thread.submit(write).result(timeout=10)
 
     async def connect(self, target: SocketAddr, timeout: float = 10.0) -> socket.socket:
         """A marked TCP connection from inside the pod to `target` (raises OSError/TimeoutError)."""

@@ -9,7 +9,7 @@ from zt.config import SnapshotStore
 from zt.identity.manager import CertificateManager
 from zt.node.conntrack import ConnTracker
 from zt.telemetry.connections import ConnectionTelemetry
-from zt.telemetry.metrics import Registry
+from zt.telemetry.metrics import Counter, Registry
 
 # How a connection that never carried bytes ended, as Envoy/Istio response flags name it.
 FLAG_OK = "-"
@@ -32,3 +32,21 @@ class NodeServices:
     tracker: ConnTracker = field(default_factory=ConnTracker)
     dial_timeout: float = 10.0
     socks5: bool = False  # DESIGN.md §1: optional, off by default
+    # Worker processes (zt/node/workers.py): which one this is (0 = the leader), whether its
+    # listeners join SO_REUSEPORT groups (workers > 1), and whether it enrolls pods in capture
+    # (only the leader's sockets go into the sockmap; the kernel spreads over the group).
+    worker: int = 0
+    reuse_port: bool = False
+    enrolls: bool = True
+    _accepted: Counter | None = field(default=None, init=False, repr=False)
+
+    def count_connection(self, listener: str) -> None:
+        """One connection accepted by this worker on a pod's `listener` (outbound, inbound,
+        hbone, socks5): per-worker counts prove the kernel spreads connections over workers."""
+        if self._accepted is None:
+            self._accepted = self.registry.counter(
+                "zt_worker_connections_total",
+                "Connections accepted, by worker process and listener",
+                ("worker", "listener"),
+            )
+        self._accepted.inc(labels={"worker": str(self.worker), "listener": listener})

@@ -1,0 +1,276 @@
+"""A follower worker process of `zt run --workers N` (`python -m zt.node.worker`, started by the
+leader, zt/node/workers.py).
+
+It serves the pods the leader names over the control channel with its own listeners (joining
+each (pod, port) SO_REUSEPORT group; only the leader's sockets are enrolled in capture), its own
+HBONE pools, certificate manager (same CA directory), snapshot store + file watcher (policy
+changes revoke its own live connections) and metrics registry (the leader sums it into its
+/metrics). It exits when its leader goes: control channel EOF, or PR_SET_PDEATHSIG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+
+import uvloop
+
+from zt.capture import Capture
+from zt.config import FileWatcher, SnapshotStore, load_file
+from zt.errors import UsageError, ZtError
+from zt.identity.ca import CertificateAuthority
+from zt.identity.manager import CertificateManager
+from zt.node.control import MAX_LINE, Channel
+from zt.node.options import NodeOptions
+from zt.node.pod import PodProxy
+from zt.node.services import NodeServices
+from zt.state import Snapshot
+from zt.telemetry.connections import ConnectionTelemetry
+from zt.telemetry.logsetup import configure
+from zt.telemetry.metrics import Registry
+
+log = logging.getLogger("zt.node.worker")
+
+PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+RENEW_CHECK = 60.0
+
+
+class FollowerMisconfigured(UsageError):
+    reason = "follower_misconfigured"
+
+
+def additive_collectors(services: NodeServices) -> None:
+    """The node-level families that sum over workers (metricsmerge's rule)."""
+
+    def collect() -> list[tuple[str, str, str, float]]:
+        return [
+            ("zt_policy_revoked_connections_total", "Live connections closed by a policy "
+             "change", "counter", float(services.tracker.revoked_total)),
+            ("zt_live_inbound_connections", "Inbound connections open", "gauge",
+             float(services.tracker.count())),
+        ]  # fmt: skip
+
+    services.registry.add_collector(collect)
+
+
+class Follower:
+    def __init__(self, options: NodeOptions, worker: int, channel: Channel) -> None:
+        self.options = options
+        self.worker = worker
+        self.channel = channel
+        self.registry = Registry()
+        self.pods: dict[str, PodProxy] = {}
+        self._wanted: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self.services: NodeServices | None = None
+        self.watcher: FileWatcher | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self._start()
+            await self.channel.send({"op": "hello", "worker": self.worker, "pid": os.getpid()})
+            serving = asyncio.ensure_future(self.channel.serve(self._handle))
+            stopping = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if serving.done() and serving.exception() is None:
+                log.info("worker %d: leader went away (control channel closed)", self.worker)
+            serving.cancel()
+            stopping.cancel()
+        finally:
+            await self._shutdown()
+
+    async def _start(self) -> None:
+        opts = self.options
+        if opts.pin_dir is None:
+            raise FollowerMisconfigured("pin_dir: got None, expected the leader's pin directory")
+        store = SnapshotStore(load_file(opts.config))
+        ca = await asyncio.to_thread(CertificateAuthority.load, opts.ca_dir)
+        capture = await asyncio.to_thread(Capture.follow, opts.pin_dir)
+        if capture.mode != opts.capture:
+            capture.close(detach=False)
+            raise FollowerMisconfigured(
+                f"capture: got {capture.mode!r} pinned under {opts.pin_dir}, expected {opts.capture!r}"
+            )
+        self.services = NodeServices(
+            node=opts.node,
+            store=store,
+            certs=CertificateManager(ca),
+            capture=capture,
+            registry=self.registry,
+            telemetry=ConnectionTelemetry(self.registry, log_format=opts.log_format),
+            socks5=opts.socks5,
+            worker=self.worker,
+            reuse_port=True,
+            enrolls=False,
+        )
+        additive_collectors(self.services)
+        self.watcher = FileWatcher(opts.config, store)
+        store.subscribe(self._on_swap)
+        self._background += [
+            asyncio.ensure_future(self.watcher.run(opts.config_poll)),
+            asyncio.ensure_future(self._renew_loop()),
+        ]
+
+    # -- the leader's requests --------------------------------------------------------------
+    async def _handle(self, msg: dict[str, object]) -> dict[str, object]:
+        op = msg.get("op")
+        if op == "ping":
+            return {}
+        if op == "metrics":
+            return {"text": self.registry.render()}
+        if op == "sync":
+            pods = msg.get("pods")
+            if not isinstance(pods, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in pods.items()
+            ):
+                raise FollowerMisconfigured(f"pods: got {pods!r}, expected {{uid: netns}}")
+            return await self.sync(dict(pods))
+        raise FollowerMisconfigured(f"op: got {op!r}, expected ping, sync or metrics")
+
+    async def sync(self, wanted: dict[str, str]) -> dict[str, object]:
+        """Serve exactly `wanted` (uid -> netns); answer once every listener is open."""
+        async with self._lock:
+            self._wanted = wanted
+            if self.watcher is not None:
+                self.watcher.poll()  # at least as fresh as the leader's snapshot was
+            failed = await self._converge()
+        return {"serving": sorted(self.pods), "failed": failed}
+
+    async def _converge(self) -> dict[str, str]:
+        services = self.services
+        assert services is not None
+        snapshot = services.store.current
+        leaving = [
+            pod
+            for uid, pod in self.pods.items()
+            if (snapshot.by_uid.get(uid), self._wanted.get(uid)) != (pod.workload, pod.netns)
+        ]
+        for pod in leaving:
+            del self.pods[pod.uid]
+        await asyncio.gather(
+            *(p.stop(self.options.drain_deadline, unenroll=False) for p in leaving),
+            return_exceptions=True,
+        )
+        failed: dict[str, str] = {}
+        for uid, netns in self._wanted.items():
+            workload = snapshot.by_uid.get(uid)
+            if uid in self.pods:
+                continue
+            if workload is None:
+                failed[uid] = f"uid {uid!r} is not in worker {self.worker}'s config"
+                continue
+            pod = PodProxy(services, workload, netns)
+            try:
+                await pod.start()
+            except (ZtError, OSError) as exc:
+                await pod.stop(0.0, unenroll=False)
+                failed[uid] = str(exc)
+                log.error("worker %d: pod %s not served: %s", self.worker, uid, exc)
+                continue
+            self.pods[uid] = pod
+        return failed
+
+    def _on_swap(self, old: Snapshot, new: Snapshot) -> None:
+        assert self.services is not None
+        revoked = self.services.tracker.apply(new)
+        if revoked:
+            log.info("worker %d: policy change closed %d connection(s)", self.worker, revoked)
+        self._background.append(asyncio.ensure_future(self._reconverge()))
+        self._background.append(asyncio.ensure_future(self._tell_leader()))
+
+    async def _tell_leader(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.channel.send({"op": "config_changed"})
+
+    async def _reconverge(self) -> None:
+        async with self._lock:
+            await self._converge()
+
+    async def _renew_loop(self) -> None:
+        assert self.services is not None
+        while True:
+            await asyncio.sleep(RENEW_CHECK)
+            with contextlib.suppress(ZtError):
+                await self.services.certs.renew_due()
+
+    async def _shutdown(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().remove_signal_handler(sig)
+        for task in self._background:
+            task.cancel()
+        pods = list(self.pods.values())
+        self.pods.clear()
+        await asyncio.gather(
+            *(p.stop(self.options.drain_deadline, unenroll=False) for p in pods),
+            return_exceptions=True,
+        )
+        self.channel.close()
+        if self.services is not None:
+            self.services.capture.close(detach=False)
+        log.info("worker %d stopped", self.worker)
+
+
+class _WorkerTag(logging.Filter):
+    """`[worker i] ` before a follower's own log lines (they share the leader's log); access
+    records stay as they are (one parseable record, as the leader writes them)."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.prefix = f"[worker {worker}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "zt.access" and not str(record.msg).startswith(self.prefix):
+            record.msg = self.prefix + str(record.msg)
+        return True
+
+
+def die_with(leader: int) -> None:
+    """PR_SET_PDEATHSIG: SIGTERM (a drain) when the leader's thread that started us exits. The
+    leader may have died before prctl ran: then our parent is no longer it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != leader:
+        raise SystemExit(f"worker: leader {leader} is gone")
+
+
+async def _main(options: NodeOptions, worker: int, fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
+    await Follower(options, worker, Channel(reader, writer)).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zt.node.worker")
+    parser.add_argument("--worker", type=int, required=True)
+    parser.add_argument("--leader", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--options", required=True)
+    args = parser.parse_args(argv)
+    die_with(args.leader)
+    options = NodeOptions.from_follower_json(args.options)
+    configure(options.log_format)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerTag(args.worker))
+    try:
+        uvloop.run(_main(options, args.worker, args.control_fd))
+    except ZtError as exc:
+        log.error("worker %d failed: %s", args.worker, exc)
+        return exc.exit_code or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
