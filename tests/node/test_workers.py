@@ -34,7 +34,6 @@ from zt.identity.spiffe import SpiffeId
 from zt.identity.tls import cached_client_context
 from zt.lab import control, mesh, runner
 from zt.lab.apps import connect_only, exchange
-from zt.lab.state import Proc, save, start_time
 from zt.node.podnet import PodNet
 from zt.node.workers import HEARTBEAT_EVERY, HEARTBEAT_TIMEOUT, SCRAPE_TIMEOUT
 from zt.proxy.client import open_tunnel
@@ -164,17 +163,6 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     finally:
         control.down(name)
         assert control.down(name) == []
-
-
-def restart_with_workers(lab: Lab, node: str) -> None:
-    """control.restart_node without dropping the lab's node_args (LabState does not keep them)."""
-    p = runner.start_node(
-        lab.plan, lab.plan.node(node), lab.state.config, lab.state.dir,
-        capture=lab.state.capture, log_format=lab.state.log_format, extra=WORKERS,
-    )  # fmt: skip
-    lab.state = lab.state.with_proc(Proc(f"node:{node}", p.pid, start_time(p.pid) or 0, str(p.log)))
-    save(lab.state)
-    runner.wait_ready(p, 60)
 
 
 def config_dump(lab: Lab, node: str) -> dict[str, object]:
@@ -431,7 +419,7 @@ def test_a_dead_leader_takes_its_followers_with_it(lab: Lab) -> None:
     leader, (follower,) = lab.pid("node1"), followers(lab, "node1")
     os.kill(leader, signal.SIGKILL)
     assert wait_until(lambda: not runner.alive(leader) and not runner.alive(follower), 20)
-    restart_with_workers(lab, "node1")
+    lab.restart("node1")  # the lab state keeps --workers for the restart
     assert wait_until(lambda: len(followers(lab, "node1")) == 1 and ready(lab, "node1"))
     assert outbound_echoes(lab, 5) == 5
 

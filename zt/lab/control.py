@@ -92,6 +92,7 @@ def up(opts: UpOptions, progress: Progress = _quiet) -> LabState:
         opts.capture,
         str(state_dir(opts.name)),
         log_format=opts.log_format,
+        node_args=opts.node_args,
     )
     build = _Build(lab, opts, state)
     step = "state directory"
@@ -223,6 +224,7 @@ def restart_node(state: LabState, node: str, timeout: float = 60.0) -> LabState:
         state.dir,
         capture=state.capture,
         log_format=state.log_format,
+        extra=state.node_args,
     )
     state = state.with_proc(_proc(f"node:{node}", p.pid, p.log))
     save(state)

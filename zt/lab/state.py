@@ -41,6 +41,7 @@ class LabState:
     state_dir: str
     procs: tuple[Proc, ...] = field(default=())
     log_format: str = "text"  # the daemons' access-log format (zt.lab.logs reads both)
+    node_args: tuple[str, ...] = ()  # extra `zt run` flags, reused when a node is restarted
 
     @property
     def plan(self) -> topology.LabPlan:
@@ -76,7 +77,8 @@ class LabState:
         try:
             raw = json.loads(text)
             procs = tuple(Proc(**p) for p in raw.pop("procs", []))
-            return cls(**raw, procs=procs)
+            node_args = tuple(str(a) for a in raw.pop("node_args", []))
+            return cls(**raw, procs=procs, node_args=node_args)
         except (ValueError, TypeError) as exc:
             raise LabStateError(
                 f"{source}: got unreadable lab state ({exc}), expected lab.json"
