@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import socket
 import struct
 import time
@@ -117,8 +118,18 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-    """Run one async test body on a fresh loop, bounded in time."""
+LOOPS = ("asyncio", "uvloop")
+
+
+def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0, loop: str | None = None) -> T:
+    """Run one async test body on a fresh loop, bounded in time. `loop` (default: $ZT_TEST_LOOP,
+    else asyncio) picks asyncio's selector loop or uvloop (what the node and the bench run)."""
+    loop = loop or os.environ.get("ZT_TEST_LOOP", "asyncio")
+    if loop == "uvloop":
+        import uvloop  # noqa: PLC0415 (optional dependency)
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(asyncio.wait_for(coro, timeout))
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 

@@ -17,6 +17,7 @@ import pytest
 from tests.proxy.helpers import (
     CLIENT_ID,
     LOOPBACK,
+    LOOPS,
     SERVER_ID,
     Pki,
     closed_port,
@@ -52,7 +53,8 @@ def test_small_echo_byte_exact(pki: Pki) -> None:
     run(body())
 
 
-def test_app_fin_first_then_target_answers(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_app_fin_first_then_target_answers(pki: Pki, loop: str) -> None:
     """The app half-closes; the target still sees every byte, then EOF, and can still answer."""
     seen: asyncio.Future[bytes]
 
@@ -76,10 +78,11 @@ def test_app_fin_first_then_target_answers(pki: Pki) -> None:
             assert await seen == payload
             writer.close()
 
-    run(body())
+    run(body(), loop=loop)
 
 
-def test_target_fin_first_then_app_keeps_sending(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_target_fin_first_then_app_keeps_sending(pki: Pki, loop: str) -> None:
     """The target half-closes first; the app reads EOF and can still send to the target."""
     late: asyncio.Future[bytes]
 
@@ -102,10 +105,11 @@ def test_target_fin_first_then_app_keeps_sending(pki: Pki) -> None:
             assert await asyncio.wait_for(late, 5) == b"sent after reading EOF"
             writer.close()
 
-    run(body())
+    run(body(), loop=loop)
 
 
-def test_simultaneous_fin(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_simultaneous_fin(pki: Pki, loop: str) -> None:
     async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"T" * 1000)
         writer.write_eof()
@@ -124,10 +128,11 @@ def test_simultaneous_fin(pki: Pki) -> None:
             await asyncio.sleep(0.1)
             assert [r.outcome for r in pair.forwarder.results] == ["closed"]
 
-    run(body())
+    run(body(), loop=loop)
 
 
-def test_full_duplex_8mib_each_way(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_full_duplex_8mib_each_way(pki: Pki, loop: str) -> None:
     async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def send() -> None:
             for i in range(8):
@@ -162,10 +167,11 @@ def test_full_duplex_8mib_each_way(pki: Pki) -> None:
             assert await got_up == hashlib.sha256(up).hexdigest()
             writer.close()
 
-    run(body(), timeout=60)
+    run(body(), timeout=60, loop=loop)
 
 
-def test_app_reset_reaches_target_as_reset(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_app_reset_reaches_target_as_reset(pki: Pki, loop: str) -> None:
     """TCP RST at the app → RST_STREAM(CONNECT_ERROR) → RST at the target (RFC 9113 §8.5)."""
     outcome: asyncio.Future[str]
     got_first: asyncio.Future[None]
@@ -193,10 +199,11 @@ def test_app_reset_reaches_target_as_reset(pki: Pki) -> None:
             await asyncio.sleep(0.05)
             assert [r.outcome for r in pair.forwarder.results] == ["tcp_reset"]
 
-    run(body())
+    run(body(), loop=loop)
 
 
-def test_target_reset_reaches_app_as_reset(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_target_reset_reaches_app_as_reset(pki: Pki, loop: str) -> None:
     async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert await reader.readexactly(2) == b"go"
         writer.write(b"partial")
@@ -213,10 +220,11 @@ def test_target_reset_reaches_app_as_reset(pki: Pki) -> None:
                 await reader.read(100)
             writer.close()
 
-    run(body())
+    run(body(), loop=loop)
 
 
-def test_reset_after_target_fin_resets_app(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_reset_after_target_fin_resets_app(pki: Pki, loop: str) -> None:
     """A target that FINs and then RSTs while the app still sends: the app ends with a reset,
     not a hang (the RST of the target reaches the app after its EOF)."""
 
@@ -241,7 +249,7 @@ def test_reset_after_target_fin_resets_app(pki: Pki) -> None:
                     await asyncio.sleep(0.02)
             writer.close()
 
-    run(body())
+    run(body(), loop=loop)
 
 
 def test_slow_reader_bounds_buffering_to_windows(pki: Pki) -> None:
@@ -272,7 +280,7 @@ def test_slow_reader_bounds_buffering_to_windows(pki: Pki) -> None:
             writer.write(b"go")
             await asyncio.sleep(1.0)
             stalled_at = sent
-            buffered = [s.buffered for s in pair.client.streams.values()]
+            buffered = [s.buffered + s.unacknowledged for s in pair.client.streams.values()]
             await asyncio.sleep(0.5)
             assert sent == stalled_at, "the target kept sending: no backpressure"
             # Outside zt: kernel socket buffers (autotuned, a few MiB per socket) and the asyncio
@@ -294,7 +302,8 @@ def test_slow_reader_bounds_buffering_to_windows(pki: Pki) -> None:
     run(body(), timeout=60)
 
 
-def test_connection_loss_resets_the_app(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_connection_loss_resets_the_app(pki: Pki, loop: str) -> None:
     """When the HBONE connection dies, every relayed TCP connection is reset (not FIN'd: the byte
     stream is incomplete)."""
 
@@ -314,10 +323,11 @@ def test_connection_loss_resets_the_app(pki: Pki) -> None:
                 await asyncio.wait_for(reader.read(100), 5)
             writer.close()
 
-    run(body())
+    run(body(), loop=loop)
 
 
-def test_app_data_and_fin_before_the_tunnel_is_up_are_kept(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_app_data_and_fin_before_the_tunnel_is_up_are_kept(pki: Pki, loop: str) -> None:
     """The app writes and half-closes at once, before the CONNECT is answered: nothing is lost."""
     seen: asyncio.Future[bytes]
 
@@ -336,33 +346,38 @@ def test_app_data_and_fin_before_the_tunnel_is_up_are_kept(pki: Pki) -> None:
             assert await read_all(reader) == b""
             writer.close()
 
-    run(body())
+    run(body(), loop=loop)
 
 
 def test_200_concurrent_tunnels_stay_byte_exact(pki: Pki) -> None:
-    """Many tunnels multiplexed on one HBONE connection, each with its own random payload."""
+    """Many tunnels multiplexed on pooled HBONE connections, each with its own random payload,
+    all 200 open at once (each waits for the others before its FIN): ≤ 100 streams per client
+    connection (DESIGN.md §2), so the pool needs exactly 2 on any loop."""
 
     async def body() -> None:
         async with zt_pair(pki, echo_handler) as pair:
+            opened = 0
+            all_open = asyncio.Event()
 
             async def one() -> bool:
+                nonlocal opened
                 payload = os.urandom(256 * 1024)
                 reader, writer = await asyncio.open_connection(str(pair.app.ip), pair.app.port)
-
-                async def send() -> None:
-                    writer.write(payload)
-                    await writer.drain()
-                    writer.write_eof()
-
-                sender = asyncio.ensure_future(send())
-                got = await read_all(reader)
-                await sender
+                writer.write(payload)
+                await writer.drain()
+                got = await reader.readexactly(len(payload))  # the tunnel is up and echoing
+                opened += 1
+                if opened == 200:
+                    all_open.set()
+                await all_open.wait()
+                writer.write_eof()
+                rest = await read_all(reader)
                 writer.close()
-                return got == payload
+                return got == payload and rest == b""
 
             assert all(await asyncio.gather(*(one() for _ in range(200))))
-            # ≤ 100 streams per client connection (DESIGN.md §2): the pool needed 2.
             assert pair.server.connections_accepted == 2
+            assert pair.pool.dials == 2
 
     run(body(), timeout=120)
 
@@ -391,7 +406,8 @@ def test_refused_tunnel_resets_the_app_connection(pki: Pki) -> None:
     run(body())
 
 
-def test_server_shutdown_deadline_resets_both_ends(pki: Pki) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_server_shutdown_deadline_resets_both_ends(pki: Pki, loop: str) -> None:
     """Past the drain deadline, live tunnels are cut: RST at the app and at the target, never a
     FIN that would look like a complete stream."""
     target_outcome: asyncio.Future[str]
@@ -418,7 +434,7 @@ def test_server_shutdown_deadline_resets_both_ends(pki: Pki) -> None:
             assert await asyncio.wait_for(target_outcome, 5) == "reset"
             writer.close()
 
-    run(body())
+    run(body(), loop=loop)
 
 
 def test_slow_target_bounds_buffering_on_the_upload_path(pki: Pki) -> None:
@@ -452,7 +468,11 @@ def test_slow_target_bounds_buffering_on_the_upload_path(pki: Pki) -> None:
             pusher = asyncio.ensure_future(push())
             await asyncio.sleep(1.0)
             stalled_at = sent
-            buffered = [s.buffered for d in pair.server.drivers for s in d.streams.values()]
+            buffered = [
+                s.buffered + s.unacknowledged
+                for d in pair.server.drivers
+                for s in d.streams.values()
+            ]
             await asyncio.sleep(0.5)
             assert sent == stalled_at, "the app kept sending: no backpressure"
             assert stalled_at < 24 << 20

@@ -32,8 +32,15 @@ Public API (what other rooms use):
         await relay(stream, reader, writer) -> RelayResult(tcp_to_stream, stream_to_tcp, outcome)
     from zt.proxy.forward import TcpToHbone
         TcpToHbone(opener: async () -> HboneStream); await start(listen) -> SocketAddr; close()
+    from zt.proxy.splice import splice
+        await splice((reader, writer), (reader, writer)) -> SpliceResult(a_to_b, b_to_a, outcome)
     HboneStream: await read() (b"" = END_STREAM) / acknowledge() (after the socket took the
         bytes) / await write(data) / write_eof() / reset(code) / was_reset / buffered
+        callback form (instead of read/write): attach(sink: StreamSink) / try_write(data) -> int
+        / sink / unacknowledged
+    relay/splice take the asyncio streams over (buffered bytes and EOF first, then a
+        `zt.proxy.tcpside.TcpSide` BufferedProtocol on the transport): don't read or write those
+        streams yourself while they run; reset_tcp(writer) / writer.close() still work.
     HboneDriver: usable / alive / goaway / streams / peer / close(reason, abort=True) /
         start_drain(deadline_seconds) / closed (future) / close_reason
 """

@@ -128,8 +128,15 @@ class HboneDriver(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self._resumed.set()
+        for stream in list(self.streams.values()):  # callback-driven writers wait for this too
+            stream._wake_writer()
 
     # -- used by HboneStream ----------------------------------------------------------------
+    @property
+    def write_paused(self) -> bool:
+        """The TLS transport's write buffer is above its high-water mark: send nothing more."""
+        return self._paused
+
     async def writable(self) -> None:
         """Wait while the TLS transport's write buffer is above its high-water mark."""
         if self._paused:

@@ -7,6 +7,14 @@ DESIGN.md §2 byte semantics, implemented here:
 RFC 9113 §8.5: "A proxy treats any error in the TCP connection, which includes receiving a TCP
 segment with the RST bit set, as a stream error of type CONNECT_ERROR" and "a proxy that receives a
 RST_STREAM with CONNECT_ERROR [...] MUST send a TCP segment with the RST bit set".
+
+Both directions run in callbacks, no task per direction (issue 8: "Fewer syscalls and copies on
+the TCP side"): `_RelayTcp` is the TCP transport's protocol (tcpside.py: `recv_into` a reused,
+adaptively sized buffer) and the HBONE stream's sink. TCP reads go to `try_write` in the same
+call; when the windows or the TLS buffer are full, the rest is kept and TCP reading pauses until
+the stream is writable. Stream chunks go to `transport.write` in the driver's receive call and are
+acknowledged at once while the TCP write buffer is below its high-water mark, else when it has
+drained to its low mark (`resume_writing`): zt holds at most one stream window per direction.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from dataclasses import dataclass
 from zt.errors import H2_CANCEL, H2_CONNECT_ERROR
 from zt.proxy.errors import StreamResetError
 from zt.proxy.stream import HboneStream
+from zt.proxy.tcpside import TcpSide
 
-READ_CHUNK = 1024 * 1024  # up to one advertised MAX_FRAME_SIZE per read
 # The TCP side's write-buffer thresholds: room for a couple of 1 MiB frames before drain() waits
 # (asyncio's 64 KiB default stalls the relay after every large frame).
 TCP_WRITE_HIGH = 2 * 1024 * 1024
@@ -47,72 +55,162 @@ def reset_tcp_transport(transport: asyncio.WriteTransport) -> None:
     transport.abort()
 
 
+def set_tcp_write_limits(transport: asyncio.WriteTransport) -> None:
+    if not transport.is_closing():  # uvloop raises on a closed transport
+        transport.set_write_buffer_limits(high=TCP_WRITE_HIGH, low=TCP_WRITE_LOW)
+
+
 def reset_tcp(writer: asyncio.StreamWriter) -> None:
     reset_tcp_transport(writer.transport)
 
 
-async def _tcp_to_stream(reader: asyncio.StreamReader, stream: HboneStream) -> str:
-    while True:
-        try:
-            data = await reader.read(READ_CHUNK)
-        except OSError:  # ECONNRESET and friends: the TCP peer aborted
-            stream.reset(H2_CONNECT_ERROR)
-            return "tcp_reset"
-        if not data:
-            stream.write_eof()
-            return "closed"
-        try:
-            await stream.write(data)
-        except StreamResetError:
-            return "stream_reset"
+class _RelayTcp(TcpSide):
+    """The TCP side of one relay and the sink of its HBONE stream: both directions run in
+    callbacks (TCP reads → `try_write`; stream chunks → `transport.write`)."""
 
+    def __init__(self, stream: HboneStream, done: asyncio.Future[str]) -> None:
+        super().__init__()
+        self.stream = stream
+        self.done = done
+        self.outcome: str | None = None
+        self.up_ended = False  # TCP FIN passed on as END_STREAM
+        self.down_ended = False  # END_STREAM passed on as shutdown(SHUT_WR)
+        self.pending: bytes | memoryview = b""  # TCP bytes the windows did not take yet
+        self.eof_pending = False  # TCP FIN seen while `pending` waits
 
-async def _stream_to_tcp(stream: HboneStream, writer: asyncio.StreamWriter) -> str:
-    while True:
+    # -- TCP → stream ---------------------------------------------------------------------------
+    def on_data(self, data: memoryview) -> None:
+        if self.outcome is None:
+            # The one copy out of the reused read buffer: immutable bytes, which the core may
+            # keep by reference until the TLS layer wrote them (HboneConnection.chunks_to_send).
+            self._send(bytes(data))
+
+    def _send(self, data: bytes | memoryview) -> None:
         try:
-            data = await stream.read()
+            sent = self.stream.try_write(data)
         except StreamResetError:
-            reset_tcp(writer)
-            return "stream_reset"
+            self._finish("stream_reset")
+            return
+        if sent < len(data):
+            # Windows or the TLS buffer are full: keep the rest (a view of immutable bytes) and
+            # stop reading until `stream_writable`.
+            self.pending = memoryview(data)[sent:]
+            self.pause_reading()
+
+    def on_eof(self) -> None:
+        if self.pending:
+            self.eof_pending = True
+        elif self.outcome is None:
+            self._end_up()
+
+    def _end_up(self) -> None:
         try:
-            if not data:
-                if writer.can_write_eof():
-                    writer.write_eof()  # shutdown(SHUT_WR): the peer's END_STREAM, passed on
-                await writer.drain()
-                return "closed"
-            writer.write(data)
-            await writer.drain()
-        except (OSError, RuntimeError):  # uvloop: RuntimeError on a transport aborted meanwhile
-            stream.reset(H2_CONNECT_ERROR)
-            return "tcp_reset"
-        stream.acknowledge()  # only now: the socket took the bytes
+            self.stream.write_eof()  # DESIGN.md §2: "TCP FIN → DATA with END_STREAM"
+        except StreamResetError:
+            self._finish("stream_reset")
+            return
+        self.up_ended = True
+        self._maybe_closed()
+
+    def stream_writable(self) -> None:
+        if not self.pending or self.outcome is not None:
+            return
+        data, self.pending = self.pending, b""
+        self._send(data)
+        if self.pending or self.outcome is not None:
+            return
+        if self.eof_pending:
+            self._end_up()
+        else:
+            self.resume_reading()
+
+    # -- stream → TCP ---------------------------------------------------------------------------
+    def stream_data(self, data: bytes | memoryview) -> None:
+        if self.outcome is not None or self.transport is None:
+            return
+        try:
+            self.transport.write(data)
+        except (OSError, RuntimeError):  # uvloop: RuntimeError on a transport closed meanwhile
+            self._finish("tcp_reset")
+            return
+        if not self.write_paused:
+            # DESIGN.md §2: "Acknowledge received DATA (WINDOW_UPDATE) only after the bytes were
+            # written to the local socket": the transport took them and is below its high mark.
+            self.stream.acknowledge()
+
+    def on_drained(self) -> None:
+        if self.outcome is None:
+            self.stream.acknowledge()  # the write buffer fell to its low mark
+
+    def stream_eof(self) -> None:
+        if self.outcome is not None or self.down_ended or self.transport is None:
+            return
+        try:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()  # shutdown(SHUT_WR): the peer's END_STREAM, passed on
+        except (OSError, RuntimeError):
+            self._finish("tcp_reset")
+            return
+        self.down_ended = True
+        self._maybe_closed()
+
+    def stream_reset(self, error: StreamResetError) -> None:
+        # RFC 9113 §8.5: "a proxy that receives a RST_STREAM with CONNECT_ERROR [...] MUST send
+        # a TCP segment with the RST bit set" (any reset: the byte stream is incomplete).
+        self._finish("stream_reset")
+
+    # -- endings --------------------------------------------------------------------------------
+    def on_lost(self, exc: BaseException | None) -> None:
+        # A reset, a write error, or someone aborting our transport (e.g. a policy revocation):
+        # RFC 9113 §8.5 "A proxy treats any error in the TCP connection [...] as a stream error of
+        # type CONNECT_ERROR".
+        self._finish("tcp_reset")
+
+    def _maybe_closed(self) -> None:
+        if self.up_ended and self.down_ended:
+            self._finish("closed")
+
+    def _finish(self, outcome: str) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        if outcome == "tcp_reset":
+            self.stream.reset(H2_CONNECT_ERROR)
+        elif outcome == "closed":
+            # The last bytes may sit above the low mark: `close()` still writes them, and the
+            # connection window must get them back (a reset returns them in the core instead).
+            self.stream.acknowledge()
+        if self.transport is not None:
+            if outcome == "closed":
+                self.transport.close()  # after what is still buffered
+            else:
+                reset_tcp_transport(self.transport)
+        if not self.done.done():
+            self.done.set_result(outcome)
 
 
 async def relay(
     stream: HboneStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> RelayResult:
     """Run both directions until each has ended or one side reset; close the TCP socket. If the
-    relay itself is cancelled (shutdown), both sides are reset: neither saw a complete stream."""
-    writer.transport.set_write_buffer_limits(high=TCP_WRITE_HIGH, low=TCP_WRITE_LOW)
-    up = asyncio.ensure_future(_tcp_to_stream(reader, stream))
-    down = asyncio.ensure_future(_stream_to_tcp(stream, writer))
+    relay itself is cancelled (shutdown), both sides are reset: neither saw a complete stream.
+
+    The asyncio streams are only the hand-over: their buffered bytes and EOF are relayed first,
+    then the transport is driven by `_RelayTcp` callbacks (tcpside.py)."""
+    set_tcp_write_limits(writer.transport)
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    tcp = _RelayTcp(stream, done)
     try:
-        outcomes = await asyncio.gather(up, down)
+        handover = tcp.bind(reader, writer)
+        stream.attach(tcp)  # what the peer sent before the relay started goes out first
+        if tcp.outcome is None:
+            tcp.start(handover)
+        outcome = await done
     except BaseException:
+        tcp.outcome = tcp.outcome or "cancelled"
         stream.reset(H2_CANCEL)
         reset_tcp(writer)
         raise
-    finally:
-        for task in (up, down):
-            task.cancel()
-    if "tcp_reset" in outcomes:
-        outcome = "tcp_reset"
-    elif "stream_reset" in outcomes:
-        outcome = "stream_reset"
-    else:
-        outcome = "closed"
-    if outcome == "closed":
-        writer.close()
-    else:
+    if outcome != "closed":
         reset_tcp(writer)
     return RelayResult(stream.bytes_out, stream.bytes_in, outcome)

@@ -1,9 +1,10 @@
 """Relay bytes between two TCP connections with exact half-close and reset propagation.
 
 The plain-TCP counterpart of `relay` (TCP workloads, passthrough, plaintext inbound delivery): a FIN
-on one side becomes `shutdown(SHUT_WR)` on the other, a reset on one side resets the other, and each
-direction waits for the write to drain before reading more (backpressure bounded by the stream
-buffers).
+on one side becomes `shutdown(SHUT_WR)` on the other, a reset on one side resets the other, and a
+side stops reading while the other's write buffer is above its high-water mark (backpressure
+bounded by the transports' buffers). Both directions run in `TcpSide` callbacks: each read is a
+`recv_into` a reused, adaptively sized buffer, written to the other transport in the same call.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from zt.proxy.relay import reset_tcp
-
-READ_CHUNK = 256 * 1024
+from zt.proxy.relay import reset_tcp, reset_tcp_transport, set_tcp_write_limits
+from zt.proxy.tcpside import TcpSide
 
 
 @dataclass(frozen=True)
@@ -23,50 +23,102 @@ class SpliceResult:
     outcome: str  # "closed" | "reset"
 
 
-async def _pump(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counter: list[int]
-) -> str:
-    while True:
+class _Splice:
+    """Shared ending of the two sides: closed once both directions ended, reset at the first
+    error or reset on either side."""
+
+    def __init__(self, done: asyncio.Future[str]) -> None:
+        self.done = done
+        self.outcome: str | None = None
+        self.sides: list[_SpliceSide] = []
+
+    def maybe_closed(self) -> None:
+        if all(side.ended for side in self.sides):
+            self.finish("closed")
+
+    def finish(self, outcome: str) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        for side in self.sides:
+            if side.transport is None:
+                continue
+            if outcome == "closed":
+                side.transport.close()  # after what is still buffered
+            else:
+                reset_tcp_transport(side.transport)
+        if not self.done.done():
+            self.done.set_result(outcome)
+
+
+class _SpliceSide(TcpSide):
+    """Reads one TCP connection and writes what it reads to `peer`'s transport."""
+
+    def __init__(self, splice: _Splice) -> None:
+        super().__init__()
+        self.splice = splice
+        self.peer: _SpliceSide = self
+        self.copied = 0  # bytes read here and written to the peer
+        self.ended = False  # this side's FIN was passed on
+
+    def on_data(self, data: memoryview) -> None:
+        peer = self.peer.transport
+        if self.splice.outcome is not None or peer is None:
+            return
         try:
-            data = await reader.read(READ_CHUNK)
-        except OSError:
-            return "reset"
+            peer.write(data)
+        except (OSError, RuntimeError):  # uvloop: RuntimeError on a transport closed meanwhile
+            self.splice.finish("reset")
+            return
+        self.copied += len(data)
+        if peer.get_write_buffer_size():
+            self.release_buffer()  # the peer's transport may hold a view of our buffer
+        if self.peer.write_paused:
+            self.pause_reading()  # resumed by the peer's on_drained
+
+    def on_eof(self) -> None:
+        peer = self.peer.transport
+        if self.splice.outcome is not None or peer is None:
+            return
         try:
-            if not data:
-                if writer.can_write_eof():
-                    writer.write_eof()
-                await writer.drain()
-                return "closed"
-            writer.write(data)
-            await writer.drain()
-        except (OSError, RuntimeError):  # uvloop: RuntimeError on a transport aborted meanwhile
-            return "reset"
-        counter[0] += len(data)
+            if peer.can_write_eof():
+                peer.write_eof()
+        except (OSError, RuntimeError):
+            self.splice.finish("reset")
+            return
+        self.ended = True
+        self.splice.maybe_closed()
+
+    def on_drained(self) -> None:
+        self.peer.resume_reading()
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        self.splice.finish("reset")
 
 
 async def splice(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
 ) -> SpliceResult:
-    """Run both directions until both ended; a reset on either side resets both."""
-    up, down = [0], [0]
-    tasks = [
-        asyncio.ensure_future(_pump(a[0], b[1], up)),
-        asyncio.ensure_future(_pump(b[0], a[1], down)),
-    ]
+    """Run both directions until both ended; a reset on either side resets both (so does
+    cancelling the splice: neither side saw a complete stream)."""
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    state = _Splice(done)
+    side_a, side_b = _SpliceSide(state), _SpliceSide(state)
+    side_a.peer, side_b.peer = side_b, side_a
+    state.sides = [side_a, side_b]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if any(t.result() == "reset" for t in done):
-            outcome = "reset"
-        else:
-            await asyncio.wait(pending)
-            outcome = "reset" if any(t.result() == "reset" for t in pending) else "closed"
-    finally:
-        for task in tasks:
-            task.cancel()
-    for _, writer in (a, b):
-        if outcome == "reset":
-            reset_tcp(writer)
-        elif not writer.transport.is_closing():
-            writer.close()
-    return SpliceResult(up[0], down[0], outcome)
+        handovers = []
+        for side, (reader, writer) in ((side_a, a), (side_b, b)):
+            set_tcp_write_limits(writer.transport)
+            handovers.append(side.bind(reader, writer))
+        for side, handover in zip(state.sides, handovers, strict=True):
+            if state.outcome is None:
+                side.start(handover)
+        outcome = await done
+    except BaseException:
+        state.outcome = state.outcome or "cancelled"
+        reset_tcp(a[1])
+        reset_tcp(b[1])
+        raise
+    return SpliceResult(side_a.copied, side_b.copied, outcome)

@@ -5,19 +5,40 @@ WINDOW_UPDATE only when the caller says the local socket took the bytes (DESIGN.
 received DATA (WINDOW_UPDATE) only after the bytes were written to the local socket"). Writes give
 the core what its windows accept and wait for `WindowOpened` for the rest, so zt never buffers more
 than the peer's windows.
+
+Two ways to consume a stream: the awaitable `read()`/`write()` pair, or a `StreamSink` attached with
+`attach()` that the driver calls back (no task, no wake-up per chunk: the relay's fast path, issue 8)
+and that sends with `try_write()`. A stream uses one or the other, never both.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from zt.hbone.request import ConnectRequest
 from zt.proxy.errors import StreamResetError
 
 if TYPE_CHECKING:
     from zt.proxy.driver import HboneDriver
+
+
+class StreamSink(Protocol):
+    """Callbacks of an attached consumer. They run inside the driver's receive path: they must not
+    raise (a failure is theirs to turn into a reset) and must not block."""
+
+    def stream_data(self, data: bytes | memoryview) -> None:
+        """A chunk from the peer; `acknowledge()` once the local socket took it."""
+
+    def stream_eof(self) -> None:
+        """The peer's END_STREAM (or RST_STREAM NO_ERROR/CANCEL after it): nothing more comes."""
+
+    def stream_reset(self, error: StreamResetError) -> None:
+        """The stream was reset (by the peer, locally, or with its connection)."""
+
+    def stream_writable(self) -> None:
+        """A window opened or the TLS write buffer drained: `try_write()` may take more."""
 
 
 class HboneStream:
@@ -34,12 +55,19 @@ class HboneStream:
         self._reset: StreamResetError | None = None
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
+        self._sink: StreamSink | None = None
         self.local_ended = False
         self.bytes_in = 0
         self.bytes_out = 0
 
     # -- called by the driver ---------------------------------------------------------------
     def _feed(self, data: bytes | memoryview, flow_controlled: int) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._unacked += flow_controlled
+            self.bytes_in += len(data)
+            sink.stream_data(data)
+            return
         self._chunks.append((data, flow_controlled))
         self._readable.set()
 
@@ -48,8 +76,11 @@ class HboneStream:
             return
         self._eof = True
         self._readable.set()
+        if self._sink is not None:
+            self._sink.stream_eof()
 
     def _feed_reset(self, code: int, error: StreamResetError | None = None) -> None:
+        first = self._reset is None
         if self._reset is None:
             self._reset = error or StreamResetError(self.stream_id, code)
         if not self.response.done():
@@ -57,14 +88,59 @@ class HboneStream:
             self.response.exception()  # mark retrieved: a refused open is reported by open()
         self._readable.set()
         self._writable.set()
+        if first and self._sink is not None:
+            self._sink.stream_reset(self._reset)
 
     def _wake_writer(self) -> None:
         self._writable.set()
+        if self._sink is not None:
+            self._sink.stream_writable()
 
     @property
     def finished(self) -> bool:
         """Both directions are over (or the stream was reset): the driver may forget it."""
         return self._reset is not None or (self._eof and self.local_ended and not self._chunks)
+
+    # -- the callback API (the relay's fast path) -----------------------------------------------
+    def attach(self, sink: StreamSink) -> None:
+        """From now on hand everything to `sink`: first what arrived before (chunks, then EOF,
+        then a reset), then each event as it happens."""
+        self._sink = sink
+        while self._chunks and self._sink is sink:
+            data, flow_controlled = self._chunks.popleft()
+            self._feed(data, flow_controlled)
+        if self._eof:
+            sink.stream_eof()
+            self.driver.forget_if_finished(self.stream_id)
+        if self._reset is not None:  # also after EOF, as a later `_feed_reset` would report it
+            sink.stream_reset(self._reset)
+
+    def try_write(self, data: bytes | memoryview) -> int:
+        """Send what the windows take now, without waiting; returns how many bytes were taken (0
+        while the TLS write buffer is above its high-water mark). As with the core's `send_data`,
+        the caller must not mutate `data` until it is written: pass immutable bytes. Raises
+        StreamResetError on a reset stream."""
+        if self._reset is not None:
+            raise self._reset
+        if self.driver.write_paused:
+            return 0
+        try:
+            sent = self.driver.send_data(self.stream_id, data)
+        except StreamResetError as exc:
+            self._feed_reset(exc.code, exc)
+            raise
+        self.bytes_out += sent
+        return sent
+
+    @property
+    def sink(self) -> StreamSink | None:
+        return self._sink
+
+    @property
+    def unacknowledged(self) -> int:
+        """Flow-controlled bytes handed out (read or given to the sink) and not yet acknowledged:
+        zt's share of the peer's window it still holds (bounded by the stream window)."""
+        return self._unacked
 
     # -- the relay's API --------------------------------------------------------------------
     async def read(self) -> bytes | memoryview:
