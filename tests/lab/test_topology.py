@@ -75,3 +75,22 @@ def test_build_cleans_leftovers_and_failure_leaves_nothing(lab: topology.LabPlan
     with pytest.raises(StopIteration):
         topology.build(broken)
     assert topology.leftovers(lab.prefix) == []
+
+
+def test_every_veth_end_has_its_own_explicitly_set_mac(lab: topology.LabPlan) -> None:
+    """systemd-udevd (the VM lab's guests run it) rewrites kernel-random MACs from the interface
+    name; all pairs share temporary names, so without explicit MACs every pod got one MAC and ARP
+    between pods failed. addr_assign_type 3 = NET_ADDR_SET (linux/netdevice.h): udev leaves it."""
+    seen: dict[str, str] = {}
+    for ns in lab.namespaces:
+        out = _in(ns, "sh", "-c", "for i in /sys/class/net/*; do "
+                  'echo "${i##*/} $(cat $i/address) $(cat $i/addr_assign_type)"; done')  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        for name, mac, assign in (line.split() for line in out.stdout.splitlines()):
+            if name in ("lo", "br0", "fab0"):
+                continue
+            assert assign == "3", f"{ns}/{name}: addr_assign_type {assign}, expected 3 (set)"
+            assert int(mac[:2], 16) & 0x03 == 0x02, f"{ns}/{name}: {mac} not local unicast"
+            assert mac not in seen, f"{ns}/{name} and {seen[mac]} share MAC {mac}"
+            seen[mac] = f"{ns}/{name}"
+    assert len(seen) == 2 * (len(lab.nodes) + len(lab.pods) + 1)  # both ends of every veth

@@ -127,11 +127,31 @@ def _ns_fd(ns: str) -> int:
     return os.open(NETNS_DIR / ns, os.O_RDONLY)
 
 
+def _mac() -> str:
+    """A random locally administered unicast MAC (first octet xxxxxx10)."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
 def _veth(a_ns: str, a_name: str, b_ns: str, b_name: str) -> None:
-    """A veth pair made in the root netns, each end moved to its namespace."""
+    """A veth pair made in the root netns, each end moved to its namespace.
+
+    Both ends get explicit MACs: a kernel-random MAC lets systemd-udevd (on hosts that run it, as
+    the VM lab's Debian guests do) apply `MACAddressPolicy=persistent` and derive the MAC from the
+    interface name and machine-id, and every pair here shares its temporary names, so every pod
+    ended up with one MAC and ARP between pods on a bridge failed. udev applies that policy only to
+    devices whose MAC the kernel picked at random (addr_assign_type NET_ADDR_RANDOM, systemd.link(5)
+    and 99-default.link); an address set at creation (NET_ADDR_SET) is left alone."""
     tmp_a, tmp_b = f"zt{os.getpid() % 100000}a", f"zt{os.getpid() % 100000}b"
     with IPRoute() as ipr:
-        ipr.link("add", ifname=tmp_a, kind="veth", peer={"ifname": tmp_b})
+        ipr.link(
+            "add",
+            ifname=tmp_a,
+            kind="veth",
+            address=_mac(),
+            peer={"ifname": tmp_b, "address": _mac()},
+        )
         for tmp, ns, final in ((tmp_a, a_ns, a_name), (tmp_b, b_ns, b_name)):
             (idx,) = ipr.link_lookup(ifname=tmp)
             fd = _ns_fd(ns)
