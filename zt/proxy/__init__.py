@@ -28,8 +28,12 @@ Public API (what other rooms use):
         Dialer = async (request: ConnectRequest) -> socket.socket (connected, non-blocking;
             e.g. made inside a pod netns). Raise OSError/TimeoutError → 503 upstream_unreachable;
             raise a ZtError → its status. `dial_authority` is the standalone default.
-    from zt.proxy.relay import relay, reset_tcp
+    from zt.proxy.relay import relay, reset_tcp, TcpRelay
         await relay(stream, reader, writer) -> RelayResult(tcp_to_stream, stream_to_tcp, outcome)
+        TcpRelay(): the relay's TCP side as a transport's protocol from the start (no
+            StreamReader): `loop.create_connection(lambda: tcp, sock=s)` or a `create_server`
+            factory; it keeps early bytes/EOF/loss until tcp.begin(stream); tcp.done (future:
+            outcome), tcp.result() -> RelayResult, tcp.cancel() (reset both sides)
     from zt.proxy.forward import TcpToHbone
         TcpToHbone(opener: async () -> HboneStream); await start(listen) -> SocketAddr; close()
     from zt.proxy.splice import splice
@@ -43,4 +47,6 @@ Public API (what other rooms use):
         streams yourself while they run; reset_tcp(writer) / writer.close() still work.
     HboneDriver: usable / alive / goaway / streams / peer / close(reason, abort=True) /
         start_drain(deadline_seconds) / closed (future) / close_reason
+        cork() -> bool / uncork(): hold writes so a burst leaves in one TLS record (uncork only
+        when cork() returned True; data_received is always corked)
 """

@@ -70,6 +70,7 @@ class HboneDriver(asyncio.Protocol):
         self._paused = False
         self._resumed = asyncio.Event()
         self._resumed.set()
+        self._corked = False  # writes wait for uncork() (see cork())
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,8 +97,14 @@ class HboneDriver(asyncio.Protocol):
             # Client: the server's first bytes (its SETTINGS) prove it accepted our certificate;
             # in TLS 1.3 a refusal of the client certificate only shows up after the handshake.
             self.ready.set_result(self.peer)
-        self._handle(self.core.receive_data(data, self.clock()))
-        self._flush()
+        # Cork: what the events cause (answers, WINDOW_UPDATEs, relayed END_STREAMs) leaves in one
+        # write below, i.e. one TLS record and one send instead of one per action (issue 8).
+        corked = self.cork()
+        try:
+            self._handle(self.core.receive_data(data, self.clock()))
+        finally:
+            if corked:
+                self.uncork()
         self._arm_timer()
 
     def eof_received(self) -> bool | None:
@@ -240,7 +247,7 @@ class HboneDriver(asyncio.Protocol):
             if abort:
                 self.transport.abort()
             else:
-                self._flush()
+                self._write_out()  # even while corked: nothing is written after close()
                 self.transport.close()
         self._terminate(reason)
 
@@ -251,6 +258,24 @@ class HboneDriver(asyncio.Protocol):
         return self.core
 
     def _flush(self) -> None:
+        if not self._corked:
+            self._write_out()
+
+    def cork(self) -> bool:
+        """Hold writes until `uncork()`: what a burst of actions queues (an answer and early
+        data, DATA and END_STREAM replayed at a relay's start) leaves in one TLS record and one
+        send (issue 8: per-tunnel cost). Returns False when already corked: then the outer
+        holder uncorks."""
+        if self._corked:
+            return False
+        self._corked = True
+        return True
+
+    def uncork(self) -> None:
+        self._corked = False
+        self._write_out()
+
+    def _write_out(self) -> None:
         # A TLS transport whose socket died is not `is_closing()` until close() is called on it:
         # check `closed` too, or late acknowledgements would write into a dead socket.
         if (
@@ -283,7 +308,7 @@ class HboneDriver(asyncio.Protocol):
                 case ev.GoAwayReceived():
                     self.goaway = True
                 case ev.ConnectionTerminated(reason):
-                    self._flush()
+                    self._write_out()  # the GOAWAY, even while corked: close() follows
                     self.close_reason = reason
                     if self.transport is not None:
                         self.transport.close()  # close after the queued GOAWAY is written...

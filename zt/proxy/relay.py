@@ -9,7 +9,7 @@ segment with the RST bit set, as a stream error of type CONNECT_ERROR" and "a pr
 RST_STREAM with CONNECT_ERROR [...] MUST send a TCP segment with the RST bit set".
 
 Both directions run in callbacks, no task per direction (issue 8: "Fewer syscalls and copies on
-the TCP side"): `_RelayTcp` is the TCP transport's protocol (tcpside.py: `recv_into` a reused,
+the TCP side"): `TcpRelay` is the TCP transport's protocol (tcpside.py: `recv_into` a reused,
 adaptively sized buffer) and the HBONE stream's sink. TCP reads go to `try_write` in the same
 call; when the windows or the TLS buffer are full, the rest is kept and TCP reading pauses until
 the stream is writable. Stream chunks go to `transport.write` in the driver's receive call and are
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from zt.errors import H2_CANCEL, H2_CONNECT_ERROR
 from zt.proxy.errors import StreamResetError
 from zt.proxy.stream import HboneStream
-from zt.proxy.tcpside import TcpSide
+from zt.proxy.tcpside import Handover, TcpSide
 
 # The TCP side's write-buffer thresholds: room for a couple of 1 MiB frames before drain() waits
 # (asyncio's 64 KiB default stalls the relay after every large frame).
@@ -64,19 +64,61 @@ def reset_tcp(writer: asyncio.StreamWriter) -> None:
     reset_tcp_transport(writer.transport)
 
 
-class _RelayTcp(TcpSide):
+class TcpRelay(TcpSide):
     """The TCP side of one relay and the sink of its HBONE stream: both directions run in
-    callbacks (TCP reads → `try_write`; stream chunks → `transport.write`)."""
+    callbacks (TCP reads → `try_write`; stream chunks → `transport.write`).
 
-    def __init__(self, stream: HboneStream, done: asyncio.Future[str]) -> None:
+    Two ways in: `relay()` takes asyncio streams over; or (issue 8: tunnel set-up without a
+    StreamReader or a task) the transport is created with this protocol (`create_server`,
+    `create_connection(sock=...)`), which keeps early bytes until `begin(stream)`. `done` holds
+    the outcome; `result()` the byte counts."""
+
+    def __init__(self) -> None:
         super().__init__()
-        self.stream = stream
-        self.done = done
+        self._stream: HboneStream | None = None
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.outcome: str | None = None
         self.up_ended = False  # TCP FIN passed on as END_STREAM
         self.down_ended = False  # END_STREAM passed on as shutdown(SHUT_WR)
         self.pending: bytes | memoryview = b""  # TCP bytes the windows did not take yet
         self.eof_pending = False  # TCP FIN seen while `pending` waits
+
+    @property
+    def stream(self) -> HboneStream:
+        stream = self._stream
+        assert stream is not None, "begin(stream) first"
+        return stream
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        set_tcp_write_limits(self.transport)
+
+    def begin(self, stream: HboneStream, handover: Handover | None = None) -> None:
+        """Relay between this TCP side and `stream`: what the peer sent before goes out first."""
+        self._stream = stream
+        corked = stream.driver.cork()  # replayed bytes and FIN leave in one record
+        try:
+            stream.attach(self)
+            if self.outcome is None:
+                self.start(handover)
+        finally:
+            if corked:
+                stream.driver.uncork()
+
+    def result(self) -> RelayResult:
+        stream = self.stream
+        return RelayResult(stream.bytes_out, stream.bytes_in, self.outcome or "cancelled")
+
+    def cancel(self) -> None:
+        """Shutdown: neither side saw a complete stream, so both are reset."""
+        self.outcome = self.outcome or "cancelled"
+        if self._stream is not None:
+            self._stream.reset(H2_CANCEL)
+        if self.transport is not None:
+            reset_tcp_transport(self.transport)
+        if not self.done.done():
+            self.done.cancel()
 
     # -- TCP → stream ---------------------------------------------------------------------------
     def on_data(self, data: memoryview) -> None:
@@ -196,16 +238,12 @@ async def relay(
     relay itself is cancelled (shutdown), both sides are reset: neither saw a complete stream.
 
     The asyncio streams are only the hand-over: their buffered bytes and EOF are relayed first,
-    then the transport is driven by `_RelayTcp` callbacks (tcpside.py)."""
+    then the transport is driven by `TcpRelay` callbacks (tcpside.py)."""
     set_tcp_write_limits(writer.transport)
-    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    tcp = _RelayTcp(stream, done)
+    tcp = TcpRelay()
     try:
-        handover = tcp.bind(reader, writer)
-        stream.attach(tcp)  # what the peer sent before the relay started goes out first
-        if tcp.outcome is None:
-            tcp.start(handover)
-        outcome = await done
+        tcp.begin(stream, tcp.bind(reader, writer))
+        outcome = await tcp.done
     except BaseException:
         tcp.outcome = tcp.outcome or "cancelled"
         stream.reset(H2_CANCEL)

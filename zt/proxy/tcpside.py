@@ -7,6 +7,11 @@ then every read is a `recv_into` one reused buffer whose size follows the traffi
 pure) and goes straight to the relay's callback: no `StreamReader`, no task wake-up per chunk.
 Works on asyncio's selector loop and on uvloop (both honour `set_protocol` to a BufferedProtocol
 once reading is restarted).
+
+Direct mode (issue 8: tunnel set-up without a StreamReader): a `TcpSide` can also be the protocol a
+transport is created with (`create_server` / `create_connection(sock=...)`). Until `start()` it
+keeps what arrives (bytes, EOF, the loss) the way a StreamReader would, then replays it as the
+hand-over, so both ways behave the same.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from typing import cast
 LEVELS = (1024, 16 * 1024, 256 * 1024)
 # Consecutive reads that would have fitted the next smaller buffer before it shrinks back.
 SHRINK_AFTER = 4
+# Direct mode: bytes kept before `start()` before reading pauses (a StreamReader of 1 MiB limit
+# pauses at 2 MiB: the same bound).
+EARLY_LIMIT = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,10 @@ class TcpSide(asyncio.BufferedProtocol):
         self._old: asyncio.BaseProtocol | None = None
         self._reading_wanted = True  # False while the relay holds reads back (backpressure)
         self._started = False
+        # Direct mode, before start(): what a StreamReader would have kept.
+        self._early = bytearray()
+        self._early_eof = False
+        self._early_error: BaseException | None = None
 
     # -- take-over ------------------------------------------------------------------------------
     def bind(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Handover:
@@ -91,8 +103,21 @@ class TcpSide(asyncio.BufferedProtocol):
             transport.set_protocol(self)
         return _take_reader(reader)
 
-    def start(self, handover: Handover) -> None:
-        """Replay the handover, then read from the socket (unless it already ended)."""
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Direct mode: the transport was created with this protocol; reads are kept until
+        `start()`."""
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def _take_early(self) -> Handover:
+        data, self._early = bytes(self._early), bytearray()
+        return Handover(data, self._early_eof, self._early_error)
+
+    def start(self, handover: Handover | None = None) -> None:
+        """Replay the handover (direct mode: what arrived before), then read from the socket
+        (unless it already ended)."""
+        if handover is None:
+            handover = self._take_early()
         self._started = True
         assert self.transport is not None
         if handover.error is not None or self.transport.is_closing():
@@ -135,6 +160,9 @@ class TcpSide(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         view = self._view
         assert view is not None
+        if not self._started:
+            self._keep_early(view[:nbytes])
+            return
         size = len(view)
         self.recv_sizes[size] = self.recv_sizes.get(size, 0) + 1
         level = self._sizing.level
@@ -146,13 +174,25 @@ class TcpSide(asyncio.BufferedProtocol):
         self._sizing = sizing
         self.on_data(view[:nbytes])
 
+    def _keep_early(self, data: memoryview) -> None:
+        self._early += data
+        if len(self._early) >= EARLY_LIMIT and self.transport is not None:
+            self.transport.pause_reading()  # start() resumes it
+
     def eof_received(self) -> bool:
+        if not self._started:
+            self._early_eof = True
+            return True
         if not self.eof_seen:
             self.eof_seen = True
             self.on_eof()
         return True  # keep the transport open: the other direction may still be writing
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._started:  # direct mode: start() reports it (as a StreamReader would hold it)
+            if exc is not None:
+                self._early_error = exc
+            return
         self._lose(exc)
         old, self._old = self._old, None
         if old is not None:  # let the StreamWriter's wait_closed() finish too
