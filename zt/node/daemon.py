@@ -14,7 +14,6 @@ control channel; /metrics sums every worker's registry (zt/node/metricsmerge.py)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
@@ -29,7 +28,7 @@ from zt.node.options import NodeOptions
 from zt.node.pod import PodProxy
 from zt.node.podapi import PodAdd, PodList, PodRemove
 from zt.node.podapi import serve as serve_pod_api
-from zt.node.services import NodeServices
+from zt.node.services import NodeServices, renew_loop
 from zt.node.workers import WorkerSupervisor
 from zt.state import Protocol, Snapshot, Workload
 from zt.telemetry import http
@@ -39,8 +38,6 @@ from zt.telemetry.http import Request, Response
 from zt.telemetry.metrics import Registry
 
 log = logging.getLogger("zt.node")
-
-RENEW_CHECK = 60.0  # seconds between certificate renewal checks (renewal is at half-life)
 
 
 class PodNotLocal(UsageError):
@@ -114,7 +111,7 @@ class NodeDaemon:
         self._start_workers()
         self._background += [
             asyncio.ensure_future(watcher.run(opts.config_poll)),
-            asyncio.ensure_future(self._renew_loop()),
+            asyncio.ensure_future(renew_loop(self.services.certs, f"node {opts.node}")),
         ]
         self._servers.append(await serve_pod_api(opts.pod_socket, self._pod_api))
 
@@ -289,15 +286,6 @@ class NodeDaemon:
         if revoked:
             log.info("policy change closed %d live connection(s)", revoked)
         self._background.append(asyncio.ensure_future(self._sync_pods(new)))
-
-    async def _renew_loop(self) -> None:
-        assert self.services is not None
-        while True:
-            await asyncio.sleep(RENEW_CHECK)
-            with contextlib.suppress(ZtError):
-                renewed = await self.services.certs.renew_due()
-                if renewed:
-                    log.info("renewed %d workload certificate(s)", renewed)
 
     def config_dump(self, store: SnapshotStore) -> dict[str, object]:
         services = self.services

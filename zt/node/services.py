@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass, field
 
 from zt.capture import Capture
 from zt.config import SnapshotStore
+from zt.errors import ZtError
 from zt.identity.manager import CertificateManager
 from zt.node.conntrack import ConnTracker
 from zt.telemetry.connections import ConnectionTelemetry
 from zt.telemetry.metrics import Counter, Registry
+
+log = logging.getLogger("zt.node")
+
+RENEW_CHECK = 60.0  # seconds between certificate renewal checks (renewal is at half-life)
 
 # How a connection that never carried bytes ended, as Envoy/Istio response flags name it.
 FLAG_OK = "-"
@@ -50,3 +58,13 @@ class NodeServices:
                 ("worker", "listener"),
             )
         self._accepted.inc(labels={"worker": str(self.worker), "listener": listener})
+
+
+async def renew_loop(certs: CertificateManager, who: str) -> None:
+    """Every worker renews its own workload certificates (each issues its own from the CA)."""
+    while True:
+        await asyncio.sleep(RENEW_CHECK)
+        with contextlib.suppress(ZtError):  # the manager logs and keeps the valid old cert
+            renewed = await certs.renew_due()
+            if renewed:
+                log.info("%s renewed %d workload certificate(s)", who, renewed)

@@ -30,7 +30,7 @@ from zt.identity.manager import CertificateManager
 from zt.node.control import MAX_LINE, Channel
 from zt.node.options import NodeOptions
 from zt.node.pod import PodProxy
-from zt.node.services import NodeServices
+from zt.node.services import NodeServices, renew_loop
 from zt.state import Snapshot
 from zt.telemetry.connections import ConnectionTelemetry
 from zt.telemetry.logsetup import configure
@@ -39,7 +39,6 @@ from zt.telemetry.metrics import Registry
 log = logging.getLogger("zt.node.worker")
 
 PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
-RENEW_CHECK = 60.0
 
 
 class FollowerMisconfigured(UsageError):
@@ -120,7 +119,7 @@ class Follower:
         store.subscribe(self._on_swap)
         self._background += [
             asyncio.ensure_future(self.watcher.run(opts.config_poll)),
-            asyncio.ensure_future(self._renew_loop()),
+            asyncio.ensure_future(renew_loop(self.services.certs, f"worker {self.worker}")),
         ]
 
     # -- the leader's requests --------------------------------------------------------------
@@ -197,13 +196,6 @@ class Follower:
     async def _reconverge(self) -> None:
         async with self._lock:
             await self._converge()
-
-    async def _renew_loop(self) -> None:
-        assert self.services is not None
-        while True:
-            await asyncio.sleep(RENEW_CHECK)
-            with contextlib.suppress(ZtError):
-                await self.services.certs.renew_due()
 
     async def _shutdown(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
