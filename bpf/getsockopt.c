@@ -10,14 +10,17 @@
  * later questions get the same answer, and it is freed with the socket.
  *
  * Linked at the cgroup-v2 root, so it runs after every getsockopt() on the machine: anything but
- * those two questions returns at once, and an answer the kernel already gave (netfilter has the
- * connection) is left alone. Return 1 = hand ctx->retval / ctx->optval back to the caller.
+ * those two questions on a socket zt captured is passed through untouched (zt_pass). zt's own entry
+ * wins over netfilter's answer: with conntrack in the pod, netfilter only knows the connection as
+ * app -> pod:15001 (connect4 rewrote it before the SYN existed).
+ * Return 1 = hand ctx->retval / ctx->optval back to the caller.
  */
 #include "zt_capture.h"
 
 #define ZT_SOL_IP 0
 #define ZT_SOL_IPV6 41
 #define ZT_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST is 80 as well */
+#define ZT_PAGE_SIZE 4096     /* the smallest page: zeroing a longer optlen is always safe */
 
 struct zt_sockaddr_in {
     __u16 family;
@@ -61,27 +64,38 @@ static __always_inline struct zt_addr *zt_proxy_orig(struct bpf_sock *sk)
     return orig;
 }
 
+/* Leave the reply as it is. A reply longer than a page must be handed back with optlen 0
+ * (Documentation/bpf/prog_cgroup_sockopt.rst, "Large optval": "set optlen to zero, which indicates
+ * that the kernel should use the original optval"): before Linux 6.5, returning with it untouched
+ * turned every such reply (iptables-legacy's IPT_SO_GET_ENTRIES...) into EFAULT. Shorter replies
+ * keep their optlen: another program on the same cgroup (a second zt in a lab) may have answered
+ * before this one, and optlen 0 would drop its answer while keeping its retval 0. */
+static __always_inline int zt_pass(struct bpf_sockopt *ctx)
+{
+    if (ctx->optlen > ZT_PAGE_SIZE)
+        ctx->optlen = 0;
+    return 1;
+}
+
 int zt_getsockopt(struct bpf_sockopt *ctx)
 {
     int level = ctx->level;
     if (ctx->optname != ZT_SO_ORIGINAL_DST || (level != ZT_SOL_IP && level != ZT_SOL_IPV6))
-        return 1;
-    if (ctx->retval == 0) /* netfilter answered */
-        return 1;
+        return zt_pass(ctx);
     struct bpf_sock *sk = ctx->sk;
     /* only a socket accepted on 15001 (src_port: its local port, host order): the peer of any
      * other socket (inbound, an upstream dial) may share an (ip, port) with a captured app */
     if (!sk || sk->src_port != ZT_PORT_OUTBOUND)
-        return 1;
+        return zt_pass(ctx);
     struct zt_addr *orig = zt_proxy_orig(sk);
     if (!orig)
-        return 1;
+        return zt_pass(ctx);
     void *optval = ctx->optval;
     void *end = ctx->optval_end;
     if (level == ZT_SOL_IP && orig->family == AF_INET) {
         struct zt_sockaddr_in *out = optval;
         if ((void *)(out + 1) > end)
-            return 1; /* the caller's buffer is too small: keep the kernel's error */
+            return zt_pass(ctx); /* the caller's buffer is too small: keep the kernel's error */
         out->family = AF_INET;
         out->port = orig->port;
         __builtin_memcpy(&out->addr, &orig->ip[12], 4);
@@ -90,7 +104,7 @@ int zt_getsockopt(struct bpf_sockopt *ctx)
     } else if (level == ZT_SOL_IPV6 && orig->family == AF_INET6) {
         struct zt_sockaddr_in6 *out = optval;
         if ((void *)(out + 1) > end)
-            return 1;
+            return zt_pass(ctx);
         out->family = AF_INET6;
         out->port = orig->port;
         out->flowinfo = 0;
@@ -98,7 +112,7 @@ int zt_getsockopt(struct bpf_sockopt *ctx)
         out->scope_id = 0;
         ctx->optlen = sizeof(*out);
     } else {
-        return 1;
+        return zt_pass(ctx);
     }
     ctx->retval = 0;
     return 1;

@@ -9,6 +9,7 @@ import ipaddress
 import os
 import socket
 import struct
+import subprocess
 
 import pytest
 
@@ -254,3 +255,32 @@ def test_sockaddr_decoders(raw: bytes, expected: tuple[str, int]) -> None:
     )
     got = decode(raw)
     assert (str(got.ip), got.port) == expected
+
+
+def test_zt_answer_wins_over_conntrack_in_the_pod(connect_pod: Pod) -> None:
+    """With conntrack active in the pod (any `ct` rule), netfilter answers SO_ORIGINAL_DST itself,
+    but it only knows the connection as app -> pod:15001 (connect4 rewrote it before the SYN):
+    zt's entry must win, or every captured connection would loop to the pod's own 15001."""
+    pod = connect_pod
+    nft = ["nsenter", f"--net=/run/netns/{pod.topo.pod}", "nft"]
+    table = ["inet", "zt_test_ct"]
+    subprocess.run([*nft, "add", "table", *table], check=True, timeout=10)
+    try:
+        subprocess.run(
+            [*nft, "add", "chain", *table, "out", "{ type filter hook output priority 0 ; }"],
+            check=True, timeout=10,
+        )  # fmt: skip
+        subprocess.run([*nft, "add", "rule", *table, "out", "ct", "state", "new", "counter"],
+                       check=True, timeout=10)  # fmt: skip
+        with connect_from(pod.topo.pod, pod.topo.peer_ip4, 8080):
+            conn, _ = pod.listeners.outbound.accept()
+            with conn:
+                raw = conn.getsockopt(socket.SOL_IP, maps.SO_ORIGINAL_DST, 16)
+                assert _sockaddr_in(raw) == (socket.AF_INET, pod.topo.peer_ip4, 8080)
+                orig = pod.capture.original_destination(conn)
+                assert (str(orig.ip), orig.port) == (pod.topo.peer_ip4, 8080)
+        listed = subprocess.run([*nft, "list", "table", *table], capture_output=True, text=True,
+                                check=True, timeout=10)  # fmt: skip
+        assert "packets 0 " not in listed.stdout  # conntrack did see the connection
+    finally:
+        subprocess.run([*nft, "delete", "table", *table], check=False, timeout=10)

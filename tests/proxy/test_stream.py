@@ -161,3 +161,42 @@ def test_write_after_peer_closed_the_stream_raises_instead_of_hanging(pki: Pki) 
             driver.close()
 
     run(body(), timeout=10)
+
+
+def test_upload_waiting_for_window_ends_when_the_peer_closes_the_stream(pki: Pki) -> None:
+    """The app uploads more than the window while the server never reads; the server then ends
+    its side and sends RST_STREAM(NO_ERROR) (RFC 9113 §8.1 allows it). The relay, waiting for a
+    WINDOW_UPDATE that will never come, must end the app's connection instead of hanging."""
+
+    def script(stream: HboneStream) -> None:
+        async def go() -> None:
+            stream.driver.respond(stream, 200)
+            await asyncio.sleep(0.3)  # the client's relay fills the window meanwhile
+            stream.write_eof()
+            stream.reset(H2_NO_ERROR)
+
+        tasks.add(asyncio.ensure_future(go()))
+
+    async def body() -> None:
+        small = HboneSettings(stream_window=WINDOW)
+        async with raw_server(pki, script, small) as addr:
+            driver = await zt_dial(pki, addr)
+            forwarder = TcpToHbone(lambda: open_tunnel(driver, REQUEST))
+            app = await forwarder.start(LOOPBACK)
+            try:
+                reader, writer = await asyncio.open_connection(str(app.ip), app.port)
+                writer.write(b"u" * (8 * WINDOW))
+                with contextlib.suppress(ConnectionResetError):
+                    assert await asyncio.wait_for(read_all(reader), 5) == b""
+                # its upload was cut: the relay resets the app's connection (a hung relay would
+                # stop reading, the socket buffers would fill and drain() would time out)
+                with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                    for _ in range(400):  # bounded: at most 26 MiB
+                        writer.write(b"u" * WINDOW)
+                        await asyncio.wait_for(writer.drain(), 5)
+                writer.close()
+            finally:
+                await forwarder.close()
+                driver.close()
+
+    run(body())

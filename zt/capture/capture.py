@@ -294,12 +294,12 @@ class Capture:
         storage), the entry sockops keyed by the app's (ip, port) = our peer is popped from the
         map. Everything else (inbound; sk_lookup mode): sk_lookup does not rewrite, so
         getsockname() is the original destination (DESIGN.md §6)."""
-        if self.mode == "connect":
+        local = sock.getsockname()
+        if self.mode == "connect" and local[1] == maps.PORT_OUTBOUND:
+            # only 15001's sockets: netfilter in a pod could answer for inbound ones too
             answered = _ask_original_dst(sock)
             if answered is not None:
                 return answered
-        local = sock.getsockname()
-        if self.mode == "connect" and local[1] == maps.PORT_OUTBOUND:
             peer = sock.getpeername()
             orig = self._tables.pop_orig(_ip(peer[0]), peer[1])
             if orig is None:

@@ -285,6 +285,7 @@ class NodeDaemon:
         revoked = self.services.tracker.apply(new)
         if revoked:
             log.info("policy change closed %d live connection(s)", revoked)
+        self._background = [t for t in self._background if not t.done()]  # one swap per edit
         self._background.append(asyncio.ensure_future(self._sync_pods(new)))
 
     def config_dump(self, store: SnapshotStore) -> dict[str, object]:

@@ -186,6 +186,7 @@ class Follower:
         revoked = self.services.tracker.apply(new)
         if revoked:
             log.info("worker %d: policy change closed %d connection(s)", self.worker, revoked)
+        self._background = [t for t in self._background if not t.done()]  # one swap per edit
         self._background.append(asyncio.ensure_future(self._reconverge()))
         self._background.append(asyncio.ensure_future(self._tell_leader()))
 

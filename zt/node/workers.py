@@ -187,7 +187,7 @@ class WorkerSupervisor:
                     return
                 log.error("worker %d (pid %d) hung (%s): SIGKILL", follower.index, follower.pid,
                           exc)  # fmt: skip
-                _signal(follower.pid, signal.SIGKILL)  # its EOF ends _run: restarted
+                _signal(follower.proc, signal.SIGKILL)  # its EOF ends _run: restarted
                 return
 
     def _event(self, msg: dict[str, object]) -> None:
@@ -203,7 +203,7 @@ class WorkerSupervisor:
             try:
                 await asyncio.to_thread(proc.wait, 2.0)  # EOF came first: it is exiting
             except subprocess.TimeoutExpired:
-                _signal(proc.pid, signal.SIGKILL)  # alive but its channel is gone: hung
+                _signal(proc, signal.SIGKILL)  # alive but its channel is gone: hung
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     await asyncio.to_thread(proc.wait, 10.0)
         if proc.poll() is not None:
@@ -228,8 +228,11 @@ class WorkerSupervisor:
         failed: dict[int, dict[str, str]] = {}
         for follower, result in zip(followers, results, strict=True):
             if isinstance(result, BaseException):
+                if follower.proc.poll() is not None:  # it died: its restart syncs it again
+                    log.error("worker %d died during a sync: %s", follower.index, result)
+                    continue
                 log.error("worker %d: sync failed: %s; killing it", follower.index, result)
-                _signal(follower.pid, signal.SIGKILL)
+                _signal(follower.proc, signal.SIGKILL)
                 failed[follower.index] = dict.fromkeys(wanted, str(result))
             elif result:
                 failed[follower.index] = result
@@ -271,24 +274,26 @@ class WorkerSupervisor:
         self._stopping = True
         procs = list(self._procs.values())
         for proc in procs:
-            _signal(proc.pid, signal.SIGTERM)
+            _signal(proc, signal.SIGTERM)
         for proc in procs:
             try:
                 await asyncio.to_thread(proc.wait, deadline + 5.0)
             except subprocess.TimeoutExpired:
                 log.warning("worker pid %d did not drain in time: SIGKILL", proc.pid)
-                _signal(proc.pid, signal.SIGKILL)
+                _signal(proc, signal.SIGKILL)
                 await asyncio.to_thread(proc.wait, 10.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for proc in list(self._procs.values()):  # one that was starting while we stopped
             if proc.poll() is None:
-                _signal(proc.pid, signal.SIGKILL)
+                _signal(proc, signal.SIGKILL)
                 await asyncio.to_thread(proc.wait, 10.0)
         self._procs.clear()
 
 
-def _signal(pid: int, sig: signal.Signals) -> None:
+def _signal(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal a follower by PID only while it is ours: Popen checks that it was not reaped yet
+    (a reaped PID may already belong to another process)."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
+        proc.send_signal(sig)

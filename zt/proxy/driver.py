@@ -68,6 +68,7 @@ class HboneDriver(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._paused = False
+        self._wake_turn = 0  # round robin over streams waiting for the TLS buffer (resume_writing)
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._corked = False  # writes wait for uncork() (see cork())
@@ -135,7 +136,11 @@ class HboneDriver(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self._resumed.set()
-        for stream in list(self.streams.values()):  # callback-driven writers wait for this too
+        # Callback-driven writers wait for this too. Each may refill the buffer, so start one
+        # stream further every time: the first streams must not take every resume.
+        streams = list(self.streams.values())
+        self._wake_turn = (self._wake_turn + 1) % max(len(streams), 1)
+        for stream in streams[self._wake_turn :] + streams[: self._wake_turn]:
             stream._wake_writer()
 
     # -- used by HboneStream ----------------------------------------------------------------
@@ -365,6 +370,10 @@ class HboneDriver(asyncio.Protocol):
         else:
             stream._feed_reset(event.error_code)
         self._forget(event.stream_id)
+        if event.is_eof:
+            # The peer takes no more DATA (RFC 9113 §8.1): a writer waiting for window must learn
+            # it now (its next write reports the reset); no WINDOW_UPDATE will ever wake it.
+            stream._wake_writer()
 
     def _reset_local(self, stream_id: int, code: int) -> None:
         stream = self.streams.get(stream_id)

@@ -17,6 +17,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+from zt.errors import H2_CANCEL
 from zt.hbone.request import ConnectRequest
 from zt.proxy.errors import StreamResetError
 
@@ -122,6 +123,8 @@ class HboneStream:
         StreamResetError on a reset stream."""
         if self._reset is not None:
             raise self._reset
+        if self.local_ended:  # our END_STREAM went out, or the peer's RST_STREAM closed the stream
+            raise StreamResetError(self.stream_id, H2_CANCEL)
         if self.driver.write_paused:
             return 0
         try:
