@@ -146,12 +146,9 @@ class Capture:
         """A Capture over the pins of a running (or orphaned) capture; attaches nothing."""
         if not (pin_dir / "zt_pods").exists():
             raise CaptureNotRunningError(f"no capture pinned under {pin_dir}")
-        owned: list[int] = []
+        map_fds = _open_pinned_maps(pin_dir)
+        owned = list(map_fds.values())
         try:
-            map_fds = {}
-            for name in maps.MAPS:
-                map_fds[name] = bpfsys.obj_get(pin_dir / name)
-                owned.append(map_fds[name])
             prog = bpfsys.obj_get(pin_dir / _SK_LOOKUP_PIN)
             owned.append(prog)
             links = {
@@ -184,20 +181,14 @@ class Capture:
         (a link lives while any fd or pin holds it: the leader's unenroll must still detach)."""
         if not (pin_dir / "zt_pods").exists():
             raise CaptureNotRunningError(f"no capture pinned under {pin_dir}")
-        owned: list[int] = []
-        try:
-            for name in maps.MAPS:
-                owned.append(bpfsys.obj_get(pin_dir / name))
-        except BaseException:
-            for fd in owned:
-                os.close(fd)
-            raise
+        map_fds = _open_pinned_maps(pin_dir)
+        owned = list(map_fds.values())
         mode: Mode = "connect" if (pin_dir / "link_zt_connect4").exists() else "sklookup"
         return cls(
             mode,
             cgroup=hostcheck.find_cgroup2() or hostcheck.CGROUP2_ROOT,
             pin_dir=pin_dir,
-            map_fds=dict(zip(maps.MAPS, owned, strict=True)),
+            map_fds=map_fds,
             sk_lookup_fd=-1,  # enroll() is the leader's: a follower has no program to link
             owned_fds=owned,
             uses_compiled=False,
@@ -432,6 +423,19 @@ def remove_pins(pin_dir: Path = DEFAULT_PIN_DIR) -> None:
         pin_dir.rmdir()
         return
     Capture._reopen(pin_dir).close(detach=True)
+
+
+def _open_pinned_maps(pin_dir: Path) -> dict[str, int]:
+    """An fd for every map pinned under `pin_dir`; none left open if one fails."""
+    fds: dict[str, int] = {}
+    try:
+        for name in maps.MAPS:
+            fds[name] = bpfsys.obj_get(pin_dir / name)
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
 
 
 def _missing_pins(pin_dir: Path) -> list[str]:
