@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs the image built by build-image.sh into a local Vagrant box for the libvirt provider:
 #   vagrant/.cache/boxes/zt-bookworm-<KERNEL>.box = tar of box.img (the qcow2), metadata.json,
-#   vmlinuz, initrd.img and a box Vagrantfile that boots them directly (VMLAB.md).
+#   vmlinuz, initrd.img and a box Vagrantfile that boots them directly (vagrant/README.md).
 # With --add, also `vagrant box add --force --name zt/bookworm-<KERNEL>` (works offline).
 # Remove it with `vagrant box remove zt/bookworm-<KERNEL>`; after a `vagrant up --provider=libvirt`
 # also delete the box's volume from the libvirt pool (`virsh vol-list default`).

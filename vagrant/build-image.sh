@@ -3,9 +3,9 @@
 #   vagrant/.cache/images/<KERNEL>/{disk.qcow2,vmlinuz,initrd.img,kver}
 # debootstrap (minbase) from Debian's archive -> systemd, sshd, python3, bcc, bpftool, iproute2, the
 # firewall tools, zt's Python dependencies installed offline into /opt/zt/venv from wheels fetched
-# on the host -> the kernel + headers installed in the chroot (VMLAB.md: "Build kernel variants in
+# on the host -> the kernel + headers installed in the chroot (vagrant/README.md: Build kernel variants in
 # the chroot on the host: installing a second kernel inside a running emulated VM took 15 min vs
-# < 2 min") -> `mkfs.ext4 -d` (no loop device) -> compressed qcow2. The kernel and initrd are copied
+# < 2 min) -> `mkfs.ext4 -d` (no loop device) -> compressed qcow2. The kernel and initrd are copied
 # out for direct kernel boot. A stamp makes a second call with the same inputs a no-op.
 #
 # Usage: build-image.sh KERNEL   (6.1 | 6.12 | a Debian kernel ABI such as 6.1.0-56-amd64)
@@ -157,7 +157,7 @@ build_kernel_variant() {
   # build is an absolute link into /usr/src: resolve it inside the chroot, not on the host.
   in_chroot "$r" test -e "/lib/modules/$kver/build/include" || die "no headers at /lib/modules/$kver/build"
   cleanup
-  # Image hygiene (VMLAB.md must-dos): empty machine-id (else two VMs share a DHCP lease), no sshd
+  # Image hygiene (vagrant/README.md, image hygiene): empty machine-id (else two VMs share a DHCP lease), no sshd
   # host keys, systemd-resolved's stub as resolv.conf, no apt lists or policy-rc.d.
   : > "$r/etc/machine-id"
   rm -f "$r"/etc/ssh/ssh_host_* "$r/usr/sbin/policy-rc.d" "$r/tmp/packages.sh" "$r/var/lib/dbus/machine-id"

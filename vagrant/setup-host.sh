@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Host set-up for the VM lab (idempotent; called by `make vm-test`, never by `make setup`):
 # QEMU and qemu-img, debootstrap, rsync, ssh, and Vagrant with the libvirt provider so that
-# `vagrant validate` and `vagrant box add` work offline (VMLAB.md's package list).
+# `vagrant validate` and `vagrant box add` work offline (vagrant/README.md's package list).
 set -euo pipefail
 
 need=(qemu-system-x86 qemu-utils debootstrap rsync openssh-client e2fsprogs
@@ -21,6 +21,6 @@ fi
 echo "vm setup: installing Debian packages: ${missing[*]}"
 apt-get update -qq
 # --no-install-recommends: the recommends pull a host kernel image and a libvirt daemon; plain
-# QEMU is what the automated path uses (VMLAB.md: "automated runs here should prefer plain QEMU").
+# QEMU is what the automated path uses (vagrant/README.md: automated runs here should prefer plain QEMU).
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "vm setup: done"

@@ -2,7 +2,7 @@
 # Installs what a zt lab node needs (Debian 12 guest): systemd, sshd, python3 + venv, bcc, bpftool,
 # iproute2 and the firewall tools, plus the kernel and its headers named in KERNEL_PKGS.
 # Debian kernels have no IKHEADERS, so bcc needs the headers package of the running kernel
-# (VMLAB.md: "Debian kernels have no IKHEADERS: bcc needs the headers package").
+# (vagrant/README.md: Debian kernels have no IKHEADERS: bcc needs the headers package).
 # Used by build-image.sh (in the chroot) and by the Vagrantfile's shell provisioner (in the guest).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive

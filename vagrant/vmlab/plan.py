@@ -87,7 +87,7 @@ def plan_lab(
 
 
 def kernel_cmdline(node: Node, ssh_pubkey: str) -> str:
-    """Direct kernel boot (VMLAB.md: `root=/dev/vda rw console=ttyS0`); zt.* args are read by the
+    """Direct kernel boot (vagrant/README.md: `root=/dev/vda rw console=ttyS0`); zt.* args are read by the
     image's zt-cmdline unit (ssh key for this run, static address on the node link)."""
     key = base64.b64encode(ssh_pubkey.strip().encode()).decode()
     return " ".join(
@@ -101,7 +101,7 @@ def kernel_cmdline(node: Node, ssh_pubkey: str) -> str:
 
 
 def accel_args(accel: str) -> list[str]:
-    """VMLAB.md: "Use QEMU software emulation: -accel tcg,thread=multi -cpu max"; KVM where it works."""
+    """vagrant/README.md: Use QEMU software emulation: -accel tcg,thread=multi -cpu max; KVM where it works."""
     if accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
     return ["-accel", "tcg,thread=multi", "-cpu", "max"]

@@ -40,7 +40,7 @@ def listening(port: int, tcp_table: str | None = None) -> bool:
 
 
 def make_overlay(base: Path, overlay: Path) -> None:
-    """One qcow2 overlay per VM keeps the cached image clean (VMLAB.md)."""
+    """One qcow2 overlay per VM keeps the cached image clean (vagrant/README.md)."""
     overlay.unlink(missing_ok=True)
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)],
@@ -107,7 +107,7 @@ def wait_listening(pid: int, port: int, timeout_s: float) -> None:
 
 def probe_kvm(image: Image, timeout_s: float = 25.0) -> tuple[bool, str]:
     """Boots the image's kernel under KVM with no root fs; KVM works if the kernel gets as far as
-    panicking over the missing root (VMLAB.md: nested PVM KVM aborts on MSR 0x10a or hangs)."""
+    panicking over the missing root (vagrant/README.md: nested PVM KVM aborts on MSR 0x10a or hangs)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm not usable"
     argv = [

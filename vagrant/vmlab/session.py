@@ -203,7 +203,7 @@ def run_tests(
 
 
 def shutdown(paths: Paths, lab: Lab | None) -> None:
-    """`systemctl poweroff` over ssh, then by PID from the pidfiles (VMLAB.md); keeps the logs."""
+    """`systemctl poweroff` over ssh, then by PID from the pidfiles (vagrant/README.md); keeps the logs."""
     if lab is not None and paths.key.exists():
         for node in lab.nodes:
             pidfile = paths.run / f"{node.name}.pid"

@@ -87,7 +87,7 @@ class Ssh:
             time.sleep(2)
 
     def push_tree(self, src: Path, dest: str, timeout_s: float) -> None:
-        """rsync the project into the node (VMLAB.md: project synced with rsync)."""
+        """rsync the project into the node (vagrant/README.md: project synced with rsync)."""
         shell = shlex.join(["ssh", *SSH_OPTS, "-i", str(self.key), "-p", str(self.port)])
         argv = ["rsync", "-a", "--delete", "-e", shell]
         argv += [f"--exclude={pattern}" for pattern in RSYNC_EXCLUDES]
