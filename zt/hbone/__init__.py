@@ -8,6 +8,8 @@ API (stable contract for zt/proxy; refinements are marked "refined"):
     # The preamble/SETTINGS/connection WINDOW_UPDATE are queued at construction: flush them first.
     conn.data_to_send() -> bytes                    # everything queued, cleared; flush after EVERY call
     conn.receive_data(data, now) -> list[Event]     # never raises on peer bytes (see below)
+    conn.input_pending -> bool                      # stopped at max_frames_per_call: call
+                                                    # receive_data(b"", now) again, later
     conn.next_deadline() -> float | None            # absolute, same clock as `now`
     conn.on_timer(now) -> list[Event]               # PING/ping timeout/idle/drain deadline/pending end
 
@@ -41,7 +43,9 @@ Events (zt.hbone.events, frozen):
     StreamReset(stream_id, error_code, after_end_stream, remote=True)
                                                     `.is_eof`: NO_ERROR/CANCEL after END_STREAM → EOF
                                                     (finish gracefully); else RST the TCP side
-    WindowOpened(stream_id | None)                  resume reading TCP (None: connection / all streams)
+    WindowOpened(stream_id | None, all_streams)     resume reading TCP (None: the connection window;
+                                                    all_streams: SETTINGS grew every stream window)
+    LimitHit(limit, detail, fatal)                  the peer went past a limit (logs, counters)
     GoAwayReceived(last_stream_id, error_code)      no new streams here (pool: evict)
     ConnectionTerminated(reason, error_code, error) flush data_to_send(), close the socket
 
@@ -65,9 +69,23 @@ Semantics the adapter relies on:
 - The server refuses a stream beyond its advertised 200 with RST_STREAM(REFUSED_STREAM) (no event),
   as it refuses streams above its own GOAWAY's last id.
 - A malformed CONNECT costs one stream (400 + END_STREAM), never the connection.
-- Events of one receive_data batch describe things that already happened: a ConnectRequested may
-  be followed by a StreamReset of the same stream in the same list. respond/end_stream/reset_stream
+- Events of one receive_data batch describe things that already happened. A CONNECT reset in the
+  same bytes that opened it is not reported at all (no ConnectRequested, no StreamReset: nothing to
+  dial). Other events may concern streams the batch later ended: respond/end_stream/reset_stream
   are no-ops on such finished streams; send_data raises StreamNotWritable (catch HboneError).
+- Limits against an abusive peer (limits.py; values in HboneSettings, each with its reason): a
+  frame over our MAX_FRAME_SIZE gets GOAWAY(FRAME_SIZE_ERROR) on its 9-byte header; a header block
+  (HEADERS + CONTINUATION) over max_header_list_size, PING/SETTINGS/PRIORITY over their per-second
+  budgets, and CONNECTs reset before their answer over max_premature_resets_per_second
+  (CVE-2023-44487) get GOAWAY(ENHANCE_YOUR_CALM); no preface + SETTINGS within preface_timeout gets
+  GOAWAY(PROTOCOL_ERROR); CONNECTs past max_pending_connects unanswered ones get
+  RST_STREAM(REFUSED_STREAM). Each is a LimitHit(limit, detail, fatal) event (before the
+  ConnectionTerminated when fatal) and a count in `conn.limit_hits`. `conn.pending_connects`: the
+  unanswered CONNECTs. PING payloads come from `random_bytes` (default os.urandom); only an ACK
+  echoing the outstanding one counts. One receive_data call handles at most
+  `max_frames_per_call` frames (bounded work per call, so an adapter can let other connections
+  run); `input_pending` says more received frames wait.
+- WindowOpened(None, all_streams=True) only when a SETTINGS change grew every stream's window.
 - Every exception HboneConnection raises derives from errors.HboneError. API misuse and races with
   the peer raise UnknownStream / StreamNotWritable (also zt.errors.UsageError subclasses).
   HboneSettings(...) raises zt.errors.UsageError; ConnectRequest(...) and .parse() raise

@@ -30,7 +30,8 @@ from h2.events import Event as H2Event
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
-from zt.hbone._inbound import install as install_inbound_fast_path
+from zt.hbone._inbound import install as install_inbound_buffer
+from zt.hbone.limits import FrameGuard
 from zt.hbone.settings import DEFAULT_WINDOW, HboneSettings
 
 # RFC 9113 §4.1: "Length (24), Type (8), Flags (8), Reserved (1), Stream Identifier (31)".
@@ -122,8 +123,11 @@ class HboneH2Connection(H2Connection):
         self._prepare_for_sending([frame])
 
 
-def new_h2(client: bool, settings: HboneSettings) -> HboneH2Connection:
-    """An initiated H2Connection with HBONE's settings; its preamble/SETTINGS are queued."""
+def new_h2(
+    client: bool, settings: HboneSettings, guard: FrameGuard | None = None
+) -> HboneH2Connection:
+    """An initiated H2Connection with HBONE's settings and `guard`'s frame limits (limits.py);
+    its preamble/SETTINGS are queued."""
     config = H2Configuration(
         client_side=client,
         header_encoding=None,
@@ -132,8 +136,7 @@ def new_h2(client: bool, settings: HboneSettings) -> HboneH2Connection:
         validate_inbound_headers=client,
     )
     conn = HboneH2Connection(config=config)
-    if settings.inbound_fast_path:
-        install_inbound_fast_path(conn)
+    install_inbound_buffer(conn, guard, fast=settings.inbound_fast_path)
     max_streams = settings.client_max_streams if client else settings.server_max_streams
     values: dict[SettingCodes, int] = {
         SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,

@@ -21,6 +21,11 @@ RST_STREAM or connection error) and queues its WINDOW_UPDATEs. So errors, events
 bytes are h2's by construction; only the parsing and the copies are ours. The checks h2's
 `FrameBuffer.__next__` makes are kept in its order: header parse, completeness, length limit,
 header-block continuity (`_update_header_buffer`).
+
+One check is ours and comes first, in both this buffer and `GuardedFrameBuffer` (h2's parser
+without the fast path): the `FrameGuard` (limits.py) sees each 9-byte header before the body is
+waited for, so an overlong frame or header block is refused with nine bytes read, not after its
+body was buffered (h2 checks the length only once the whole frame is in).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from typing import TYPE_CHECKING, cast
 
 from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import Frame
+
+from zt.hbone.limits import FrameGuard
 
 if TYPE_CHECKING:
     from zt.hbone._h2 import HboneH2Connection
@@ -70,10 +77,13 @@ class InboundData:
 class InboundBuffer(FrameBuffer):
     """h2's frame iterator with the DATA fast path (see the module docstring)."""
 
-    def __init__(self, server: bool) -> None:
+    def __init__(self, server: bool, guard: FrameGuard | None = None) -> None:
         super().__init__(server=server)
         self._chunks: deque[memoryview] = deque()
         self._size = 0
+        # Frame-level limits (zt/hbone/limits.py), checked on each 9-byte header before the body
+        # is waited for.
+        self.guard = guard
 
     def add_data(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
         if self._preamble_len:
@@ -91,15 +101,24 @@ class InboundBuffer(FrameBuffer):
             self._chunks.append(view.cast("B"))
             self._size += view.nbytes
 
+    @property
+    def pending_bytes(self) -> int:
+        """Received bytes not yet handed to h2 (a partial frame, or frames over the budget)."""
+        return self._size
+
     def __next__(self) -> Frame:
-        if self._size < 9:
+        if self._size < 9 or (self.guard is not None and not self.guard.spend_frame()):
             raise StopIteration
         head = self._peek_header()
         high, low, kind, flags, stream_id = _HEADER.unpack(head)
         length = (high << 8) + low
         stream_id &= _STREAM_MASK
+        if self.guard is not None:
+            # RFC 9113 §4.2: FRAME_SIZE_ERROR "if a frame exceeds the size defined in
+            # SETTINGS_MAX_FRAME_SIZE": decided on the header, before the body is buffered.
+            self.guard.inspect(kind, length, self.max_frame_size)
         if kind != _DATA or flags & _PADDED or not stream_id:
-            return self._by_h2(head, length)
+            return self._by_h2(head, length, kind, flags)
         if self._size < 9 + length:
             raise StopIteration
         self._validate_frame_length(length)
@@ -108,7 +127,7 @@ class InboundBuffer(FrameBuffer):
         self._update_header_buffer(cast(Frame, frame))
         return cast(Frame, frame)
 
-    def _by_h2(self, head: bytes | memoryview, length: int) -> Frame:
+    def _by_h2(self, head: bytes | memoryview, length: int, kind: int, flags: int) -> Frame:
         """Let h2's FrameBuffer parse this frame from a bytearray holding exactly its bytes."""
         if self._size < 9 + length:
             # h2 parses the header (and raises on a bad one) before it waits for the body.
@@ -119,6 +138,8 @@ class InboundBuffer(FrameBuffer):
                 self._data = bytearray()
             raise StopIteration  # pragma: no cover (length > 0: h2 stopped above)
         self._data = bytearray(self._take(9 + length))
+        if self.guard is not None:
+            self.guard.consumed(kind, flags, length)
         return super().__next__()
 
     def _peek_header(self) -> bytes | memoryview:
@@ -162,13 +183,46 @@ class InboundBuffer(FrameBuffer):
         return memoryview(b"".join(parts))
 
 
-def install(conn: HboneH2Connection) -> bool:
-    """Switch `conn`'s receive side to the fast path (before any byte was received). Returns
-    False, leaving h2 as it is, when h2's FrameBuffer is not the one this was written against
-    (h2 4.4: a `_data` bytearray; older 4.x kept `data` bytes)."""
+class GuardedFrameBuffer(FrameBuffer):
+    """h2's own FrameBuffer (no fast path) with the frame limits of a `FrameGuard` applied to each
+    9-byte header before h2 waits for the body."""
+
+    def __init__(self, server: bool, guard: FrameGuard) -> None:
+        super().__init__(server=server)
+        self.guard = guard
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._data)
+
+    def __next__(self) -> Frame:
+        if len(self._data) >= 9:
+            if not self.guard.spend_frame():
+                raise StopIteration
+            high, low, kind, flags, _ = _HEADER.unpack_from(self._data)
+            length = (high << 8) + low
+            self.guard.inspect(kind, length, self.max_frame_size)
+            if len(self._data) >= 9 + length:
+                self.guard.consumed(kind, flags, length)
+        return super().__next__()
+
+
+def install(conn: HboneH2Connection, guard: FrameGuard | None = None, *, fast: bool = True) -> bool:
+    """Switch `conn`'s receive side (before any byte was received) to the DATA fast path when
+    `fast`, else to h2's parser with `guard`'s limits (when given). Returns False, leaving h2 as it
+    is, when h2's FrameBuffer is not the one this was written against (h2 4.4: a `_data`
+    bytearray; older 4.x kept `data` bytes)."""
     if not isinstance(getattr(conn.incoming_buffer, "_data", None), bytearray):
         return False
-    conn.incoming_buffer = InboundBuffer(server=not conn.config.client_side)
+    server = not conn.config.client_side
+    max_frame_size = conn.incoming_buffer.max_frame_size
+    if not fast:
+        if guard is not None:
+            conn.incoming_buffer = GuardedFrameBuffer(server, guard)
+            conn.incoming_buffer.max_frame_size = max_frame_size
+        return True
+    conn.incoming_buffer = InboundBuffer(server=server, guard=guard)
+    conn.incoming_buffer.max_frame_size = max_frame_size
     # h2 dispatches on `frame.__class__`; InboundData goes where hyperframe's DataFrame goes.
     conn._frame_dispatch_table[cast(type[Frame], InboundData)] = conn._receive_data_frame
     return True

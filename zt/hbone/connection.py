@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+from collections import Counter
+from collections.abc import Callable
 from typing import Literal
 
 import h2.events
@@ -20,6 +23,7 @@ from zt.hbone._h2 import HboneH2Connection, new_h2
 from zt.hbone.errors import (
     H2_CANCEL,
     H2_CONNECT_ERROR,
+    H2_ENHANCE_YOUR_CALM,
     H2_INTERNAL_ERROR,
     H2_NO_ERROR,
     H2_PROTOCOL_ERROR,
@@ -29,6 +33,7 @@ from zt.hbone.errors import (
     ConnectionNotUsable,
     HboneError,
     HboneUsageError,
+    PeerLimitExceeded,
     PeerProtocolError,
     StreamNotWritable,
     UnknownStream,
@@ -37,8 +42,10 @@ from zt.hbone.events import (
     REASON_DRAIN_DEADLINE,
     REASON_DRAINED,
     REASON_IDLE,
+    REASON_LIMIT,
     REASON_PEER_GOAWAY,
     REASON_PING_TIMEOUT,
+    REASON_PREFACE_TIMEOUT,
     REASON_PROTOCOL_ERROR,
     REASON_TRANSPORT_CLOSED,
     ConnectionTerminated,
@@ -47,12 +54,21 @@ from zt.hbone.events import (
     DataReceived,
     Event,
     GoAwayReceived,
+    LimitHit,
     RequestRejected,
     StreamEnded,
     StreamReset,
     WindowOpened,
 )
+from zt.hbone.limits import (
+    PENDING_CONNECTS,
+    PREFACE_TIMEOUT,
+    RAPID_RESET,
+    FrameGuard,
+    RateBudget,
+)
 from zt.hbone.request import ConnectRequest, parse_response, response_headers
+from zt.hbone.settings import DEFAULT_WINDOW as DEFAULT_STREAM_WINDOW
 from zt.hbone.settings import HboneSettings
 from zt.hbone.streams import StreamRecord, StreamState, StreamTable
 from zt.hbone.timers import TimerAction, Timers
@@ -77,20 +93,49 @@ _h2_ahead = functools.partial(
 class HboneConnection:
     """Client or server side of one HBONE connection (see the package docstring for the contract)."""
 
-    def __init__(self, role: Role, *, now: float, settings: HboneSettings | None = None) -> None:
+    def __init__(
+        self,
+        role: Role,
+        *,
+        now: float,
+        settings: HboneSettings | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """`random_bytes(n)` makes PING payloads (injected so tests can predict them)."""
         if role not in ("client", "server"):
             raise HboneUsageError(f"role: got {role!r}, expected 'client' or 'server'")
         self.role: Role = role
         self.settings = settings or HboneSettings()
-        self._h2: HboneH2Connection = new_h2(role == "client", self.settings)
+        # How often the peer went past each limit (limits.py names); the frame guard shares it.
+        self.limit_hits: Counter[str] = Counter()
+        self._guard = FrameGuard(
+            max_header_block=self.settings.max_header_list_size,
+            control_frames_per_second=self.settings.control_frames_per_second,
+            settings_per_second=self.settings.settings_per_second,
+            now=now,
+            hits=self.limit_hits,
+        )
+        self._h2: HboneH2Connection = new_h2(role == "client", self.settings, self._guard)
         self._streams = StreamTable()
+        preface = self.settings.preface_timeout
         self._timers = Timers(
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
             idle_timeout=self.settings.idle_timeout,
             last_ping=now,
             idle_since=now,
+            preface_deadline=None if preface is None else now + preface,
+            random_bytes=random_bytes,
         )
+        # Server: CONNECTs not yet answered (each one a dial in flight in the adapter).
+        self._unanswered: set[int] = set()
+        self._premature_resets = RateBudget.per_second(
+            self.settings.max_premature_resets_per_second, now
+        )
+        # Per receive_data call: streams the same bytes also reset, WindowOpened already emitted.
+        self._reset_in_batch: set[int] = set()
+        self._unannounced: set[int] = set()  # requests of this batch skipped for that reason
+        self._opened: set[int | None] = set()
         self._now = now
         self._highest_seen = 0
         self._local_goaway: int | None = None
@@ -123,6 +168,25 @@ class HboneConnection:
         return min(
             self.settings.client_max_streams, self._h2.remote_settings.max_concurrent_streams
         )
+
+    @property
+    def pending_connects(self) -> int:
+        """Server: CONNECTs announced (ConnectRequested) and not yet answered nor reset."""
+        return len(self._unanswered)
+
+    @property
+    def input_pending(self) -> bool:
+        """The last receive_data stopped at `settings.max_frames_per_call` with received bytes
+        left: call `receive_data(b"", now)` again (after letting other work run)."""
+        if self.closed or self._guard.frames_left > 0:
+            return False
+        return getattr(self._h2.incoming_buffer, "pending_bytes", 0) >= 9
+
+    def connection_send_window(self) -> int:
+        """Bytes the connection-level send window allows now, on any stream."""
+        if self.closed:
+            return 0
+        return self._h2.outbound_flow_control_window
 
     @property
     def max_outbound_frame_size(self) -> int:
@@ -194,6 +258,7 @@ class HboneConnection:
         end = status != 200
         self._h2.send_headers(stream_id, response_headers(status, reason), end_stream=end)
         record.status = status
+        self._unanswered.discard(stream_id)
         if end:
             record.local_ended = True
             # A refused tunnel's early DATA will never be written upstream: return its window now.
@@ -315,6 +380,13 @@ class HboneConnection:
                 return self._terminate(REASON_PING_TIMEOUT, H2_NO_ERROR, None, goaway=True)
             elif action is TimerAction.IDLE_TIMEOUT:
                 return self._terminate(REASON_IDLE, H2_NO_ERROR, None, goaway=True)
+            elif action is TimerAction.PREFACE_TIMEOUT:
+                # RFC 9113 §3.4: an invalid (here: missing) preface is "a connection error [...]
+                # of type PROTOCOL_ERROR".
+                detail = f"no HTTP/2 preface and SETTINGS within {self.settings.preface_timeout} s"
+                return self._limit_terminate(
+                    PREFACE_TIMEOUT, detail, H2_PROTOCOL_ERROR, REASON_PREFACE_TIMEOUT
+                )
             else:
                 return self._terminate(REASON_DRAIN_DEADLINE, H2_NO_ERROR, None, goaway=True)
         return []
@@ -327,17 +399,30 @@ class HboneConnection:
         self._now = now
         if self.closed:
             return self._take_pending()
+        self._guard.now = now
+        self._guard.frames_left = self.settings.max_frames_per_call
         try:
             h2_events = self._h2.receive_data(data)
         except _PEER_ERRORS as exc:
-            code = getattr(exc, "error_code", None) or H2_PROTOCOL_ERROR
-            error = PeerProtocolError(f"peer broke HTTP/2: {exc}", int(code))
-            return self._terminate(REASON_PROTOCOL_ERROR, int(code), error, goaway=True)
+            code = int(getattr(exc, "error_code", None) or H2_PROTOCOL_ERROR)
+            limit = getattr(exc, "limit", None)
+            if limit is not None:  # a frame limit (limits.py): counted there, GOAWAY queued by h2
+                return self._limit_terminate(limit, str(exc), code, REASON_LIMIT, count=False)
+            error = PeerProtocolError(f"peer broke HTTP/2: {exc}", code)
+            return self._terminate(REASON_PROTOCOL_ERROR, code, error, goaway=True)
         events: list[Event] = []
+        # A CONNECT reset by the same bytes that opened it never reaches the adapter (no dial):
+        # one pass over the batch, so the rapid-reset pattern costs no task at all.
+        self._reset_in_batch = {
+            e.stream_id or 0 for e in h2_events if isinstance(e, h2.events.StreamReset)
+        }
+        self._opened.clear()
         for h2_event in h2_events:
             self._dispatch(h2_event, events)
             if self.closed:
                 break
+        self._reset_in_batch = set()
+        self._unannounced.clear()
         self._timers.streams_changed(self._streams.any_active(), now)
         events.extend(self._take_pending())
         return events
@@ -346,9 +431,12 @@ class HboneConnection:
         if isinstance(ev, h2.events.DataReceived):
             self._on_data(ev, out)
         elif isinstance(ev, h2.events.WindowUpdated):
-            opened = WindowOpened(ev.stream_id or None)
-            if opened not in out:
-                out.append(opened)
+            # One WindowOpened per stream per batch; a set, not a scan of `out` (which made a
+            # batch of interleaved 1-byte DATA and WINDOW_UPDATE frames quadratic).
+            key = ev.stream_id or None
+            if key not in self._opened:
+                self._opened.add(key)
+                out.append(WindowOpened(key))
         elif isinstance(ev, h2.events.RequestReceived):
             self._on_request(ev, out)
         elif isinstance(ev, h2.events.ResponseReceived):
@@ -360,11 +448,21 @@ class HboneConnection:
         elif isinstance(ev, h2.events.PingAckReceived):
             self._timers.ping_acked(ev.ping_data or b"", self._now)
         elif isinstance(ev, h2.events.RemoteSettingsChanged):
-            if SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
-                out.append(WindowOpened(None))
+            self._timers.preface_received()
+            self._on_settings(ev, out)
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self._on_goaway(ev, out)
         # Trailers, 1xx, PRIORITY, ALTSVC, unknown frames: nothing for a tunnel to do.
+
+    def _on_settings(self, ev: h2.events.RemoteSettingsChanged, out: list[Event]) -> None:
+        """Only a larger INITIAL_WINDOW_SIZE can let a waiting writer send (RFC 9113 §6.9.2: the
+        change adjusts every stream's window by the difference)."""
+        change = ev.changed_settings.get(SettingCodes.INITIAL_WINDOW_SIZE)
+        if change is None:
+            return
+        before = DEFAULT_STREAM_WINDOW if change.original_value is None else change.original_value
+        if change.new_value > before:
+            out.append(WindowOpened(None, all_streams=True))
 
     def _on_request(self, ev: h2.events.RequestReceived, out: list[Event]) -> None:
         stream_id = ev.stream_id or 0
@@ -383,6 +481,23 @@ class HboneConnection:
             with _h2_ahead():
                 self._h2.reset_stream(stream_id, H2_REFUSED_STREAM)
             return
+        if stream_id in self._reset_in_batch:
+            # Reset by the peer later in these same bytes: nothing to answer, nothing to dial. The
+            # record makes the reset below count as premature (rapid reset budget).
+            self._streams.add(stream_id)
+            self._unanswered.add(stream_id)
+            self._unannounced.add(stream_id)
+            return
+        if len(self._unanswered) >= self.settings.max_pending_connects:
+            # Dials in flight are capped per connection. RFC 9113 §8.7: REFUSED_STREAM "indicate[s]
+            # that the stream is being closed prior to any processing having occurred. Any
+            # request that was sent on the reset stream can be safely retried."
+            with _h2_ahead():
+                self._h2.reset_stream(stream_id, H2_REFUSED_STREAM)
+            self.limit_hits[PENDING_CONNECTS] += 1
+            detail = f"{len(self._unanswered)} CONNECTs already unanswered (max_pending_connects)"
+            out.append(LimitHit(PENDING_CONNECTS, detail, fatal=False))
+            return
         record = self._streams.add(stream_id)
         try:
             request = ConnectRequest.parse(ev.headers or [])
@@ -392,6 +507,7 @@ class HboneConnection:
                 self.respond(stream_id, err.http_status, err.reason)
             out.append(RequestRejected(stream_id, err.http_status, err))
             return
+        self._unanswered.add(stream_id)
         out.append(ConnectRequested(stream_id, request))
 
     def _on_response(self, ev: h2.events.ResponseReceived, out: list[Event]) -> None:
@@ -445,10 +561,19 @@ class HboneConnection:
         code = int(ev.error_code or 0)
         after_end = record.remote_ended
         refused = record.refused
+        premature = ev.remote_reset and record.stream_id in self._unanswered
+        announced = record.stream_id not in self._unannounced
         self._mark_reset(record, code)
-        if not refused:
+        if not refused and announced:
             out.append(StreamReset(record.stream_id, code, after_end, remote=ev.remote_reset))
         self._retire(record)
+        if premature and not self._premature_resets.take(self._now):
+            # CVE-2023-44487 ("rapid reset"): each CONNECT reset before its answer costs a dial.
+            rate = self.settings.max_premature_resets_per_second
+            detail = f"more than {rate:g} streams per second reset before their answer"
+            out.extend(
+                self._limit_terminate(RAPID_RESET, detail, H2_ENHANCE_YOUR_CALM, REASON_LIMIT)
+            )
 
     def _on_goaway(self, ev: h2.events.ConnectionTerminated, out: list[Event]) -> None:
         last = int(ev.last_stream_id or 0)
@@ -505,6 +630,7 @@ class HboneConnection:
         """Record a reset and return the stream's unacknowledged bytes to the connection window:
         the adapter drops them, so nobody would acknowledge them later."""
         record.reset_code = code
+        self._unanswered.discard(record.stream_id)
         self._release_unacked(record)
 
     def _release_unacked(self, record: StreamRecord) -> None:
@@ -534,9 +660,10 @@ class HboneConnection:
         for record in self._streams.live():
             if not record.finished:
                 after_end = record.remote_ended
-                refused = record.refused
+                # Refused, or never announced (reset in its own batch): the adapter has no stream.
+                untold = record.refused or record.stream_id in self._unannounced
                 self._mark_reset(record, H2_CONNECT_ERROR)
-                if not refused:
+                if not untold:
                     events.append(
                         StreamReset(record.stream_id, H2_CONNECT_ERROR, after_end, remote=False)
                     )
@@ -546,6 +673,18 @@ class HboneConnection:
         events.append(self._terminated)
         self._timers.idle_since = None
         return events
+
+    def _limit_terminate(
+        self, limit: str, detail: str, code: int, reason: str, *, count: bool = True
+    ) -> list[Event]:
+        """The peer went past a limit that ends the connection: GOAWAY(code), streams cut."""
+        if count:
+            self.limit_hits[limit] += 1
+        error = PeerLimitExceeded(limit, detail, code)
+        return [
+            LimitHit(limit, detail, fatal=True),
+            *self._terminate(reason, code, error, goaway=True),
+        ]
 
     def _take_pending(self) -> list[Event]:
         pending, self._pending = self._pending, []

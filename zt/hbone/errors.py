@@ -44,6 +44,7 @@ __all__ = [
     "ConnectionNotUsable",
     "HboneError",
     "HboneUsageError",
+    "PeerLimitExceeded",
     "PeerProtocolError",
     "PolicyDenied",
     "StreamNotWritable",
@@ -133,6 +134,18 @@ class PeerProtocolError(HboneError):
     def __init__(self, message: str, h2_code: int = H2_PROTOCOL_ERROR) -> None:
         self.code = h2_code
         super().__init__(message)
+
+
+class PeerLimitExceeded(PeerProtocolError):
+    """The peer went past one of the connection's limits (`limit`: a zt.hbone.limits name, e.g.
+    rapid_reset, header_block); the connection ended with GOAWAY(`code`)."""
+
+    h2_error_code = H2_ENHANCE_YOUR_CALM
+    reason = "limit_exceeded"
+
+    def __init__(self, limit: str, detail: str, h2_code: int = H2_ENHANCE_YOUR_CALM) -> None:
+        self.limit = limit
+        super().__init__(f"{limit}: {detail}", h2_code)
 
 
 class HboneUsageError(HboneError, UsageError):

@@ -82,9 +82,12 @@ class StreamReset:
 
 @dataclass(frozen=True, slots=True)
 class WindowOpened:
-    """Send window grew on `stream_id` (None: the connection or every stream): resume reading."""
+    """Send window grew on `stream_id` (None: on the connection): resume reading. `all_streams`:
+    a SETTINGS change grew every stream's window (RFC 9113 §6.9.2); only then may a writer
+    blocked on its own stream window send without a WINDOW_UPDATE of its own."""
 
     stream_id: int | None
+    all_streams: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,20 @@ class ConnectionTerminated:
     error: HboneError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LimitHit:
+    """The peer went past one of the connection's limits (a `zt.hbone.limits` name). `fatal`: the
+    connection ends (a ConnectionTerminated follows in the same list); else one stream was
+    refused. For logs and counters only: the core already acted."""
+
+    limit: str
+    detail: str
+    fatal: bool
+
+
 REASON_PROTOCOL_ERROR = "protocol_error"
+REASON_LIMIT = "limit_exceeded"
+REASON_PREFACE_TIMEOUT = "preface_timeout"
 REASON_PING_TIMEOUT = "ping_timeout"
 REASON_IDLE = "idle_timeout"
 REASON_DRAINED = "drained"
@@ -125,5 +141,6 @@ Event = (
     | StreamReset
     | WindowOpened
     | GoAwayReceived
+    | LimitHit
     | ConnectionTerminated
 )

@@ -34,12 +34,49 @@ class HboneSettings:
     max_frame_size: int = 1 * MiB
     client_max_streams: int = 100
     server_max_streams: int = 200
+    # Advertised SETTINGS_MAX_HEADER_LIST_SIZE, and the cap on a received header block's bytes
+    # (HEADERS + CONTINUATION) checked before any HPACK decoding: a CONNECT request is well
+    # under 1 KiB; Envoy's default max_request_headers_kb is 60.
     max_header_list_size: int = 64 * KiB
     ping_interval: float | None = 10.0
     ping_timeout: float = 20.0
     idle_timeout: float | None = 300.0
-    # Issue 8's inbound DATA fast path (zt/hbone/_inbound.py); False: h2 parses every frame.
+    # The inbound DATA fast path (zt/hbone/_inbound.py); False: h2 parses every frame (the frame
+    # limits of zt/hbone/limits.py apply either way).
     inbound_fast_path: bool = True
+    # -- limits against an abusive authenticated peer (zt/hbone/limits.py) -----------------------
+    # Time after the TLS handshake for the peer's HTTP/2 preface + SETTINGS (RFC 9113 §3.4: "This
+    # sequence MUST be followed by a SETTINGS frame"). A legitimate client sends both right after its
+    # handshake, in the same flight; the TLS handshake has its own deadline. A few seconds leave
+    # room for a loaded node, not for a peer that holds connections open while sending nothing.
+    preface_timeout: float | None = 5.0
+    # CONNECTs not yet answered (dials in flight) per connection; past it REFUSED_STREAM. zt's
+    # client opens at most 100 streams per connection, so a full legitimate client never hits it;
+    # a blackholed destination then costs at most this many sockets per connection.
+    max_pending_connects: int = 100
+    # Streams the peer resets before we answered them, per second (a token bucket holding one
+    # second's worth); past it GOAWAY(ENHANCE_YOUR_CALM): the CVE-2023-44487 "rapid reset"
+    # mitigation (Envoy's own fix closes connections whose premature resets dominate). A reset
+    # after our answer is an ordinary tunnel end and does not count.
+    max_premature_resets_per_second: float = 100.0
+    # PING, SETTINGS and PRIORITY frames per second (frames that make us reply or do nothing for
+    # a tunnel); past it GOAWAY(ENHANCE_YOUR_CALM). Envoy caps queued outbound control frames at
+    # 1000 (`max_outbound_control_frames`); zt itself sends one PING per ping_interval.
+    control_frames_per_second: float = 1000.0
+    # SETTINGS frames per second: a legitimate peer sends one or two per connection. Each change
+    # may wake writers, so these are rate-limited far below the other control frames.
+    settings_per_second: float = 10.0
+    # The adapter stops reading from a peer while more than this waits in the TLS write buffer
+    # (zt/proxy/driver.py): what the peer asks for (PING/SETTINGS ACKs, WINDOW_UPDATEs) is not
+    # queued without bound while it does not read. Twice the driver's 4 MiB high-water mark,
+    # where relays stop writing DATA (driver.py says why not at the mark itself).
+    write_buffer_limit: int = 8 * MiB
+    # Frames handled per receive_data call; the rest waits in the receive buffer for the next
+    # call (`HboneConnection.input_pending`). Tiny frames (1-byte DATA, WINDOW_UPDATEs) cost
+    # 10-20 µs each: a 256 KiB read of them would hold the event loop, and every other connection
+    # of the process, for a quarter of a second. 256 frames are a few ms; large DATA frames never
+    # come near it (256 x 16 KiB is 4 MiB).
+    max_frames_per_call: int = 256
 
     def __post_init__(self) -> None:
         _check_range("stream_window", self.stream_window, DEFAULT_WINDOW, MAX_WINDOW)
@@ -52,6 +89,22 @@ class HboneSettings:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"HboneSettings.{name}: got {value!r}, expected > 0 or None")
+        _check_range("max_pending_connects", self.max_pending_connects, 1, MAX_WINDOW)
+        _check_range("write_buffer_limit", self.write_buffer_limit, 4 * KiB, MAX_WINDOW)
+        _check_range("max_frames_per_call", self.max_frames_per_call, 1, MAX_WINDOW)
+        for name in (
+            "max_premature_resets_per_second",
+            "control_frames_per_second",
+            "settings_per_second",
+        ):
+            if not getattr(self, name) >= 1:
+                raise UsageError(
+                    f"HboneSettings.{name}: got {getattr(self, name)!r}, expected >= 1"
+                )
+        if self.preface_timeout is not None and not self.preface_timeout > 0:
+            raise UsageError(
+                f"HboneSettings.preface_timeout: got {self.preface_timeout!r}, expected > 0 or None"
+            )
         if not self.ping_timeout > 0:
             raise UsageError(f"HboneSettings.ping_timeout: got {self.ping_timeout!r}, expected > 0")
 

@@ -1,4 +1,4 @@
-"""Pure timer logic of a connection: PING keepalive, idle close, drain deadline.
+"""Pure timer logic of a connection: PING keepalive, idle close, drain deadline, preface deadline.
 
 DESIGN.md §2: "PING every 10 s, drop after 20 s without answer"; "idle connections close after 5
 min"; issue: "GOAWAY drain on shutdown with a deadline". Times are plain floats from the caller's
@@ -8,6 +8,8 @@ clock (sans-IO: the core never reads a clock).
 from __future__ import annotations
 
 import enum
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -16,6 +18,7 @@ class TimerAction(enum.Enum):
     PING_TIMEOUT = "ping_timeout"
     IDLE_TIMEOUT = "idle_timeout"
     DRAIN_DEADLINE = "drain_deadline"
+    PREFACE_TIMEOUT = "preface_timeout"
 
 
 @dataclass(slots=True)
@@ -28,8 +31,15 @@ class Timers:
     last_ping: float
     idle_since: float | None
     ping_outstanding_since: float | None = None
-    ping_counter: int = 0
     drain_deadline: float | None = None
+    # Until the peer's first SETTINGS (RFC 9113 §3.4: the preface "MUST be followed by a SETTINGS
+    # frame"): a TLS-authenticated peer that sends nothing must not hold the connection open.
+    preface_deadline: float | None = None
+    # The opaque data of the outstanding PING. RFC 9113 §6.7: the receiver "MUST send a PING frame
+    # with the ACK flag set [...] with an identical frame payload": an unpredictable payload means
+    # only a peer that read our PING can answer it (a counter can be guessed without reading).
+    ping_payload: bytes | None = None
+    random_bytes: Callable[[int], bytes] = os.urandom
 
     def next_deadline(self) -> float | None:
         candidates: list[float] = []
@@ -42,6 +52,8 @@ class Timers:
             candidates.append(idle_at)
         if self.drain_deadline is not None:
             candidates.append(self.drain_deadline)
+        if self.preface_deadline is not None:
+            candidates.append(self.preface_deadline)
         return min(candidates) if candidates else None
 
     def due(self, now: float) -> list[TimerAction]:
@@ -49,6 +61,8 @@ class Timers:
         actions: list[TimerAction] = []
         if self.drain_deadline is not None and now >= self.drain_deadline:
             actions.append(TimerAction.DRAIN_DEADLINE)
+        if self.preface_deadline is not None and now >= self.preface_deadline:
+            actions.append(TimerAction.PREFACE_TIMEOUT)
         if self.ping_outstanding_since is not None:
             if now >= self.ping_outstanding_since + self.ping_timeout:
                 actions.append(TimerAction.PING_TIMEOUT)
@@ -65,18 +79,22 @@ class Timers:
         return self.idle_since + self.idle_timeout
 
     def ping_sent(self, now: float) -> bytes:
-        """Record a PING sent now; returns its 8-byte opaque data."""
-        self.ping_counter += 1
+        """Record a PING sent now; returns its 8-byte opaque data (random, see `ping_payload`)."""
+        self.ping_payload = self.random_bytes(8)
         self.last_ping = now
         self.ping_outstanding_since = now
-        return self.ping_counter.to_bytes(8, "big")
+        return self.ping_payload
 
     def ping_acked(self, opaque: bytes, now: float) -> None:
-        """A PING ACK for our latest PING: the peer is alive (the next PING is due one interval
-        after the previous one was sent)."""
+        """A PING ACK: the peer is alive only when it echoes the outstanding PING's payload (the
+        next PING is due one interval after the previous one was sent)."""
         del now  # kept for symmetry with the other transitions; the interval runs from the send
-        if opaque == self.ping_counter.to_bytes(8, "big"):
+        if self.ping_payload is not None and opaque == self.ping_payload:
             self.ping_outstanding_since = None
+            self.ping_payload = None
+
+    def preface_received(self) -> None:
+        self.preface_deadline = None
 
     def streams_changed(self, active: int, now: float) -> None:
         """Idle clock runs only while no stream is active."""

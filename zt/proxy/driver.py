@@ -18,6 +18,7 @@ from zt.errors import H2_CANCEL, H2_CONNECT_ERROR, ZtError
 from zt.hbone import events as ev
 from zt.hbone.connection import HboneConnection
 from zt.hbone.errors import HboneError
+from zt.hbone.limits import WRITE_BUFFER
 from zt.hbone.request import ConnectRequest
 from zt.hbone.settings import HboneSettings
 from zt.identity.errors import RefusedByPeer
@@ -25,15 +26,26 @@ from zt.identity.handshake import tls_error
 from zt.identity.spiffe import SpiffeId
 from zt.proxy.errors import ConnectionLost, StreamResetError
 from zt.proxy.stream import HboneStream
+from zt.telemetry.ratelog import RateLimitedLogger
 
 log = logging.getLogger("zt.proxy.driver")
+# One line per (limit, peer) per interval: an abusive peer must not turn its frames into logs.
+limit_log = RateLimitedLogger(log)
 
 Role = Literal["client", "server"]
 # Write-buffer thresholds of the TLS transport: asyncio's 64 KiB default pauses the writer after
 # every 1 MiB DATA frame (issue 8: "reads and writes sized to match" 1 MiB frames).
 WRITE_HIGH = 4 * 1024 * 1024
 WRITE_LOW = 1024 * 1024
+# Reading from the peer stops while the write buffer holds more than
+# `HboneSettings.write_buffer_limit` (8 MiB), and resumes once it drained below the low-water mark.
+# Writers stop at the high-water mark (try_write/writable), so what grows the buffer beyond it are
+# replies the peer asks for (PING/SETTINGS ACKs, WINDOW_UPDATEs) without reading ours. Not at the
+# high-water mark itself: two zt nodes bulk-sending both ways can both be above it at once, and
+# if both stopped reading, neither buffer would ever drain.
 CLOSE_GRACE = 1.0  # seconds a closing connection gets to flush its GOAWAY before an abort
+# Connections ended for abuse (a limit, no preface) are aborted at once, with no CLOSE_GRACE.
+_NO_GRACE = frozenset({ev.REASON_LIMIT, ev.REASON_PREFACE_TIMEOUT})
 # Checks the TLS peer once the handshake is done; returns its identity or raises a ZtError.
 PeerCheck = Callable[[ssl.SSLObject | None], SpiffeId]
 
@@ -49,7 +61,10 @@ class HboneDriver(asyncio.Protocol):
         peer_check: PeerCheck | None = None,
         on_request: Callable[[HboneStream], None] | None = None,
         clock: Callable[[], float] | None = None,
+        on_limit: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_limit(name)` is called each time the peer goes past a limit (zt/hbone/limits.py
+        names): the server aggregates them into counters."""
         self.role = role
         self.loop = asyncio.get_running_loop()
         self.settings = settings or HboneSettings()
@@ -72,12 +87,26 @@ class HboneDriver(asyncio.Protocol):
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._corked = False  # writes wait for uncork() (see cork())
+        self._on_limit = on_limit
+        self.reading_paused = False  # see write_buffer_limit (next to WRITE_HIGH)
+        self._transport_reading = True
+        # The core stopped at its frames-per-call budget: the rest is handled in a later
+        # iteration of the loop, with reading paused meanwhile (other connections run between).
+        self._continuing = False
+        # Streams whose last send was cut short by flow control, in the order they blocked (a
+        # dict as an ordered set): blocked on the connection window, or on their own stream
+        # window. A WINDOW_UPDATE wakes only those that can now send.
+        self._conn_blocked: dict[int, None] = {}
+        self._stream_blocked: set[int] = set()
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        # A write_buffer_limit under WRITE_HIGH lowers the marks too: reading resumes only from
+        # resume_writing, which needs a pause_writing before it.
+        high = min(WRITE_HIGH, self.settings.write_buffer_limit)
+        self.transport.set_write_buffer_limits(high=high, low=min(WRITE_LOW, high // 4))
         try:
             if self._peer_check is not None:
                 self.peer = self._peer_check(transport.get_extra_info("ssl_object"))
@@ -98,8 +127,24 @@ class HboneDriver(asyncio.Protocol):
             # Client: the server's first bytes (its SETTINGS) prove it accepted our certificate;
             # in TLS 1.3 a refusal of the client certificate only shows up after the handshake.
             self.ready.set_result(self.peer)
+        self._receive(data)
+        if self._more_input() and not self._continuing:
+            self._continuing = True
+            self.loop.call_soon(self._continue_input)
+        self._sync_reading()
+
+    def _continue_input(self) -> None:
+        """The next `max_frames_per_call` frames of what was already received."""
+        self._continuing = False
+        self.data_received(b"")
+
+    def _more_input(self) -> bool:
+        return self.core is not None and not self.closed.done() and self.core.input_pending
+
+    def _receive(self, data: bytes) -> None:
+        assert self.core is not None
         # Cork: what the events cause (answers, WINDOW_UPDATEs, relayed END_STREAMs) leaves in one
-        # write below, i.e. one TLS record and one send instead of one per action (issue 8).
+        # write below, i.e. one TLS record and one send instead of one per action.
         corked = self.cork()
         try:
             self._handle(self.core.receive_data(data, self.clock()))
@@ -107,11 +152,27 @@ class HboneDriver(asyncio.Protocol):
             if corked:
                 self.uncork()
         self._arm_timer()
+        self._check_write_buffer()
+
+    def _sync_reading(self) -> None:
+        """Read from the transport unless the write buffer is over its limit or a backlog waits."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        want = not self.reading_paused and not self._more_input()
+        if want != self._transport_reading:
+            self._transport_reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: HTTP/2 has no half-closed connection
 
     def connection_lost(self, exc: Exception | None) -> None:
+        while self._more_input():  # what the peer sent before it closed still counts
+            self._receive(b"")
         if not self.ready.done():
             self._fail_ready(self._refusal(exc))
         if self.core is not None and not self.closed.done():
@@ -136,12 +197,37 @@ class HboneDriver(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self._resumed.set()
+        if self.reading_paused:
+            self.reading_paused = False
+            self._sync_reading()
         # Callback-driven writers wait for this too. Each may refill the buffer, so start one
         # stream further every time: the first streams must not take every resume.
         streams = list(self.streams.values())
         self._wake_turn = (self._wake_turn + 1) % max(len(streams), 1)
         for stream in streams[self._wake_turn :] + streams[: self._wake_turn]:
             stream._wake_writer()
+
+    def _check_write_buffer(self) -> None:
+        """Stop reading while the peer does not read what it asked for (see WRITE_HIGH): its
+        PINGs and SETTINGS then wait in the kernel, unanswered, and the ping timeout ends it."""
+        transport = self.transport
+        if not self._paused or self.reading_paused or transport is None:
+            return
+        limit = self.settings.write_buffer_limit
+        if transport.is_closing() or transport.get_write_buffer_size() <= limit:
+            return
+        self.reading_paused = True
+        self._sync_reading()
+        self._limit_hit(WRITE_BUFFER, f"write buffer over {limit} bytes: reading paused")
+
+    def _limit_hit(self, limit: str, detail: str) -> None:
+        peer = self.peer if self.peer is not None else "?"
+        address = self.transport.get_extra_info("peername") if self.transport else None
+        limit_log.warning(
+            f"{limit}:{peer}", "HBONE peer %s at %s: %s limit: %s", peer, address, limit, detail
+        )
+        if self._on_limit is not None:
+            self._on_limit(limit)
 
     # -- used by HboneStream ----------------------------------------------------------------
     @property
@@ -167,6 +253,17 @@ class HboneDriver(asyncio.Protocol):
 
     def send_window(self, stream_id: int) -> int:
         return self._core_or_raise().send_window(stream_id)
+
+    def blocked(self, stream_id: int) -> None:
+        """A send on `stream_id` was cut short by flow control: wake it when it can send."""
+        core = self.core
+        if core is None or stream_id not in self.streams:
+            return
+        if core.connection_send_window() <= 0:
+            self._conn_blocked.pop(stream_id, None)  # to the end of the queue
+            self._conn_blocked[stream_id] = None
+        else:
+            self._stream_blocked.add(stream_id)
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         if self.core is None or self.transport is None:
@@ -228,6 +325,7 @@ class HboneDriver(asyncio.Protocol):
         if stream.was_reset is not None:
             raise stream.was_reset
         core.respond(stream.stream_id, status, reason)
+        stream.answered = True
         if status != 200:
             stream.local_ended = True
             stream._feed_eof()
@@ -300,8 +398,8 @@ class HboneDriver(asyncio.Protocol):
             match event:
                 case ev.DataReceived(stream_id, data, flow_controlled):
                     self._on_data(stream_id, data, flow_controlled)
-                case ev.WindowOpened(stream_id):
-                    self._on_window(stream_id)
+                case ev.WindowOpened(stream_id, all_streams):
+                    self._on_window(stream_id, all_streams)
                 case ev.ConnectRequested(stream_id, request):
                     self._on_connect(stream_id, request)
                 case ev.ConnectResponded(stream_id, status, reason):
@@ -315,13 +413,22 @@ class HboneDriver(asyncio.Protocol):
                 case ev.ConnectionTerminated(reason):
                     self._write_out()  # the GOAWAY, even while corked: close() follows
                     self.close_reason = reason
-                    if self.transport is not None:
+                    if self.transport is None:
+                        pass
+                    elif reason in _NO_GRACE:
+                        # An abusive peer gets no grace: during a TLS close the transport keeps
+                        # reading whatever it sends (measured: ~0.7 MB per refused connection).
+                        # The GOAWAY went to the socket in the write above.
+                        self.transport.abort()
+                    else:
                         self.transport.close()  # close after the queued GOAWAY is written...
                         # ...unless the peer stopped reading (a ping timeout): then cut it.
                         self.loop.call_later(CLOSE_GRACE, self.transport.abort)
                     self._terminate(reason)
                 case ev.RequestRejected(stream_id, status, error):
                     log.info("rejected stream %d: %d %s", stream_id, status, error)
+                case ev.LimitHit(limit, detail):
+                    self._limit_hit(limit, detail)
 
     def _on_data(self, stream_id: int, data: bytes | memoryview, flow_controlled: int) -> None:
         stream = self.streams.get(stream_id)
@@ -330,12 +437,33 @@ class HboneDriver(asyncio.Protocol):
             return
         stream._feed(data, flow_controlled)
 
-    def _on_window(self, stream_id: int | None) -> None:
-        if stream_id is None:
-            for stream in list(self.streams.values()):
-                stream._wake_writer()
-        elif (one := self.streams.get(stream_id)) is not None:
-            one._wake_writer()
+    def _on_window(self, stream_id: int | None, all_streams: bool = False) -> None:
+        """Wake the writers that can now send, and only those: the work per WINDOW_UPDATE or
+        SETTINGS does not grow with the number of streams that cannot."""
+        if stream_id is not None:
+            self._conn_blocked.pop(stream_id, None)
+            self._stream_blocked.discard(stream_id)
+            if (one := self.streams.get(stream_id)) is not None:
+                one._wake_writer()
+            return
+        if all_streams:  # a SETTINGS change (rate-limited by the core)
+            waiting, self._stream_blocked = self._stream_blocked, set()
+            for blocked_id in waiting:
+                self._conn_blocked[blocked_id] = None
+        self._wake_connection_blocked()
+
+    def _wake_connection_blocked(self) -> None:
+        core = self.core
+        while self._conn_blocked and core is not None and core.connection_send_window() > 0:
+            stream_id = next(iter(self._conn_blocked))
+            del self._conn_blocked[stream_id]
+            stream = self.streams.get(stream_id)
+            if stream is None:
+                continue
+            if core.send_window(stream_id) > 0:
+                stream._wake_writer()  # a callback writer sends now, spending the window
+            else:
+                self._stream_blocked.add(stream_id)  # its own window is the limit now
 
     def _on_connect(self, stream_id: int, request: ConnectRequest) -> None:
         stream = HboneStream(self, stream_id, request)
@@ -364,6 +492,10 @@ class HboneDriver(asyncio.Protocol):
         stream = self.streams.get(event.stream_id)
         if stream is None:
             return
+        if not stream.answered:
+            # Reset before we answered (by the peer, or with its connection): stop the admission
+            # and dial serving it (CVE-2023-44487: a reset CONNECT must not keep costing a dial).
+            stream._cancel_service()
         if event.is_eof:
             stream._feed_eof()  # RST(NO_ERROR/CANCEL) after END_STREAM is EOF (DESIGN.md §2)
             stream.local_ended = True
@@ -386,6 +518,8 @@ class HboneDriver(asyncio.Protocol):
             self._forget(stream_id)
 
     def _forget(self, stream_id: int) -> None:
+        self._conn_blocked.pop(stream_id, None)
+        self._stream_blocked.discard(stream_id)
         if self.streams.pop(stream_id, None) is not None and not self.streams:
             self.idle_since = self.clock()
 
@@ -397,8 +531,12 @@ class HboneDriver(asyncio.Protocol):
             self._fail_ready(ConnectionLost(reason))
         lost = ConnectionLost(reason)
         for stream in list(self.streams.values()):
+            if not stream.answered:
+                stream._cancel_service()  # nobody is left to answer
             stream._feed_reset(H2_CONNECT_ERROR, lost)
         self.streams.clear()
+        self._conn_blocked.clear()
+        self._stream_blocked.clear()
         self._resumed.set()
         if not self.closed.done():
             self.close_reason = self.close_reason or reason

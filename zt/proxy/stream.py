@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zt.errors import H2_CANCEL
 from zt.hbone.request import ConnectRequest
@@ -60,6 +60,21 @@ class HboneStream:
         self.local_ended = False
         self.bytes_in = 0
         self.bytes_out = 0
+        self.answered = False  # server: respond() was called (the driver sets it)
+        self._service: asyncio.Future[Any] | None = None
+
+    def serve_with(self, task: asyncio.Future[Any]) -> None:
+        """Server: `task` serves this CONNECT (admission, dial, answer). The driver cancels it
+        when the peer resets the stream, or the connection ends, before it was answered: a
+        reset CONNECT stops costing a dial (CVE-2023-44487, "rapid reset")."""
+        self._service = task
+        if self._reset is not None and not self.answered:
+            task.cancel()
+
+    def _cancel_service(self) -> None:
+        if self._service is not None:
+            self._service.cancel()
+            self._service = None
 
     # -- called by the driver ---------------------------------------------------------------
     def _feed(self, data: bytes | memoryview, flow_controlled: int) -> None:
@@ -69,6 +84,11 @@ class HboneStream:
             self.bytes_in += len(data)
             sink.stream_data(data)
             return
+        if type(data) is memoryview:
+            # A view pins its whole received chunk (up to PIN_RATIO x the payload, _inbound.py),
+            # and queued data may wait a whole dial for its reader: keep only the payload, so
+            # the stream window bounds this queue's memory, not just its length.
+            data = data.tobytes()
         self._chunks.append((data, flow_controlled))
         self._readable.set()
 
@@ -133,6 +153,8 @@ class HboneStream:
             self._feed_reset(exc.code, exc)
             raise
         self.bytes_out += sent
+        if sent < len(data) and not self.driver.write_paused:
+            self.driver.blocked(self.stream_id)  # flow control: `stream_writable` when it opens
         return sent
 
     @property
@@ -186,6 +208,7 @@ class HboneStream:
                 # Windows closed: wait for WindowOpened (no await between the send and the clear,
                 # so a window update cannot slip in unseen).
                 self._writable.clear()
+                self.driver.blocked(self.stream_id)
                 await self._writable.wait()
 
     def write_eof(self) -> None:

@@ -122,7 +122,7 @@ def test_peer_growing_initial_window_wakes_senders() -> None:
     assert pair.client.send_window(sid) == 0
     grow = SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 5 * MiB})
     events = pair.client.receive_data(grow.serialize(), 0.0)
-    assert events == [WindowOpened(None)]
+    assert events == [WindowOpened(None, all_streams=True)]
     assert pair.client.send_window(sid) == 1 * MiB
 
 
