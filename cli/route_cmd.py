@@ -12,7 +12,7 @@ from cli._common import reports_errors
 from zt.addr import SocketAddr
 from zt.config import load_file
 from zt.errors import NotFoundError
-from zt.state import route
+from zt.state import own_ips, route
 
 
 @reports_errors
@@ -27,5 +27,8 @@ def command(
     source = snapshot.by_uid.get(src)
     if source is None:
         raise NotFoundError(f"--src: got {src!r}, expected the uid of a workload in {config}")
-    decided = route(SocketAddr.parse(dst, field="--dst"), source, snapshot, seed=seed)
+    # zt's ports are refused towards loopback and towards the source node's own pods, where zt
+    # listens (the loop guard): the same addresses the node passes.
+    own = own_ips(snapshot, source.node)
+    decided = route(SocketAddr.parse(dst, field="--dst"), source, snapshot, seed=seed, own_ips=own)
     typer.echo(json.dumps(decided.to_dict(), indent=2))

@@ -1,5 +1,5 @@
 """Outbound (:15001): a captured app connection -> route() -> HBONE tunnel, plain TCP or
-passthrough, every upstream socket marked and made inside the pod's netns (DESIGN.md §5, §6)."""
+passthrough, every upstream socket marked and made inside the pod's netns (docs/design.md §5, §6)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from zt.addr import SocketAddr, from_sockaddr, unmap
+from zt.addr import IpAddress, SocketAddr, from_sockaddr, unmap
 from zt.errors import ZtError
 from zt.hbone.request import ConnectRequest, new_traceparent
 from zt.identity.spiffe import SpiffeId
+from zt.node.inbound import count_loop_guard
 from zt.node.services import FLAG_NO_ROUTE, FLAG_UPSTREAM_FAILURE, STATUS_FLAGS
 from zt.proxy.errors import TunnelRefused
 from zt.proxy.pool import PoolKey
 from zt.proxy.relay import relay, reset_tcp
 from zt.proxy.splice import splice
-from zt.state import Route, RouteKind, Workload, route
+from zt.state import Route, RouteKind, Snapshot, Workload, own_ips, route
 from zt.telemetry.connections import ConnectionInfo, ConnectionReport, Peer
 
 if TYPE_CHECKING:
@@ -27,10 +28,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zt.node.outbound")
 
+# own_ips() of the newest snapshot, for the node it was computed for: O(workloads) once per
+# snapshot instead of once per connection (snapshots are replaced, never changed).
+_own: tuple[Snapshot, str, frozenset[IpAddress]] | None = None
 
-def _info(pod: PodProxy, source: Workload, app: SocketAddr, decided: Route) -> ConnectionInfo:
+
+def _own_ips(snapshot: Snapshot, node: str) -> frozenset[IpAddress]:
+    global _own  # noqa: PLW0603 - a one-entry cache, replaced whole
+    if _own is None or _own[0] is not snapshot or _own[1] != node:
+        _own = (snapshot, node, own_ips(snapshot, node))
+    return _own[2]
+
+
+def _info(
+    pod: PodProxy, source: Workload, app: SocketAddr, decided: Route, destination: SocketAddr
+) -> ConnectionInfo:
     dst = pod.services.store.current.by_uid.get(decided.destination_workload or "")
-    target = decided.authority or decided.next_hop
+    target = decided.authority or decided.next_hop or destination  # refused: what the app asked
     hbone = decided.kind is RouteKind.HBONE
     return ConnectionInfo(
         direction="outbound",
@@ -131,20 +145,31 @@ async def forward(
     destination: SocketAddr,
     *,
     announce: Callable[[bool], None] | None = None,
+    listener: str = "outbound",
 ) -> None:
-    """Route an app connection to `destination` and carry it there."""
+    """Route an app connection to `destination` and carry it there. `listener` (outbound,
+    socks5) labels the loop guard's counter."""
     snapshot = pod.services.store.current
     source = snapshot.by_uid.get(pod.uid)
     if source is None:
         log.warning("pod %s left the config; dropping its connection to %s", pod.uid, destination)
         reset_tcp(writer)
         return
-    decided = route(destination, source, snapshot, seed=random.getrandbits(32))
-    report = ConnectionReport(pod.services.telemetry, _info(pod, source, app, decided))
+    decided = route(
+        destination,
+        source,
+        snapshot,
+        seed=random.getrandbits(32),
+        own_ips=_own_ips(snapshot, pod.services.node),
+        illegal_ports=pod.services.illegal_ports,
+    )
+    report = ConnectionReport(pod.services.telemetry, _info(pod, source, app, decided, destination))
     flow = _Outbound(pod, app, source, decided, reader, writer, report)
     if announce is not None:
         flow.announce = announce
     if decided.kind is RouteKind.REFUSED:
+        if decided.loop_guard:
+            count_loop_guard(pod, listener, decided.reason)
         flow.refuse(FLAG_NO_ROUTE, decided.reason)
     elif decided.kind is RouteKind.HBONE:
         await flow.via_hbone()

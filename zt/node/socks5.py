@@ -1,4 +1,4 @@
-"""SOCKS5 CONNECT (RFC 1928), sans-IO: lets tools without capture use the mesh (DESIGN.md §1:
+"""SOCKS5 CONNECT (RFC 1928), sans-IO: lets tools without capture use the mesh (docs/design.md §1:
 "15080 SOCKS5 outbound (optional, off by default, 127.0.0.1)").
 
 Only what a mesh needs: method 0x00 (no authentication), CMD 0x01 (CONNECT), IPv4 and IPv6
@@ -142,4 +142,6 @@ async def handle(pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.St
     def announce(ok: bool) -> None:
         writer.write(reply(REP_OK if ok else REP_HOST_UNREACHABLE))
 
-    await outbound.forward(pod, reader, writer, app, command.destination, announce=announce)
+    await outbound.forward(
+        pod, reader, writer, app, command.destination, announce=announce, listener="socks5"
+    )

@@ -1,24 +1,50 @@
 """The mesh's state: frozen domain objects, the indexed snapshot, and the pure decisions on it."""
 
 from zt.state.authz import Connection, Decision, authorize
+from zt.state.loopguard import (
+    DEFAULT_ILLEGAL_PORTS,
+    AllowList,
+    AllowRule,
+    DestinationNotAllowed,
+    LoopGuardRefused,
+    Refusal,
+    StandaloneGuard,
+    check_inbound,
+    check_outbound,
+    illegal_ports,
+    own_ips,
+    parse_allow,
+)
 from zt.state.model import Action, Health, Policy, Protocol, Scope, Service, Workload
 from zt.state.route import Route, RouteKind, route
 from zt.state.snapshot import EMPTY_SNAPSHOT, Snapshot
 
 __all__ = [
+    "DEFAULT_ILLEGAL_PORTS",
     "EMPTY_SNAPSHOT",
     "Action",
+    "AllowList",
+    "AllowRule",
     "Connection",
     "Decision",
+    "DestinationNotAllowed",
     "Health",
+    "LoopGuardRefused",
     "Policy",
     "Protocol",
+    "Refusal",
     "Route",
     "RouteKind",
     "Scope",
     "Service",
     "Snapshot",
+    "StandaloneGuard",
     "Workload",
     "authorize",
+    "check_inbound",
+    "check_outbound",
+    "illegal_ports",
+    "own_ips",
+    "parse_allow",
     "route",
 ]

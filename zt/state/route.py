@@ -3,7 +3,9 @@
 It returns data; the proxy acts on it. Service VIP -> a healthy endpoint (deterministic for a seed)
 with the service port translated to the target port; an HBONE workload -> a tunnel to
 `<pod ip>:15008` with authority `<pod ip>:<target port>`; a TCP workload -> plain TCP; an address
-outside the mesh -> passthrough; the proxy's own ports as a destination -> refused (loop guard).
+outside the mesh -> passthrough. The loop guard (zt/state/loopguard.py) refuses zt's own ports,
+but only on loopback and on zt's own addresses (the pods this node serves), as ztunnel does: another
+host's :15008 as an app destination is carried like any port (its inbound answers 400).
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ import random
 from dataclasses import dataclass
 
 from zt.addr import IpAddress, SocketAddr
+from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS, check_outbound
 from zt.state.model import Protocol, Service, Workload
 from zt.state.snapshot import Snapshot
 
 HBONE_PORT = 15008
-# DESIGN.md §1: "Traffic addressed to 15001/15006/15008 as a *destination* is refused (loop guard)."
-PROXY_PORTS = frozenset({15001, 15006, HBONE_PORT})
 
 
 class RouteKind(enum.Enum):
@@ -38,6 +39,7 @@ class Route:
     reason: str
     destination_workload: str | None = None  # uid
     service: str | None = None  # "<ns>/<hostname>"
+    loop_guard: bool = False  # REFUSED because the destination is zt itself
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -51,8 +53,8 @@ class Route:
         }
 
 
-def _refused(reason: str, service: str | None = None) -> Route:
-    return Route(RouteKind.REFUSED, None, None, (), reason, service=service)
+def _refused(reason: str, service: str | None = None, *, loop_guard: bool = False) -> Route:
+    return Route(RouteKind.REFUSED, None, None, (), reason, service=service, loop_guard=loop_guard)
 
 
 def _pick_ip(workload: Workload, like: IpAddress) -> IpAddress:
@@ -101,12 +103,33 @@ def _via_service(
 
 
 def route(
-    original_destination: SocketAddr, source: Workload, snapshot: Snapshot, *, seed: int = 0
+    original_destination: SocketAddr,
+    source: Workload,
+    snapshot: Snapshot,
+    *,
+    seed: int = 0,
+    own_ips: frozenset[IpAddress] = frozenset(),
+    illegal_ports: frozenset[int] = DEFAULT_ILLEGAL_PORTS,
 ) -> Route:
-    """Decide how the source workload's connection to `original_destination` leaves the node."""
+    """Decide how the source workload's connection to `original_destination` leaves the node.
+
+    `own_ips`: the addresses zt listens on (the IPs of the pods this node serves); with loopback,
+    the only places where `illegal_ports` are refused."""
     dst = original_destination
-    if dst.port in PROXY_PORTS:
-        return _refused(f"destination port {dst.port} is a zt proxy port (loop guard)")
+    refusal = check_outbound(dst, own_ips, illegal_ports)
+    if refusal is not None:
+        return _refused(str(refusal), loop_guard=True)
+    decided = _decide(dst, source, snapshot, seed)
+    # A service may translate its port to one of zt's on a pod of this node: check where it lands
+    # (for HBONE the authority; the next hop is then the pod's :15008, which is meant).
+    final = decided.authority or decided.next_hop
+    refusal = None if final is None else check_outbound(final, own_ips, illegal_ports)
+    if refusal is not None:
+        return _refused(str(refusal), decided.service, loop_guard=True)
+    return decided
+
+
+def _decide(dst: SocketAddr, source: Workload, snapshot: Snapshot, seed: int) -> Route:
     service = snapshot.service_by_vip.get((source.network, dst.ip))
     if service is not None:
         return _via_service(service, dst, source, snapshot, seed)

@@ -109,12 +109,23 @@ def test_route_vip_json() -> None:
 def test_route_kinds() -> None:
     kinds = {
         dst: json.loads(_route("--src", "default/pod-a1", "--dst", dst)[1])["kind"]
-        for dst in ("10.2.0.10:5432", "192.0.2.1:443", "10.2.0.2:15008", "[fd00:2::2]:9")
+        for dst in (
+            "10.2.0.10:5432",
+            "192.0.2.1:443",
+            "10.2.0.2:15008",
+            "10.1.0.3:15008",
+            "127.0.0.1:15000",
+            "[fd00:2::2]:9",
+        )
     }
     assert kinds == {
         "10.2.0.10:5432": "tcp",
         "192.0.2.1:443": "passthrough",
-        "10.2.0.2:15008": "refused",
+        # loop guard: zt's ports are refused towards loopback and this node's own pods only; a
+        # remote pod's :15008 is a tunnel whose authority the remote zt answers with 400
+        "10.2.0.2:15008": "hbone",
+        "10.1.0.3:15008": "refused",
+        "127.0.0.1:15000": "refused",
         "[fd00:2::2]:9": "hbone",
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -51,11 +52,54 @@ def _route(snapshot: Snapshot, dst: str, src: str = "src", seed: int = 0) -> Any
     return route(SocketAddr.parse(dst), snapshot.by_uid[src], snapshot, seed=seed)
 
 
-@pytest.mark.parametrize("port", [15001, 15006, 15008])
-def test_proxy_ports_are_refused(port: int) -> None:
+ZT_PORTS = [15001, 15006, 15008, 15080, 15020, 15021, 15000, 15053]
+
+
+@pytest.mark.parametrize("port", ZT_PORTS)
+@pytest.mark.parametrize("dst", ["127.0.0.1", "[::1]", "10.1.0.2", "10.2.0.2"])
+def test_zt_ports_on_loopback_and_own_addresses_are_refused(port: int, dst: str) -> None:
+    own = frozenset({ipaddress.ip_address("10.1.0.2"), ipaddress.ip_address("10.2.0.2")})
+    snapshot = _mesh()
+    r = route(SocketAddr.parse(f"{dst}:{port}"), snapshot.by_uid["src"], snapshot, own_ips=own)
+    assert r.kind is RouteKind.REFUSED and r.loop_guard
+    assert "loop guard" in r.reason and f":{port}" in r.reason
+
+
+@pytest.mark.parametrize("port", ZT_PORTS)
+def test_zt_ports_of_a_remote_workload_are_carried_over_hbone(port: int) -> None:
+    """Not refused here: the remote inbound answers 400 for its own port (ztunnel does the same)."""
     r = _route(_mesh(), f"10.2.0.2:{port}")
-    assert r.kind is RouteKind.REFUSED
-    assert "loop guard" in r.reason
+    assert (r.kind, str(r.next_hop), str(r.authority)) == (
+        RouteKind.HBONE,
+        "10.2.0.2:15008",
+        f"10.2.0.2:{port}",
+    )
+    assert not r.loop_guard
+
+
+def test_zt_ports_outside_the_mesh_pass_through() -> None:
+    r = _route(_mesh(), "192.0.2.1:15008")
+    assert r.kind is RouteKind.PASSTHROUGH
+
+
+def test_a_service_port_translated_to_a_zt_port_on_an_own_pod_is_refused() -> None:
+    workloads = [_w("src", "10.1.0.2"), _w("b1", "10.2.0.2", services={SVC: {80: 15006, 443: 1}})]
+    snapshot = _mesh(workloads=workloads)
+    own = frozenset({ipaddress.ip_address("10.2.0.2")})
+    dst = SocketAddr.parse("10.96.0.10:80")
+    r = route(dst, snapshot.by_uid["src"], snapshot, own_ips=own)
+    assert r.kind is RouteKind.REFUSED and r.loop_guard
+    assert r.service == SVC and "10.2.0.2:15006" in r.reason
+    assert route(dst, snapshot.by_uid["src"], snapshot).kind is RouteKind.HBONE  # remote pod
+
+
+def test_a_configured_port_is_refused_on_loopback() -> None:
+    snapshot = _mesh()
+    src = snapshot.by_uid["src"]
+    dst = SocketAddr.parse("127.0.0.1:9090")
+    assert route(dst, src, snapshot).kind is RouteKind.PASSTHROUGH
+    r = route(dst, src, snapshot, illegal_ports=frozenset({9090}))
+    assert r.kind is RouteKind.REFUSED and r.loop_guard
 
 
 def test_vip_goes_to_an_endpoint_with_target_port_over_hbone() -> None:
