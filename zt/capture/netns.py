@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from zt.capture.bpfsys import setns
 from zt.capture.errors import PodSpecError
 from zt.capture.maps import ZT_MARK
+from zt.sockopt import set_keepalive
 
 T = TypeVar("T")
 
@@ -92,10 +93,15 @@ def iproute_in(netns: str | Path) -> Iterator[IPRoute]:
 def marked_socket(
     family: int = socket.AF_INET6, *, transparent: bool = False, kind: int = socket.SOCK_STREAM
 ) -> socket.socket:
-    """A socket with SO_MARK 0x539 (in the calling thread's netns); optionally IP_TRANSPARENT."""
+    """A socket with SO_MARK 0x539 (in the calling thread's netns); optionally IP_TRANSPARENT.
+    A TCP socket also gets keepalive (zt/sockopt.py `KEEPALIVE`, ztunnel's timings): an
+    upstream or app that vanished without a FIN or RST must not hold the relay's fds for ever;
+    a listener passes the same options on to the sockets it accepts."""
     sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZT_MARK)
+        if kind == socket.SOCK_STREAM:
+            set_keepalive(sock)
         if transparent:
             if family == socket.AF_INET:
                 sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)

@@ -28,6 +28,11 @@ def _enter(path: Path) -> None:
         os.close(fd)
 
 
+def _close_made(made: asyncio.Future[socket.socket]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        made.result().close()
+
+
 class PodNet:
     def __init__(self, netns: str | Path) -> None:
         self.path = netns_path(netns)
@@ -81,7 +86,14 @@ class PodNet:
         """A marked TCP connection from inside the pod to `target` (raises OSError/TimeoutError)."""
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if target.ip.version == 6 else socket.AF_INET
-        sock = await loop.run_in_executor(self._thread, marked_socket, family)
+        made = loop.run_in_executor(self._thread, marked_socket, family)
+        try:
+            sock = await asyncio.shield(made)
+        except asyncio.CancelledError:
+            # Cancelled (the peer reset the stream) while the pod's thread makes the socket:
+            # close it when it arrives rather than leave the fd to the garbage collector.
+            made.add_done_callback(_close_made)
+            raise
         try:
             sock.setblocking(False)
             async with asyncio.timeout(timeout):

@@ -14,6 +14,7 @@ from zt.identity.handshake import tls_error
 from zt.proxy.driver import HboneDriver, PeerCheck
 from zt.proxy.errors import DialFailed, TunnelRefused
 from zt.proxy.stream import HboneStream
+from zt.sockopt import set_keepalive
 
 DIAL_TIMEOUT = 10.0  # DESIGN.md §2: "upstream unreachable (10 s dial timeout)"
 
@@ -43,9 +44,13 @@ async def dial(
                     factory, sock=sock, ssl=context, server_hostname=""
                 )
             else:
-                _, driver = await loop.create_connection(
+                transport, driver = await loop.create_connection(
                     factory, str(target.ip), target.port, ssl=context, server_hostname=""
                 )
+                # A socket made for us (`sock`) has keepalive already (zt/capture/netns.py).
+                raw = transport.get_extra_info("socket")
+                if raw is not None:
+                    set_keepalive(raw)
             await driver.ready
     except TimeoutError:
         raise DialFailed(str(target), f"no TLS connection within {timeout:g} s") from None
