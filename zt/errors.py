@@ -12,6 +12,7 @@ zt/hbone/errors.py, zt/capture/errors.py); they all derive from the classes here
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -41,6 +42,31 @@ class UsageError(ZtError):
     exit_code = 2
 
 
+# A rejected config must never cost more to report than to reject: a 364-byte file of YAML aliases
+# once rendered as a 58 MB message. Each problem's value is shown at most this long, and at most this
+# many problems are listed (the message says how many were left out).
+MAX_VALUE_CHARS = 200
+MAX_EXPECTED_CHARS = 300
+MAX_PROBLEMS_SHOWN = 20
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}\u2026 ({len(text)} chars)"
+
+
+def _bounded_repr(value: object) -> str:
+    """repr() that never walks a whole structure: reprlib stops at a few items and levels (so a
+    shared, alias-expanded tree or a cycle costs as much as a small one)."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxset = 3, 6, 6, 6, 6
+    r.maxstring, r.maxother, r.maxlong = MAX_VALUE_CHARS, MAX_VALUE_CHARS, 40
+    try:
+        text = r.repr(value)
+    except Exception:  # a foreign object whose __repr__ fails still gets reported
+        text = f"<{type(value).__name__}>"
+    return _clip(text, MAX_VALUE_CHARS)
+
+
 @dataclass(frozen=True)
 class FieldProblem:
     """One bad field: where it is, what it held, what was expected."""
@@ -50,11 +76,14 @@ class FieldProblem:
     expected: str
 
     def __str__(self) -> str:
-        return f"{self.path}: got {self.value!r}, expected {self.expected}"
+        where = _clip(self.path, MAX_VALUE_CHARS)
+        expected = _clip(self.expected, MAX_EXPECTED_CHARS)
+        return f"{where}: got {_bounded_repr(self.value)}, expected {expected}"
 
 
 class ConfigError(ZtError):
-    """A configuration document was rejected. Carries every problem found, each with its field path."""
+    """A configuration document was rejected. Carries every problem found, each with its field path;
+    the message lists the first MAX_PROBLEMS_SHOWN, each value clipped, and counts the rest."""
 
     reason = "config_invalid"
     exit_code = 2
@@ -62,8 +91,11 @@ class ConfigError(ZtError):
     def __init__(self, source: str, problems: list[FieldProblem]) -> None:
         self.source = source
         self.problems = tuple(problems)
-        lines = "\n".join(f"  {source}: {p}" for p in self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s)\n{lines}")
+        shown = self.problems[:MAX_PROBLEMS_SHOWN]
+        lines = [f"  {source}: {p}" for p in shown]
+        if len(self.problems) > len(shown):
+            lines.append(f"  ... and {len(self.problems) - len(shown)} more problem(s) not shown")
+        super().__init__(f"{source}: {len(self.problems)} problem(s)\n" + "\n".join(lines))
 
 
 class AddressError(UsageError):

@@ -3,6 +3,13 @@
 Pydantic checks shapes and values; `_cross_check` then finds what only the whole document shows
 (duplicate uids, one IP claimed twice on a network, a service port mapping to nothing, references to
 services or policies that do not exist). Every problem is reported, each with its field path.
+
+A mesh file is untrusted input to a process that must keep serving, so the loader bounds what one
+document may cost before pydantic sees it: its size (MAX_FILE_BYTES), its nesting depth (MAX_DEPTH,
+checked while composing, so PyYAML's recursive composer never nears Python's recursion limit), and
+the size of the tree once YAML aliases are expanded (MAX_EXPANDED_NODES: "billion laughs" is a few
+hundred bytes of aliases). An empty document is refused: a truncate-then-write editor caught halfway
+must not read as "serve nothing"; an intentionally empty mesh is written `{}`.
 """
 
 from __future__ import annotations
@@ -21,12 +28,58 @@ from zt.config.schema import MeshFile
 from zt.errors import ConfigError, FieldProblem
 from zt.state.snapshot import Snapshot
 
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 32  # a mesh file nests about 9 deep (policies[].rules[][][].serviceAccounts[].*)
+MAX_EXPANDED_NODES = 1_000_000  # scalars + collections after alias expansion
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
+
+class ConfigEmpty(ConfigError):
+    reason = "config_empty"
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+class ConfigTooLarge(ConfigError):
+    reason = "config_too_large"
+
+
+class ConfigTooDeep(ConfigError):
+    reason = "config_too_deep"
+
+
+class ConfigAliasBomb(ConfigError):
+    reason = "config_alias_expansion"
+
+
+class ConfigUnreadable(ConfigError):
+    reason = "config_unreadable"
+
+
+EMPTY_EXPECTED = "a mesh document (an intentionally empty mesh is written `{}`)"
+
+
+def _line(mark: yaml.Mark | None) -> str:
+    return f"line {mark.line + 1} column {mark.column + 1}" if mark is not None else "(document)"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (PyYAML silently keeps the last one) and
+    documents nested deeper than MAX_DEPTH."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                depth = f"depth {self._depth}"
+                problem = FieldProblem(_line(mark), depth, f"at most {MAX_DEPTH} levels of nesting")
+                raise ConfigTooDeep(self.name, [problem])
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _construct_mapping(loader: _BoundedLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: dict[Any, Any] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
@@ -40,10 +93,49 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     return seen
 
 
-_UniqueKeyLoader.add_constructor(
+_BoundedLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
     _construct_mapping,
 )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def check_expansion(root: yaml.Node, source: str, budget: int = MAX_EXPANDED_NODES) -> int:
+    """The node count of `root` with every alias expanded, computed without expanding (each shared
+    node is sized once, bottom-up, iteratively); refused past `budget` or when an alias refers to
+    its own ancestor (a recursive structure). Linear in the distinct nodes composed."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in size:
+            continue
+        kids = _children(node)
+        if not children_done:
+            if id(node) in open_:
+                problem = FieldProblem(_line(node.start_mark), "an alias of its own ancestor",
+                                       "no recursive aliases")  # fmt: skip
+                raise ConfigAliasBomb(source, [problem])
+            open_.add(id(node))
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in size)
+            continue
+        open_.discard(id(node))
+        total = 1 + sum(size[id(k)] for k in kids)
+        if total > budget:
+            problem = FieldProblem(_line(node.start_mark), f"{total}+ nodes once aliases are expanded",
+                                   f"at most {budget}")  # fmt: skip
+            raise ConfigAliasBomb(source, [problem])
+        size[id(node)] = total
+    return size[id(root)]
 
 
 def _expected(error: Any) -> str:
@@ -62,19 +154,50 @@ def _problems(error: ValidationError) -> list[FieldProblem]:
     return [FieldProblem(render(e["loc"]), e.get("input"), _expected(e)) for e in error.errors()]
 
 
-def parse_text(text: str, source: str) -> object:
-    """YAML (a superset of JSON) text to plain data; syntax errors become ConfigError."""
-    if source.endswith(".json"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            where = f"line {exc.lineno} column {exc.colno}"
-            raise ConfigError(source, [FieldProblem(where, exc.msg, "valid JSON")]) from None
+def _json_depth(document: object) -> int:
+    """Nesting depth of parsed JSON, iteratively (json.loads itself raises RecursionError only far
+    deeper than MAX_DEPTH)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        items = (
+            value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        )
+        stack.extend((v, depth + 1) for v in items)
+    return deepest
+
+
+def _parse_json(text: str, source: str) -> object:
     try:
-        loader = _UniqueKeyLoader(text)  # the reader already rejects unprintable characters
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise ConfigError(source, [FieldProblem(where, exc.msg, "valid JSON")]) from None
+    except RecursionError:
+        document, depth = None, MAX_DEPTH + 1
+    else:
+        depth = _json_depth(document)
+    if depth > MAX_DEPTH:
+        problem = FieldProblem(
+            "(document)", f"depth > {MAX_DEPTH}", f"at most {MAX_DEPTH} levels of nesting"
+        )
+        raise ConfigTooDeep(source, [problem])
+    return document
+
+
+def _parse_yaml(text: str, source: str) -> object:
+    try:
+        loader = _BoundedLoader(text)  # the reader already rejects unprintable characters
         loader.name = source
         try:
-            return loader.get_single_data()
+            node = loader.get_single_node()
+            if node is None:  # empty, whitespace or comments only
+                return None
+            check_expansion(node, source)
+            return loader.construct_document(node)
         finally:
             loader.dispose()
     except yaml.YAMLError as exc:
@@ -83,10 +206,22 @@ def parse_text(text: str, source: str) -> object:
         raise ConfigError(source, [FieldProblem(where, str(exc), "valid YAML")]) from None
 
 
+def parse_text(text: str, source: str) -> object:
+    """YAML (a superset of JSON) text to plain data; syntax errors and documents past the limits
+    (size, depth, alias expansion) become ConfigError. An empty document parses to None."""
+    if len(text) > MAX_FILE_BYTES:
+        problem = FieldProblem("(file)", f"{len(text)} characters", f"at most {MAX_FILE_BYTES}")
+        raise ConfigTooLarge(source, [problem])
+    if source.endswith(".json"):
+        return _parse_json(text, source)
+    return _parse_yaml(text, source)
+
+
 def load_document(document: object, source: str) -> Snapshot:
-    """Validate plain data (as parsed from YAML/JSON) and build the snapshot."""
+    """Validate plain data (as parsed from YAML/JSON) and build the snapshot. None (an empty
+    document) is refused: an empty mesh is written `{}`."""
     if document is None:
-        document = {}
+        raise ConfigEmpty(source, [FieldProblem("(document)", "an empty document", EMPTY_EXPECTED)])
     if not isinstance(document, dict):
         expected = "a mapping with workloads, services, policies"
         raise ConfigError(source, [FieldProblem("(document)", document, expected)])
@@ -104,12 +239,23 @@ def load_text(text: str, source: str = "<text>") -> Snapshot:
     return load_document(parse_text(text, source), source)
 
 
+def read_bounded(path: Path) -> str:
+    """The file's text, refused past MAX_FILE_BYTES without reading more than one byte beyond."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            problem = FieldProblem(
+                "(file)", f"more than {MAX_FILE_BYTES} bytes", f"at most {MAX_FILE_BYTES}"
+            )
+            raise ConfigTooLarge(str(path), [problem])
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigUnreadable(
+            str(path), [FieldProblem("(file)", str(path), f"a readable UTF-8 file ({exc})")]
+        ) from None
+
+
 def load_file(path: Path | str) -> Snapshot:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            str(path), [FieldProblem("(file)", str(path), f"a readable file ({exc})")]
-        ) from None
-    return load_text(text, str(path))
+    return load_text(read_bounded(path), str(path))

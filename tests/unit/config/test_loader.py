@@ -60,8 +60,19 @@ def test_defaults_and_json() -> None:
     assert w.protocol is Protocol.TCP and w.healthy
 
 
-def test_empty_file_is_an_empty_mesh() -> None:
-    assert load_text("", "empty.yaml").workloads == ()
+def test_an_empty_mesh_is_written_as_an_empty_mapping() -> None:
+    assert load_text("{}", "empty.yaml").workloads == ()
+    assert load_text("{}", "empty.json").workloads == ()
+
+
+@pytest.mark.parametrize(
+    "text", ["", "   \n\n", "# all commented out\n  # really\n", "---\n", "~\n"]
+)
+def test_an_empty_document_is_refused_not_read_as_an_empty_mesh(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_text(text, "empty.yaml")
+    assert info.value.reason == "config_empty"
+    assert "an intentionally empty mesh is written `{}`" in str(info.value)
 
 
 def test_snapshot_is_immutable() -> None:
