@@ -11,12 +11,14 @@ from typing import Annotated
 import typer
 
 from cli._common import reports_errors
+from zt.identity._files import FileWriteError
 from zt.identity.ca import (
     DEFAULT_DIR,
     DEFAULT_LEAF_LIFETIME,
     DEFAULT_TRUST_DOMAIN,
     CertificateAuthority,
 )
+from zt.identity.certs import WorkloadCert
 from zt.identity.errors import CertificateFileError
 from zt.identity.spiffe import SpiffeId
 
@@ -78,8 +80,22 @@ def issue(
     """Issue a workload certificate from the CA in DIR."""
     identity = SpiffeId.parse(spiffe)
     cert = CertificateAuthority.load(directory).issue(identity, now=time.time(), lifetime=lifetime)
-    for path in cert.write(out):
+    for path in _write_set(cert, out):
         typer.echo(str(path))
+
+
+def _write_set(cert: WorkloadCert, out: Path) -> tuple[Path, Path, Path]:
+    """Each file is written atomically; if one fails, the files of the set this run created are
+    removed too, so a failed issue never leaves a key without its certificate."""
+    paths = [out.with_name(out.name + suffix) for suffix in (".pem", ".key", "-bundle.pem")]
+    existed = {p for p in paths if p.exists()}
+    try:
+        return cert.write(out)
+    except FileWriteError:
+        for path in paths:
+            if path not in existed:
+                path.unlink(missing_ok=True)
+        raise
 
 
 @app.command()

@@ -27,7 +27,10 @@ def _show(response: dict[str, object]) -> None:
 @reports_errors
 def add(
     uid: Annotated[str, typer.Argument(help="workload uid (from the mesh config)")],
-    netns: Annotated[str, typer.Option(help="pod netns: a name under /run/netns or a path")],
+    netns: Annotated[
+        str,
+        typer.Option(help="pod netns: a name under /run/netns or an absolute netns file path"),
+    ],
     socket: SocketOpt = DEFAULT_SOCKET,
 ) -> None:
     """Serve a pod: open its listeners inside its netns and enroll it in capture."""

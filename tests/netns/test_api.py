@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
+import json
+import os
 import re
+import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from hypothesis import given
 from hypothesis import strategies as st
+from pyroute2 import netns as pyroute2_netns
 
 from tests.netns.fixtures import Pod
 from zt.capture import Capture, ListenerSockets, PodCapture, maps, parse_ips
@@ -29,6 +39,9 @@ from zt.capture.errors import (
 )
 from zt.capture.hostcheck import HostFacts, evaluate, kernel_version
 from zt.errors import UsageError
+from zt.node.podapi import BadPodRequest, PodAdd, PodList, PodRemove, check_netns
+from zt.node.podapi import serve as pod_api_serve
+from zt.timescale import scaled
 
 GOOD = HostFacts(
     euid=0,
@@ -168,3 +181,117 @@ def test_bpffs_is_mounted_when_missing() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["before", "False", "after", "True"]
+
+
+# --- the node's pod API (zt/node/podapi.py) as root: real namespaces, a real non-root peer ------
+
+_NOBODY_CLIENT = """
+import json, os, socket, sys
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+try:
+    s.connect(sys.argv[1])
+except PermissionError as exc:
+    print(json.dumps({"uid": os.getuid(), "connect": exc.strerror}))
+    sys.exit(0)
+try:
+    s.sendall(b'{"op":"list"}\\n')
+except BrokenPipeError:
+    pass  # the server answered and closed before reading: the answer is still there
+data = b""
+while not data.endswith(b"\\n"):
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+print(json.dumps({"uid": os.getuid(), "answer": data.decode()}))
+"""
+
+
+@pytest.fixture
+def pod_api_dir() -> Iterator[Path]:
+    """A directory anyone may traverse (pytest's tmp_path is 0700): the non-root client must reach
+    the socket file so that the socket's own guards are what refuses it."""
+    d = Path(tempfile.mkdtemp(prefix="ztcap-podapi-"))
+    try:
+        d.chmod(0o711)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def named_netns() -> Iterator[str]:
+    name = f"ztcap-{os.getpid()}-podapi"
+    pyroute2_netns.create(name)
+    try:
+        yield name
+    finally:
+        pyroute2_netns.remove(name)
+
+
+@pytest.mark.root
+def test_pod_api_refuses_non_root_peer_even_on_a_widened_socket(pod_api_dir: Path) -> None:
+    path = pod_api_dir / "pods.sock"
+    handled: list[object] = []
+
+    async def handle(cmd: PodAdd | PodRemove | PodList) -> dict[str, object]:
+        handled.append(cmd)
+        return {"pods": []}
+
+    async def as_nobody() -> dict[str, object]:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-I", "-c", _NOBODY_CLIENT, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        report: dict[str, object] = json.loads(done.stdout)
+        return report
+
+    async def scenario() -> tuple[dict[str, object], dict[str, object], str]:
+        server = await pod_api_serve(path, handle)
+        try:
+            mode = oct(stat.S_IMODE(path.stat().st_mode))
+            refused_by_mode = await as_nobody()
+            path.chmod(0o666)  # an operator's mistake: SO_PEERCRED still refuses uid 65534
+            return refused_by_mode, await as_nobody(), mode
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    by_mode, report, mode = uvloop.run(scenario())  # the daemon's loop
+    assert mode == "0o600"
+    assert by_mode == {"uid": 65534, "connect": "Permission denied"}
+    assert report["uid"] == 65534
+    assert json.loads(str(report["answer"])) == {
+        "ok": False,
+        "error": "pod API peer: got uid 65534, expected root (uid 0)",
+        "reason": "pod_api_forbidden",
+    }
+    assert handled == []
+
+
+@pytest.mark.root
+def test_pod_api_accepts_real_network_namespaces(named_netns: str) -> None:
+    """A name under /run/netns, its absolute path, and /proc/<pid>/ns/net of a process in another
+    netns are accepted; the daemon's own netns is not (unit tests cover the other refusals)."""
+    assert check_netns(named_netns) == Path("/run/netns") / named_netns
+    assert check_netns(f"/run/netns/{named_netns}") == Path("/run/netns") / named_netns
+    sleeper = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+    try:
+        path = f"/proc/{sleeper.pid}/ns/net"
+        deadline = time.monotonic() + scaled(10)
+        while os.stat(path).st_ino == os.stat("/proc/self/ns/net").st_ino:  # until unshare ran
+            assert time.monotonic() < deadline, "unshare --net did not take effect"
+            time.sleep(0.01)
+        assert check_netns(path) == Path(path)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with pytest.raises(BadPodRequest, match="the node's own network namespace"):
+        check_netns(f"/proc/{os.getpid()}/ns/net")

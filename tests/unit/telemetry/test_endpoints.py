@@ -66,6 +66,7 @@ def test_admin_config_dump_logging_and_quit() -> None:
     status, body = ask(admin, "POST", "/logging?zt.access=loud")
     assert status == 400 and b"zt.access: got 'loud'" in body
     assert ask(admin, "GET", "/quitquitquit")[0] == 405
+    assert ask(admin, "HEAD", "/quitquitquit")[0] == 405
     assert quits == []
     assert ask(admin, "POST", "/quitquitquit") == (200, b"OK\n")
     assert quits == [1]
@@ -96,3 +97,52 @@ def test_parse_head_query() -> None:
         b"POST /logging?level=debug&zt.x=info HTTP/1.1\r\nContent-Length: 2"
     )
     assert request.query == {"level": "debug", "zt.x": "info"} and length == 2
+
+
+def test_admin_changes_levels_only_by_post() -> None:
+    admin = Admin(dict, lambda: None)
+    zt = logging.getLogger("zt")
+    before = zt.level
+    try:
+        status, body = ask(admin, "GET", "/logging?level=debug")
+        assert status == 405 and b"POST /logging?<scope>=<level>" in body
+        assert zt.level == before
+        status, body = ask(admin, "POST", "/logging?level=debug")
+        assert status == 200 and b"zt: debug\n" in body
+        assert zt.level == logging.DEBUG
+        assert ask(admin, "POST", "/logging?zt.access=warning")[0] == 200
+        assert logging.getLogger("zt.access").level == logging.WARNING
+    finally:
+        zt.setLevel(before)
+        logging.getLogger("zt.access").setLevel(logging.NOTSET)
+
+
+def test_admin_logging_refuses_unknown_scopes_and_creates_no_logger() -> None:
+    admin = Admin(dict, lambda: None)
+    names = set(logging.root.manager.loggerDict)
+    status, body = ask(admin, "POST", "/logging?foo.bar=debug")
+    assert status == 400
+    assert body.startswith(b"scope: got 'foo.bar', expected level or one of zt, zt.access, ")
+    for query in ("zt.nope=debug", "zt.access=debug&evil=info", "level=debug&zt.x.y=info"):
+        assert ask(admin, "POST", f"/logging?{query}")[0] == 400
+    status, body = ask(admin, "GET", "/logging")  # listing reads levels, creates nothing
+    assert status == 200 and body.startswith(b"zt: ")
+    assert set(logging.root.manager.loggerDict) == names
+    assert logging.getLogger("zt").level == logging.NOTSET  # the refused requests changed nothing
+
+
+def test_config_dump_is_get_only() -> None:
+    admin = Admin(lambda: {"a": 1}, lambda: None)
+    assert ask(admin, "POST", "/config_dump")[0] == 405
+
+
+def test_admin_refuses_posts_from_browser_pages() -> None:
+    quits: list[int] = []
+    admin = Admin(dict, lambda: quits.append(1))
+    raw = b"POST /quitquitquit HTTP/1.1\r\nHost: 127.0.0.1:15000\r\nOrigin: https://evil.example\r\n\r\n"
+    status, body = asyncio.run(_ask(admin, raw))
+    assert (
+        status == 403
+        and body == b"origin: got 'https://evil.example', expected none (not from a browser)\n"
+    )
+    assert quits == []
