@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import signal
 from pathlib import Path
@@ -17,11 +18,14 @@ from zt.hbone.request import ConnectRequest
 from zt.identity.certs import WorkloadCert
 from zt.identity.spiffe import SpiffeId
 from zt.identity.tls import client_context, server_context
+from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits, install_exception_handler
 from zt.proxy.client import dial, open_tunnel
 from zt.proxy.errors import StreamResetError, TunnelRefused
+from zt.proxy.guard import StandaloneAdmission
 from zt.proxy.server import HboneServer
 from zt.proxy.stdio import pump_stdio
 from zt.proxy.tls import client_peer_check, server_peer_check
+from zt.state.loopguard import ALLOW_FORM, AllowList
 
 app = typer.Typer(help="HBONE debugging: a standalone server and an nc-like client.")
 
@@ -68,17 +72,45 @@ def serve(
         str | None, typer.Option(help="accepted client trust domain (default: the cert's)")
     ] = None,
     drain: Annotated[float, typer.Option(help="GOAWAY drain deadline on SIGTERM, s")] = 5.0,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"destinations tunnels may reach, repeatable: {ALLOW_FORM}. Default: anything "
+            "but loopback; loopback only when an --allow inside 127.0.0.0/8 or ::1 names it"
+        ),
+    ] = None,
+    handshake_timeout: Annotated[
+        float, typer.Option(help="seconds a new connection has to complete TLS, s")
+    ] = DEFAULT_LIMITS.handshake_timeout,
 ) -> None:
-    """Forward each tunnel to its `:authority`. Prints `listening on ADDR` to stderr."""
+    """Forward each tunnel to its `:authority`. Prints `listening on ADDR` to stderr.
+
+    Refused before any dial: a CONNECT to this server itself or to a port zt listens on
+    (15001, 15006, 15008, 15000, ...) at an address of this host (400), and one outside --allow
+    (401). Example: `--allow 10.0.0.0/8 --allow 127.0.0.1:8080` (a pod network, plus one local
+    test server)."""
     workload = _load_cert(cert, key, ca)
     address = _listen_addr(listen)
+    admission = StandaloneAdmission(AllowList.parse(allow or [], flag="--allow"))
     td = trust_domain or workload.identity.trust_domain
-    asyncio.run(_serve(workload, address, td, drain))
+    limits = dataclasses.replace(DEFAULT_LIMITS, handshake_timeout=handshake_timeout)
+    asyncio.run(_serve(workload, address, td, drain, admission, limits))
 
 
-async def _serve(workload: WorkloadCert, listen: SocketAddr, td: str, drain: float) -> None:
-    server = HboneServer(server_context(workload), peer_check=client_peer_check(td))
-    bound = await server.start(listen)
+async def _serve(
+    workload: WorkloadCert,
+    listen: SocketAddr,
+    td: str,
+    drain: float,
+    admission: StandaloneAdmission,
+    limits: AcceptLimits,
+) -> None:
+    install_exception_handler()  # a failing callback is one counted, rate-limited log line
+    server = HboneServer(
+        server_context(workload), peer_check=client_peer_check(td), admission=admission
+    )
+    bound = await server.start(listen, limits=limits)
+    admission.bind(bound)
     gc.freeze()  # start-up objects out of the collector's way (fewer long gen-2 pauses)
     typer.echo(f"zt: listening on {bound} as {workload.identity}", err=True)
     stop = asyncio.Event()

@@ -12,7 +12,10 @@ from cli._common import reports_errors
 from zt.addr import SocketAddr
 from zt.capture import Mode
 from zt.node.daemon import NodeDaemon, NodeOptions
+from zt.node.reconcile import DEFAULT_GRACE
+from zt.proxy.accept import DEFAULT_LIMITS
 from zt.telemetry.logsetup import configure
+from zt.telemetry.logsetup import shutdown as shutdown_logging
 
 
 @reports_errors
@@ -40,6 +43,13 @@ def command(
     admin_addr: Annotated[
         str, typer.Option(help="admin API (keep it on loopback)")
     ] = "127.0.0.1:15000",
+    admin_allow_remote: Annotated[
+        bool,
+        typer.Option(
+            "--admin-allow-remote",
+            help="allow a non-loopback --admin-addr (the admin API has no authentication)",
+        ),
+    ] = False,
     log_format: Annotated[str, typer.Option(help="text | json")] = "text",
     drain_deadline: Annotated[
         float, typer.Option(help="seconds open connections get on SIGTERM")
@@ -47,6 +57,14 @@ def command(
     socks5: Annotated[
         bool, typer.Option("--socks5", help="SOCKS5 on each pod's 127.0.0.1:15080")
     ] = False,
+    handshake_timeout: Annotated[
+        float,
+        typer.Option(help="seconds a new connection has to complete TLS and authenticate"),
+    ] = DEFAULT_LIMITS.handshake_timeout,
+    pod_grace: Annotated[
+        float,
+        typer.Option(help="seconds a pod may be missing from the mesh file before it is removed"),
+    ] = DEFAULT_GRACE,
     workers: Annotated[
         int,
         typer.Option(help="data-plane processes sharing each pod's listeners (SO_REUSEPORT)"),
@@ -62,7 +80,6 @@ def command(
             f"got {log_format!r}, expected text or json", param_hint="--log-format"
         )
     mode: Mode = "connect" if capture == "connect" else "sklookup"
-    configure(log_format)
     options = NodeOptions(
         config=config,
         node=node,
@@ -74,9 +91,16 @@ def command(
         metrics=SocketAddr.parse(metrics_addr, field="--metrics-addr"),
         readiness=SocketAddr.parse(readiness_addr, field="--readiness-addr"),
         admin=SocketAddr.parse(admin_addr, field="--admin-addr"),
+        admin_allow_remote=admin_allow_remote,
         log_format=log_format,
         drain_deadline=drain_deadline,
+        pod_grace=pod_grace,
+        handshake_timeout=handshake_timeout,
         socks5=socks5,
         workers=workers,
     )
-    uvloop.run(NodeDaemon(options).run())
+    configure(log_format)  # after the options: a refused option starts no logging thread
+    try:
+        uvloop.run(NodeDaemon(options).run())
+    finally:
+        shutdown_logging()  # what is queued reaches stderr (bounded wait)

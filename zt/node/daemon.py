@@ -6,6 +6,12 @@ opened (pinned) -> every local pod's certificate issued, listeners opened in its
 connections finish until the deadline, then abort what remains. Capture stays pinned and the pods
 enrolled, so they fail closed until the next `zt run` re-registers their listeners.
 
+Mesh file edits (zt/config/watcher.py, zt/node/reconcile.py): a change is loaded once it settled;
+pod changes are applied one pass at a time on the newest snapshot; a pod missing from the file is
+removed only after a grace period (served meanwhile as the workload it was); a pod that needs new
+listeners stays enrolled while they are replaced (fail closed). A refused reload keeps the node
+ready on the last good snapshot and says so in /healthz/ready, /config_dump and /metrics.
+
 `--workers N`: this process is the leader and worker 0; zt/node/workers.py starts N-1 followers
 (zt/node/worker.py) that open their own listeners in every pod this node serves, told over a
 control channel; /metrics sums every worker's registry (zt/node/metricsmerge.py).
@@ -14,22 +20,28 @@ control channel; /metrics sums every worker's registry (zt/node/metricsmerge.py)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import signal
+import time
 
 from zt.capture import Capture
 from zt.config import FileWatcher, SnapshotStore, load_file
 from zt.config.dump import document
+from zt.config.watcher import ReloadFailure
 from zt.errors import NotFoundError, UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
 from zt.identity.manager import CertificateManager
 from zt.node import metricsmerge
 from zt.node.options import NodeOptions
-from zt.node.pod import PodProxy
+from zt.node.pod import PodProxy, capture_name
 from zt.node.podapi import PodAdd, PodList, PodRemove
 from zt.node.podapi import serve as serve_pod_api
+from zt.node.reconcile import RETRY_AFTER, LatestOnly, RemovalGrace, Spec
 from zt.node.services import NodeServices, renew_loop
 from zt.node.workers import WorkerSupervisor
+from zt.proxy.accept import install_exception_handler
 from zt.state import Protocol, Snapshot, Workload
 from zt.telemetry import http
 from zt.telemetry.connections import ConnectionTelemetry
@@ -69,6 +81,14 @@ class NodeDaemon:
         self.services: NodeServices | None = None
         self.workers: WorkerSupervisor | None = None
         self._watcher: FileWatcher | None = None
+        # Config-driven pod changes: one pass at a time on the newest snapshot (zt/node/reconcile.py)
+        self._grace = RemovalGrace(options.pod_grace)
+        self._sync = LatestOnly(self._reconcile)
+        self._reload_errors = self.registry.counter(
+            "zt_config_reload_errors_total", "Refused config reloads, by reason", ("reason",)
+        )
+        self._held: dict[str, str] = {}  # uid -> netns: enrolled, listeners lost in a restart
+        self._retry_at: dict[str, float] = {}  # uid -> when a failed start is tried again
 
     # -- start-up -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -100,30 +120,44 @@ class NodeDaemon:
             registry=self.registry,
             telemetry=ConnectionTelemetry(self.registry, log_format=opts.log_format),
             socks5=opts.socks5,
+            illegal_ports=opts.illegal_ports,  # zt's ports plus where the node moved its own
+            accept_limits=opts.accept_limits,
             reuse_port=opts.workers > 1,
         )
+        # what escapes a callback is counted and logged rate-limited, not one traceback each
+        install_exception_handler(metrics=self.services.accept_metrics())
         self._collectors()
         self.readiness.set("capture")
-        await self._sync_pods(store.current)
+        store.retain(lambda: [pod.workload for pod in self.pods.values()])
+        await self._reconcile()
         self.readiness.set("certificates")
         store.subscribe(self._on_swap)
-        self._watcher = watcher = FileWatcher(opts.config, store)
+        store.on_reject(self._on_reject)
+        # settle: a change is loaded at the second poll that finds it unchanged (a little under
+        # one interval, as timers may fire a millisecond early)
+        self._watcher = watcher = FileWatcher(opts.config, store, settle=0.9 * opts.config_poll)
         self._start_workers()
         self._background += [
             asyncio.ensure_future(watcher.run(opts.config_poll)),
+            asyncio.ensure_future(self._sync.run()),
             asyncio.ensure_future(renew_loop(self.services.certs, f"node {opts.node}")),
         ]
+        self._sync.request()  # a pass under the loop: it keeps the first pass's retries going
         self._servers.append(await serve_pod_api(opts.pod_socket, self._pod_api))
 
     async def _endpoints(self, store: SnapshotStore) -> None:
         opts = self.options
         admin = Admin(lambda: self.config_dump(store), self._stop.set)
-        for addr, handler in (
-            (opts.metrics, self._metrics),
-            (opts.readiness, readiness_handler(self.readiness)),
-            (opts.admin, admin),
+        stats: dict[str, http.ServerStats] = {}
+        for name, addr, handler in (
+            ("metrics", opts.metrics, self._metrics),
+            ("readiness", opts.readiness, readiness_handler(self.readiness)),
+            ("admin", opts.admin, admin),
         ):
-            self._servers.append(await http.serve(str(addr.ip), addr.port, handler))
+            stats[name] = http.ServerStats()  # connection cap and deadlines: http.Limits
+            server = await http.serve(str(addr.ip), addr.port, handler, stats=stats[name])
+            self._servers.append(server)
+        self.registry.add_collector(lambda: http.stats_samples(stats))
 
     async def _metrics(self, request: Request) -> Response:
         """The whole node: the leader's registry plus every follower's, summed (metricsmerge)."""
@@ -147,9 +181,11 @@ class NodeDaemon:
         self.workers.start()
 
     def _poll_config(self) -> None:
-        """A follower swapped in a new mesh file: reload now (the swap syncs every worker)."""
+        """A follower swapped in a new mesh file: reload it now if it settled (the swap syncs
+        every worker); either way re-sync, so what each follower serves is known afresh."""
         if self._watcher is not None:
             self._watcher.poll()
+        self._sync.request()
 
     def _workers_ready(self) -> bool:
         return self.workers is None or self.workers.all_serving()
@@ -174,8 +210,13 @@ class NodeDaemon:
                 ("zt_pods", "Pods served by this node", "gauge", float(len(self.pods))),
                 ("zt_config_generation", "Config snapshots loaded", "gauge",
                  float(services.store.generation)),
-                ("zt_config_reload_errors_total", "Rejected config reloads", "counter",
-                 float(services.store.reload_errors)),
+                ("zt_config_last_reload_success", "1 when the newest mesh file is the one "
+                 "served, 0 while it is refused (the last good snapshot is kept)", "gauge",
+                 float(services.store.last_reload_ok)),
+                ("zt_pods_pending_removal", "Served pods missing from the mesh file, within "
+                 "their grace period", "gauge", float(len(self._grace.pending()))),
+                ("zt_pods_held_captured", "Enrolled pods without listeners (their traffic is "
+                 "dropped until they are served again)", "gauge", float(len(self._held))),
                 ("zt_policy_revoked_connections_total", "Live connections closed by a policy "
                  "change", "counter", float(services.tracker.revoked_total)),
                 ("zt_live_inbound_connections", "Inbound connections open", "gauge",
@@ -200,19 +241,94 @@ class NodeDaemon:
                 desired.setdefault(uid, (w, netns))
         return desired
 
-    async def _sync_pods(self, snapshot: Snapshot) -> None:
-        """Converge on the desired pods: stop those that left or changed, start the missing."""
-        desired = self._desired(snapshot)
-        for uid, pod in list(self.pods.items()):
-            if desired.get(uid) != (pod.workload, pod.netns):
-                await self.remove_pod(uid, forget=False)
-        for uid, (workload, netns) in desired.items():
-            if uid not in self.pods:
-                try:
-                    await self.add_pod(workload, netns)
-                except (ZtError, OSError) as exc:
-                    log.error("pod %s not served: %s", uid, exc)
+    async def _reconcile(self) -> float | None:
+        """One pass toward the newest snapshot (LatestOnly runs one at a time). It acts only while
+        the snapshot it planned on is the newest: after a swap it stops, and the next pass plans
+        again. Returns when to pass again unasked (a grace deadline, a retry), or None."""
+        assert self.services is not None
+        store = self.services.store
+        generation, now = store.generation, time.monotonic()
+        desired = self._desired(store.loaded)  # the file as read: what it lacks is missing
+        served: dict[str, Spec | None] = {u: (p.workload, p.netns) for u, p in self.pods.items()}
+        served.update(dict.fromkeys(self._held))
+        plan = self._grace.plan(served, desired, now)
+        for uid in plan.update:  # same listeners, identity and IPs: nothing to reopen
+            self.pods[uid].workload = desired[uid][0]
+        due = [u for u in (*plan.restart, *plan.start) if self._retry_at.get(u, 0.0) <= now]
+        steps = [
+            *(functools.partial(self._retire, uid) for uid in plan.stop),
+            *(
+                functools.partial(self._restart, uid, desired[uid])
+                for uid in plan.restart
+                if uid in due
+            ),
+            *(
+                functools.partial(self._serve_pod, uid, desired[uid])
+                for uid in plan.start
+                if uid in due
+            ),
+        ]
+        for step in steps:
+            if store.generation != generation:
+                return time.monotonic()  # planned on a snapshot that is no longer the newest
+            await step()
+        for uid in [u for u in self._retry_at if u not in desired]:
+            del self._retry_at[uid]
         await self._sync_workers()
+        wakes = [t for t in (plan.wake_at, *self._retry_at.values()) if t is not None]
+        return min(wakes, default=None)
+
+    async def _serve_pod(self, uid: str, spec: Spec) -> None:
+        try:
+            await self.add_pod(*spec)
+        except (ZtError, OSError) as exc:
+            self._retry_at[uid] = time.monotonic() + RETRY_AFTER
+            log.error("pod %s not served (trying again in %g s): %s", uid, RETRY_AFTER, exc)
+        else:
+            self._retry_at.pop(uid, None)
+
+    async def _restart(self, uid: str, spec: Spec) -> None:
+        """New listeners for a served (or held) pod whose identity, IPs or netns changed. In the
+        same netns the pod stays enrolled throughout: between the old listeners closing and the
+        new ones registering its sockmap entries are missing, so its traffic is dropped (SK_DROP),
+        never let past zt. A new netns is another sandbox: the old one is unenrolled."""
+        netns = spec[1]
+        async with self._pod_lock:
+            old = self.pods.pop(uid, None)
+        old_netns = old.netns if old is not None else self._held.get(uid)
+        keep = old_netns == netns
+        if old is not None:
+            await old.stop(self.options.drain_deadline, unenroll=not keep)
+        elif not keep and old_netns is not None:
+            await self._unenroll(uid)
+        self._held.pop(uid, None)
+        if keep:
+            self._held[uid] = netns  # until the new listeners are registered
+        await self._serve_pod(uid, spec)
+        if old is not None:
+            self._forget_cert(old)
+
+    async def _retire(self, uid: str) -> None:
+        """Missing from the snapshot for the whole grace period: drain, then unenroll."""
+        log.info("pod %s left the mesh config %g s ago or more: removing it", uid,
+                 self._grace.grace)  # fmt: skip
+        self._retry_at.pop(uid, None)
+        with contextlib.suppress(NotFoundError):
+            await self.remove_pod(uid, forget=False)
+        assert self.services is not None
+        self.services.store.refresh()  # no longer served: no longer retained in the view
+
+    async def _unenroll(self, uid: str) -> None:
+        assert self.services is not None
+        try:
+            await asyncio.to_thread(self.services.capture.unenroll, capture_name(uid))
+        except (ZtError, OSError) as exc:
+            log.error("pod %s: could not leave capture: %s", uid, exc)
+
+    def _forget_cert(self, pod: PodProxy) -> None:
+        assert self.services is not None
+        if not any(p.identity == pod.identity for p in self.pods.values()):
+            self.services.certs.forget(pod.identity)  # a workload that left: forget its cert
 
     async def add_pod(self, workload: Workload, netns: str) -> PodProxy:
         assert self.services is not None
@@ -223,25 +339,29 @@ class NodeDaemon:
             try:
                 await pod.start()
             except BaseException:
-                await pod.stop(0.0, unenroll=True)
+                # a pod held in capture stays held (fail closed until a retry serves it)
+                await pod.stop(0.0, unenroll=self._held.get(workload.uid) != netns)
                 raise
+            self._held.pop(workload.uid, None)
             self.pods[workload.uid] = pod
             return pod
 
     async def remove_pod(self, uid: str, *, forget: bool = True) -> None:
-        """Drain and stop a pod; `forget` also drops a pod-API registration."""
+        """Drain and stop a pod, then unenroll it; `forget` also drops a pod-API registration."""
         if forget:
             self._api_pods.pop(uid, None)
         async with self._pod_lock:
             pod = self.pods.pop(uid, None)
+        if pod is None and uid in self._held:
+            del self._held[uid]
+            await self._unenroll(uid)
+            return
         if pod is None:
             raise NotFoundError(f"pod {uid!r} is not served by node {self.options.node}")
         # the followers drain their sockets of the pod while the leader drains its own
         await asyncio.gather(pod.stop(self.options.drain_deadline, unenroll=True),
                              self._sync_workers())  # fmt: skip
-        assert self.services is not None
-        if not any(p.identity == pod.identity for p in self.pods.values()):
-            self.services.certs.forget(pod.identity)  # a workload that left: forget its cert
+        self._forget_cert(pod)
 
     async def _pod_api(self, cmd: PodAdd | PodRemove | PodList) -> dict[str, object]:
         assert self.services is not None
@@ -285,16 +405,28 @@ class NodeDaemon:
         revoked = self.services.tracker.apply(new)
         if revoked:
             log.info("policy change closed %d live connection(s)", revoked)
-        self._background = [t for t in self._background if not t.done()]  # one swap per edit
-        self._background.append(asyncio.ensure_future(self._sync_pods(new)))
+        self.readiness.note("config", None)
+        self._sync.request()  # however many swaps come, one pass at a time, on the newest
+
+    def _on_reject(self, failure: ReloadFailure) -> None:
+        """A refused reload keeps the node ready: it goes on serving the last good snapshot (as
+        ztunnel and Envoy keep their last good config), and flipping readiness would turn one bad
+        edit into every node leaving service at once. The refusal shows in the readiness body,
+        /config_dump and zt_config_last_reload_success / zt_config_reload_errors_total."""
+        self._reload_errors.inc(labels={"reason": failure.reason})
+        if self.services is not None:
+            self.readiness.note("config", self.services.store.describe())
 
     def config_dump(self, store: SnapshotStore) -> dict[str, object]:
         services = self.services
         return {
             "node": self.options.node,
             "ready": self.readiness.ready,
-            "config": {"path": str(self.options.config), "generation": store.generation,
-                       "reload_errors": store.reload_errors, **document(store.current)},
+            "config": {"path": str(self.options.config), **store.status(),
+                       **document(store.loaded)},
+            "pods_pending_removal": {uid: round(max(0.0, at - time.monotonic()), 3)
+                                     for uid, at in self._grace.pending().items()},
+            "pods_held_in_capture": sorted(self._held),
             "pods": [self._pod_info(p) for p in self.pods.values()],
             "capture": services.capture.status().to_dict() if services else None,
             "workers": self.workers.info() if self.workers else [],

@@ -1,11 +1,15 @@
 """Inbound: HBONE tunnels (:15008) and plaintext (:15006) to a pod's applications.
 
-DESIGN.md §2: "200 once policy passed **and** the upstream socket is connected; 400 malformed
+docs/design.md §2: "200 once policy passed **and** the upstream socket is connected; 400 malformed
 request or authority IP ≠ the pod the connection reached; 401 policy denied; 503 unknown destination
 or upstream unreachable (10 s dial timeout). After 200, failures become RST_STREAM."
 Plaintext (§1): "non-HBONE connections to the pod; only IP/port policy rules can allow them".
 Delivery to the app is a marked connection from inside the pod to `<pod ip>:<port>`; its source is
 the pod's own IP, which sk_lookup leaves alone (§6).
+
+Loop guard (zt/state/loopguard.py): a destination port zt listens on is refused before policy and
+before any dial, on both paths. Without it, a connection to `<pod ip>:15006` would be delivered to
+`<pod ip>:15006`, which is this listener again, and so on until the node runs out of fds.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from zt.proxy.errors import StreamResetError
 from zt.proxy.relay import relay, reset_tcp
 from zt.proxy.splice import splice
 from zt.proxy.stream import HboneStream
-from zt.state import Connection, Decision, Workload, authorize
+from zt.state import Connection, Decision, Workload, authorize, check_inbound
+from zt.state.loopguard import METRIC, METRIC_HELP
 from zt.telemetry.connections import ConnectionInfo, ConnectionReport, Peer
 
 if TYPE_CHECKING:
@@ -46,6 +51,14 @@ def _source_peer(pod: PodProxy, addr: SocketAddr, identity: str) -> Peer:
 def _dest_peer(workload: Workload, target: SocketAddr, with_identity: bool) -> Peer:
     identity = workload.identity if with_identity else ""
     return Peer(str(target), workload.name, workload.namespace, identity)
+
+
+def count_loop_guard(pod: PodProxy, path: str, detail: str) -> None:
+    """One refusal by the loop guard on `path` (plaintext, hbone, outbound, socks5). The access
+    record says which destination; this debug line is for following one pod's refusals."""
+    counter = pod.services.registry.counter(METRIC, METRIC_HELP, ("path",))
+    counter.inc(labels={"path": path})
+    log.debug("pod %s: %s connection refused: %s", pod.uid, path, detail)
 
 
 def _deny_log(pod: PodProxy, conn: Connection, decision: Decision) -> None:
@@ -90,6 +103,12 @@ async def hbone_tunnel(pod: PodProxy, stream: HboneStream) -> None:
         protocol="hbone",
     )
     report = ConnectionReport(pod.services.telemetry, info)
+    looping = check_inbound(target, pod.services.illegal_ports)
+    if looping is not None:
+        count_loop_guard(pod, "hbone", str(looping))
+        _refuse(stream, looping.error())
+        report.closed(flags=FLAG_NO_ROUTE, error=str(looping))
+        return
     if target.ip not in workload.ips or peer_addr is None:
         _refuse(stream, AuthorityMismatch(f"{target} is not an address of pod {workload.uid}"))
         report.closed(flags=FLAG_NO_ROUTE, error=f"authority {target} is not this pod")
@@ -107,6 +126,9 @@ async def hbone_tunnel(pod: PodProxy, stream: HboneStream) -> None:
         _refuse(stream, UpstreamUnreachable(f"{target}: {exc}"))
         report.closed(flags=FLAG_UPSTREAM_FAILURE, error=f"{target}: {exc}")
         return
+    except asyncio.CancelledError:  # the client reset the stream before our answer
+        report.closed(flags=FLAG_DRAINED, error="client reset the stream during the dial")
+        raise
     try:
         stream.driver.respond(stream, 200)  # only now: the app's socket is connected
     except (StreamResetError, ZtError):
@@ -152,6 +174,12 @@ async def plaintext(
         protocol="tcp",
     )
     report = ConnectionReport(pod.services.telemetry, info)
+    looping = check_inbound(target, pod.services.illegal_ports)
+    if looping is not None:  # reset, never dial: the dial would come straight back here
+        count_loop_guard(pod, "plaintext", str(looping))
+        reset_tcp(writer)
+        report.closed(flags=FLAG_NO_ROUTE, error=str(looping))
+        return
     conn = Connection(source.ip, target, None, workload.network)
     decision = authorize(conn, pod.services.store.current)
     if not decision.allowed:

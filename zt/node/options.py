@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +12,27 @@ from typing import get_args
 from zt.addr import SocketAddr
 from zt.capture import Mode
 from zt.errors import UsageError
+from zt.node.reconcile import DEFAULT_GRACE
+from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits
+from zt.state.loopguard import illegal_ports as loopguard_ports
 
 MAX_WORKERS = 64
 
 
 class BadWorkerCount(UsageError):
     reason = "bad_worker_count"
+
+
+class RemoteAdminRefused(UsageError):
+    """The admin endpoint can stop the node and change its logging: it stays on loopback."""
+
+    reason = "remote_admin_refused"
+
+
+def is_loopback(addr: SocketAddr) -> bool:
+    ip = addr.ip
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is loopback too
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 @dataclass(frozen=True)
@@ -31,13 +47,32 @@ class NodeOptions:
     metrics: SocketAddr = field(default_factory=lambda: SocketAddr.parse("[::]:15020"))
     readiness: SocketAddr = field(default_factory=lambda: SocketAddr.parse("[::]:15021"))
     admin: SocketAddr = field(default_factory=lambda: SocketAddr.parse("127.0.0.1:15000"))
+    admin_allow_remote: bool = False  # serve admin on a non-loopback address (it has no auth)
     log_format: str = "text"
     drain_deadline: float = 10.0
     config_poll: float = 1.0
+    # seconds a served pod may be missing from the mesh file before it is drained and unenrolled
+    # (a file caught half-written must not unenroll anyone); the leader decides removals
+    pod_grace: float = DEFAULT_GRACE
+    # seconds from accept() to an authenticated peer (first byte, TLS handshake, peer check)
+    handshake_timeout: float = DEFAULT_LIMITS.handshake_timeout
     socks5: bool = False
     workers: int = 1  # data-plane processes: this one (the leader) plus workers - 1 followers
 
     def __post_init__(self) -> None:
+        if not is_loopback(self.admin) and not self.admin_allow_remote:
+            # The admin API has no authentication (as Envoy's and ztunnel's): anyone who reaches
+            # it can POST /quitquitquit. ztunnel binds it to localhost only.
+            raise RemoteAdminRefused(
+                f"--admin-addr: got {self.admin}, expected a loopback address (127.0.0.1 or "
+                "[::1]); pass --admin-allow-remote to serve the unauthenticated admin API there"
+            )
+        if not self.handshake_timeout > 0:
+            raise UsageError(
+                f"--handshake-timeout: got {self.handshake_timeout!r}, expected seconds > 0"
+            )
+        if not self.pod_grace >= 0:
+            raise UsageError(f"--pod-grace: got {self.pod_grace!r}, expected seconds >= 0")
         if not 1 <= self.workers <= MAX_WORKERS:
             raise BadWorkerCount(f"--workers: got {self.workers}, expected 1..{MAX_WORKERS}")
         if self.workers > 1 and self.pin_dir is None:
@@ -47,6 +82,16 @@ class NodeOptions:
                 f"--workers: got {self.workers} with --no-pin, expected 1 (follower workers "
                 "open the pinned capture maps: drop --no-pin)"
             )
+
+    @property
+    def accept_limits(self) -> AcceptLimits:
+        """The caps of every pod's accept loops, with this node's handshake deadline."""
+        return dataclasses.replace(DEFAULT_LIMITS, handshake_timeout=self.handshake_timeout)
+
+    @property
+    def illegal_ports(self) -> frozenset[int]:
+        """zt's own ports plus where this node moved its endpoints: never a destination."""
+        return loopguard_ports((self.metrics.port, self.readiness.port, self.admin.port))
 
     def follower_json(self) -> str:
         """What a follower worker needs (no endpoints, no pod API: those are the leader's)."""
@@ -63,6 +108,12 @@ class NodeOptions:
                 "config_poll": self.config_poll,
                 "socks5": self.socks5,
                 "workers": self.workers,
+                "handshake_timeout": self.handshake_timeout,
+                # not served by followers, but guarded by them (the loop guard's ports)
+                "metrics": str(self.metrics),
+                "readiness": str(self.readiness),
+                "admin": str(self.admin),
+                "admin_allow_remote": self.admin_allow_remote,
             }
         )
 
@@ -85,6 +136,11 @@ class NodeOptions:
                 config_poll=float(doc["config_poll"]),
                 socks5=bool(doc["socks5"]),
                 workers=int(doc["workers"]),
+                handshake_timeout=float(doc["handshake_timeout"]),
+                metrics=SocketAddr.parse(str(doc["metrics"])),
+                readiness=SocketAddr.parse(str(doc["readiness"])),
+                admin=SocketAddr.parse(str(doc["admin"])),
+                admin_allow_remote=bool(doc["admin_allow_remote"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(

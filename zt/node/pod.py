@@ -8,6 +8,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from zt.identity.tls import cached_client_context, rotating_server_context
 from zt.node import inbound, outbound, socks5
 from zt.node.podnet import STREAM_LIMIT, PodNet
 from zt.node.services import NodeServices
+from zt.proxy.accept import AcceptLoop, ConnectionGroup, StreamHandler, serve_streams
 from zt.proxy.client import dial
 from zt.proxy.driver import HboneDriver
 from zt.proxy.errors import DialFailed
@@ -51,7 +53,11 @@ class PodProxy:
         self.identity = SpiffeId.parse(workload.identity)
         self.net = PodNet(netns)
         self.pool = HbonePool(self._connect, clock=None)
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        # zt's accept loops (zt/proxy/accept.py): all of the pod's listeners share one group
+        # (connection cap, half-open caps on :15008), exported per pod.
+        self.connections_group = ConnectionGroup(self.uid, services.accept_limits)
+        self._accept_metrics = services.accept_metrics()
         self._hbone: HboneServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.enrolled = False
@@ -84,35 +90,24 @@ class PodProxy:
             if self.services.enrolls:  # a follower worker's sockets join the leader's groups
                 await asyncio.to_thread(self.services.capture.enroll, self._capture_spec(socks))
                 self.enrolled = True
-            self._servers.append(
-                await asyncio.start_server(
-                    self._handler(outbound.handle, "outbound"),
-                    sock=socks.outbound,
-                    limit=STREAM_LIMIT,
-                )
-            )
-            self._servers.append(
-                await asyncio.start_server(
-                    self._handler(inbound.plaintext, "inbound"),
-                    sock=socks.inbound_plain,
-                    limit=STREAM_LIMIT,
-                )
-            )
+            self._serve(socks.outbound, self._handler(outbound.handle, "outbound"), "outbound")
+            self._serve(socks.inbound_plain, self._handler(inbound.plaintext, "inbound"), "inbound")
             self._hbone = HboneServer(
                 rotating_server_context(self._current_cert),
                 peer_check=client_peer_check(self.workload.trust_domain),
                 handler=self._stream_handler,
+                on_limit=self.services.count_hbone_limit,
             )
-            await self._hbone.start_on(socks.inbound_hbone)
+            await self._hbone.start_on(
+                socks.inbound_hbone, group=self.connections_group, metrics=self._accept_metrics
+            )
             if self.services.socks5:
                 proxy = await asyncio.to_thread(
                     functools.partial(
                         self.net.loopback_listener, socks5.SOCKS_PORT, reuse_port=reuse
                     )
                 )
-                self._servers.append(
-                    await asyncio.start_server(self._handler(socks5.handle, "socks5"), sock=proxy)
-                )
+                self._serve(proxy, self._handler(socks5.handle, "socks5"), "socks5")
         except BaseException:
             self._close_servers()  # servers own their sockets; close the rest by hand
             for sock in (socks.outbound, socks.inbound_plain, socks.inbound_hbone):
@@ -149,6 +144,15 @@ class PodProxy:
         self.net.close()
         log.info("pod %s stopped (unenroll=%s)", self.uid, unenroll)
 
+    def _serve(self, sock: socket.socket, handler: StreamHandler, name: str) -> None:
+        """Accept on a plaintext listener of the pod (the loop owns `sock` from now on)."""
+        serve = serve_streams(handler, limit=STREAM_LIMIT)
+        self._servers.append(
+            AcceptLoop(
+                sock, serve, group=self.connections_group, metrics=self._accept_metrics, name=name
+            )
+        )
+
     def _close_servers(self) -> None:
         for server in self._servers:
             with contextlib.suppress(ValueError):  # its socket was closed already
@@ -183,7 +187,8 @@ class PodProxy:
         if stream.driver not in self._hbone_seen:  # the TLS connection's first CONNECT
             self._hbone_seen.add(stream.driver)
             self.services.count_connection("hbone")
-        self._track(inbound.hbone_tunnel(self, stream))
+        # serve_with: the driver cancels the tunnel's dial if the peer resets it unanswered.
+        stream.serve_with(self._track(inbound.hbone_tunnel(self, stream)))
 
     def _current_cert(self) -> WorkloadCert:
         """The pod's certificate now (the manager renews it at half-life; each handshake asks)."""

@@ -12,6 +12,8 @@ from zt.config import SnapshotStore
 from zt.errors import ZtError
 from zt.identity.manager import CertificateManager
 from zt.node.conntrack import ConnTracker
+from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits, AcceptMetrics
+from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS
 from zt.telemetry.connections import ConnectionTelemetry
 from zt.telemetry.metrics import Counter, Registry
 
@@ -40,6 +42,9 @@ class NodeServices:
     tracker: ConnTracker = field(default_factory=ConnTracker)
     dial_timeout: float = 10.0
     socks5: bool = False  # DESIGN.md §1: optional, off by default
+    # Ports zt never delivers to or dials locally (zt/state/loopguard.py): the defaults plus the
+    # node's configured metrics/readiness/admin ports.
+    illegal_ports: frozenset[int] = DEFAULT_ILLEGAL_PORTS
     # Worker processes (zt/node/workers.py): which one this is (0 = the leader), whether its
     # listeners join SO_REUSEPORT groups (workers > 1), and whether it enrolls pods in capture
     # (only the leader's sockets go into the sockmap; the kernel spreads over the group).
@@ -47,6 +52,16 @@ class NodeServices:
     reuse_port: bool = False
     enrolls: bool = True
     _accepted: Counter | None = field(default=None, init=False, repr=False)
+    # Caps, deadlines and keepalive of every pod's accept loops (zt/proxy/accept.py).
+    accept_limits: AcceptLimits = DEFAULT_LIMITS
+    _accept_metrics: AcceptMetrics | None = field(default=None, init=False, repr=False)
+
+    def accept_metrics(self) -> AcceptMetrics:
+        """The accept loops' counters (refusals, open connections, handshake timeouts, handler
+        errors), exported through `registry` labelled by pod; one set for the whole node."""
+        if self._accept_metrics is None:
+            self._accept_metrics = AcceptMetrics(self.registry)
+        return self._accept_metrics
 
     def count_connection(self, listener: str) -> None:
         """One connection accepted by this worker on a pod's `listener` (outbound, inbound,
@@ -58,6 +73,15 @@ class NodeServices:
                 ("worker", "listener"),
             )
         self._accepted.inc(labels={"worker": str(self.worker), "listener": listener})
+
+    def count_hbone_limit(self, limit: str) -> None:
+        """An HBONE peer went past `limit` (a zt/hbone/limits.py name) on one of the node's
+        :15008 listeners (HboneServer's `on_limit`)."""
+        self.registry.counter(
+            "zt_hbone_limit_exceeded_total",
+            "HTTP/2 limits HBONE peers went past (the connection or stream was refused)",
+            ("limit",),
+        ).inc(labels={"limit": limit})
 
 
 async def renew_loop(certs: CertificateManager, who: str) -> None:

@@ -30,7 +30,9 @@ from zt.identity.manager import CertificateManager
 from zt.node.control import MAX_LINE, Channel
 from zt.node.options import NodeOptions
 from zt.node.pod import PodProxy
+from zt.node.reconcile import LatestOnly, same_listeners
 from zt.node.services import NodeServices, renew_loop
+from zt.proxy.accept import install_exception_handler
 from zt.state import Snapshot
 from zt.telemetry.connections import ConnectionTelemetry
 from zt.telemetry.logsetup import configure
@@ -72,6 +74,7 @@ class Follower:
         self._background: list[asyncio.Task[None]] = []
         self.services: NodeServices | None = None
         self.watcher: FileWatcher | None = None
+        self._resync = LatestOnly(self._reconverge)  # own swaps: one pass at a time, newest
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -110,15 +113,21 @@ class Follower:
             registry=self.registry,
             telemetry=ConnectionTelemetry(self.registry, log_format=opts.log_format),
             socks5=opts.socks5,
+            illegal_ports=opts.illegal_ports,  # zt's ports plus where the node moved its own
+            accept_limits=opts.accept_limits,
             worker=self.worker,
             reuse_port=True,
             enrolls=False,
         )
+        install_exception_handler(metrics=self.services.accept_metrics())
         additive_collectors(self.services)
-        self.watcher = FileWatcher(opts.config, store)
+        # pods the leader still wants (in their removal grace) are served as the workload they were
+        store.retain(lambda: [pod.workload for pod in self.pods.values()])
+        self.watcher = FileWatcher(opts.config, store, settle=0.9 * opts.config_poll)
         store.subscribe(self._on_swap)
         self._background += [
             asyncio.ensure_future(self.watcher.run(opts.config_poll)),
+            asyncio.ensure_future(self._resync.run()),
             asyncio.ensure_future(renew_loop(self.services.certs, f"worker {self.worker}")),
         ]
 
@@ -143,7 +152,8 @@ class Follower:
         async with self._lock:
             self._wanted = wanted
             if self.watcher is not None:
-                self.watcher.poll()  # at least as fresh as the leader's snapshot was
+                # at least as fresh as the leader's: it loaded the file once it settled
+                self.watcher.poll(force=True)
             failed = await self._converge()
         return {"serving": sorted(self.pods), "failed": failed}
 
@@ -151,13 +161,20 @@ class Follower:
         services = self.services
         assert services is not None
         snapshot = services.store.current
-        leaving = [
-            pod
-            for uid, pod in self.pods.items()
-            if (snapshot.by_uid.get(uid), self._wanted.get(uid)) != (pod.workload, pod.netns)
-        ]
+        leaving = []
+        for uid, pod in self.pods.items():
+            netns, workload = self._wanted.get(uid), snapshot.by_uid.get(uid)
+            if netns is None or netns != pod.netns:
+                leaving.append(pod)  # the leader decides removals (after its grace period)
+            elif workload is None:
+                continue  # missing from our snapshot only: keep serving what the leader wants
+            elif not same_listeners((pod.workload, pod.netns), (workload, netns)):
+                leaving.append(pod)  # new identity or IPs: new listeners (restarted below)
+            else:
+                pod.workload = workload  # the rest is read per connection: swap it in place
         for pod in leaving:
             del self.pods[pod.uid]
+        services.store.refresh()
         await asyncio.gather(
             *(p.stop(self.options.drain_deadline, unenroll=False) for p in leaving),
             return_exceptions=True,
@@ -186,17 +203,18 @@ class Follower:
         revoked = self.services.tracker.apply(new)
         if revoked:
             log.info("worker %d: policy change closed %d connection(s)", self.worker, revoked)
-        self._background = [t for t in self._background if not t.done()]  # one swap per edit
-        self._background.append(asyncio.ensure_future(self._reconverge()))
+        self._resync.request()
+        self._background = [t for t in self._background if not t.done()]
         self._background.append(asyncio.ensure_future(self._tell_leader()))
 
     async def _tell_leader(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.channel.send({"op": "config_changed"})
 
-    async def _reconverge(self) -> None:
+    async def _reconverge(self) -> float | None:
         async with self._lock:
             await self._converge()
+        return None
 
     async def _shutdown(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):

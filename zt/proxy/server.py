@@ -24,10 +24,20 @@ from zt.hbone.errors import UpstreamUnreachable
 from zt.hbone.request import ConnectRequest
 from zt.hbone.settings import HboneSettings
 from zt.identity.spiffe import SpiffeId
+from zt.proxy.accept import (
+    DEFAULT_LIMITS,
+    AcceptLimits,
+    AcceptLoop,
+    AcceptMetrics,
+    ConnectionGroup,
+    listening_socket,
+    serve_tls,
+)
 from zt.proxy.driver import HboneDriver, PeerCheck
 from zt.proxy.errors import InternalError, StreamResetError
 from zt.proxy.relay import TcpRelay
 from zt.proxy.stream import HboneStream
+from zt.sockopt import set_keepalive
 
 log = logging.getLogger("zt.proxy.server")
 
@@ -74,6 +84,7 @@ async def dial_authority(request: ConnectRequest) -> Upstream:
     sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
     sock.setblocking(False)
     try:
+        set_keepalive(sock)  # a vanished upstream must not hold the tunnel for hours
         err = sock.connect_ex((str(ip), port))
         if err == errno.EINPROGRESS:
             await _writable(sock)
@@ -116,9 +127,11 @@ class HboneServer:
         settings: HboneSettings | None = None,
         dial_timeout: float = DIAL_TIMEOUT,
         handler: Callable[[HboneStream], None] | None = None,
+        on_limit: Callable[[str], None] | None = None,
     ) -> None:
         """`handler`, when given, takes over every CONNECT (the node's own admission, dial and
-        relay); otherwise `admission` + `dialer` + relay serve it."""
+        relay); otherwise `admission` + `dialer` + relay serve it. `on_limit(name)` is called
+        for every limit a peer goes past (zt/hbone/limits.py names; e.g. a node's metric)."""
         self._context = context
         self._handler = handler
         self._peer_check = peer_check
@@ -126,7 +139,7 @@ class HboneServer:
         self._dialer = dialer
         self._settings = settings
         self.dial_timeout = dial_timeout
-        self._server: asyncio.Server | None = None
+        self._server: asyncio.AbstractServer | None = None
         self.drivers: set[HboneDriver] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.connections_accepted = 0  # TLS handshakes that passed the peer check
@@ -134,31 +147,51 @@ class HboneServer:
         self.peer_refusals: deque[BaseException] = deque(maxlen=RECENT)
         self.statuses: Counter[int] = Counter()  # CONNECT answers given, by status
         self.tunnels = 0
+        # Limits peers went past, by name (zt/hbone/limits.py), summed over connections.
+        self.limit_hits: Counter[str] = Counter()
+        self._on_limit = on_limit
 
-    async def start(self, listen: SocketAddr, *, reuse_port: bool = False) -> SocketAddr:
+    async def start(
+        self,
+        listen: SocketAddr,
+        *,
+        reuse_port: bool = False,
+        limits: AcceptLimits = DEFAULT_LIMITS,
+        metrics: AcceptMetrics | None = None,
+    ) -> SocketAddr:
         """Listen on `listen` (port 0 picks one); return the bound address. `reuse_port`: join
-        an SO_REUSEPORT group, so several worker processes share the port."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._make_driver, str(listen.ip), listen.port, ssl=self._context, backlog=1024,
-            reuse_port=reuse_port,
-        )  # fmt: skip
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return SocketAddr.parse(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        an SO_REUSEPORT group, so several worker processes share the port. `limits`: the
+        handshake deadline and the caps of zt/proxy/accept.py."""
+        sock = listening_socket(listen, reuse_port=reuse_port)
+        return await self.start_on(sock, group=ConnectionGroup("", limits), metrics=metrics)
 
-    async def start_on(self, sock: socket.socket) -> SocketAddr:
-        """Serve on an already listening socket (e.g. one opened inside a pod's netns)."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._make_driver, sock=sock, ssl=self._context)
+    async def start_on(
+        self,
+        sock: socket.socket,
+        *,
+        group: ConnectionGroup | None = None,
+        metrics: AcceptMetrics | None = None,
+    ) -> SocketAddr:
+        """Serve on an already listening socket (e.g. one opened inside a pod's netns), within
+        `group`'s caps (a pod's listeners share one): zt's accept loop, not asyncio's
+        (zt/proxy/accept.py: handshake deadline, half-open caps, EMFILE backoff, keepalive)."""
+        group = group or ConnectionGroup()
+        serve = serve_tls(
+            self._make_driver, self._context, ended=lambda d: d.closed, limits=group.limits
+        )
+        self._server = AcceptLoop(
+            sock, serve, group=group, pre_auth=True, metrics=metrics, name="hbone"
+        )
         return from_sockaddr(sock.getsockname())
 
     def _make_driver(self) -> HboneDriver:
-        on_request = self._handler or (lambda stream: self._spawn(self._serve(stream)))
+        on_request = self._handler or self._serve_stream
         driver = HboneDriver(
             "server",
             settings=self._settings,
             peer_check=self._peer_check,
             on_request=on_request,
+            on_limit=self._limit_hit,
         )
         driver.ready.add_done_callback(lambda f: self._accepted(driver, f))
         return driver
@@ -174,10 +207,20 @@ class HboneServer:
         self.drivers.add(driver)
         driver.closed.add_done_callback(lambda _: self.drivers.discard(driver))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _limit_hit(self, limit: str) -> None:
+        self.limit_hits[limit] += 1
+        if self._on_limit is not None:
+            self._on_limit(limit)
+
+    def _serve_stream(self, stream: HboneStream) -> None:
+        # The driver cancels this task if the peer resets the stream before it is answered.
+        stream.serve_with(self._spawn(self._serve(stream)))
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _serve(self, stream: HboneStream) -> None:
         """Admit, dial, answer, relay. A failure before the answer becomes its status (the
@@ -202,6 +245,9 @@ class HboneServer:
             upstream.close()
             self._answer_error(stream, UpstreamUnreachable(str(exc)))
             return
+        except asyncio.CancelledError:  # the client reset the stream meanwhile
+            upstream.close()
+            raise
         driver = stream.driver
         corked = driver.cork()  # the 200 and what the target already sent: one TLS record
         try:
