@@ -1,4 +1,4 @@
-# `make lab`: the local lab on this machine (issue 7). Included by the Makefile.
+# `make lab`: the local lab on this machine. Included by the Makefile.
 #   make lab                 set up, `zt lab up`, `zt lab demo`, `zt lab down`; fails if a row fails
 #   make lab KEEP=1          leave the lab running afterwards and print how to explore it
 #   make lab-down            remove a lab left running (idempotent)

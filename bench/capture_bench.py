@@ -1,6 +1,6 @@
-"""Connection set-up cost through BPF capture vs an iptables REDIRECT rule (issue 8's capture target).
+"""Connection set-up cost through BPF capture vs an iptables REDIRECT rule (docs/PERFORMANCE.md's capture target).
 
-Run as root, in its own process (one compiled Capture per process, DESIGN.md §6):
+Run as root, in its own process (one compiled Capture per process, docs/design.md §6):
 
     .venv/bin/python -m bench.capture_bench [--count N] [--rounds R] [--kernel-stats]
 

@@ -4,7 +4,7 @@ not a dependency of zt: install it into the venv to regenerate the committed PNG
     .venv/bin/python -m bench.chart OUT.png LABEL=REPORT.txt [LABEL=REPORT.txt ...]
 
 Each REPORT.txt is the output of `python -m bench.hbone_bench`; its `RATIO` lines are drawn as
-groups of bars, one bar per report, against the issue's targets.
+groups of bars, one bar per report, against the targets.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.report import RATIO_KEYS, ReportError, parse_machine_lines
 
-# Issue 8's targets; latency is "lower is better" (zt's added p50 / Envoy's ≤ 1.5).
+# The targets; latency is "lower is better" (zt's added p50 / Envoy's ≤ 1.5).
 TARGETS = {
     "throughput_up": 1.0,
     "throughput_down": 1.0,

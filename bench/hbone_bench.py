@@ -1,6 +1,6 @@
 """HBONE benchmark (not a test): direct TCP vs an Envoy client+server pair vs a zt client+server pair.
 
-All on loopback, interleaved repetitions (alternating order), medians with min..max (DESIGN.md §8).
+All on loopback, interleaved repetitions (alternating order), medians with min..max (docs/design.md §8).
 Each proxy runs in its own process (Envoy with --concurrency 1; zt client and zt server as `--role`
 subprocesses of this script, on uvloop when it is installed); the load generator runs here and the
 target server in a subprocess.

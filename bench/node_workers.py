@@ -1,4 +1,4 @@
-"""`zt run --workers N` through a captured pod: workers=1 vs workers=2 (issue 8's worker lever).
+"""`zt run --workers N` through a captured pod: workers=1 vs workers=2 (the worker lever of docs/PERFORMANCE.md).
 
 Run as root: `.venv/bin/python -m bench.node_workers [--reps 3] [--seconds 3] [--mib 64]`.
 

@@ -1,7 +1,7 @@
-"""The bench's report: medians with min..max, the issue's ratios, and its machine-readable lines.
+"""The bench's report: medians with min..max, the target ratios, and its machine-readable lines.
 
 Pure functions over `Results` (mode → metric → samples), so tests can check the parsing and the
-arithmetic without running a benchmark. The last lines of a run are, as issue 8 asks, one per target:
+arithmetic without running a benchmark. The last lines of a run are, one per target:
 `RATIO throughput_up <zt/envoy>`, `RATIO throughput_down …`, `RATIO tunnels_per_s …`,
 `RATIO latency_p50_added …`, `RATIO workers_scaling …`, `RSS_PER_TUNNEL_KIB <n>`.
 """
@@ -40,7 +40,7 @@ def medians(results: Results) -> dict[str, dict[str, float]]:
 
 
 def ratios(results: Results, workers: int) -> dict[str, float]:
-    """The issue's targets. `workers_scaling` = aggregate through `workers` worker processes /
+    """The targets (docs/PERFORMANCE.md). `workers_scaling` = aggregate through `workers` worker processes /
     (`workers` times the same load through one worker)."""
     med = medians(results)
     d, e, z = med["direct"], med["envoy"], med["zt"]

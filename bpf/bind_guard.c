@@ -1,6 +1,6 @@
 /* cgroup/bind4 + bind6 guard: in an enrolled pod only sockets marked ZT_MARK may bind
- * 15001/15006/15008 (DESIGN.md §6: "A bind4/bind6 guard keeps apps from binding
- * 15001/15006/15008 in enrolled pods"). Return 0 = bind() fails with EPERM.
+ * 15001/15006/15008 (docs/design.md §6: A bind4/bind6 guard keeps apps from binding
+ * 15001/15006/15008 in enrolled pods). Return 0 = bind() fails with EPERM.
  */
 #include "zt_capture.h"
 

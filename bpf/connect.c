@@ -1,4 +1,4 @@
-/* cgroup/connect4 + connect6: outbound capture, default mode (DESIGN.md §6).
+/* cgroup/connect4 + connect6: outbound capture, default mode (docs/design.md §6).
  *
  * Linked once at the cgroup-v2 root, so it runs for every connect() on the machine: it must leave
  * alone everything that is not an enrolled pod (netns cookie not in zt_pods). In an enrolled pod:

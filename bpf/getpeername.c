@@ -1,5 +1,5 @@
 /* cgroup/getpeername4 + getpeername6: the app of a captured connection sees its original peer,
- * not <pod ip>:15001 (DESIGN.md §6). Read from the socket storage connect4/6 wrote; every other
+ * not <pod ip>:15001 (docs/design.md §6). Read from the socket storage connect4/6 wrote; every other
  * socket (no storage: one pointer test in the kernel) is left alone.
  */
 #include "zt_capture.h"

@@ -1,4 +1,4 @@
-/* sk_lookup: steer new TCP connections in an enrolled pod's netns to zt's listeners (DESIGN.md §6).
+/* sk_lookup: steer new TCP connections in an enrolled pod's netns to zt's listeners (docs/design.md §6).
  *
  * Linked (BPF link on the netns fd) into every enrolled pod netns. Runs only when no established
  * socket matches, i.e. for SYNs. Decisions, in order:
@@ -56,7 +56,7 @@ int zt_sk_lookup(struct bpf_sk_lookup *ctx)
     struct zt_ipval *src = zt_ips.lookup(&remote);
     struct zt_ipval *dst = zt_ips.lookup(&local);
     if (dst) {
-        /* "Connections whose source IP equals the pod IP are left alone" (DESIGN.md §6) */
+        /* "Connections whose source IP equals the pod IP are left alone" (docs/design.md §6) */
         if (src && src->slot == dst->slot) {
             zt_count(ZT_C_LOOKUP_SELF);
             return SK_PASS;

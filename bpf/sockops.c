@@ -1,5 +1,5 @@
 /* sockops: re-key a captured connection's original destination by the app's (ip, port)
- * (DESIGN.md §6: "re-keyed by the app's (ip, port) in sockops TCP_CONNECT_CB"), which is what the
+ * (docs/design.md §6: re-keyed by the app's (ip, port) in sockops TCP_CONNECT_CB), which is what the
  * proxy sees as the peer of the socket accepted on 15001.
  *
  * The kernel calls this for every TCP socket on the machine, ~9 times per connection (TIMEOUT_INIT,

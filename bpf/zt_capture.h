@@ -1,9 +1,9 @@
-/* zt capture: the one header shared by every hook (DESIGN.md §6).
+/* zt capture: the one header shared by every hook (docs/design.md §6).
  *
  * bcc compiles everything as ONE module (zt/capture/loader.py pastes this header and then every
  * C file of bpf/, because bcc rewrites map calls only in its main file), so the maps below exist
  * once and all programs share them. Constants the Python side also knows come in as cflags
- * "-D..." (DESIGN.md §6, bcc quirk) and have the same defaults here.
+ * "-D..." (docs/design.md §6, bcc quirk) and have the same defaults here.
  *
  * Byte order: addresses and ports stored in maps are in NETWORK order; addresses are always 16
  * bytes (IPv4 as IPv4-mapped IPv6, ::ffff:a.b.c.d), so one key layout serves both families.
@@ -38,7 +38,7 @@
 #include <linux/socket.h>
 
 #ifndef ZT_MARK
-#define ZT_MARK 0x539 /* SO_MARK of every socket zt creates for a pod (DESIGN.md §6) */
+#define ZT_MARK 0x539 /* SO_MARK of every socket zt creates for a pod (docs/design.md §6) */
 #endif
 #ifndef ZT_PORT_OUTBOUND
 #define ZT_PORT_OUTBOUND 15001

@@ -1,4 +1,4 @@
-"""`zt lab`: a mesh of nodes and pods as network namespaces on this machine (issue 7)."""
+"""`zt lab`: a mesh of nodes and pods as network namespaces on this machine."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Host set-up for zt on Debian 12 (idempotent). Installs what bcc and the tests need and links
-# kernel headers when the running kernel has no headers package of its own (DESIGN.md §6).
+# kernel headers when the running kernel has no headers package of its own (docs/design.md §6).
 set -euo pipefail
 
 need=(python3-bpfcc linux-headers-amd64 iproute2 bpftool python3-venv openssl

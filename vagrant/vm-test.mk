@@ -1,4 +1,4 @@
-# The VM lab on real kernels (issue 7), included by the top-level Makefile. Not part of `make test`:
+# The VM lab on real kernels, included by the top-level Makefile. Not part of `make test`:
 # under software emulation a run takes minutes per kernel.
 #
 #   make vm-test [KERNEL=6.1|6.12|all] [VM_TIERS="tests/netns tests/packets tests/node"]

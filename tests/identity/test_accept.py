@@ -43,7 +43,7 @@ def test_reverse_direction_roles(pki: Pki) -> None:
 
 
 def test_any_expected_identity_matches(pki: Pki) -> None:
-    """DESIGN.md §2: the destination workload's identity "plus SANs a Service lists"."""
+    """docs/design.md §2: the destination workload's identity "plus SANs a Service lists"."""
     other = SpiffeId("cluster.local", "shop", "canary")
     sctx = server_context(pki.issue(SERVER))
     cctx = client_context(pki.issue(CLIENT))

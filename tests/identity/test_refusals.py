@@ -286,7 +286,7 @@ def test_client_without_spiffe_identity(pki: Pki, sans: list[x509.GeneralName], 
 
 
 def test_client_first_uri_san_is_the_identity(pki: Pki) -> None:
-    """DESIGN.md §2: "The first URI SAN is the peer identity used by policy and logs"."""
+    """docs/design.md §2: The first URI SAN is the peer identity used by policy and logs."""
     second = SpiffeId("cluster.local", "shop", "second")
     sans: list[x509.GeneralName] = [
         x509.UniformResourceIdentifier(str(CLIENT)),

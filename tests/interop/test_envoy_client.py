@@ -1,4 +1,4 @@
-"""Envoy 1.40 as the HBONE client, zt as the server (DESIGN.md §2, §7 "interop").
+"""Envoy 1.40 as the HBONE client, zt as the server (docs/design.md §2, §7 "interop").
 
 Envoy: per route a TCP listener whose `tcp_proxy` tunnels each connection in a CONNECT
 (`tunneling_config`) over an HTTP/2 mTLS cluster pointing at the zt server. Envoy sends no

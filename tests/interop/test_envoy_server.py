@@ -1,4 +1,4 @@
-"""Envoy 1.40 as the HBONE server, zt as the client (DESIGN.md §2, §7 "interop").
+"""Envoy 1.40 as the HBONE server, zt as the client (docs/design.md §2, §7 "interop").
 
 Envoy: TLS 1.3 listener requiring a client certificate whose URI SAN starts with
 spiffe://cluster.local/, HCM with `allow_connect`, a `connect_matcher` route to an ORIGINAL_DST
@@ -129,7 +129,7 @@ def test_zt_half_close_first_target_answers_after(setup: Setup, interop_pki: Int
 def test_target_half_closes_first(setup: Setup, interop_pki: InteropPki) -> None:
     """The target FINs first. zt delivers its bytes and the EOF exactly. Envoy 1.40 as server then
     ends the whole CONNECT stream (END_STREAM, then RST_STREAM(NO_ERROR), which zt reads as EOF per
-    DESIGN.md §2) and closes its upstream socket: zt's later bytes cannot reach the target, and zt
+    docs/design.md §2) and closes its upstream socket: zt's later bytes cannot reach the target, and zt
     reports that as a reset on the next write, not a hang.
     """
 

@@ -1,4 +1,4 @@
-"""`zt lab up|status|exec|down` (issue 7): idempotent down, nothing half-built after a failed up,
+"""`zt lab up|status|exec|down`: idempotent down, nothing half-built after a failed up,
 leftovers of a crashed lab cleaned by the next up, the status JSON shape."""
 
 from __future__ import annotations

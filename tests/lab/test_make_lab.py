@@ -1,4 +1,4 @@
-"""`make lab` (issue 7: "passes from a fresh clone as root on this machine, twice in a row, leaving
+"""`make lab` (it "passes from a fresh clone as root on this machine, twice in a row, leaving
 nothing behind"): the real target, run twice, then nothing of the lab is left."""
 
 from __future__ import annotations

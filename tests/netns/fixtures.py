@@ -58,7 +58,7 @@ def topo() -> Iterator[Topology]:
 
 
 def open_listeners(topo: Topology, mode: Mode) -> ListenerSockets:
-    """15001 (IP_TRANSPARENT in sk_lookup mode: DESIGN.md §6), 15006, 15008, each with a 5 s
+    """15001 (IP_TRANSPARENT in sk_lookup mode: docs/design.md §6), 15006, 15008, each with a 5 s
     accept timeout so a missing connection fails the test instead of hanging it."""
     made: list[socket.socket] = []
     try:

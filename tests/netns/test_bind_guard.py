@@ -1,4 +1,4 @@
-"""bind4/bind6 guard (DESIGN.md §6): only marked sockets may bind 15001/15006/15008 in enrolled
+"""bind4/bind6 guard (docs/design.md §6): only marked sockets may bind 15001/15006/15008 in enrolled
 pods; everywhere else binding them is ordinary."""
 
 from __future__ import annotations

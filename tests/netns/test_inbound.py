@@ -1,4 +1,4 @@
-"""Inbound capture by sk_lookup (DESIGN.md §6): a client in another netns connects to the pod."""
+"""Inbound capture by sk_lookup (docs/design.md §6): a client in another netns connects to the pod."""
 
 from __future__ import annotations
 

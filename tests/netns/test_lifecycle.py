@@ -1,6 +1,6 @@
 """Attachments live exactly as long as they should: close() detaches everything, and unpinned
-links vanish with the process even when it is killed (DESIGN.md §6: "Tests use unpinned links
-(they vanish with the process)")."""
+links vanish with the process even when it is killed (docs/design.md §6: Tests use unpinned links
+(they vanish with the process))."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Outbound capture in both modes (DESIGN.md §6): connect4/6 + sockops + getpeername, and policy
+"""Outbound capture in both modes (docs/design.md §6): connect4/6 + sockops + getpeername, and policy
 routing + sk_lookup. An app in the pod connects to a remote address; zt's 15001 accepts it."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_outbound_captured_with_original_destination(pod: Pod, family: int) -> N
 
 
 def test_ipv4_mapped_destination_is_captured(pod: Pod) -> None:
-    """connect6 also sees IPv4-mapped destinations (DESIGN.md §6); the connection stays IPv4."""
+    """connect6 also sees IPv4-mapped destinations (docs/design.md §6); the connection stays IPv4."""
     remote = app_server(pod.topo.peer, 8080)
     try:
         mapped = f"::ffff:{pod.topo.peer_ip4}"

@@ -2,7 +2,7 @@
 
 A subprocess plays the daemon (tests/netns/pinned_worker.py): it pins capture, enrolls a pod and
 exits without detaching; capture stays fail-closed until a second process re-opens the pins and
-re-registers its listeners (DESIGN.md §6).
+re-registers its listeners (docs/design.md §6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sk_lookup-mode policy routing recipe (DESIGN.md §6), installed and removed with pyroute2."""
+"""The sk_lookup-mode policy routing recipe (docs/design.md §6), installed and removed with pyroute2."""
 
 from __future__ import annotations
 

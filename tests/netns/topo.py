@@ -1,4 +1,4 @@
-"""A pod netns and a peer netns joined by a veth pair, built with pyroute2 (DESIGN.md §7).
+"""A pod netns and a peer netns joined by a veth pair, built with pyroute2 (docs/design.md §7).
 
 Names carry the prefix `ztcap-<pid>-` so concurrent runs don't collide and the final test can find
 leftovers. Everything created is removed by `Topology.remove()` (called from fixtures' finally).

@@ -1,4 +1,4 @@
-"""The issue 6 proof's harness: a real lab (two nodes, two pods each, `zt run` per node) and
+"""The node tier's harness: a real lab (two nodes, two pods each, `zt run` per node) and
 probes of what the daemons expose (access logs, metrics, fds, BPF maps)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6 proof: "adding a DENY while a connection is open closes it; removing it lets new
+"""The node's promise: "adding a DENY while a connection is open closes it; removing it lets new
 connections through" — through the daemon's config watcher (atomic rename, polled ~1 s)."""
 
 from __future__ import annotations

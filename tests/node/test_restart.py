@@ -1,4 +1,4 @@
-"""Issue 6 proof: "Killing zt: enrolled pods fail closed (no bypass to the network); restarting zt
+"""The node's promise: "Killing zt: enrolled pods fail closed (no bypass to the network); restarting zt
 restores service without re-enrolling by hand"."""
 
 from __future__ import annotations

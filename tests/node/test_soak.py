@@ -1,4 +1,4 @@
-"""Issue 6 proof: "A soak of 10,000 sequential tunnels shows no growth in open file descriptors or
+"""The node's promise: "A soak of 10,000 sequential tunnels shows no growth in open file descriptors or
 in the BPF maps". Bounded: stops after SOAK_SECONDS whatever the count (and says how far it got).
 ZT_SOAK_TUNNELS overrides the count (e.g. for a quick local run)."""
 

@@ -1,4 +1,4 @@
-"""The optional SOCKS5 listener (DESIGN.md §1, 127.0.0.1:15080 in each pod): a tool without capture
+"""The optional SOCKS5 listener (docs/design.md §1, 127.0.0.1:15080 in each pod): a tool without capture
 reaches a pod on another node through HBONE, and a refused destination gets a SOCKS failure."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6 proof, traffic: two nodes, two pods each, real capture and real HBONE between them.
+"""The node tier, traffic: two nodes, two pods each, real capture and real HBONE between them.
 
 One lab for the module: these tests only send traffic (no policy change, no daemon killed)."""
 

@@ -1,4 +1,4 @@
-"""Issue 8 lever "several worker processes per node": `zt run --workers 2` on a real lab.
+"""The lever "several worker processes per node": `zt run --workers 2` on a real lab.
 
 The kernel fact it rests on is proven first, without the daemon: when sk_lookup assigns a socket
 of an SO_REUSEPORT group (bpf_sk_assign flags 0), the kernel selects inside the group by the

@@ -1,4 +1,4 @@
-"""scapy sniffing inside a netns (DESIGN.md §7: AsyncSniffer started from a thread that is inside
+"""scapy sniffing inside a netns (docs/design.md §7: AsyncSniffer started from a thread that is inside
 the netns, promisc=False). The sniffer's own thread inherits the netns of the thread that made it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What capture looks like on the wire (DESIGN.md §7), checked with scapy inside the netns."""
+"""What capture looks like on the wire (docs/design.md §7), checked with scapy inside the netns."""
 
 from __future__ import annotations
 

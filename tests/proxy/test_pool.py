@@ -54,7 +54,7 @@ def test_1000_contending_tunnels_under_100_streams_cost_one_handshake(pki: Pki) 
 
 
 def test_1000_held_streams_open_ten_connections_one_dial_at_a_time(pki: Pki) -> None:
-    """A connection is full at 100 streams (DESIGN.md §2): 1,000 held streams → 10 connections,
+    """A connection is full at 100 streams (docs/design.md §2): 1,000 held streams → 10 connections,
     never two dials for the key at once."""
     in_flight = 0
     peak = 0

@@ -1,8 +1,8 @@
 """Relay conformance over a real zt pair on loopback: every close order, resets, a slow reader.
 
-app → zt client relay → HBONE (mTLS, HTTP/2) → zt server relay → target. DESIGN.md §2: "TCP FIN →
+app → zt client relay → HBONE (mTLS, HTTP/2) → zt server relay → target. docs/design.md §2: TCP FIN →
 DATA with END_STREAM; END_STREAM → shutdown(SHUT_WR); RST_STREAM (NO_ERROR/CANCEL) after END_STREAM
-is EOF, not an error; a TCP reset → RST_STREAM."
+is EOF, not an error; a TCP reset → RST_STREAM.
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def test_app_data_and_fin_before_the_tunnel_is_up_are_kept(pki: Pki, loop: str) 
 def test_200_concurrent_tunnels_stay_byte_exact(pki: Pki) -> None:
     """Many tunnels multiplexed on pooled HBONE connections, each with its own random payload,
     all 200 open at once (each waits for the others before its FIN): ≤ 100 streams per client
-    connection (DESIGN.md §2), so the pool needs exactly 2 on any loop."""
+    connection (docs/design.md §2), so the pool needs exactly 2 on any loop."""
 
     async def body() -> None:
         async with zt_pair(pki, echo_handler) as pair:

@@ -1,4 +1,4 @@
-"""Issue 8's tunnel set-up path: TCP sides that are the transport's protocol from the start (no
+"""The tunnel set-up path (docs/PERFORMANCE.md): TCP sides that are the transport's protocol from the start (no
 StreamReader), the driver's cork (one TLS record per burst), the non-blocking upstream dial, and
 that none of it changes what the app and the target see."""
 

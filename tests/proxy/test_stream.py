@@ -1,5 +1,5 @@
 """HboneStream semantics against a raw zt server driver: acknowledgement-driven windows and how
-RST_STREAM is read (DESIGN.md §2)."""
+RST_STREAM is read (docs/design.md §2)."""
 
 from __future__ import annotations
 

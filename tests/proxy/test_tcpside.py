@@ -1,4 +1,4 @@
-"""The callback-driven TCP side (issue 8: "buffer reuse, `recv_into`, adaptive buffer sizes like
+"""The callback-driven TCP side (docs/PERFORMANCE.md: "buffer reuse, `recv_into`, adaptive buffer sizes like
 ztunnel's 1 KiB → 16 KiB → 256 KiB"): the pure sizing rule, the sizes real relays read with, and
 memory bounded by windows and write-buffer marks when a reader is slow, on asyncio and uvloop."""
 

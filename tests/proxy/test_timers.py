@@ -84,7 +84,7 @@ def test_core_idle_timeout_closes_an_unused_connection(pki: Pki) -> None:
 
 
 def test_malformed_connect_gets_400_and_the_connection_survives(pki: Pki) -> None:
-    """A CONNECT with `:path` (DESIGN.md §2: "no :scheme, :path, :protocol") is answered 400 by
+    """A CONNECT with `:path` (docs/design.md §2: no :scheme, :path, :protocol) is answered 400 by
     the server; a well-formed one on the same connection still gets 200."""
 
     async def body() -> None:

@@ -1,4 +1,4 @@
-"""BPF capture without iptables (DESIGN.md §6): the only part of zt that imports bcc.
+"""BPF capture without iptables (docs/design.md §6): the only part of zt that imports bcc.
 
 Public API for the node daemon:
     Capture.open(mode, *, pin_dir) -> Capture     host checks, compile once, attach

@@ -1,5 +1,5 @@
-"""Raw bpf(2) and setns(2) through ctypes: what bcc 0.26's Python API lacks (DESIGN.md §6:
-"sk_lookup/cgroup links need raw bpf(BPF_LINK_CREATE)", sockmap updates by fd, pins).
+"""Raw bpf(2) and setns(2) through ctypes: what bcc 0.26's Python API lacks (docs/design.md §6:
+sk_lookup/cgroup links need raw bpf(BPF_LINK_CREATE), sockmap updates by fd, pins).
 
 Every failing call raises BpfSyscallError with the kernel's errno; nothing here knows zt's maps.
 """

@@ -1,4 +1,4 @@
-"""Capture: attach zt's BPF programs, enroll pods, answer original destinations (DESIGN.md §6).
+"""Capture: attach zt's BPF programs, enroll pods, answer original destinations (docs/design.md §6).
 
 BPF links, not legacy attachments: cgroup links at the cgroup-v2 root (the programs act only on
 enrolled netns cookies) and one sk_lookup netns link per enrolled pod. Unpinned (tests), all of it
@@ -115,7 +115,7 @@ class Capture:
             if cls._compiled_in_use:
                 raise CaptureBusyError(
                     "this process already has an open Capture over the compiled programs;"
-                    " close it first (one compile per process, DESIGN.md §6)"
+                    " close it first (one compile per process, docs/design.md §6)"
                 )
             loaded = loader.load()
             cls._compiled_in_use = True
@@ -284,7 +284,7 @@ class Capture:
         netfilter after a REDIRECT (one syscall); should it not (no memory for the socket's
         storage), the entry sockops keyed by the app's (ip, port) = our peer is popped from the
         map. Everything else (inbound; sk_lookup mode): sk_lookup does not rewrite, so
-        getsockname() is the original destination (DESIGN.md §6)."""
+        getsockname() is the original destination (docs/design.md §6)."""
         local = sock.getsockname()
         if self.mode == "connect" and local[1] == maps.PORT_OUTBOUND:
             # only 15001's sockets: netfilter in a pod could answer for inbound ones too

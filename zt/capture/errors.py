@@ -1,4 +1,4 @@
-"""Failures of BPF capture, each a class deriving from zt.errors (DESIGN.md §6).
+"""Failures of BPF capture, each a class deriving from zt.errors (docs/design.md §6).
 
 Host-check failures carry the fix in their message: an operator reads them once, at start-up.
 """

@@ -1,4 +1,4 @@
-"""Host checks run before anything is attached (issue 5): each failure names the fix.
+"""Host checks run before anything is attached: each failure names the fix.
 
 `evaluate` is pure (facts in, first problem out); `probe` reads the host; `ensure_bpffs` mounts
 bpffs when pinning needs it ("bpffs not mounted (mounted by zt when needed)").
@@ -26,7 +26,7 @@ from zt.capture.errors import (
     NotRootError,
 )
 
-# DESIGN.md §6: "Kernel floor: 5.14 (sk_lookup 5.9, getpeername hooks 5.8, SO_NETNS_COOKIE 5.14)"
+# docs/design.md §6: Kernel floor: 5.14 (sk_lookup 5.9, getpeername hooks 5.8, SO_NETNS_COOKIE 5.14)
 KERNEL_FLOOR: Final = (5, 14)
 CGROUP2_ROOT: Final = Path("/sys/fs/cgroup/unified")
 BPFFS: Final = Path("/sys/fs/bpf")

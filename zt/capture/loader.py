@@ -1,7 +1,7 @@
 """Compile bpf/ once per process with bcc and load every program with its attach type.
 
-DESIGN.md §6: "One compile is about 1 s and 150 MB: compile once per process"; "pass
-`attach_type=` to `load_func`"; "pass constants with `cflags=["-D…"]`". This is the only module of
+docs/design.md §6: one compile costs about 1 s and 150 MB, so each process compiles once;
+`attach_type=` goes to `load_func`; constants go in as `-D` flags. This is the only module of
 zt that imports bcc (lazily, so importing zt.capture works on a host without it).
 bcc rewrites map calls only in its main file, so the C files are concatenated after the header
 instead of being #included.

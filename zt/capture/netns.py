@@ -1,6 +1,6 @@
-"""Sockets inside a pod's network namespace (DESIGN.md §6: "Every socket the proxy creates for a
+"""Sockets inside a pod's network namespace (docs/design.md §6: Every socket the proxy creates for a
 pod ... carries SO_MARK 0x539 and is created inside the pod netns (setns in a worker thread,
-restore in finally; Python < 3.12 needs ctypes setns)").
+restore in finally; Python < 3.12 needs ctypes setns)).
 
 A socket keeps the netns it was created in, so callers use the returned sockets from any thread.
 """
@@ -32,7 +32,7 @@ NETNS_RUN_DIR = Path("/run/netns")
 
 
 def netns_path(netns: str | Path) -> Path:
-    """A name under /run/netns or a path (DESIGN.md §4 `netns`)."""
+    """A name under /run/netns or a path (docs/design.md §4 `netns`)."""
     text = str(netns)
     path = Path(text) if "/" in text else NETNS_RUN_DIR / text
     if not path.exists():
@@ -122,7 +122,7 @@ def open_listener(
     reuse_port: bool = False,
 ) -> socket.socket:
     """A marked dual-stack listener on [::]:port inside netns (a v6 SYN can't be assigned to a
-    v4 socket, DESIGN.md §6), so one socket serves IPv4 and IPv6.
+    v4 socket, docs/design.md §6), so one socket serves IPv4 and IPv6.
 
     `reuse_port`: join the port's SO_REUSEPORT group (node worker processes each open one; the
     kernel spreads connections over the group, also after sk_lookup assigned one member)."""

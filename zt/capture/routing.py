@@ -1,8 +1,8 @@
 """Policy routing of the sk_lookup outbound mode, installed in a pod netns with pyroute2.
 
-DESIGN.md §6: "policy routing sends unmarked pod TCP to a `local` route in table 100 (needs:
+docs/design.md §6: policy routing sends unmarked pod TCP to a `local` route in table 100 (needs:
 `src <pod ipv4>` on the route, positive ip rules, `accept_local=1` on the pod interface,
-`IP_TRANSPARENT` on 15001) and sk_lookup assigns it to 15001".
+`IP_TRANSPARENT` on 15001) and sk_lookup assigns it to 15001.
 The recipe, per family:  rule pref 100 fwmark 0x539 -> main (zt's own sockets go out);
 rule pref 101 ipproto tcp -> table 100; table 100: local default dev lo src <pod ip>.
 The local table (pref 0) still wins for loopback and the pod's own addresses.

@@ -98,7 +98,7 @@ Semantics the adapter relies on:
 
 Performance notes: hyperframe's DATA repr (hex of the whole payload, evaluated by h2 for every
 received frame) is replaced by a constant-time one (_h2.py): receive_data is ~6-9x faster at 1 MiB
-frames (`python -m tests.unit.hbone.bench_core`). DATA fast paths (issue 8), same API:
+frames (`python -m tests.unit.hbone.bench_core`). DATA fast paths (docs/PERFORMANCE.md), same API:
 - outbound (_h2.py): `send_data` frames DATA with a 9-byte header and passes payloads by reference;
   `chunks_to_send()` returns them for `transport.writelines`.
 - inbound (_inbound.py, `HboneSettings.inbound_fast_path`, on by default): received chunks are

@@ -1,7 +1,7 @@
 """The h2 boundary: configuring `H2Connection` for HBONE and neutralising two h2 behaviours.
 
-1. DESIGN.md §2: "h2 calls `repr()` of every received frame for a trace log even when logging is off,
-   and hyperframe's DATA repr hex-encodes the whole payload (over half the CPU at 1 MiB frames)."
+1. docs/design.md §2: h2 calls `repr()` of every received frame for a trace log even when logging is off,
+   and hyperframe's DATA repr hex-encodes the whole payload (over half the CPU at 1 MiB frames).
    `H2Connection._receive_frame` evaluates `repr(frame)` before calling the logger, so a no-op
    logger cannot help; DATA frames get a constant-time body repr instead (hyperframe's own extension
    point, `_body_repr`, which every other frame class overrides already).
@@ -10,7 +10,7 @@
    opposite: "Activity on streams numbered lower than or equal to the last stream identifier might
    still complete successfully." `HboneH2Connection` reports the GOAWAY and leaves the state alone;
    the HBONE core enforces "no new streams" itself.
-3. The outbound DATA fast path (issue 8, "frames [...] DATA frames without per-frame object churn"):
+3. The outbound DATA fast path (DATA frames without per-frame object churn):
    h2 still decides (stream states, flow-control windows), but serialising goes through
    `_prepare_for_sending`, which here frames DATA with a 9-byte header (RFC 9113 §4.1) and keeps the
    payload object as is instead of copying it three times (`serialize_body` join, header join,
@@ -147,8 +147,8 @@ def new_h2(
     if client:
         values[SettingCodes.ENABLE_PUSH] = 0  # "no push"
     conn.local_settings = Settings(client=client, initial_values=values)
-    # DESIGN.md §2: "A client that advertises MAX_FRAME_SIZE must also raise
-    # `H2Connection.max_inbound_frame_size`" (h2 only raises it on SETTINGS ACK).
+    # docs/design.md §2: A client that advertises MAX_FRAME_SIZE must also raise
+    # `H2Connection.max_inbound_frame_size` (h2 only raises it on SETTINGS ACK).
     conn.max_inbound_frame_size = settings.max_frame_size
     # Same for the HPACK decoder's header list limit (h2 applies it on ACK of a *changed* value,
     # and our values are current from the start).

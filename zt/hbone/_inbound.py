@@ -1,4 +1,4 @@
-"""The inbound DATA fast path (issue 8: "parses DATA frames without per-frame object churn
+"""The inbound DATA fast path (it "parses DATA frames without per-frame object churn
 (memoryview / bytearray, no repr), while h2 keeps the connection state and control frames").
 
 `InboundBuffer` replaces h2's `FrameBuffer` (the iterator `H2Connection.receive_data` pulls frames
@@ -58,7 +58,7 @@ _NO_FLAGS: frozenset[str] = frozenset()
 
 class InboundData:
     """A received unpadded DATA frame, as h2's `_receive_data_frame` reads one (`stream_id`,
-    `data`, `flags`, `flow_controlled_length`). Constant-time repr (DESIGN.md §2: h2 calls
+    `data`, `flags`, `flow_controlled_length`). Constant-time repr (docs/design.md §2: h2 calls
     `repr()` of every received frame)."""
 
     __slots__ = ("data", "flags", "flow_controlled_length", "stream_id")

@@ -1,7 +1,7 @@
 """`HboneConnection`: one HTTP/2 connection carrying HBONE tunnels, as a sans-IO state machine.
 
 Bytes in (`receive_data`), events out; bytes to send (`data_to_send`); time is a parameter
-(`next_deadline`/`on_timer`). No asyncio, socket, ssl or bcc here (DESIGN.md §9).
+(`next_deadline`/`on_timer`). No asyncio, socket, ssl or bcc here (docs/design.md §9).
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ class HboneConnection:
 
     def respond(self, stream_id: int, status: int, reason: str = "") -> None:
         """Server: answer a ConnectRequested. 200 opens the tunnel; any other status ends the stream
-        (DESIGN.md §2: "After 200, failures become RST_STREAM")."""
+        (docs/design.md §2: After 200, failures become RST_STREAM)."""
         record = self._server_record(stream_id)
         if record is None:
             return  # reset meanwhile (its StreamReset event is in the same batch): nothing to answer
@@ -283,7 +283,7 @@ class HboneConnection:
         record = self._writable(stream_id)
         view = memoryview(data)
         accepted = min(len(view), self._h2.local_flow_control_window(stream_id))
-        # DESIGN.md §2: "Send frames as large as the peer allows (Envoy allows only 16 KiB)."
+        # docs/design.md §2: Send frames as large as the peer allows (Envoy allows only 16 KiB).
         frame = self._h2.max_outbound_frame_size
         complete = accepted == len(view)
         for offset in range(0, accepted, frame):

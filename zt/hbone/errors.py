@@ -1,8 +1,8 @@
 """Typed HBONE failures: each carries the CONNECT status, the RST_STREAM/GOAWAY code and a log reason.
 
-DESIGN.md §2: "400 malformed request or authority IP ≠ the pod the connection reached; 401 policy
+docs/design.md §2: 400 malformed request or authority IP ≠ the pod the connection reached; 401 policy
 denied; 503 unknown destination or upstream unreachable (10 s dial timeout). After 200, failures
-become RST_STREAM."
+become RST_STREAM.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ class ConnectResponded:
 @dataclass(frozen=True, slots=True)
 class DataReceived:
     """Tunnel bytes from the peer. Call `acknowledge(stream_id, flow_controlled_length)` once the
-    local socket took them (DESIGN.md §2: acknowledge only after the write)."""
+    local socket took them (docs/design.md §2: acknowledge only after the write)."""
 
     stream_id: int
     data: bytes | memoryview
@@ -65,8 +65,8 @@ class StreamReset:
 
     `after_end_stream` is True when the peer had already sent END_STREAM. RFC 9113 §8.1: a server
     "can send a complete response prior to the client sending an entire request [...] by sending a
-    RST_STREAM with an error code of NO_ERROR after sending a complete response"; DESIGN.md §2:
-    "RST_STREAM (NO_ERROR/CANCEL) after END_STREAM is EOF, not an error" — see `is_eof`.
+    RST_STREAM with an error code of NO_ERROR after sending a complete response"; docs/design.md §2:
+    RST_STREAM (NO_ERROR/CANCEL) after END_STREAM is EOF, not an error — see `is_eof`.
     """
 
     stream_id: int

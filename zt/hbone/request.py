@@ -1,8 +1,8 @@
 """Building and strictly parsing HBONE CONNECT requests and responses.
 
-DESIGN.md §2: "Request: `:method CONNECT`, `:authority <dst-ip>:<dst-port>` (IPv6 as `[addr]:port`),
-no `:scheme`, `:path`, `:protocol`. Headers sent by ztunnel: `baggage`, `forwarded: for="<src
-ip:port>"`, `traceparent`. Receivers must tolerate their absence (Envoy sends none)."
+docs/design.md §2: the request is `:method CONNECT` with `:authority <dst-ip>:<dst-port>` (`[v6]:port`
+for IPv6) and no `:scheme`, `:path` or `:protocol`. ztunnel adds `baggage`, `forwarded:
+for="<src>"` and `traceparent`; zt sends them and never requires them (Envoy sends none).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class ConnectRequest:
         if method != b"CONNECT":
             raise BadConnectRequest(":method", _text(method), "CONNECT")
         for name in (b":scheme", b":path", b":protocol"):
-            # DESIGN.md §2: "no `:scheme`, `:path`, `:protocol`" (ordinary CONNECT, RFC 9113 §8.5).
+            # docs/design.md §2: no `:scheme`, `:path`, `:protocol` (ordinary CONNECT, RFC 9113 §8.5).
             if name in pseudo:
                 raise BadConnectRequest(name.decode(), _text(pseudo[name]), "absent in CONNECT")
         authority = pseudo.get(b":authority")

@@ -1,8 +1,8 @@
 """HTTP/2 settings and timers of an HBONE connection, with ztunnel's values as defaults.
 
-DESIGN.md §2: "HTTP/2 settings as ztunnel: stream window 4 MiB, connection window 16 MiB,
+docs/design.md §2: HTTP/2 settings as ztunnel: stream window 4 MiB, connection window 16 MiB,
 MAX_FRAME_SIZE 1 MiB advertised, client at most 100 streams per connection, server advertises 200,
-no push. [...] PING every 10 s, drop after 20 s without answer." §2 pooling: "idle connections close
+no push. [...] PING every 10 s, drop after 20 s without answer. §2 pooling: "idle connections close
 after 5 min".
 """
 

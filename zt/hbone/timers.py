@@ -1,7 +1,7 @@
 """Pure timer logic of a connection: PING keepalive, idle close, drain deadline, preface deadline.
 
-DESIGN.md §2: "PING every 10 s, drop after 20 s without answer"; "idle connections close after 5
-min"; issue: "GOAWAY drain on shutdown with a deadline". Times are plain floats from the caller's
+docs/design.md §2: a PING goes out every 10 s; 20 s without its answer ends the connection; idle
+connections close after 5 minutes; a GOAWAY drains, with a deadline on shutdown. Times are plain floats from the caller's
 clock (sans-IO: the core never reads a clock).
 """
 

@@ -1,5 +1,5 @@
 """Identity: SPIFFE ids, the embedded CA, the per-node certificate manager and the mTLS contexts
-HBONE uses (DESIGN.md §2, §3)."""
+HBONE uses (docs/design.md §2, §3)."""
 
 from zt.identity.ca import CertificateAuthority
 from zt.identity.certs import WorkloadCert

@@ -19,7 +19,7 @@ from functools import cache
 
 from zt.identity.errors import CipherSuiteSetupError
 
-# DESIGN.md §2: "cipher suites TLS_AES_256_GCM_SHA384 and TLS_AES_128_GCM_SHA256 only"
+# docs/design.md §2: "cipher suites TLS_AES_256_GCM_SHA384 and TLS_AES_128_GCM_SHA256 only"
 SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256")
 _lock = threading.Lock()
 

@@ -1,4 +1,4 @@
-"""The embedded CA (DESIGN.md §3): one ECDSA P-256 root kept on disk, issuing workload leaves.
+"""The embedded CA (docs/design.md §3): one ECDSA P-256 root kept on disk, issuing workload leaves.
 
 State directory layout (default /var/lib/zt/ca, mode 0700):
   ca.pem         the signing certificate (followed by its chain when an operator's intermediate)
@@ -34,8 +34,8 @@ from zt.identity.spiffe import trust_domain as check_trust_domain
 
 DEFAULT_DIR = Path("/var/lib/zt/ca")
 DEFAULT_TRUST_DOMAIN = "cluster.local"
-DEFAULT_LEAF_LIFETIME = 86400.0  # DESIGN.md §3: "24 h lifetime"
-ROOT_LIFETIME = 10 * 365 * 86400.0  # the issue: "root valid for years"
+DEFAULT_LEAF_LIFETIME = 86400.0  # docs/design.md §3: "24 h lifetime"
+ROOT_LIFETIME = 10 * 365 * 86400.0  # a root valid for years
 ROOT_BACKDATE = 3600.0  # tolerate peers whose clock runs up to an hour behind ours
 
 log = logging.getLogger(__name__)

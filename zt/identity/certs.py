@@ -66,7 +66,7 @@ class WorkloadCert:
 
     @property
     def renew_at(self) -> float:
-        """Half-life (DESIGN.md §3: "renewed at half-life")."""
+        """Half-life (docs/design.md §3: "renewed at half-life")."""
         return self.not_before + self.lifetime / 2
 
     def valid_at(self, now: float) -> bool:

@@ -125,7 +125,7 @@ class PeerCertificateNotYetValid(TlsError):
 
 
 class TlsVersionRefused(TlsError):
-    """The peer does not speak TLS 1.3 (DESIGN.md §2: "TLS 1.3 only")."""
+    """The peer does not speak TLS 1.3 (docs/design.md §2: TLS 1.3 only)."""
 
     reason = "tls_version_refused"
 
@@ -147,7 +147,7 @@ class RefusedByPeer(TlsError):
 
 
 class AlpnNotH2(TlsError):
-    """The handshake completed without agreeing on ALPN `h2` (DESIGN.md §2: "ALPN `h2`")."""
+    """The handshake completed without agreeing on ALPN `h2` (docs/design.md §2: "ALPN `h2`")."""
 
     reason = "alpn_not_h2"
 

@@ -1,5 +1,5 @@
 """The boundary where ssl/socket exceptions from a handshake become typed zt errors, plus thin
-asyncio adapters that run a handshake on a stream and check the peer (DESIGN.md §2)."""
+asyncio adapters that run a handshake on a stream and check the peer (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-node certificate cache (DESIGN.md §3: "renewed at half-life, cached per identity").
+"""Per-node certificate cache (docs/design.md §3: renewed at half-life, cached per identity).
 
 Semantics of `get(identity)` at clock time `now` (the clock is injected):
   * a cached cert before its half-life is returned as is (the same object);

@@ -1,7 +1,7 @@
-"""mTLS contexts for HBONE and the post-handshake identity checks (DESIGN.md §2).
+"""mTLS contexts for HBONE and the post-handshake identity checks (docs/design.md §2).
 
-"TLS 1.3 only; cipher suites TLS_AES_256_GCM_SHA384 and TLS_AES_128_GCM_SHA256 only; ALPN `h2`;
-no SNI is relied upon; no session resumption (server: `num_tickets = 0`)."
+TLS 1.3 only; cipher suites TLS_AES_256_GCM_SHA384 and TLS_AES_128_GCM_SHA256 only; ALPN `h2`;
+no SNI is relied upon; no session resumption (server: `num_tickets = 0`).
 
 Python's `ssl` cannot choose TLS 1.3 suites, so `_suites.restrict` sets them on each context's own
 SSL_CTX (never process-wide). ALPN and identities are checked by `verify_server_peer` /
@@ -114,7 +114,7 @@ def _peer_sans(conn: SslConn) -> tuple[str, ...]:
 
 
 def check_alpn(conn: SslConn) -> None:
-    """DESIGN.md §2: "ALPN `h2`" — a peer that did not agree on h2 is refused."""
+    """docs/design.md §2: "ALPN `h2`" — a peer that did not agree on h2 is refused."""
     got = conn.selected_alpn_protocol()
     if got != ALPN:
         raise AlpnNotH2(got)
@@ -122,7 +122,7 @@ def check_alpn(conn: SslConn) -> None:
 
 def verify_server_peer(conn: SslConn, expected: Sequence[SpiffeId | str]) -> SpiffeId:
     """Client side, after the handshake: ALPN is h2 and "one URI SAN of the leaf equals one of the
-    *expected* identities" (DESIGN.md §2). `expected` may mix SpiffeIds and URI strings (Service
+    *expected* identities" (docs/design.md §2). `expected` may mix SpiffeIds and URI strings (Service
     `subjectAltNames`). Returns the matching identity."""
     check_alpn(conn)
     sans = _peer_sans(conn)

@@ -1,6 +1,6 @@
 """`zt lab up|down|status|exec`: build a lab, run one `zt run` per node in it, tear it all down.
 
-Issue 7: "a failure names the step and leaves nothing half-built"; "`zt lab down` removes everything
+The lab's promises: "a failure names the step and leaves nothing half-built"; "`zt lab down` removes everything
 the lab made (processes by PID, netns, links, BPF attachments); running it twice is fine; `up` after
 a crash cleans leftovers first."
 """

@@ -1,6 +1,6 @@
 """`zt lab demo`: real traffic through a running lab, one table row per scenario, each judged from
 what the app saw and from both nodes' access logs (identities, bytes, response flags), plus a
-capture of the node link proving it carried only TLS to :15008 (issue 7, `zt lab demo`)."""
+capture of the node link proving it carried only TLS to :15008 (`zt lab demo`)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """What crosses the node-to-node link: a scapy capture on a node's `eth1` and its pure analysis.
 
-Issue 6: "every packet between the nodes is TCP to or from :15008 and its payload is TLS records";
-"the pods' payload never appears in clear". DESIGN.md §7: "start `AsyncSniffer` from a thread that is
-inside the netns, with `promisc=False`". The analysis takes plain `Segment`s, so it is unit-tested
+The lab's claim: "every packet between the nodes is TCP to or from :15008 and its payload is TLS records";
+"the pods' payload never appears in clear". docs/design.md §7: start `AsyncSniffer` from a thread that is
+inside the netns, with `promisc=False`. The analysis takes plain `Segment`s, so it is unit-tested
 without scapy or root.
 """
 

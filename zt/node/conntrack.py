@@ -1,6 +1,6 @@
 """The node's live inbound connections, so a policy change can close the ones it now denies.
 
-DESIGN.md §4: "A policy change re-checks live connections and closes the ones now denied." Each
+docs/design.md §4: A policy change re-checks live connections and closes the ones now denied. Each
 tracked connection keeps the authorization question it was admitted with; `recheck` asks it again
 against the new snapshot (a pure function) and the tracker closes whatever answers DENY.
 """

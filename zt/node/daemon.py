@@ -69,7 +69,7 @@ __all__ = ["NodeDaemon", "NodeOptions", "PodNotLocal", "WorkerPodFailed"]
 class NodeDaemon:
     def __init__(self, options: NodeOptions) -> None:
         self.options = options
-        # issue 8 (worker processes): ready only when every worker serves every pod
+        # with worker processes: ready only when every worker serves every pod
         self.readiness = Readiness("config", "certificates", "capture", "workers")
         self.registry = Registry()
         self.pods: dict[str, PodProxy] = {}

@@ -1,8 +1,8 @@
 """Inbound: HBONE tunnels (:15008) and plaintext (:15006) to a pod's applications.
 
-docs/design.md §2: "200 once policy passed **and** the upstream socket is connected; 400 malformed
+docs/design.md §2: 200 once policy passed **and** the upstream socket is connected; 400 malformed
 request or authority IP ≠ the pod the connection reached; 401 policy denied; 503 unknown destination
-or upstream unreachable (10 s dial timeout). After 200, failures become RST_STREAM."
+or upstream unreachable (10 s dial timeout). After 200, failures become RST_STREAM.
 Plaintext (§1): "non-HBONE connections to the pod; only IP/port policy rules can allow them".
 Delivery to the app is a marked connection from inside the pod to `<pod ip>:<port>`; its source is
 the pod's own IP, which sk_lookup leaves alone (§6).

@@ -1,6 +1,6 @@
 """One /metrics for the whole node out of every worker process's exposition (pure functions).
 
-Choice (issue 8, workers): samples with the same name and the same labels are **summed**; no
+Choice (worker processes): samples with the same name and the same labels are **summed**; no
 `worker` label is added. A scrape then reads exactly as with one process (dashboards and the
 lab's checks keep working), and per-worker figures exist where they mean something: the
 `zt_worker_connections_total{worker=...}` family carries its own label. Because everything is

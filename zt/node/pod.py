@@ -69,7 +69,7 @@ class PodProxy:
         await self.services.certs.get(self.identity)  # fail here, not on the first connection
         transparent = (
             self.services.capture.mode == "sklookup"
-        )  # DESIGN.md §6: IP_TRANSPARENT on 15001
+        )  # docs/design.md §6: IP_TRANSPARENT on 15001
 
         reuse = self.services.reuse_port
 

@@ -41,7 +41,7 @@ class NodeServices:
     telemetry: ConnectionTelemetry
     tracker: ConnTracker = field(default_factory=ConnTracker)
     dial_timeout: float = 10.0
-    socks5: bool = False  # DESIGN.md §1: optional, off by default
+    socks5: bool = False  # docs/design.md §1: optional, off by default
     # Ports zt never delivers to or dials locally (zt/state/loopguard.py): the defaults plus the
     # node's configured metrics/readiness/admin ports.
     illegal_ports: frozenset[int] = DEFAULT_ILLEGAL_PORTS

@@ -1,5 +1,5 @@
 """SOCKS5 CONNECT (RFC 1928), sans-IO: lets tools without capture use the mesh (docs/design.md §1:
-"15080 SOCKS5 outbound (optional, off by default, 127.0.0.1)").
+15080 SOCKS5 outbound (optional, off by default, 127.0.0.1)).
 
 Only what a mesh needs: method 0x00 (no authentication), CMD 0x01 (CONNECT), IPv4 and IPv6
 addresses. Domain names are refused (0x08): zt routes by IP and has no resolver.

@@ -1,7 +1,7 @@
 """The leader's side of `zt run --workers N`: start N-1 follower worker processes, keep them
 serving the leader's pods, restart the ones that die, collect their metrics, drain them.
 
-Issue 8 lever: "Several worker processes per node sharing the listeners (SO_REUSEPORT groups,
+Why: "Several worker processes per node sharing the listeners (SO_REUSEPORT groups,
 with the BPF sk_lookup / sockmap choosing the group), each with its own pool". Every worker opens
 its own 15001/15006/15008 listeners per pod with SO_REUSEPORT, so each (pod, port) is one group.
 Only the leader's sockets are in the sockmap: when sk_lookup assigns a socket of a reuseport group

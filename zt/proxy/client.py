@@ -16,7 +16,7 @@ from zt.proxy.errors import DialFailed, TunnelRefused
 from zt.proxy.stream import HboneStream
 from zt.sockopt import set_keepalive
 
-DIAL_TIMEOUT = 10.0  # DESIGN.md §2: "upstream unreachable (10 s dial timeout)"
+DIAL_TIMEOUT = 10.0  # docs/design.md §2: upstream unreachable (10 s dial timeout)
 
 
 async def dial(
@@ -38,7 +38,7 @@ async def dial(
 
     try:
         async with asyncio.timeout(timeout):
-            # DESIGN.md §2: "no SNI is relied upon" — server_hostname="" sends none.
+            # docs/design.md §2: no SNI is relied upon — server_hostname="" sends none.
             if sock is not None:
                 _, driver = await loop.create_connection(
                     factory, sock=sock, ssl=context, server_hostname=""

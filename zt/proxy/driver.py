@@ -34,7 +34,7 @@ limit_log = RateLimitedLogger(log)
 
 Role = Literal["client", "server"]
 # Write-buffer thresholds of the TLS transport: asyncio's 64 KiB default pauses the writer after
-# every 1 MiB DATA frame (issue 8: "reads and writes sized to match" 1 MiB frames).
+# every 1 MiB DATA frame (reads and writes sized to match 1 MiB frames).
 WRITE_HIGH = 4 * 1024 * 1024
 WRITE_LOW = 1024 * 1024
 # Reading from the peer stops while the write buffer holds more than
@@ -367,7 +367,7 @@ class HboneDriver(asyncio.Protocol):
     def cork(self) -> bool:
         """Hold writes until `uncork()`: what a burst of actions queues (an answer and early
         data, DATA and END_STREAM replayed at a relay's start) leaves in one TLS record and one
-        send (issue 8: per-tunnel cost). Returns False when already corked: then the outer
+        send (per-tunnel cost, docs/PERFORMANCE.md). Returns False when already corked: then the outer
         holder uncorks."""
         if self._corked:
             return False
@@ -497,7 +497,7 @@ class HboneDriver(asyncio.Protocol):
             # and dial serving it (CVE-2023-44487: a reset CONNECT must not keep costing a dial).
             stream._cancel_service()
         if event.is_eof:
-            stream._feed_eof()  # RST(NO_ERROR/CANCEL) after END_STREAM is EOF (DESIGN.md §2)
+            stream._feed_eof()  # RST(NO_ERROR/CANCEL) after END_STREAM is EOF (docs/design.md §2)
             stream.local_ended = True
         else:
             stream._feed_reset(event.error_code)

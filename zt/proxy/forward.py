@@ -1,7 +1,7 @@
 """A plain TCP listener whose every connection is carried in one HBONE tunnel (the client half of a
 zt pair: what outbound capture does once the destination is known; used by tests and the bench).
 
-Issue 8 (tunnel set-up cost): accepted connections get the relay's TCP side as their protocol
+Tunnel set-up cost (docs/PERFORMANCE.md): accepted connections get the relay's TCP side as their protocol
 from the start (no StreamReader/StreamWriter, no hand-over); one short task opens the stream, and
 the relay then runs in callbacks until its `done` future says how it ended.
 """

@@ -1,8 +1,8 @@
 """The client connection pool.
 
-DESIGN.md §2: "Pooling: connections keyed by (source identity, expected peer identities, destination
+docs/design.md §2: Pooling: connections keyed by (source identity, expected peer identities, destination
 address); one dial per key at a time under contention; a connection is full at min(100, peer's max
-streams); idle connections close after 5 min; GOAWAY drains."
+streams); idle connections close after 5 min; GOAWAY drains.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Relay bytes between a TCP connection (asyncio streams) and an HBONE stream.
 
-DESIGN.md §2 byte semantics, implemented here:
+docs/design.md §2 byte semantics, implemented here:
   "TCP FIN → DATA with END_STREAM; END_STREAM → `shutdown(SHUT_WR)`; RST_STREAM (NO_ERROR/CANCEL)
   after END_STREAM is EOF, not an error; a TCP reset → RST_STREAM. Acknowledge received DATA
   (WINDOW_UPDATE) only after the bytes were written to the local socket (backpressure)."
@@ -8,7 +8,7 @@ RFC 9113 §8.5: "A proxy treats any error in the TCP connection, which includes 
 segment with the RST bit set, as a stream error of type CONNECT_ERROR" and "a proxy that receives a
 RST_STREAM with CONNECT_ERROR [...] MUST send a TCP segment with the RST bit set".
 
-Both directions run in callbacks, no task per direction (issue 8: "Fewer syscalls and copies on
+Both directions run in callbacks, no task per direction (docs/PERFORMANCE.md: "Fewer syscalls and copies on
 the TCP side"): `TcpRelay` is the TCP transport's protocol (tcpside.py: `recv_into` a reused,
 adaptively sized buffer) and the HBONE stream's sink. TCP reads go to `try_write` in the same
 call; when the windows or the TLS buffer are full, the rest is kept and TCP reading pauses until
@@ -68,7 +68,7 @@ class TcpRelay(TcpSide):
     """The TCP side of one relay and the sink of its HBONE stream: both directions run in
     callbacks (TCP reads → `try_write`; stream chunks → `transport.write`).
 
-    Two ways in: `relay()` takes asyncio streams over; or (issue 8: tunnel set-up without a
+    Two ways in: `relay()` takes asyncio streams over; or (tunnel set-up without a
     StreamReader or a task) the transport is created with this protocol (`create_server`,
     `create_connection(sock=...)`), which keeps early bytes until `begin(stream)`. `done` holds
     the outcome; `result()` the byte counts."""
@@ -147,7 +147,7 @@ class TcpRelay(TcpSide):
 
     def _end_up(self) -> None:
         try:
-            self.stream.write_eof()  # DESIGN.md §2: "TCP FIN → DATA with END_STREAM"
+            self.stream.write_eof()  # docs/design.md §2: TCP FIN → DATA with END_STREAM
         except StreamResetError:
             self._finish("stream_reset")
             return
@@ -176,8 +176,8 @@ class TcpRelay(TcpSide):
             self._finish("tcp_reset")
             return
         if not self.write_paused:
-            # DESIGN.md §2: "Acknowledge received DATA (WINDOW_UPDATE) only after the bytes were
-            # written to the local socket": the transport took them and is below its high mark.
+            # docs/design.md §2: Acknowledge received DATA (WINDOW_UPDATE) only after the bytes were
+            # written to the local socket: the transport took them and is below its high mark.
             self.stream.acknowledge()
 
     def on_drained(self) -> None:

@@ -1,8 +1,8 @@
 """The HBONE server: TLS + HTTP/2 CONNECT, an admission hook, the upstream dial, the relay.
 
-DESIGN.md §2: "Responses: 200 once policy passed **and** the upstream socket is connected; 400
+docs/design.md §2: Responses: 200 once policy passed **and** the upstream socket is connected; 400
 malformed request [...]; 401 policy denied; 503 unknown destination or upstream unreachable (10 s
-dial timeout). After 200, failures become RST_STREAM." Malformed requests are answered by the core.
+dial timeout). After 200, failures become RST_STREAM. Malformed requests are answered by the core.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ async def allow_all(peer: SpiffeId, request: ConnectRequest) -> Admission:
 async def dial_authority(request: ConnectRequest) -> Upstream:
     """The standalone server's dialer: connect to the `:authority` itself.
 
-    A non-blocking `connect()` and one wait for writability (issue 8: per-tunnel cost), instead
+    A non-blocking `connect()` and one wait for writability (per-tunnel cost, docs/PERFORMANCE.md), instead
     of `loop.sock_connect`, which also resolves the address it is given (~20 µs a dial here)."""
     ip, port = request.authority
     sock = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET)
@@ -224,7 +224,7 @@ class HboneServer:
 
     async def _serve(self, stream: HboneStream) -> None:
         """Admit, dial, answer, relay. A failure before the answer becomes its status (the
-        error's `http_status`); after the 200 it becomes RST_STREAM (DESIGN.md §2)."""
+        error's `http_status`); after the 200 it becomes RST_STREAM (docs/design.md §2)."""
         try:
             upstream = await self._admit_and_dial(stream)
         except StreamResetError:

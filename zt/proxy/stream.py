@@ -1,13 +1,13 @@
 """One HBONE stream as the relay sees it: awaitable reads and writes over the driver's core.
 
 Reads hand out chunks and remember their flow-controlled length; `acknowledge()` turns that into a
-WINDOW_UPDATE only when the caller says the local socket took the bytes (DESIGN.md §2: "Acknowledge
-received DATA (WINDOW_UPDATE) only after the bytes were written to the local socket"). Writes give
+WINDOW_UPDATE only when the caller says the local socket took the bytes (docs/design.md §2: Acknowledge
+received DATA (WINDOW_UPDATE) only after the bytes were written to the local socket). Writes give
 the core what its windows accept and wait for `WindowOpened` for the rest, so zt never buffers more
 than the peer's windows.
 
 Two ways to consume a stream: the awaitable `read()`/`write()` pair, or a `StreamSink` attached with
-`attach()` that the driver calls back (no task, no wake-up per chunk: the relay's fast path, issue 8)
+`attach()` that the driver calls back (no task, no wake-up per chunk: the relay's fast path, docs/PERFORMANCE.md)
 and that sends with `try_write()`. A stream uses one or the other, never both.
 """
 
@@ -212,7 +212,7 @@ class HboneStream:
                 await self._writable.wait()
 
     def write_eof(self) -> None:
-        """Local FIN → END_STREAM (DESIGN.md §2: "TCP FIN → DATA with END_STREAM")."""
+        """Local FIN → END_STREAM (docs/design.md §2: TCP FIN → DATA with END_STREAM)."""
         if not self.local_ended and self._reset is None:
             self.local_ended = True
             self.driver.end_stream(self.stream_id)

@@ -1,6 +1,6 @@
 """The TCP side of a relay as callbacks instead of `StreamReader` + a task per direction.
 
-Issue 8's lever: "Fewer syscalls and copies on the TCP side (buffer reuse, `recv_into`, adaptive
+The lever (docs/PERFORMANCE.md): "Fewer syscalls and copies on the TCP side (buffer reuse, `recv_into`, adaptive
 buffer sizes like ztunnel's 1 KiB → 16 KiB → 256 KiB)". Once a relay starts, `TcpSide` takes the
 transport over from the asyncio streams the node handed us (their buffered bytes and EOF first),
 then every read is a `recv_into` one reused buffer whose size follows the traffic (`ReadSizing`,
@@ -8,7 +8,7 @@ pure) and goes straight to the relay's callback: no `StreamReader`, no task wake
 Works on asyncio's selector loop and on uvloop (both honour `set_protocol` to a BufferedProtocol
 once reading is restarted).
 
-Direct mode (issue 8: tunnel set-up without a StreamReader): a `TcpSide` can also be the protocol a
+Direct mode (tunnel set-up without a StreamReader): a `TcpSide` can also be the protocol a
 transport is created with (`create_server` / `create_connection(sock=...)`). Until `start()` it
 keeps what arrives (bytes, EOF, the loss) the way a StreamReader would, then replays it as the
 hand-over, so both ways behave the same.

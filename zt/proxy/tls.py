@@ -1,4 +1,4 @@
-"""Peer checks for the driver, built from the identity room's verifiers (DESIGN.md §2)."""
+"""Peer checks for the driver, built from the identity room's verifiers (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""L4 authorization: a pure function of a connection and a snapshot (DESIGN.md §4).
+"""L4 authorization: a pure function of a connection and a snapshot (docs/design.md §4).
 
 Order (as ztunnel): any DENY policy matching -> deny; else no ALLOW policy applies -> allow; else any
 ALLOW policy matching -> allow; else deny. A policy matches when any of its rules does (OR); a rule
@@ -90,7 +90,7 @@ def _field(values: tuple[object, ...], hit: bool, negated: bool) -> bool:
 def _identity_fields(m: Match, peer: _Peer | None) -> bool:
     if not m.uses_identity:
         return True
-    if peer is None:  # DESIGN.md §4: connections without identity can't match identity rules
+    if peer is None:  # docs/design.md §4: connections without identity can't match identity rules
         return False
     return (
         _field(m.namespaces, _any_str(m.namespaces, peer.namespace), False)

@@ -1,6 +1,6 @@
 """Frozen domain objects of the mesh: what the data path sees (never pydantic).
 
-Field meanings follow DESIGN.md §4 (a ztunnel-shaped local config).
+Field meanings follow docs/design.md §4 (a ztunnel-shaped local config).
 """
 
 from __future__ import annotations

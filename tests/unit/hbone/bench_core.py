@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tests.unit.hbone.bench_core
 
-Prints MB/s with zt's constant-time DATA repr and with hyperframe's original one (DESIGN.md §2:
+Prints MB/s with zt's constant-time DATA repr and with hyperframe's original one (docs/design.md §2:
 h2 repr()s every received frame), for 1 MiB and 16 KiB frames, three interleaved rounds.
 """
 

@@ -70,7 +70,7 @@ def test_mutable_buffers_are_copied_before_the_caller_reuses_them() -> None:
 def test_frames_never_exceed_the_peers_max_frame_size() -> None:
     pair = Pair()
     stream_id = pair.tunnel()
-    # DESIGN.md §2: "Send frames as large as the peer allows" (the server allows 1 MiB).
+    # docs/design.md §2: Send frames as large as the peer allows (the server allows 1 MiB).
     payload = b"x" * (MiB + 5)
     sent = pair.client.send_data(stream_id, payload)
     frames = _data(b"".join(pair.client.chunks_to_send()))
@@ -94,4 +94,5 @@ def test_preamble_and_settings_precede_everything() -> None:
     wire = b"".join(client.chunks_to_send())
     assert wire.startswith(PREFACE)
     (update,) = of_type([wire], WindowUpdateFrame)
-    assert update.window_increment == 16 * MiB - 65535  # DESIGN.md §2: connection window 16 MiB
+    # docs/design.md §2: connection window 16 MiB
+    assert update.window_increment == 16 * MiB - 65535

@@ -129,7 +129,7 @@ def test_end_stream_only_with_the_last_accepted_byte() -> None:
 
 
 def test_data_repr_is_constant_size() -> None:
-    # DESIGN.md §2: h2 repr()s every received frame; hyperframe hex-encoded whole DATA payloads.
+    # docs/design.md §2: h2 repr()s every received frame; hyperframe hex-encoded whole DATA payloads.
     text = repr(DataFrame(1, bytes(MiB)))
     assert text.endswith("<1048576 bytes>")
     assert len(text) < 120

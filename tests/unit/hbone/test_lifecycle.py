@@ -223,7 +223,7 @@ def test_frame_larger_than_advertised_is_frame_size_error() -> None:
 
 
 def test_one_mib_frames_accepted_before_settings_ack() -> None:
-    # DESIGN.md §2: a side advertising MAX_FRAME_SIZE must raise max_inbound_frame_size at once (h2
+    # docs/design.md §2: a side advertising MAX_FRAME_SIZE must raise max_inbound_frame_size at once (h2
     # waits for the SETTINGS ACK). The peer may send big frames as soon as it read our SETTINGS.
     client = HboneConnection("client", now=0.0)
     server = HboneConnection("server", now=0.0)

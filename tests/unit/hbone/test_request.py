@@ -1,4 +1,4 @@
-"""CONNECT request building and strict parsing (DESIGN.md §2 request format)."""
+"""CONNECT request building and strict parsing (docs/design.md §2 request format)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_parse_inverts_headers(request_: ConnectRequest) -> None:
 
 
 def test_parse_tolerates_envoy_minimal_request() -> None:
-    # Envoy sends :method and :authority only (DESIGN.md §2: "Receivers must tolerate their absence").
+    # Envoy sends :method and :authority only (docs/design.md §2: Receivers must tolerate their absence).
     assert ConnectRequest.parse(base(b"[fd00::7]:15008")) == ConnectRequest((V6, 15008))
 
 
@@ -75,7 +75,7 @@ def test_authority_accepted(authority: bytes, ip: str, port: int) -> None:
 @pytest.mark.parametrize(
     "authority",
     [
-        b"example.com:80",  # hostname: DESIGN.md "a bare hostname is a 400"
+        b"example.com:80",  # hostname: docs/design.md §2: a bare hostname is a 400
         b"1.2.3.4",  # no port
         b"1.2.3.4:0",
         b"1.2.3.4:65536",

@@ -1,4 +1,4 @@
-"""The core is sans-IO: importing it loads no I/O machinery (DESIGN.md §9)."""
+"""The core is sans-IO: importing it loads no I/O machinery (docs/design.md §9)."""
 
 from __future__ import annotations
 

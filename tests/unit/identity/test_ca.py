@@ -139,7 +139,7 @@ def test_leaf_shape(tmp_path: Path) -> None:
 
 
 def test_openssl_x509_text_on_issued_leaf(tmp_path: Path) -> None:
-    """The issue's acceptance check, read by OpenSSL itself."""
+    """The CA's acceptance check, read by OpenSSL itself."""
     ca = CertificateAuthority.init(tmp_path / "ca")
     now = time.time()
     cert_path, _, bundle = ca.issue(ID, now=now).write(tmp_path / "leaf")

@@ -1,4 +1,4 @@
-"""Table-driven authorization tests: every rule of DESIGN.md §4 with an allow and a deny case."""
+"""Table-driven authorization tests: every rule of docs/design.md §4 with an allow and a deny case."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every routing branch of DESIGN.md §5."""
+"""Every routing branch of docs/design.md §5."""
 
 from __future__ import annotations
 
