@@ -119,6 +119,10 @@ def test_node_endpoints_live_in_the_node_netns(lab: Lab) -> None:
     assert runner.http_get(node.netns, runner.READY_PORT, "/healthz/ready")[0] == 200
     text = lab.metrics("node2")
     assert "zt_capture_" in text and metric(text, "zt_pods") == 2
+    # logging never blocks: what stderr could not take is counted (nothing here, but exported)
+    assert (
+        "# TYPE zt_log_dropped_total counter" in text and metric(text, "zt_log_dropped_total") == 0
+    )
     status, body = runner.http_get(node.netns, runner.ADMIN_PORT, "/config_dump")
     dump = json.loads(body)
     assert status == 200 and dump["node"] == "node2"

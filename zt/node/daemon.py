@@ -217,14 +217,11 @@ class NodeDaemon:
                  "their grace period", "gauge", float(len(self._grace.pending()))),
                 ("zt_pods_held_captured", "Enrolled pods without listeners (their traffic is "
                  "dropped until they are served again)", "gauge", float(len(self._held))),
-                ("zt_policy_revoked_connections_total", "Live connections closed by a policy "
-                 "change", "counter", float(services.tracker.revoked_total)),
-                ("zt_live_inbound_connections", "Inbound connections open", "gauge",
-                 float(services.tracker.count())),
             ]  # fmt: skip
 
         self.registry.add_collector(capture_counters)
         self.registry.add_collector(node_gauges)
+        services.add_worker_collectors()
 
     # -- pods -----------------------------------------------------------------------------------
     def _desired(self, snapshot: Snapshot) -> dict[str, tuple[Workload, str]]:

@@ -15,6 +15,7 @@ from zt.node.conntrack import ConnTracker
 from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits, AcceptMetrics
 from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS
 from zt.telemetry.connections import ConnectionTelemetry
+from zt.telemetry.logsetup import dropped_total
 from zt.telemetry.metrics import Counter, Registry
 
 log = logging.getLogger("zt.node")
@@ -73,6 +74,22 @@ class NodeServices:
                 ("worker", "listener"),
             )
         self._accepted.inc(labels={"worker": str(self.worker), "listener": listener})
+
+    def add_worker_collectors(self) -> None:
+        """The families every worker process reports and /metrics sums over them
+        (zt/node/metricsmerge.py): revoked and live connections, dropped log records."""
+
+        def collect() -> list[tuple[str, str, str, float]]:
+            return [
+                ("zt_policy_revoked_connections_total", "Live connections closed by a policy "
+                 "change", "counter", float(self.tracker.revoked_total)),
+                ("zt_live_inbound_connections", "Inbound connections open", "gauge",
+                 float(self.tracker.count())),
+                ("zt_log_dropped_total", "Log records dropped because stderr did not keep up "
+                 "(logging never blocks the data path)", "counter", float(dropped_total())),
+            ]  # fmt: skip
+
+        self.registry.add_collector(collect)
 
     def count_hbone_limit(self, limit: str) -> None:
         """An HBONE peer went past `limit` (a zt/hbone/limits.py name) on one of the node's

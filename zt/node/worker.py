@@ -47,20 +47,6 @@ class FollowerMisconfigured(UsageError):
     reason = "follower_misconfigured"
 
 
-def additive_collectors(services: NodeServices) -> None:
-    """The node-level families that sum over workers (metricsmerge's rule)."""
-
-    def collect() -> list[tuple[str, str, str, float]]:
-        return [
-            ("zt_policy_revoked_connections_total", "Live connections closed by a policy "
-             "change", "counter", float(services.tracker.revoked_total)),
-            ("zt_live_inbound_connections", "Inbound connections open", "gauge",
-             float(services.tracker.count())),
-        ]  # fmt: skip
-
-    services.registry.add_collector(collect)
-
-
 class Follower:
     def __init__(self, options: NodeOptions, worker: int, channel: Channel) -> None:
         self.options = options
@@ -120,7 +106,7 @@ class Follower:
             enrolls=False,
         )
         install_exception_handler(metrics=self.services.accept_metrics())
-        additive_collectors(self.services)
+        self.services.add_worker_collectors()
         # pods the leader still wants (in their removal grace) are served as the workload they were
         store.retain(lambda: [pod.workload for pod in self.pods.values()])
         self.watcher = FileWatcher(opts.config, store, settle=0.9 * opts.config_poll)

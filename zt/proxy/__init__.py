@@ -21,8 +21,17 @@ Public API (what other rooms use):
     from zt.proxy.server import HboneServer, Admission, AdmissionHook, Dialer, Upstream
         HboneServer(ctx, *, peer_check: PeerCheck, admission: AdmissionHook = allow_all,
                     dialer: Dialer = dial_authority, settings=None, dial_timeout=10.0)
-        await server.start(listen: SocketAddr) -> SocketAddr ; await server.shutdown(deadline)
+        await server.start(listen: SocketAddr, *, limits: AcceptLimits) -> SocketAddr
+        await server.start_on(sock, *, group: ConnectionGroup) ; await server.shutdown(deadline)
         server.connections_accepted / peer_refusals / statuses (Counter) / tunnels / drivers
+        server.limit_hits (Counter: HTTP/2 limits peers went past, zt/hbone/limits.py)
+    from zt.proxy.accept import AcceptLoop, AcceptLimits, ConnectionGroup, serve_tls, serve_streams
+        zt's accept loop for every listener: handshake deadline (TLS made after the first
+        byte), half-open caps per source and in total, per-group connection cap, EMFILE
+        back-off with a reserve fd, keepalive, handler exceptions counted (never raised)
+    from zt.proxy.guard import StandaloneAdmission
+        the `zt hbone serve` AdmissionHook: no CONNECT aimed at the server itself or at zt's
+        ports on this host (400), only destinations an --allow list names (401)
         AdmissionHook = async (peer: SpiffeId, request: ConnectRequest) -> Admission
             Admission.allow() | Admission.deny(PolicyDenied("...")) (status/reason from the error)
         Dialer = async (request: ConnectRequest) -> socket.socket (connected, non-blocking;
