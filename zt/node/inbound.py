@@ -34,7 +34,6 @@ from zt.proxy.relay import relay, reset_tcp
 from zt.proxy.splice import splice
 from zt.proxy.stream import HboneStream
 from zt.state import Connection, Decision, Workload, authorize, check_inbound
-from zt.state.loopguard import METRIC, METRIC_HELP
 from zt.telemetry.connections import ConnectionInfo, ConnectionReport, Peer
 
 if TYPE_CHECKING:
@@ -51,14 +50,6 @@ def _source_peer(pod: PodProxy, addr: SocketAddr, identity: str) -> Peer:
 def _dest_peer(workload: Workload, target: SocketAddr, with_identity: bool) -> Peer:
     identity = workload.identity if with_identity else ""
     return Peer(str(target), workload.name, workload.namespace, identity)
-
-
-def count_loop_guard(pod: PodProxy, path: str, detail: str) -> None:
-    """One refusal by the loop guard on `path` (plaintext, hbone, outbound, socks5). The access
-    record says which destination; this debug line is for following one pod's refusals."""
-    counter = pod.services.registry.counter(METRIC, METRIC_HELP, ("path",))
-    counter.inc(labels={"path": path})
-    log.debug("pod %s: %s connection refused: %s", pod.uid, path, detail)
 
 
 def _deny_log(pod: PodProxy, conn: Connection, decision: Decision) -> None:
@@ -105,7 +96,7 @@ async def hbone_tunnel(pod: PodProxy, stream: HboneStream) -> None:
     report = ConnectionReport(pod.services.telemetry, info)
     looping = check_inbound(target, pod.services.illegal_ports)
     if looping is not None:
-        count_loop_guard(pod, "hbone", str(looping))
+        pod.services.count_loop_guard(pod.uid, "hbone", str(looping))
         _refuse(stream, looping.error())
         report.closed(flags=FLAG_NO_ROUTE, error=str(looping))
         return
@@ -176,7 +167,7 @@ async def plaintext(
     report = ConnectionReport(pod.services.telemetry, info)
     looping = check_inbound(target, pod.services.illegal_ports)
     if looping is not None:  # reset, never dial: the dial would come straight back here
-        count_loop_guard(pod, "plaintext", str(looping))
+        pod.services.count_loop_guard(pod.uid, "plaintext", str(looping))
         reset_tcp(writer)
         report.closed(flags=FLAG_NO_ROUTE, error=str(looping))
         return

@@ -14,7 +14,6 @@ from zt.addr import IpAddress, SocketAddr, from_sockaddr, unmap
 from zt.errors import ZtError
 from zt.hbone.request import ConnectRequest, new_traceparent
 from zt.identity.spiffe import SpiffeId
-from zt.node.inbound import count_loop_guard
 from zt.node.services import FLAG_NO_ROUTE, FLAG_UPSTREAM_FAILURE, STATUS_FLAGS
 from zt.proxy.errors import TunnelRefused
 from zt.proxy.pool import PoolKey
@@ -169,7 +168,7 @@ async def forward(
         flow.announce = announce
     if decided.kind is RouteKind.REFUSED:
         if decided.loop_guard:
-            count_loop_guard(pod, listener, decided.reason)
+            pod.services.count_loop_guard(pod.uid, listener, decided.reason)
         flow.refuse(FLAG_NO_ROUTE, decided.reason)
     elif decided.kind is RouteKind.HBONE:
         await flow.via_hbone()

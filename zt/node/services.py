@@ -14,6 +14,8 @@ from zt.identity.manager import CertificateManager
 from zt.node.conntrack import ConnTracker
 from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits, AcceptMetrics
 from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS
+from zt.state.loopguard import METRIC as LOOP_GUARD_METRIC
+from zt.state.loopguard import METRIC_HELP as LOOP_GUARD_HELP
 from zt.telemetry.connections import ConnectionTelemetry
 from zt.telemetry.logsetup import dropped_total
 from zt.telemetry.metrics import Counter, Registry
@@ -90,6 +92,13 @@ class NodeServices:
             ]  # fmt: skip
 
         self.registry.add_collector(collect)
+
+    def count_loop_guard(self, pod: str, path: str, detail: str) -> None:
+        """One refusal by the loop guard on `path` (plaintext, hbone, outbound, socks5). The
+        access record says which destination; the debug line follows one pod's refusals."""
+        counter = self.registry.counter(LOOP_GUARD_METRIC, LOOP_GUARD_HELP, ("path",))
+        counter.inc(labels={"path": path})
+        log.debug("pod %s: %s connection refused: %s", pod, path, detail)
 
     def count_hbone_limit(self, limit: str) -> None:
         """An HBONE peer went past `limit` (a zt/hbone/limits.py name) on one of the node's
