@@ -102,6 +102,42 @@ def test_pod_api_removes_and_adds_a_pod_at_run_time(lab: Lab) -> None:
     assert eventually_echoes(a.netns, str(b2.ipv4))
 
 
+def test_a_pod_added_back_while_its_old_proxy_drains_stays_captured(lab: Lab) -> None:
+    """`zt pod remove` waits for open connections to drain, then unenrolls the pod by name. A
+    `zt pod add` of the same uid meanwhile (a CNI DEL then ADD) must not be undone by that
+    unenroll: the new proxy starts once the old one is gone, and the pod stays enrolled."""
+    a, b2 = lab.pod("pod1-1"), lab.pod("pod2-2")
+    assert eventually_echoes(a.netns, str(b2.ipv4))
+    held = connect_only(a.netns, str(b2.ipv4), mesh.APP_PORT)  # keeps the old proxy draining
+    sock = str(lab.state.dir / "node2.sock")
+    remove = subprocess.Popen(
+        [str(runner.ZT), "pod", "remove", "lab/pod2-2", "--socket", sock],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    procs = [remove]
+    try:
+        time.sleep(1.0)  # the remove is draining the held connection
+        add = subprocess.Popen(
+            [str(runner.ZT), "pod", "add", "lab/pod2-2", "--netns", b2.netns, "--socket", sock],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        procs.append(add)
+        time.sleep(1.0)
+        held.close()  # the drain ends: the old proxy unenrolls, then the new one starts
+        _, err = remove.communicate(timeout=60)
+        assert remove.returncode == 0, err
+        _, err = add.communicate(timeout=60)
+        assert add.returncode == 0, err
+    finally:
+        held.close()
+        for proc in procs:  # ours, by PID: only if a wait above failed
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+    assert lab.map_entries("node2")["zt_pods"] == 2  # both of node2's pods enrolled
+    assert eventually_echoes(a.netns, str(b2.ipv4))
+
+
 def test_sigterm_drains_an_open_tunnel_without_losing_a_byte(lab: Lab) -> None:
     """SIGTERM: not ready any more, open connections finish (within the drain deadline) with every
     byte echoed, then the daemon exits; a restart brings the node back."""

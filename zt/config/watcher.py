@@ -174,20 +174,20 @@ def _call(listener: Callable[..., None], *args: object) -> None:
 
 
 @dataclass(frozen=True)
-class _Signature:
+class Signature:
     inode: int
     size: int
     mtime_ns: int
     ctime_ns: int
 
 
-def _signature(path: Path) -> _Signature | None:
+def file_signature(path: Path) -> Signature | None:
     """None while the file is missing: a state like any other (it settles, and the load fails)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return _Signature(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return Signature(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 _Outcome = Snapshot | ReloadFailure | None  # None: the file changed while it was read
@@ -202,40 +202,44 @@ class FileWatcher:
         *,
         settle: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        loaded: Signature | None = None,
     ) -> None:
+        """`loaded`: the file's signature taken just before the start-up load (`file_signature()`),
+        so an edit made between that load and this watcher is still seen; None: the file as it
+        is now is the one loaded."""
         self.path = path
         self.store = store
         self.settle = settle
         self._loader = loader
         self._clock = clock
-        self._candidate = _signature(path)  # what the file looks like now
+        self._candidate = file_signature(path)  # what the file looks like now
         self._since = clock()  # since when it looks like that
-        self._attempted = self._candidate  # the start-up load read this version
+        self._attempted = loaded or self._candidate  # the start-up load read this version
         self._busy = False
         self.polls = 0
         self.loads = 0
 
     def _due(self, now: float, *, force: bool) -> bool:
         """Record what the file looks like; True when a settled, untried version is there."""
-        signature = _signature(self.path)
-        if signature != self._candidate:
-            self._candidate, self._since = signature, now
-        if self._busy or signature == self._attempted:
+        now_seen = file_signature(self.path)
+        if now_seen != self._candidate:
+            self._candidate, self._since = now_seen, now
+        if self._busy or now_seen == self._attempted:
             return False
         return force or now - self._since >= self.settle
 
-    def _attempt(self, expected: _Signature | None) -> _Outcome:
+    def _attempt(self, expected: Signature | None) -> _Outcome:
         """Load; runs in a worker thread under run(). Never raises an Exception."""
         self.loads += 1
         try:
             outcome: _Outcome = self._loader(self.path)
         except Exception as exc:  # RecursionError, MemoryError, OSError, bugs: all kept out
             outcome = ReloadFailure.of(exc, time.time())
-        if _signature(self.path) != expected:
+        if file_signature(self.path) != expected:
             return None  # written to while we read it: whatever we read may be half of it
         return outcome
 
-    def _apply(self, signature: _Signature | None, outcome: _Outcome) -> bool:
+    def _apply(self, signature: Signature | None, outcome: _Outcome) -> bool:
         if outcome is None:
             log.info("config %s changed while it was read; waiting for it to settle", self.path)
             return False

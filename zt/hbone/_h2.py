@@ -31,6 +31,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
 from zt.hbone._inbound import install as install_inbound_buffer
+from zt.hbone.errors import HboneUsageError
 from zt.hbone.limits import FrameGuard
 from zt.hbone.settings import DEFAULT_WINDOW, HboneSettings
 
@@ -136,7 +137,13 @@ def new_h2(
         validate_inbound_headers=client,
     )
     conn = HboneH2Connection(config=config)
-    install_inbound_buffer(conn, guard, fast=settings.inbound_fast_path)
+    if not install_inbound_buffer(conn, guard, fast=settings.inbound_fast_path):
+        # Without our frame buffer none of the frame limits would apply (frame size before the
+        # body, header-block cap, control-frame budgets): refuse to run rather than fail open.
+        raise HboneUsageError(
+            "h2's FrameBuffer is not the one zt was written against (h2 4.4): frame limits "
+            "cannot be installed"
+        )
     max_streams = settings.client_max_streams if client else settings.server_max_streams
     values: dict[SettingCodes, int] = {
         SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,

@@ -25,11 +25,12 @@ import functools
 import logging
 import signal
 import time
+from collections.abc import AsyncIterator
 
 from zt.capture import Capture
 from zt.config import FileWatcher, SnapshotStore, load_file
 from zt.config.dump import document
-from zt.config.watcher import ReloadFailure
+from zt.config.watcher import ReloadFailure, file_signature
 from zt.errors import NotFoundError, UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
 from zt.identity.manager import CertificateManager
@@ -87,6 +88,7 @@ class NodeDaemon:
         self._reload_errors = self.registry.counter(
             "zt_config_reload_errors_total", "Refused config reloads, by reason", ("reason",)
         )
+        self._stopping: dict[str, asyncio.Future[None]] = {}  # uid -> done when drained
         self._held: dict[str, str] = {}  # uid -> netns: enrolled, listeners lost in a restart
         self._retry_at: dict[str, float] = {}  # uid -> when a failed start is tried again
 
@@ -105,6 +107,7 @@ class NodeDaemon:
 
     async def _start(self) -> None:
         opts = self.options
+        loaded = file_signature(opts.config)  # before the load: an edit made after it is not lost
         store = SnapshotStore(load_file(opts.config))
         self.readiness.set("config")
         await self._endpoints(store)
@@ -135,7 +138,9 @@ class NodeDaemon:
         store.on_reject(self._on_reject)
         # settle: a change is loaded at the second poll that finds it unchanged (a little under
         # one interval, as timers may fire a millisecond early)
-        self._watcher = watcher = FileWatcher(opts.config, store, settle=0.9 * opts.config_poll)
+        self._watcher = watcher = FileWatcher(
+            opts.config, store, settle=0.9 * opts.config_poll, loaded=loaded
+        )
         self._start_workers()
         self._background += [
             asyncio.ensure_future(watcher.run(opts.config_poll)),
@@ -281,6 +286,9 @@ class NodeDaemon:
         except (ZtError, OSError) as exc:
             self._retry_at[uid] = time.monotonic() + RETRY_AFTER
             log.error("pod %s not served (trying again in %g s): %s", uid, RETRY_AFTER, exc)
+        except Exception:  # a bug with one pod must not stop the pass for every pod after it
+            self._retry_at[uid] = time.monotonic() + RETRY_AFTER
+            log.exception("pod %s not served (trying again in %g s)", uid, RETRY_AFTER)
         else:
             self._retry_at.pop(uid, None)
 
@@ -295,7 +303,8 @@ class NodeDaemon:
         old_netns = old.netns if old is not None else self._held.get(uid)
         keep = old_netns == netns
         if old is not None:
-            await old.stop(self.options.drain_deadline, unenroll=not keep)
+            async with self._stopping_pod(uid):
+                await old.stop(self.options.drain_deadline, unenroll=not keep)
         elif not keep and old_netns is not None:
             await self._unenroll(uid)
         self._held.pop(uid, None)
@@ -329,6 +338,10 @@ class NodeDaemon:
 
     async def add_pod(self, workload: Workload, netns: str) -> PodProxy:
         assert self.services is not None
+        # A stop of the same uid still draining ends with an unenroll by name: starting the new
+        # proxy before it would let that unenroll take the new pod out of capture (fail open).
+        while (stopping := self._stopping.get(workload.uid)) is not None:
+            await asyncio.shield(stopping)
         async with self._pod_lock:
             if workload.uid in self.pods:
                 return self.pods[workload.uid]
@@ -356,9 +369,22 @@ class NodeDaemon:
         if pod is None:
             raise NotFoundError(f"pod {uid!r} is not served by node {self.options.node}")
         # the followers drain their sockets of the pod while the leader drains its own
-        await asyncio.gather(pod.stop(self.options.drain_deadline, unenroll=True),
-                             self._sync_workers())  # fmt: skip
+        async with self._stopping_pod(uid):
+            await asyncio.gather(pod.stop(self.options.drain_deadline, unenroll=True),
+                                 self._sync_workers())  # fmt: skip
         self._forget_cert(pod)
+
+    @contextlib.asynccontextmanager
+    async def _stopping_pod(self, uid: str) -> AsyncIterator[None]:
+        """While a pod's old proxy drains, a new proxy for the same uid waits (see add_pod)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stopping[uid] = done
+        try:
+            yield
+        finally:
+            if self._stopping.get(uid) is done:
+                del self._stopping[uid]
+            done.set_result(None)
 
     async def _pod_api(self, cmd: PodAdd | PodRemove | PodList) -> dict[str, object]:
         assert self.services is not None
@@ -374,7 +400,9 @@ class NodeDaemon:
             raise PodNotLocal(
                 f"uid: {cmd.uid!r} runs on node {workload.node!r}, not {self.options.node!r}"
             )
+        previous = self._api_pods.get(cmd.uid)
         self._api_pods[cmd.uid] = cmd.netns
+        created = cmd.uid not in self.pods
         try:
             pod = await self.add_pod(workload, cmd.netns)
         except BaseException:
@@ -382,7 +410,12 @@ class NodeDaemon:
             raise
         failed = {w: f[cmd.uid] for w, f in (await self._sync_workers()).items() if cmd.uid in f}
         if failed:  # answered only when every worker listens, or undone
-            await self.remove_pod(cmd.uid)
+            if created:  # never undo a pod served before this call (e.g. from the mesh file)
+                await self.remove_pod(cmd.uid)
+            elif previous is None:
+                self._api_pods.pop(cmd.uid, None)
+            else:
+                self._api_pods[cmd.uid] = previous
             worker, error = next(iter(failed.items()))
             raise WorkerPodFailed(f"uid: {cmd.uid!r} not served by worker {worker}: {error}")
         return {"added": self._pod_info(pod)}

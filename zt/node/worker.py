@@ -24,6 +24,7 @@ import uvloop
 
 from zt.capture import Capture
 from zt.config import FileWatcher, SnapshotStore, load_file
+from zt.config.watcher import file_signature
 from zt.errors import UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
 from zt.identity.manager import CertificateManager
@@ -83,6 +84,7 @@ class Follower:
         opts = self.options
         if opts.pin_dir is None:
             raise FollowerMisconfigured("pin_dir: got None, expected the leader's pin directory")
+        loaded = file_signature(opts.config)  # before the load: an edit made after it is not lost
         store = SnapshotStore(load_file(opts.config))
         ca = await asyncio.to_thread(CertificateAuthority.load, opts.ca_dir)
         capture = await asyncio.to_thread(Capture.follow, opts.pin_dir)
@@ -109,7 +111,7 @@ class Follower:
         self.services.add_worker_collectors()
         # pods the leader still wants (in their removal grace) are served as the workload they were
         store.retain(lambda: [pod.workload for pod in self.pods.values()])
-        self.watcher = FileWatcher(opts.config, store, settle=0.9 * opts.config_poll)
+        self.watcher = FileWatcher(opts.config, store, settle=0.9 * opts.config_poll, loaded=loaded)
         store.subscribe(self._on_swap)
         self._background += [
             asyncio.ensure_future(self.watcher.run(opts.config_poll)),

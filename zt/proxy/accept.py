@@ -281,7 +281,7 @@ def listening_socket(listen: SocketAddr, *, reuse_port: bool = False) -> socket.
 class Ticket:
     """One accepted connection's hold on its group's slots; each is given back once."""
 
-    __slots__ = ("_group", "_half_open", "_metrics", "_open", "_source")
+    __slots__ = ("_group", "_half_open", "_metrics", "_open", "_source", "handed_over")
 
     def __init__(
         self, group: ConnectionGroup, source: str, half_open: bool, metrics: AcceptMetrics
@@ -291,6 +291,9 @@ class Ticket:
         self._half_open = half_open
         self._open = True
         self._metrics = metrics
+        # The socket belongs to an asyncio transport from here on: closing its fd by hand then
+        # would free a number the loop still watches (the next socket would reuse it).
+        self.handed_over = False
 
     @property
     def half_open(self) -> bool:
@@ -468,7 +471,8 @@ class AcceptLoop(asyncio.AbstractServer):
         try:
             await self._serve(conn, ticket)
         except asyncio.CancelledError:
-            _close_quietly(conn)
+            if not ticket.handed_over:  # else the transport closes it (see Ticket.handed_over)
+                _close_quietly(conn)
             raise
         except PreAuthTimeout:
             self.metrics.handshake_timeout(self.group.name)
@@ -604,14 +608,22 @@ def serve_tls(
                 remaining = max(deadline - loop.time(), 0.01)
                 # Our own reference: uvloop returns its SSLProtocol here, not the app's protocol.
                 protocol = factory()
+                ticket.handed_over = True
                 await loop.connect_accepted_socket(
                     lambda: protocol, sock, ssl=context, ssl_handshake_timeout=remaining
                 )
         except TimeoutError:
-            _close_quietly(sock)
+            if not ticket.handed_over:
+                _close_quietly(sock)
+            elif (transport := getattr(protocol, "transport", None)) is not None:
+                transport.abort()  # handshake done, peer check or deadline raced: cut it now
             raise PreAuthTimeout(
                 f"not authenticated within {limits.handshake_timeout:g} s"
             ) from None
+        except asyncio.CancelledError:  # the listener closed while this one was unauthenticated
+            if ticket.handed_over and (tr := getattr(protocol, "transport", None)) is not None:
+                tr.abort()
+            raise
         except ConnectionAbortedError as exc:  # asyncio's name for its own handshake timeout
             if "handshake" in str(exc).lower():
                 raise PreAuthTimeout(str(exc)) from None
@@ -634,6 +646,7 @@ def serve_streams(handle: StreamHandler, *, limit: int = 64 * 1024) -> Serve:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        ticket.handed_over = True
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         try:

@@ -237,7 +237,9 @@ class HboneDriver(asyncio.Protocol):
 
     async def writable(self) -> None:
         """Wait while the TLS transport's write buffer is above its high-water mark."""
-        if self._paused:
+        # Another writer woken by the same resume may have filled the buffer again: re-check,
+        # or each would add a whole window on top of the high-water mark.
+        while self._paused and not self.closed.done():
             await self._resumed.wait()
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> int:

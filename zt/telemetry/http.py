@@ -48,6 +48,9 @@ class Limits:
 
     max_connections: int = 32
     """Connections open at once; one more is closed at once (and counted in `refused_total`)."""
+    max_per_source: int = 8
+    """Of those, from one source address: one host holding idle connections must not starve
+    the kubelet's (or Prometheus's) probes of the rest."""
     head_timeout: float = 3.0
     """Seconds from accept to the end of the request head (a slowloris client is closed)."""
     body_timeout: float = 3.0
@@ -58,6 +61,8 @@ class Limits:
     def __post_init__(self) -> None:
         if self.max_connections < 1:
             raise UsageError(f"max_connections: got {self.max_connections}, expected >= 1")
+        if self.max_per_source < 1:
+            raise UsageError(f"max_per_source: got {self.max_per_source}, expected >= 1")
 
 
 @dataclass
@@ -65,6 +70,7 @@ class ServerStats:
     """Counters of one endpoint server (read by the metrics collector; the loop thread writes)."""
 
     open: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)  # open connections per address
     refused_total: int = 0
     timed_out_total: int = 0
     failed_total: int = 0  # the handler raised: answered 500
@@ -184,17 +190,26 @@ async def _handle(
     limits: Limits,
     stats: ServerStats,
 ) -> None:
-    if stats.open >= limits.max_connections:
+    peer = writer.get_extra_info("peername")
+    source = str(peer[0]) if isinstance(peer, tuple) else ""
+    held = stats.by_source.get(source, 0)
+    if stats.open >= limits.max_connections or held >= limits.max_per_source:
         stats.refused_total += 1
         writer.transport.abort()  # at once: no task, no buffer, no deadline held for it
         return
     stats.open += 1
+    stats.by_source[source] = held + 1
     try:
         await _exchange(reader, writer, handler, limits, stats)
     except Exception:  # nothing one connection does may reach the event loop
         log.exception("endpoint connection failed")
     finally:
         stats.open -= 1
+        left = stats.by_source[source] - 1
+        if left:
+            stats.by_source[source] = left
+        else:
+            del stats.by_source[source]
         writer.close()
 
 

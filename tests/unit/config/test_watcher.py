@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from zt.config import FileWatcher, SnapshotStore, load_file
+from zt.config.watcher import file_signature
 from zt.state import Snapshot
 
 GOOD = "workloads:\n  - {uid: a, name: a, workloadIps: [10.0.0.1]}\n"
@@ -66,6 +67,24 @@ def test_no_change_no_reload(setup: Setup) -> None:
     assert setup.settle() is False
     assert setup.store.generation == 1
     assert setup.watcher.loads == 0
+
+
+def test_an_edit_between_the_start_up_load_and_the_watcher_is_loaded(tmp_path: Path) -> None:
+    """The daemon loads the file, then opens capture and serves pods before it starts watching:
+    an edit made meanwhile must not be taken for the version it loaded."""
+    path = tmp_path / "mesh.yaml"
+    path.write_text(GOOD)
+    loaded = file_signature(path)  # taken before the start-up load, as the daemon does
+    store = SnapshotStore(load_file(path))
+    _write(path, GOOD2)  # the edit lands before the watcher exists
+    clock = Clock()
+    watcher = FileWatcher(path, store, load_file, settle=1.0, clock=clock, loaded=loaded)
+    clock.now += 1.0
+    watcher.poll()
+    clock.now += 1.0
+    watcher.poll()
+    assert store.generation == 2
+    assert len(store.current.workloads) == len(load_file(path).workloads)
 
 
 @pytest.mark.parametrize("replace", [False, True], ids=["in-place", "rename-over"])

@@ -75,6 +75,28 @@ def test_connection_over_the_cap_is_closed_at_once_and_counted() -> None:
     assert samples["zt_endpoint_metrics_refused_total"] == 1
 
 
+def test_one_source_cannot_take_every_slot() -> None:
+    """A host holding idle connections gets its per-source share, not the whole server: a probe
+    from another address (the kubelet's, Prometheus's) is still answered."""
+
+    async def scenario(server: asyncio.Server, port: int, stats: ServerStats) -> None:
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        for _, writer in held:
+            writer.write(b"GET /slow HTTP/1.1\r\n")  # a head that is not finished
+        await _until(lambda: stats.open == 2, "2 open connections")
+        assert await _closed(held[2][0]) == b""  # the third from 127.0.0.1: closed at once
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+        )
+        writer.write(b"GET /probe HTTP/1.1\r\n\r\n")
+        assert (await _closed(reader)).startswith(b"HTTP/1.1 200 OK")
+        for _, w in [*held, (reader, writer)]:
+            w.close()
+
+    stats = _run(scenario, max_connections=4, max_per_source=2, head_timeout=scaled(30))
+    assert stats.refused_total == 1
+
+
 def test_slowloris_head_is_closed_after_the_deadline() -> None:
     """One byte every 50 ms keeps the connection busy but never finishes the head: the deadline
     is on the whole head, not on idle time."""
