@@ -300,6 +300,9 @@ def probe(peer: Peer, payload: bytes = b"legit tunnel\n", timeout: float = 10.0)
 
 
 # -- attacks -----------------------------------------------------------------------------------------
+_TALLY_LOCK = threading.Lock()
+
+
 @dataclass
 class Tally:
     """What an attack did and what the server answered; the JSON the attacker prints."""
@@ -312,6 +315,20 @@ class Tally:
     goaways: list[int] = field(default_factory=list)
     seconds: float = 0.0
     notes: dict[str, float] = field(default_factory=dict)
+
+    def finished(self, conn: Conn, *, frames: int, bytes_out: int) -> None:
+        """One connection of a parallel attack is done (threads share the tally)."""
+        with _TALLY_LOCK:
+            self.conns += 1
+            self.frames += frames
+            self.bytes_out += bytes_out
+            self.end(conn)
+
+    def not_opened(self, *, count_conn: bool = False) -> None:
+        """The server refused a connection before its preface (threads share the tally)."""
+        with _TALLY_LOCK:
+            self.conns += count_conn
+            self.refused += 1
 
     def end(self, conn: Conn) -> None:
         conn.pump(0)
@@ -410,14 +427,13 @@ def continuation_flood(
     start, deadline = time.monotonic(), _deadline(seconds)
     # a valid HPACK stream: literal without indexing, new name "a", value "b" (RFC 7541 §6.2.2)
     unit = b"\x00\x01a\x01b"
-    lock = threading.Lock()
     opened = threading.Barrier(conns, action=started, timeout=MAX_SECONDS)
+    tally.notes["frame_size"] = DEFAULT_FRAME
 
     def one(_: int) -> None:
         conn = open_conn(peer)
         if conn is None:
-            with lock:
-                tally.refused += 1
+            tally.not_opened()
             _arrive(opened)
             return
         size = conn.server_settings.get(SettingsFrame.MAX_FRAME_SIZE, DEFAULT_FRAME)
@@ -432,12 +448,8 @@ def continuation_flood(
                 sent += len(filler)
                 frames += 1
         _hold(deadline)
-        with lock:
-            tally.conns += 1
-            tally.bytes_out += sent
-            tally.frames += frames
-            tally.notes["frame_size"] = size
-            tally.end(conn)
+        tally.notes["frame_size"] = size
+        tally.finished(conn, frames=frames, bytes_out=sent)
 
     _parallel(conns, one)
     tally.seconds = time.monotonic() - start
@@ -453,15 +465,13 @@ def oversized_frame(
     FRAME_SIZE_ERROR if a frame exceeds the size defined in SETTINGS_MAX_FRAME_SIZE"."""
     tally = Tally("oversized_frame")
     start, deadline = time.monotonic(), _deadline(seconds)
-    lock = threading.Lock()
     opened = threading.Barrier(conns, action=started, timeout=MAX_SECONDS)
     body = b"\x00" * chunk
 
     def one(_: int) -> None:
         conn = open_conn(peer)
         if conn is None:
-            with lock:
-                tally.refused += 1
+            tally.not_opened()
             _arrive(opened)
             return
         ok = conn.send(headers(1, connect_block(peer.echo)), deadline)
@@ -476,11 +486,7 @@ def oversized_frame(
             ok = ok and not conn.closed and conn.goaway is None
             time.sleep(pause)
         _hold(deadline)
-        with lock:
-            tally.conns += 1
-            tally.frames += 1
-            tally.bytes_out += sent
-            tally.end(conn)
+        tally.finished(conn, frames=1, bytes_out=sent)
 
     _parallel(conns, one)
     tally.seconds = time.monotonic() - start
@@ -622,9 +628,7 @@ def huffman_header(
                 first = False
                 _arrive(opened)
             if conn is None:
-                with lock:
-                    tally.conns += 1
-                    tally.refused += 1
+                tally.not_opened(count_conn=True)
                 continue
             sid, sent = 1, 0
             while take("requests"):
@@ -639,11 +643,8 @@ def huffman_header(
                 if conn.closed or conn.goaway is not None:
                     break
             with lock:
-                tally.conns += 1
-                tally.frames += sent * (len(pieces) + 1)
-                tally.bytes_out += sent * len(block)
                 tally.notes["headers"] = tally.notes.get("headers", 0) + sent
-                tally.end(conn)
+            tally.finished(conn, frames=sent * (len(pieces) + 1), bytes_out=sent * len(block))
             if budget["requests"] <= 0:
                 return
 

@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
+from h2.connection import H2Connection
 from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import Frame
 
 from zt.hbone.limits import FrameGuard
-
-if TYPE_CHECKING:
-    from zt.hbone._h2 import HboneH2Connection
 
 _HEADER = struct.Struct(">HBBBL")
 _DATA = 0x0
@@ -207,7 +205,7 @@ class GuardedFrameBuffer(FrameBuffer):
         return super().__next__()
 
 
-def install(conn: HboneH2Connection, guard: FrameGuard | None = None, *, fast: bool = True) -> bool:
+def install(conn: H2Connection, guard: FrameGuard | None = None, *, fast: bool = True) -> bool:
     """Switch `conn`'s receive side (before any byte was received) to the DATA fast path when
     `fast`, else to h2's parser with `guard`'s limits (when given). Returns False, leaving h2 as it
     is, when h2's FrameBuffer is not the one this was written against (h2 4.4: a `_data`

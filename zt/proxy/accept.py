@@ -572,14 +572,25 @@ _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
 async def wait_readable(sock: socket.socket) -> None:
     """Until `sock` has a byte (or EOF/error) to read: nothing is allocated for it before."""
+    await _wait_fd(sock, writable=False)
+
+
+async def wait_writable(sock: socket.socket) -> None:
+    """Until `sock` is writable (a non-blocking connect finished, either way)."""
+    await _wait_fd(sock, writable=True)
+
+
+async def _wait_fd(sock: socket.socket, *, writable: bool) -> None:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
-    loop.add_reader(fd, _set_once, ready)
+    add, remove = (loop.add_writer, loop.remove_writer) if writable else (
+        loop.add_reader, loop.remove_reader)  # fmt: skip
+    add(fd, _set_once, ready)
     try:
         await ready
     finally:
-        loop.remove_reader(fd)
+        remove(fd)
 
 
 def _set_once(fut: asyncio.Future[None]) -> None:

@@ -32,6 +32,7 @@ from zt.proxy.accept import (
     ConnectionGroup,
     listening_socket,
     serve_tls,
+    wait_writable,
 )
 from zt.proxy.driver import HboneDriver, PeerCheck
 from zt.proxy.errors import InternalError, StreamResetError
@@ -87,7 +88,7 @@ async def dial_authority(request: ConnectRequest) -> Upstream:
         set_keepalive(sock)  # a vanished upstream must not hold the tunnel for hours
         err = sock.connect_ex((str(ip), port))
         if err == errno.EINPROGRESS:
-            await _writable(sock)
+            await wait_writable(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
@@ -95,23 +96,6 @@ async def dial_authority(request: ConnectRequest) -> Upstream:
         sock.close()
         raise
     return sock
-
-
-def _set_once(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_result(None)
-
-
-async def _writable(sock: socket.socket) -> None:
-    """Wait until `sock` is writable (a non-blocking connect finished, either way)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-    loop.add_writer(fd, _set_once, done)
-    try:
-        await done
-    finally:
-        loop.remove_writer(fd)
 
 
 class HboneServer:
