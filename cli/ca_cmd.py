@@ -1,16 +1,41 @@
-"""`zt ca init|issue|show`: the embedded CA's state directory from the command line."""
+"""`zt ca init|issue|show|serve|rotate|token create`: the CA's state directory from the command line.
+
+With `--etcd` the CA serves a fleet (docs/fleet.md): `init --etcd` bootstraps etcd auth and publishes
+the trust bundle, `serve` runs the signer (the only process holding the CA key), `token create`
+makes one-time join tokens, `rotate` starts a root rotation the signer then completes.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
+import logging
+import re
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from cli._common import reports_errors
+from cli._etcd import (
+    DEFAULT_PREFIX,
+    CacertOpt,
+    CertOpt,
+    EtcdOpt,
+    KeyOpt,
+    PasswordFileOpt,
+    PrefixOpt,
+    UserOpt,
+    settings_from,
+)
+from zt.errors import UsageError
+from zt.fleet import acl, join, rotation
+from zt.fleet.connect import EtcdSettings
+from zt.fleet.signer import Signer
 from zt.identity._files import FileWriteError
 from zt.identity.ca import (
     DEFAULT_DIR,
@@ -23,8 +48,44 @@ from zt.identity.errors import CertificateFileError
 from zt.identity.spiffe import SpiffeId
 
 app = typer.Typer(help="The embedded certificate authority.", no_args_is_help=True)
+token_app = typer.Typer(help="One-time join tokens for fleet nodes.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="CA state directory")]
+T = TypeVar("T")
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(flag: str, text: str, *, floor: float = 0.0) -> float:
+    """`90s`, `30m`, `24h`, `7d` or plain seconds; at least `floor` seconds."""
+    m = _DURATION.fullmatch(text.strip())
+    if m is None:
+        raise UsageError(f"{flag}: got {text!r}, expected a duration like 90s, 30m, 24h or 7d")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds < floor:
+        raise UsageError(f"{flag}: got {text!r}, expected at least {floor:.0f}s")
+    return seconds
+
+
+def operator_settings(
+    etcd: str,
+    cacert: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    user: str | None,
+    password_file: Path | None,
+    prefix: str,
+) -> EtcdSettings:
+    """The shared --etcd* flags; the CA's commands act as root unless --etcd-user says otherwise."""
+    if user is None and password_file is not None:
+        user = "root"
+    return settings_from(etcd, cacert, cert, key, user, password_file, prefix)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 def _iso(t: float) -> str:
@@ -50,8 +111,24 @@ def init(
     cert: Annotated[Path | None, typer.Option(help="operator CA certificate (PEM)")] = None,
     key: Annotated[Path | None, typer.Option(help="operator CA private key (PEM)")] = None,
     bundle: Annotated[Path | None, typer.Option(help="trust bundle peers verify against")] = None,
+    etcd: Annotated[
+        str | None, typer.Option("--etcd", help="also bootstrap this etcd cluster (URLs)")
+    ] = None,
+    etcd_cacert: CacertOpt = None,
+    etcd_cert: CertOpt = None,
+    etcd_key: KeyOpt = None,
+    etcd_user: UserOpt = None,
+    etcd_password_file: PasswordFileOpt = None,
+    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
-    """Create a P-256 CA in DIR, or (with --cert/--key) store an operator's CA there."""
+    """Create a P-256 CA in DIR, or (with --cert/--key) store an operator's CA there. With --etcd:
+    also turn on etcd auth (root's password from --etcd-password-file), create zt's roles and
+    publish the trust bundle; an existing CA in DIR is then reused unless --force."""
+    if etcd is not None:
+        settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
+                                     etcd_password_file, etcd_prefix)  # fmt: skip
+        _init_fleet(directory, trust_domain, force, settings)
+        return
     cert_pem, key_pem = _read(cert, "--cert"), _read(key, "--key")
     if (cert_pem is None) != (key_pem is None):
         raise CertificateFileError("--cert and --key: expected both or neither")
@@ -67,6 +144,137 @@ def init(
     else:
         ca = CertificateAuthority.init(directory, trust_domain, force=force)
     typer.echo(f"CA in {directory}: trust domain {ca.trust_domain}, sha256 {ca.fingerprint}")
+
+
+def _init_fleet(
+    directory: Path,
+    trust_domain: str,
+    force: bool,
+    settings: EtcdSettings,
+) -> None:
+    password, prefix = settings.password, settings.prefix
+    if password is None:
+        raise UsageError("--etcd-password-file: required with --etcd (root's etcd password)")
+    if force or not (directory / "ca.pem").exists():
+        ca = CertificateAuthority.init(directory, trust_domain, force=force)
+    else:
+        ca = CertificateAuthority.load(directory)
+    client = settings.client()
+
+    async def go() -> rotation.Bundle:
+        async with client:
+            await acl.bootstrap(client, prefix, password)
+            return await rotation.publish_bundle(
+                client, prefix, ca.trust_domain, rotation.bundle_roots(directory)
+            )
+
+    published = run_async(go())
+    typer.echo(
+        f"CA in {directory}: trust domain {ca.trust_domain}, sha256 {ca.fingerprint}; "
+        f"etcd auth on, bundle generation {published.generation} at {prefix}/ca/bundle"
+    )
+
+
+@app.command()
+@reports_errors
+def serve(
+    *,
+    directory: DirOpt = DEFAULT_DIR,
+    etcd: EtcdOpt,
+    etcd_cacert: CacertOpt = None,
+    etcd_cert: CertOpt = None,
+    etcd_key: KeyOpt = None,
+    etcd_user: UserOpt = None,
+    etcd_password_file: PasswordFileOpt = None,
+    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    leaf_lifetime: Annotated[
+        str, typer.Option(help="workload certificate lifetime (e.g. 24h; at least 1h)")
+    ] = "24h",
+    quiet: Annotated[bool, typer.Option("--quiet", help="log only refusals and errors")] = False,
+) -> None:
+    """Run the signer: answer CSRs and join requests through etcd; complete root rotations."""
+    lifetime = parse_duration("--leaf-lifetime", leaf_lifetime, floor=3600.0)
+    settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
+                                 etcd_password_file, etcd_prefix)  # fmt: skip
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    client = settings.client()
+    signer = Signer(client, settings.prefix, directory, leaf_lifetime=lifetime)
+
+    async def go() -> None:
+        async with client:
+            await signer.run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(go())
+
+
+@app.command()
+@reports_errors
+def rotate(
+    *,
+    directory: DirOpt = DEFAULT_DIR,
+    etcd: EtcdOpt,
+    etcd_cacert: CacertOpt = None,
+    etcd_cert: CertOpt = None,
+    etcd_key: KeyOpt = None,
+    etcd_user: UserOpt = None,
+    etcd_password_file: PasswordFileOpt = None,
+    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    switch_after: Annotated[
+        str, typer.Option(help="how long nodes get to fetch the new bundle before it signs")
+    ] = "60s",
+) -> None:
+    """Start a root rotation: a new root joins the bundle now; the running signer signs with it
+    after --switch-after and drops the old root one leaf lifetime later."""
+    after = parse_duration("--switch-after", switch_after)
+    settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
+                                 etcd_password_file, etcd_prefix)  # fmt: skip
+    state = rotation.introduce(directory, switch_after=after)
+    ca = CertificateAuthority.load(directory)
+    client = settings.client()
+
+    async def go() -> rotation.Bundle:
+        async with client:
+            return await rotation.publish_bundle(
+                client, settings.prefix, ca.trust_domain, rotation.bundle_roots(directory)
+            )
+
+    bundle = run_async(go())
+    typer.echo(
+        f"new root introduced: bundle generation {bundle.generation} holds "
+        f"{len(bundle.roots)} roots; the signer switches at {_iso(state.switch_at)}"
+    )
+
+
+@token_app.command("create")
+@reports_errors
+def token_create(
+    *,
+    node: Annotated[str, typer.Option(help="the node this token may join (its --node name)")],
+    ttl: Annotated[str, typer.Option(help="how long the token stays usable (e.g. 1h)")] = "1h",
+    etcd: EtcdOpt,
+    etcd_cacert: CacertOpt = None,
+    etcd_cert: CertOpt = None,
+    etcd_key: KeyOpt = None,
+    etcd_user: UserOpt = None,
+    etcd_password_file: PasswordFileOpt = None,
+    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+) -> None:
+    """Print a one-time join token for NODE (one line): give it to `zt node join --token`."""
+    seconds = parse_duration("--ttl", ttl)
+    settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
+                                 etcd_password_file, etcd_prefix)  # fmt: skip
+    client = settings.client()
+
+    async def go() -> str:
+        async with client:
+            return str(await join.create_token(client, settings.prefix, node, ttl=seconds))
+
+    typer.echo(run_async(go()))
 
 
 @app.command()

@@ -5,15 +5,23 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli._common import reports_errors
-from zt.lab import control, demo
+from zt.lab import control, demo, labconfig
 from zt.lab.state import load
 
 app = typer.Typer(help="A local lab: nodes and pods as network namespaces.", no_args_is_help=True)
+config_app = typer.Typer(help="The running lab's mesh document.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+# `zt lab up` builds the file lab unless told otherwise: the fleet lab (`--control etcd`) runs six
+# more zt commands and three etcd members and is ready ~10 s later on a 2-CPU host; `make lab`
+# builds the fleet lab (lab.mk's LAB_CONTROL)
+DEFAULT_CONTROL = "file"
 
 NameOpt = Annotated[str, typer.Option("--name", help="lab name (namespaces are zt-<name>-*)")]
 
@@ -29,13 +37,29 @@ def up(
     pods: Annotated[int, typer.Option(help="pods per node")] = 2,
     capture: Annotated[str, typer.Option(help="outbound capture: connect | sklookup")] = "connect",
     log_format: Annotated[str, typer.Option(help="node access logs: text | json")] = "text",
+    control_: Annotated[
+        str,
+        typer.Option(
+            "--control",
+            help="etcd: a control host with 3 etcd members and the signer, nodes joined with "
+            "tokens | file: one mesh file and CA dir shared by the nodes",
+        ),
+    ] = DEFAULT_CONTROL,
     name: NameOpt = "lab",
 ) -> None:
     """Build the namespaces, the mesh config and CA, start one `zt run` per node, wait for ready."""
     started = time.monotonic()
-    typer.echo(f"zt lab up {name}: {nodes} nodes x {pods} pods, capture {capture}", err=True)
+    typer.echo(
+        f"zt lab up {name}: {nodes} nodes x {pods} pods, capture {capture}, control {control_}",
+        err=True,
+    )
     opts = control.UpOptions(
-        name=name, nodes=nodes, pods=pods, capture=capture, log_format=log_format
+        name=name,
+        nodes=nodes,
+        pods=pods,
+        capture=capture,
+        log_format=log_format,
+        control=control_,
     )
     control.up(opts, progress=_say)
     typer.echo(f"lab {name!r} ready in {time.monotonic() - started:.1f} s", err=True)
@@ -52,6 +76,15 @@ def down(name: NameOpt = "lab") -> None:
 
 def _print_status(st: dict[str, object]) -> None:
     typer.echo(f"lab {st['name']}  capture={st['capture']}  state={st['state_dir']}")
+    ctl = st["control"]
+    assert isinstance(ctl, dict)
+    if ctl["mode"] == "etcd":
+        members = ", ".join(f"{m['name']} {m['endpoint']} pid={m['pid']}" for m in ctl["etcd"])
+        typer.echo(f"control: netns={ctl['netns']} ip={ctl['ip']}")
+        typer.echo(f"  etcd: {members}")
+        typer.echo(f"  signer: pid={ctl['signer']['pid']}  ca_dir={ctl['ca_dir']}")
+    else:
+        typer.echo(f"control: file {ctl['config']}  ca_dir={ctl['ca_dir']}")
     typer.echo("nodes:")
     for n in st["nodes"]:  # type: ignore[attr-defined]
         ready = "ready" if n["ready"] else "NOT READY"
@@ -99,6 +132,10 @@ def demo_(name: NameOpt = "lab") -> None:
     state = load(name)
     typer.echo(f"zt lab demo {name}: traffic through the mesh ...", err=True)
     rows = demo.run(state, on_row=lambda r: _say(f"{r.verdict} {r.scenario}"))
+    if state.fleet:
+        from zt.lab import fleetdemo  # noqa: PLC0415
+
+        rows += fleetdemo.run(state, on_row=lambda r: _say(f"{r.verdict} {r.scenario}"))
     typer.echo(demo.table(rows))
     bad = demo.failed(rows)
     typer.echo(
@@ -108,3 +145,22 @@ def demo_(name: NameOpt = "lab") -> None:
     sys.stdout.flush()
     if bad:
         raise typer.Exit(1)
+
+
+@config_app.command("get")
+@reports_errors
+def config_get(name: NameOpt = "lab") -> None:
+    """Print the lab's mesh document (fleet lab: from etcd, with its revision)."""
+    document, revision = labconfig.get(load(name))
+    typer.echo(labconfig.render(document, revision), nl=False)
+
+
+@config_app.command("push")
+@reports_errors
+def config_push(
+    file: Annotated[Path, typer.Argument(help="mesh document (YAML/JSON)")],
+    name: NameOpt = "lab",
+) -> None:
+    """Hand a mesh document to the lab's nodes (fleet lab: `zt config push` with the lab's root
+    credentials; file lab: replace the mesh file)."""
+    typer.echo(labconfig.push(load(name), file))

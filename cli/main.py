@@ -11,6 +11,7 @@ from cli import (
     config_cmd,
     hbone_cmd,
     lab_cmd,
+    node_cmd,
     pod_cmd,
     route_cmd,
     run_cmd,
@@ -29,6 +30,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(authz_cmd.app, name="authz")
 app.command("route")(route_cmd.command)
 app.add_typer(ca_cmd.app, name="ca")
+app.add_typer(node_cmd.app, name="node")
 app.add_typer(capture_cmd.app, name="capture")
 app.add_typer(hbone_cmd.app, name="hbone")
 app.add_typer(lab_cmd.app, name="lab")

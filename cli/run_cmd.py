@@ -1,4 +1,4 @@
-"""`zt run`: the node daemon."""
+"""`zt run`: the node daemon, in file mode (--config) or fleet mode (--etcd; docs/fleet.md)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import uvloop
 from cli._common import reports_errors
 from zt.addr import SocketAddr
 from zt.capture import Mode
+from zt.fleet.connect import parse_endpoints
 from zt.node.daemon import NodeDaemon, NodeOptions
+from zt.node.options import DEFAULT_STATE_DIR
 from zt.node.reconcile import DEFAULT_GRACE
+from zt.node.sources import preflight
 from zt.proxy.accept import DEFAULT_LIMITS
 from zt.telemetry.logsetup import configure
 from zt.telemetry.logsetup import shutdown as shutdown_logging
@@ -20,13 +23,42 @@ from zt.telemetry.logsetup import shutdown as shutdown_logging
 
 @reports_errors
 def command(
-    config: Annotated[Path, typer.Option(help="mesh file (YAML/JSON); reloaded on change")],
     node: Annotated[str, typer.Option(help="this node's name (workloads' `node`)")],
-    ca_dir: Annotated[Path, typer.Option(help="embedded CA state directory")] = Path(
+    config: Annotated[
+        Path | None,
+        typer.Option(help="file mode: the mesh file (YAML/JSON), reloaded on change"),
+    ] = None,
+    etcd: Annotated[
+        str | None,
+        typer.Option(
+            help="fleet mode: etcd endpoints, comma-separated (overriding the state dir's); "
+            "mesh and certificates come through etcd"
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path, typer.Option(help="fleet mode: the node's credentials, written by `zt node join`")
+    ] = DEFAULT_STATE_DIR,
+    etcd_cacert: Annotated[
+        Path | None,
+        typer.Option(help="fleet mode: CA of etcd's server certs (else the state dir's)"),
+    ] = None,
+    etcd_cert: Annotated[
+        Path | None, typer.Option(help="fleet mode: client certificate for etcd's TLS")
+    ] = None,
+    etcd_key: Annotated[Path | None, typer.Option(help="fleet mode: key of --etcd-cert")] = None,
+    ca_dir: Annotated[Path, typer.Option(help="file mode: the CA state directory")] = Path(
         "/var/lib/zt/ca"
     ),
+    init_ca: Annotated[
+        bool,
+        typer.Option(
+            "--init-ca",
+            help="file mode: create a CA in --ca-dir when it has none (nodes trust each other "
+            "only when they share one CA: prefer `zt ca init` and one --ca-dir)",
+        ),
+    ] = False,
     trust_domain: Annotated[
-        str, typer.Option(help="trust domain of a CA created here")
+        str, typer.Option(help="trust domain of a CA created by --init-ca")
     ] = "cluster.local",
     capture: Annotated[str, typer.Option(help="outbound capture: connect | sklookup")] = "connect",
     pin_dir: Annotated[Path, typer.Option(help="bpffs directory for pinned capture")] = Path(
@@ -81,8 +113,14 @@ def command(
         )
     mode: Mode = "connect" if capture == "connect" else "sklookup"
     options = NodeOptions(
-        config=config,
         node=node,
+        config=config,
+        etcd=() if etcd is None else parse_endpoints(etcd),
+        state_dir=state_dir,
+        etcd_cacert=etcd_cacert,
+        etcd_cert=etcd_cert,
+        etcd_key=etcd_key,
+        init_ca=init_ca,
         ca_dir=ca_dir,
         trust_domain=trust_domain,
         capture=mode,
@@ -99,6 +137,7 @@ def command(
         socks5=socks5,
         workers=workers,
     )
+    preflight(options)  # a missing CA or state dir: one line, before any BPF or socket
     configure(log_format)  # after the options: a refused option starts no logging thread
     try:
         uvloop.run(NodeDaemon(options).run())

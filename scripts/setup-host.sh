@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=(python3-bpfcc linux-headers-amd64 iproute2 bpftool python3-venv openssl
-      iptables nftables iputils-ping)
+      iptables nftables iputils-ping etcd-server etcd-client)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,6 +19,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
 else
   echo "setup: Debian packages present (${need[*]})"
+fi
+
+# etcd-server's package enables and starts a system etcd on 2379/2380; the fleet tests and the lab
+# run their own members, so the system one must not hold those ports (docs/fleet.md).
+if [ -d /run/systemd/system ] && systemctl is-enabled --quiet etcd 2>/dev/null; then
+  systemctl disable --now etcd >/dev/null 2>&1 && echo "setup: disabled the system etcd service"
+elif [ -d /run/systemd/system ] && systemctl is-active --quiet etcd 2>/dev/null; then
+  systemctl stop etcd && echo "setup: stopped the system etcd service"
+elif [ ! -d /run/systemd/system ] && [ -x /etc/init.d/etcd ] \
+     && /etc/init.d/etcd status >/dev/null 2>&1; then
+  # sysvinit/containers: the package's init script may have started it
+  /etc/init.d/etcd stop >/dev/null && echo "setup: stopped the system etcd (init.d)"
+  update-rc.d etcd disable >/dev/null 2>&1 || true
 fi
 
 # bcc compiles against /lib/modules/$(uname -r)/build. Kernels without a Debian headers package

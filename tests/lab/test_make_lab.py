@@ -1,5 +1,5 @@
 """`make lab` (it "passes from a fresh clone as root on this machine, twice in a row, leaving
-nothing behind"): the real target, run twice, then nothing of the lab is left."""
+nothing behind"): the real target (the fleet lab), run twice, then nothing of the lab is left."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def test_make_lab_twice_in_a_row_leaves_nothing() -> None:
             assert done.returncode == 0, f"run {run}:\n{done.stdout}\n{done.stderr}"
             assert "scenarios as expected" in done.stdout and "not as expected" not in done.stdout
             assert "node link: only TLS to :15008" in done.stdout
+            # the fleet lab (lab.mk's LAB_CONTROL=etcd) adds its rows
+            assert "policy pushed to every node" in done.stdout and "etcd down" in done.stdout
             assert topology.leftovers(f"zt-{name}-") == [], f"run {run} left namespaces"
             assert not state_dir(name).exists()
             assert sorted(Path("/sys/fs/bpf").glob(f"zt-{name}-*")) == []
@@ -51,7 +53,11 @@ def test_make_lab_keep_leaves_it_running_and_says_how_to_explore() -> None:
         assert (
             "left running (KEEP=1)" in done.stdout and f"zt lab exec --name {name}" in done.stdout
         )
-        assert len(topology.leftovers(f"zt-{name}-")) == len(topology.plan(name).namespaces)
+        ctl = f"zt-{name}-ctl"  # the fleet lab's control host
+        assert ctl in topology.leftovers(f"zt-{name}-")
+        assert len(topology.leftovers(f"zt-{name}-")) == len(
+            topology.plan(name, control=True).namespaces
+        )
     finally:
         down = make_lab("lab-down", f"LAB_NAME={name}")
         assert down.returncode == 0, down.stderr

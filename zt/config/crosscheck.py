@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from zt.config.schema import MeshFile
+from zt.config.schema import MeshFile, WorkloadModel
 from zt.errors import FieldProblem
 
 
@@ -83,9 +83,15 @@ def _reference_problems(mesh: MeshFile) -> list[FieldProblem]:
 def _port_mapping_problems(mesh: MeshFile) -> list[FieldProblem]:
     """A service port whose target is 0 must be mapped by every endpoint that serves it."""
     problems: list[FieldProblem] = []
+    # Indexed once per document: a scan of every workload per service made this O(services x
+    # workloads), the largest cost of validating a 5,000-workload mesh (docs/fleet.md).
+    serving: dict[str, list[WorkloadModel]] = {}
+    for w in mesh.workloads:
+        for served in w.services:
+            serving.setdefault(served, []).append(w)
     for i, s in enumerate(mesh.services):
         key = f"{s.namespace}/{s.hostname}"
-        endpoints = [w for w in mesh.workloads if key in w.services]
+        endpoints = serving.get(key, [])
         for port, target in s.ports.items():
             if target != 0:
                 continue

@@ -63,11 +63,27 @@ def _key_pem(key: CaKey | ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _self_signed_root(key: ec.EllipticCurvePrivateKey, td: str, now: float) -> x509.Certificate:
+def new_root(
+    trust_domain: str, now: float, *, label: str = ""
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fresh P-256 key and its self-signed root (`label` tells a rotated root from the first)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key, _self_signed_root(key, check_trust_domain(trust_domain), now, label=label)
+
+
+def key_pem(key: CaKey) -> bytes:
+    """PKCS#8 PEM of a CA key (as ca.key holds it)."""
+    return _key_pem(key)
+
+
+def _self_signed_root(
+    key: ec.EllipticCurvePrivateKey, td: str, now: float, *, label: str = ""
+) -> x509.Certificate:
+    cn = f"zt embedded CA {td}" + (f" {label}" if label else "")
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, td),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"zt embedded CA {td}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
         ]
     )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
@@ -241,26 +257,43 @@ class CertificateAuthority:
         self, identity: SpiffeId, *, now: float, lifetime: float = DEFAULT_LEAF_LIFETIME
     ) -> WorkloadCert:
         """A fresh P-256 key and leaf: empty subject, one URI SAN, EKU server+client auth."""
-        if identity.trust_domain != self.trust_domain:
-            raise WrongTrustDomain(identity, self.trust_domain)
         key = ec.generate_private_key(ec.SECP256R1())
-        not_before = float(int(now))
-        not_after = min(not_before + int(lifetime), self.cert.not_valid_after_utc.timestamp())
-        leaf = self._leaf(identity, key, not_before, not_after)
-        cert = WorkloadCert(
+        leaf = self.sign(identity, key.public_key(), now=now, lifetime=lifetime)
+        return WorkloadCert(
             identity=identity,
             cert_pem=leaf.public_bytes(_PEM),
             key_pem=_key_pem(key),
             chain_pem=self._leaf_chain,
             roots_pem=self.roots_pem,
-            not_before=not_before,
-            not_after=not_after,
+            not_before=leaf.not_valid_before_utc.timestamp(),
+            not_after=leaf.not_valid_after_utc.timestamp(),
         )
+
+    def sign(
+        self,
+        identity: SpiffeId,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        now: float,
+        lifetime: float = DEFAULT_LEAF_LIFETIME,
+    ) -> x509.Certificate:
+        """A leaf for a key someone else holds (the fleet signer: the key never left its node)."""
+        if identity.trust_domain != self.trust_domain:
+            raise WrongTrustDomain(identity, self.trust_domain)
+        not_before = float(int(now))
+        not_after = min(not_before + int(lifetime), self.cert.not_valid_after_utc.timestamp())
+        leaf = self._leaf(identity, public_key, not_before, not_after)
         self._record(leaf, identity)
-        return cert
+        return leaf
+
+    @property
+    def leaf_chain_pem(self) -> bytes:
+        """What follows each leaf in a chain: the signing cert and its intermediates when the roots
+        peers trust are not the signing cert itself, else nothing."""
+        return self._leaf_chain
 
     def _leaf(
-        self, identity: SpiffeId, key: ec.EllipticCurvePrivateKey, nb: float, na: float
+        self, identity: SpiffeId, public_key: ec.EllipticCurvePublicKey, nb: float, na: float
     ) -> x509.Certificate:
         eku = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
         # RFC 5280 §4.2.1.6: "If the subject field contains an empty sequence, then the issuing CA
@@ -271,7 +304,7 @@ class CertificateAuthority:
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(_utc(nb))
             .not_valid_after(_utc(na))
@@ -279,7 +312,7 @@ class CertificateAuthority:
             .add_extension(_key_usage(ca=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
             .add_extension(san, critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
             .add_extension(aki, critical=False)
             .sign(self.key, hashes.SHA256())
         )

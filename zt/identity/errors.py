@@ -231,3 +231,15 @@ class CipherSuiteSetupError(ZtError):
     """zt could not restrict TLS 1.3 cipher suites and refuses to run with OpenSSL's defaults."""
 
     reason = "tls_suites_unavailable"
+
+
+class CertificateRefused(ZtError):
+    """The fleet signer refused a certificate request (zt/fleet/csr.py names each `refusal`:
+    workload_not_on_node, unknown_node, bad_node_signature, ...)."""
+
+    reason = "cert_refused"
+    http_status = 503
+
+    def __init__(self, refusal: str, message: str) -> None:
+        self.refusal = refusal
+        super().__init__(f"certificate refused: {refusal}: {message}")

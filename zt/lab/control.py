@@ -14,7 +14,8 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -23,14 +24,16 @@ from zt.capture import remove_pins
 from zt.config import load_document
 from zt.errors import NotFoundError, UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
-from zt.lab import mesh, runner, topology
+from zt.lab import fleet, mesh, runner, topology
 from zt.lab.apps import wait_listening
 from zt.lab.state import LabState, Proc, load, load_or_none, save, start_time, state_dir
 from zt.timescale import scaled
 
 CAPTURE_MODES = ("connect", "sklookup")
+CONTROL_MODES = ("file", "etcd")
 APP_PORTS = (mesh.APP_PORT, mesh.DENIED_PORT)
 EXT = "ext"  # `zt lab exec ext -- ...`: the host outside the mesh
+CTL = "ctl"  # `zt lab exec ctl -- ...`: the fleet lab's control host (etcd, signer)
 
 Progress = Callable[[str], None]
 
@@ -63,11 +66,14 @@ class UpOptions:
     log_format: str = "text"
     ready_timeout: float = 90.0
     node_args: tuple[str, ...] = ()  # extra `zt run` flags (tests inject failures with these)
+    control: str = "file"  # "etcd": the fleet lab (zt.lab.fleet); the CLI's default is in lab_cmd
 
 
 def check_options(opts: UpOptions) -> None:
     if opts.capture not in CAPTURE_MODES:
         raise UsageError(f"--capture: got {opts.capture!r}, expected connect or sklookup")
+    if opts.control not in CONTROL_MODES:
+        raise UsageError(f"--control: got {opts.control!r}, expected file or etcd")
     if opts.log_format not in ("text", "json"):
         raise UsageError(f"--log-format: got {opts.log_format!r}, expected text or json")
     if not opts.name or not opts.name.replace("-", "").isalnum() or len(opts.name) > 12:
@@ -84,7 +90,6 @@ def up(opts: UpOptions, progress: Progress = _quiet) -> LabState:
     removed = down(opts.name)
     if removed:
         progress(f"cleaned leftovers of an earlier lab {opts.name!r}: {len(removed)} item(s)")
-    lab = topology.plan(opts.name, opts.nodes, opts.pods)
     state = LabState(
         opts.name,
         opts.nodes,
@@ -93,7 +98,9 @@ def up(opts: UpOptions, progress: Progress = _quiet) -> LabState:
         str(state_dir(opts.name)),
         log_format=opts.log_format,
         node_args=opts.node_args,
+        control=opts.control,
     )
+    lab = state.plan
     build = _Build(lab, opts, state)
     step = "state directory"
     try:
@@ -118,8 +125,20 @@ class _Build:
     lab: topology.LabPlan
     opts: UpOptions
     state: LabState
+    tokens: dict[str, str] = field(default_factory=dict)  # one-time join tokens, never on disk
 
     def steps(self) -> list[tuple[str, Callable[[], str]]]:
+        if self.state.fleet:
+            return [
+                ("topology", self.topology),
+                ("mesh config", self.config),
+                ("etcd cluster", self.etcd),
+                ("certificate authority", self.fleet_ca),
+                ("signer, mesh push, tokens, pod apps", self.control_plane),
+                ("node join", self.join),
+                ("node daemons", self.daemons),
+                ("readiness", self.ready),
+            ]
         return [
             ("topology", self.topology),
             ("mesh config", self.config),
@@ -151,6 +170,30 @@ class _Build:
         CertificateAuthority.load_or_init(self.state.ca_dir)  # one CA shared by every node
         return str(self.state.ca_dir)
 
+    def etcd(self) -> str:
+        return fleet.start_etcd(fleet.Control(self.state), self.record)
+
+    def fleet_ca(self) -> str:
+        return fleet.init_ca(fleet.Control(self.state))
+
+    def control_plane(self) -> str:
+        """The signer, the mesh push, one token per node and the pod apps, side by side (each
+        command is a process of its own: the lab waits for the slowest, not for their sum)."""
+        ctl = fleet.Control(self.state)
+        self.record(fleet.start_signer(ctl))
+        signer = self.state.procs[-1].pid
+        nodes = [n.name for n in self.lab.nodes]
+        with ThreadPoolExecutor(2 + len(nodes)) as pool:
+            pushed = pool.submit(fleet.push_file, ctl, self.state.config)
+            tokens = {n: pool.submit(fleet.create_token, ctl, n) for n in nodes}
+            apps = pool.submit(self.apps)
+            self.tokens = {n: t.result() for n, t in tokens.items()}
+            detail = f"zt ca serve pid {signer}; {pushed.result()}; {apps.result()}"
+        return f"{detail}; {len(self.tokens)} join token(s)"
+
+    def join(self) -> str:
+        return fleet.join_all(fleet.Control(self.state), self.tokens)
+
     def apps(self) -> str:
         where: list[tuple[str, str, tuple[int, ...]]] = [
             (p.name, p.netns, APP_PORTS) for p in self.lab.pods
@@ -169,7 +212,7 @@ class _Build:
             p = runner.start_node(
                 self.lab,
                 node,
-                self.state.config,
+                node_source(self.state, node.name),
                 self.state.dir,
                 capture=self.opts.capture,
                 log_format=self.opts.log_format,
@@ -184,6 +227,13 @@ class _Build:
             np = node_process(self.state, node.name)
             runner.wait_ready(np, max(1.0, deadline - time.monotonic()))
         return f"{len(self.lab.nodes)} node(s) answer 200 on /healthz/ready"
+
+
+def node_source(state: LabState, node: str) -> tuple[str, ...]:
+    """Where a node's `zt run` gets its mesh and certificates: files, or etcd + its state dir."""
+    if state.fleet:
+        return runner.fleet_source(fleet.Control(state).urls, state.node_state_dir(node))
+    return runner.file_source(state.config, state.ca_dir)
 
 
 def _proc(role: str, pid: int, log: Path) -> Proc:
@@ -220,7 +270,7 @@ def restart_node(state: LabState, node: str, timeout: float = 60.0) -> LabState:
     p = runner.start_node(
         lab,
         lab.node(node),
-        state.config,
+        node_source(state, node),
         state.dir,
         capture=state.capture,
         log_format=state.log_format,
@@ -309,6 +359,7 @@ def status(name: str) -> dict[str, object]:
                 "capture": state.capture,
                 "pin_dir": str(runner.pin_dir(lab, node)),
                 "log": proc.log if proc else None,
+                "state_dir": str(state.node_state_dir(node.name)) if state.fleet else None,
             }
         )
     pods = []
@@ -327,6 +378,7 @@ def status(name: str) -> dict[str, object]:
         )
     return {
         "name": state.name,
+        "control": fleet.control_status(state),
         "capture": state.capture,
         "log_format": state.log_format,
         "state_dir": state.state_dir,
@@ -346,10 +398,13 @@ def _ready(netns: str) -> bool:
 
 
 def netns_of(state: LabState, target: str) -> str:
-    """The namespace of a pod, a node (`node1`) or the outside host (`ext`)."""
+    """The namespace of a pod, a node (`node1`), the outside host (`ext`) or the control host
+    (`ctl`, fleet lab)."""
     lab = state.plan
     names = {p.name: p.netns for p in lab.pods} | {n.name: n.netns for n in lab.nodes}
     names[EXT] = lab.external_netns
+    if lab.control_netns:
+        names[CTL] = lab.control_netns
     if target not in names:
         raise UnknownPod(f"POD: got {target!r}, expected one of {', '.join(sorted(names))}")
     return names[target]

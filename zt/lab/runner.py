@@ -41,25 +41,34 @@ def pin_dir(lab: LabPlan, node: NodePlan) -> Path:
     return Path("/sys/fs/bpf") / f"{lab.prefix}{node.name}"
 
 
+def file_source(config: Path, ca_dir: Path) -> tuple[str, ...]:
+    """`zt run` flags of a file-mode node: the mesh file and the shared CA dir."""
+    return ("--config", str(config), "--ca-dir", str(ca_dir))
+
+
+def fleet_source(endpoints: str, state_dir: Path) -> tuple[str, ...]:
+    """`zt run` flags of a fleet node: etcd and the state dir `zt node join` wrote."""
+    return ("--etcd", endpoints, "--state-dir", str(state_dir))
+
+
 def start_node(
     lab: LabPlan,
     node: NodePlan,
-    config: Path,
+    source: tuple[str, ...],
     state: Path,
     *,
     capture: str = "connect",
     log_format: str = "text",
     extra: tuple[str, ...] = (),
 ) -> NodeProcess:
-    """Spawn `zt run` for one node in its namespace; output goes to `<state>/<node>.log`."""
+    """Spawn `zt run` for one node in its namespace; output goes to `<state>/<node>.log`.
+    `source` says where its mesh and certificates come from (file_source or fleet_source)."""
     state.mkdir(parents=True, exist_ok=True)
     log = state / f"{node.name}.log"
     pod_socket = state / f"{node.name}.sock"
     pins = pin_dir(lab, node)
     argv = [
-        str(ZT), "run",
-        "--config", str(config), "--node", node.name,
-        "--ca-dir", str(state / "ca"), "--pod-socket", str(pod_socket),
+        str(ZT), "run", *source, "--node", node.name, "--pod-socket", str(pod_socket),
         "--pin-dir", str(pins), "--capture", capture, "--log-format", log_format,
         *extra,
     ]  # fmt: skip

@@ -26,7 +26,7 @@ class LabStateError(UsageError):
 
 @dataclass(frozen=True)
 class Proc:
-    role: str  # "node:<node>" or "app:<pod or ext>"
+    role: str  # "node:<node>", "app:<pod or ext>", "etcd:<member>" or "signer"
     pid: int
     start_time: int  # /proc/<pid>/stat field 22: tells this process from a later one with its pid
     log: str
@@ -42,10 +42,15 @@ class LabState:
     procs: tuple[Proc, ...] = field(default=())
     log_format: str = "text"  # the daemons' access-log format (zt.lab.logs reads both)
     node_args: tuple[str, ...] = ()  # extra `zt run` flags, reused when a node is restarted
+    control: str = "file"  # "file": one mesh file and CA dir; "etcd": the fleet control host
+
+    @property
+    def fleet(self) -> bool:
+        return self.control == "etcd"
 
     @property
     def plan(self) -> topology.LabPlan:
-        return topology.plan(self.name, self.nodes, self.pods)
+        return topology.plan(self.name, self.nodes, self.pods, control=self.fleet)
 
     @property
     def dir(self) -> Path:
@@ -58,6 +63,13 @@ class LabState:
     @property
     def ca_dir(self) -> Path:
         return self.dir / "ca"
+
+    def node_state_dir(self, node: str) -> Path:
+        """A fleet node's state dir (`zt node join --state-dir`): its key, certs, etcd creds."""
+        return self.dir / "nodes" / node
+
+    def proc(self, role: str) -> Proc | None:
+        return next((p for p in self.procs if p.role == role), None)
 
     def node_proc(self, node: str) -> Proc | None:
         return next((p for p in self.procs if p.role == f"node:{node}"), None)

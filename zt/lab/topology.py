@@ -8,6 +8,8 @@ namespaces):
                     10.<i>.0.1/24 fd00:<i>::1/64 for its pods; routes to the other nodes' pods
     zt-<p>-pod<i>-<j> eth0 10.<i>.0.<j+1>/24 fd00:<i>::<j+1>/64, default via br0
     zt-<p>-ext      eth0 10.255.0.200/24 fd00:ff::200/64: a host outside the mesh (passthrough)
+    zt-<p>-ctl      eth0 10.255.0.250/24 fd00:ff::250/64: the control host of a fleet lab (etcd,
+                    the signer); only with `control=True`. Nodes reach it on the fabric directly.
 
 Every name starts with `zt-<p>-`, so `destroy(prefix)` finds leftovers of a crashed run.
 """
@@ -23,6 +25,8 @@ from pathlib import Path
 from pyroute2 import IPRoute, netns
 
 NETNS_DIR = Path("/run/netns")
+CONTROL_IPV4 = ipaddress.IPv4Address("10.255.0.250")
+CONTROL_IPV6 = ipaddress.IPv6Address("fd00:ff::250")
 IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection (v6 usable at once)
 
 
@@ -58,6 +62,10 @@ class LabPlan:
     external_netns: str
     external_ipv4: ipaddress.IPv4Address
     external_ipv6: ipaddress.IPv6Address
+    control_netns: str | None = None  # the fleet lab's control host (etcd, signer)
+    control_ipv4: ipaddress.IPv4Address = CONTROL_IPV4
+    control_ipv6: ipaddress.IPv6Address = CONTROL_IPV6
+    control_veth: str = "fab-ctl"  # the fabric-side end of the control host's link
 
     def node(self, name: str) -> NodePlan:
         return next(n for n in self.nodes if n.name == name)
@@ -72,10 +80,11 @@ class LabPlan:
             *(n.netns for n in self.nodes),
             *(p.netns for p in self.pods),
             self.external_netns,
+            *((self.control_netns,) if self.control_netns else ()),
         )
 
 
-def plan(name: str = "lab", nodes: int = 2, pods: int = 2) -> LabPlan:
+def plan(name: str = "lab", nodes: int = 2, pods: int = 2, *, control: bool = False) -> LabPlan:
     if not 1 <= nodes <= 50 or not 1 <= pods <= 200:
         raise ValueError(f"nodes 1..50 and pods 1..200 per node, got {nodes} and {pods}")
     prefix = f"zt-{name}-"
@@ -113,6 +122,7 @@ def plan(name: str = "lab", nodes: int = 2, pods: int = 2) -> LabPlan:
         external_netns=f"{prefix}ext",
         external_ipv4=ipaddress.IPv4Address("10.255.0.200"),
         external_ipv6=ipaddress.IPv6Address("fd00:ff::200"),
+        control_netns=f"{prefix}ctl" if control else None,
     )
 
 
@@ -219,6 +229,26 @@ def _build(lab: LabPlan) -> None:
             _routes_via(ipr, node, node.link_ipv4, node.link_ipv6)
     for pod in lab.pods:
         _build_pod(lab, pod)
+    if lab.control_netns:
+        _build_control(lab, lab.control_netns)
+
+
+def _build_control(lab: LabPlan, ns: str) -> None:
+    """The control host sits on the fabric like the outside host; it needs no routes to pods."""
+    _veth(ns, "eth0", lab.fabric_netns, lab.control_veth)
+    with IPRoute(netns=lab.fabric_netns) as ipr:
+        _enslave(ipr, lab.control_veth, "fab0")
+    with IPRoute(netns=ns) as ipr:
+        _addr(ipr, "eth0", f"{lab.control_ipv4}/24", f"{lab.control_ipv6}/64")
+
+
+def set_control_link(lab: LabPlan, up: bool) -> None:
+    """Cut the control host off the fabric (or heal it): the fabric end of its link goes down."""
+    if lab.control_netns is None:
+        raise ValueError(f"lab {lab.prefix!r} has no control host")
+    with IPRoute(netns=lab.fabric_netns) as ipr:
+        (idx,) = ipr.link_lookup(ifname=lab.control_veth)
+        ipr.link("set", index=idx, state="up" if up else "down")
 
 
 def _routes_via(ipr: IPRoute, node: NodePlan, gw4: object, gw6: object) -> None:

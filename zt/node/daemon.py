@@ -12,6 +12,10 @@ removed only after a grace period (served meanwhile as the workload it was); a p
 listeners stays enrolled while they are replaced (fail closed). A refused reload keeps the node
 ready on the last good snapshot and says so in /healthz/ready, /config_dump and /metrics.
 
+Fleet mode (`--etcd`, zt/node/sources.py): the same store, fed from etcd instead of the file
+(zt/fleet/meshwatch.py), certificates asked of the signer through etcd; while etcd is unreachable
+the node keeps serving its last snapshot, ready, and says so in the readiness body.
+
 `--workers N`: this process is the leader and worker 0; zt/node/workers.py starts N-1 followers
 (zt/node/worker.py) that open their own listeners in every pod this node serves, told over a
 control channel; /metrics sums every worker's registry (zt/node/metricsmerge.py).
@@ -28,12 +32,11 @@ import time
 from collections.abc import AsyncIterator
 
 from zt.capture import Capture
-from zt.config import FileWatcher, SnapshotStore, load_file
+from zt.capture.netns import netns_path
+from zt.config import SnapshotStore
 from zt.config.dump import document
-from zt.config.watcher import ReloadFailure, file_signature
+from zt.config.watcher import ReloadFailure
 from zt.errors import NotFoundError, UsageError, ZtError
-from zt.identity.ca import CertificateAuthority
-from zt.identity.manager import CertificateManager
 from zt.node import metricsmerge
 from zt.node.options import NodeOptions
 from zt.node.pod import PodProxy, capture_name
@@ -41,6 +44,7 @@ from zt.node.podapi import PodAdd, PodList, PodRemove
 from zt.node.podapi import serve as serve_pod_api
 from zt.node.reconcile import RETRY_AFTER, LatestOnly, RemovalGrace, Spec
 from zt.node.services import NodeServices, renew_loop
+from zt.node.sources import ConfigFeed, open_certs, open_config
 from zt.node.workers import WorkerSupervisor
 from zt.proxy.accept import install_exception_handler
 from zt.state import Protocol, Snapshot, Workload
@@ -51,6 +55,7 @@ from zt.telemetry.http import Request, Response
 from zt.telemetry.metrics import Registry
 
 log = logging.getLogger("zt.node")
+NOTE_INTERVAL = 1.0  # seconds between refreshes of the config readiness detail
 
 
 class PodNotLocal(UsageError):
@@ -81,7 +86,7 @@ class NodeDaemon:
         self._pod_lock = asyncio.Lock()
         self.services: NodeServices | None = None
         self.workers: WorkerSupervisor | None = None
-        self._watcher: FileWatcher | None = None
+        self._feed: ConfigFeed | None = None  # the mesh file, or etcd (zt/node/sources.py)
         # Config-driven pod changes: one pass at a time on the newest snapshot (zt/node/reconcile.py)
         self._grace = RemovalGrace(options.pod_grace)
         self._sync = LatestOnly(self._reconcile)
@@ -107,18 +112,16 @@ class NodeDaemon:
 
     async def _start(self) -> None:
         opts = self.options
-        loaded = file_signature(opts.config)  # before the load: an edit made after it is not lost
-        store = SnapshotStore(load_file(opts.config))
+        self._feed = feed = await open_config(opts, self.registry)
+        store = feed.store
         self.readiness.set("config")
         await self._endpoints(store)
-        ca = await asyncio.to_thread(
-            CertificateAuthority.load_or_init, opts.ca_dir, opts.trust_domain
-        )
+        certs = await open_certs(opts, self.registry)
         capture = await asyncio.to_thread(Capture.open, opts.capture, pin_dir=opts.pin_dir)
         self.services = NodeServices(
             node=opts.node,
             store=store,
-            certs=CertificateManager(ca),
+            certs=certs.manager,
             capture=capture,
             registry=self.registry,
             telemetry=ConnectionTelemetry(self.registry, log_format=opts.log_format),
@@ -132,23 +135,38 @@ class NodeDaemon:
         self._collectors()
         self.readiness.set("capture")
         store.retain(lambda: [pod.workload for pod in self.pods.values()])
+        self._hold_enrolled()
         await self._reconcile()
         self.readiness.set("certificates")
         store.subscribe(self._on_swap)
         store.on_reject(self._on_reject)
-        # settle: a change is loaded at the second poll that finds it unchanged (a little under
-        # one interval, as timers may fire a millisecond early)
-        self._watcher = watcher = FileWatcher(
-            opts.config, store, settle=0.9 * opts.config_poll, loaded=loaded
-        )
         self._start_workers()
         self._background += [
-            asyncio.ensure_future(watcher.run(opts.config_poll)),
+            *(asyncio.ensure_future(run()) for run in (*feed.runners(), *certs.runners)),
             asyncio.ensure_future(self._sync.run()),
             asyncio.ensure_future(renew_loop(self.services.certs, f"node {opts.node}")),
+            asyncio.ensure_future(self._note_config()),
         ]
         self._sync.request()  # a pass under the loop: it keeps the first pass's retries going
         self._servers.append(await serve_pod_api(opts.pod_socket, self._pod_api))
+
+    def _hold_enrolled(self) -> None:
+        """Pods the previous `zt run` left enrolled in the pinned capture are held: should their
+        first start fail (in fleet mode: no certificate while etcd is down) they stay captured,
+        their traffic dropped (fail closed), instead of being unenrolled (fail open)."""
+        assert self.services is not None
+        enrolled = {p.name: p.netns for p in self.services.capture.status().pods}
+        for uid, (_, netns) in self._desired(self.services.store.loaded).items():
+            with contextlib.suppress(ZtError):
+                if enrolled.get(capture_name(uid)) == str(netns_path(netns)):
+                    self._held[uid] = netns
+
+    async def _note_config(self) -> None:
+        """Readiness detail while the served config is not the newest (etcd unreachable, an
+        object refused): the node stays ready on its last good snapshot, and says so."""
+        while True:
+            self.readiness.note("config", self._feed.describe() if self._feed else None)
+            await asyncio.sleep(NOTE_INTERVAL)
 
     async def _endpoints(self, store: SnapshotStore) -> None:
         opts = self.options
@@ -188,8 +206,8 @@ class NodeDaemon:
     def _poll_config(self) -> None:
         """A follower swapped in a new mesh file: reload it now if it settled (the swap syncs
         every worker); either way re-sync, so what each follower serves is known afresh."""
-        if self._watcher is not None:
-            self._watcher.poll()
+        if self._feed is not None:
+            self._feed.poll()
         self._sync.request()
 
     def _workers_ready(self) -> bool:
@@ -435,7 +453,7 @@ class NodeDaemon:
         revoked = self.services.tracker.apply(new)
         if revoked:
             log.info("policy change closed %d live connection(s)", revoked)
-        self.readiness.note("config", None)
+        self.readiness.note("config", self._feed.describe() if self._feed else None)
         self._sync.request()  # however many swaps come, one pass at a time, on the newest
 
     def _on_reject(self, failure: ReloadFailure) -> None:
@@ -444,16 +462,17 @@ class NodeDaemon:
         edit into every node leaving service at once. The refusal shows in the readiness body,
         /config_dump and zt_config_last_reload_success / zt_config_reload_errors_total."""
         self._reload_errors.inc(labels={"reason": failure.reason})
-        if self.services is not None:
-            self.readiness.note("config", self.services.store.describe())
+        if self._feed is not None:
+            self.readiness.note("config", self._feed.describe())
 
     def config_dump(self, store: SnapshotStore) -> dict[str, object]:
         services = self.services
         return {
             "node": self.options.node,
             "ready": self.readiness.ready,
-            "config": {"path": str(self.options.config), **store.status(),
-                       **document(store.loaded)},
+            "config_source": self._feed.status() if self._feed else None,
+            "config": {"path": str(self.options.config) if self.options.config else None,
+                       **store.status(), **document(store.loaded)},
             "pods_pending_removal": {uid: round(max(0.0, at - time.monotonic()), 3)
                                      for uid, at in self._grace.pending().items()},
             "pods_held_in_capture": sorted(self._held),

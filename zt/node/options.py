@@ -1,5 +1,9 @@
 """`zt run`'s options, shared by the leader (zt/node/daemon.py) and its follower worker processes
-(zt/node/worker.py), which receive them as JSON on their command line."""
+(zt/node/worker.py), which receive them as JSON on their command line.
+
+Two modes, exactly one per node: file mode (`--config FILE`: the mesh file, certificates from the CA
+directory on this host) and fleet mode (`--etcd URLS`: the mesh and certificates come through etcd,
+with the credentials `zt node join` left in `--state-dir`; docs/fleet.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 from zt.addr import SocketAddr
 from zt.capture import Mode
@@ -17,10 +21,19 @@ from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits
 from zt.state.loopguard import illegal_ports as loopguard_ports
 
 MAX_WORKERS = 64
+DEFAULT_STATE_DIR = Path("/var/lib/zt/node")  # where `zt node join` writes a node's credentials
+MODE_FLAGS = "--config FILE (file mode) or --etcd URLS (fleet mode)"
+Source = Literal["file", "fleet"]
 
 
 class BadWorkerCount(UsageError):
     reason = "bad_worker_count"
+
+
+class ModeConflict(UsageError):
+    """`zt run` needs exactly one of --config and --etcd (and their mode's flags only)."""
+
+    reason = "bad_mode"
 
 
 class RemoteAdminRefused(UsageError):
@@ -37,8 +50,16 @@ def is_loopback(addr: SocketAddr) -> bool:
 
 @dataclass(frozen=True)
 class NodeOptions:
-    config: Path
     node: str
+    config: Path | None = None  # file mode: the mesh file
+    # fleet mode: etcd endpoints (overriding the state dir's), the state dir `zt node join` wrote,
+    # and the etcd TLS files overriding the state dir's
+    etcd: tuple[str, ...] = ()
+    state_dir: Path = DEFAULT_STATE_DIR
+    etcd_cacert: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    init_ca: bool = False  # file mode: create a CA in ca_dir when there is none
     ca_dir: Path = Path("/var/lib/zt/ca")
     trust_domain: str = "cluster.local"
     capture: Mode = "connect"
@@ -60,6 +81,7 @@ class NodeOptions:
     workers: int = 1  # data-plane processes: this one (the leader) plus workers - 1 followers
 
     def __post_init__(self) -> None:
+        self._check_mode()
         if not is_loopback(self.admin) and not self.admin_allow_remote:
             # The admin API has no authentication (as Envoy's and ztunnel's): anyone who reaches
             # it can POST /quitquitquit. ztunnel binds it to localhost only.
@@ -83,6 +105,27 @@ class NodeOptions:
                 "open the pinned capture maps: drop --no-pin)"
             )
 
+    def _check_mode(self) -> None:
+        if (self.config is None) == (not self.etcd):
+            got = "both" if self.config is not None else "neither"
+            raise ModeConflict(f"--config/--etcd: got {got}, expected exactly one: {MODE_FLAGS}")
+        if self.config is not None:
+            tls = [f for f in ("cacert", "cert", "key") if getattr(self, f"etcd_{f}") is not None]
+            if tls:
+                raise ModeConflict(
+                    f"--etcd-{tls[0]}: got it with --config, expected it only with --etcd"
+                )
+        elif self.init_ca:
+            raise ModeConflict(
+                "--init-ca: got it with --etcd, expected it only with --config (a fleet node's "
+                "certificates come from `zt ca serve`; its CA key is on no node)"
+            )
+
+    @property
+    def source(self) -> Source:
+        """Where the mesh config and certificates come from."""
+        return "file" if self.config is not None else "fleet"
+
     @property
     def accept_limits(self) -> AcceptLimits:
         """The caps of every pod's accept loops, with this node's handshake deadline."""
@@ -97,8 +140,15 @@ class NodeOptions:
         """What a follower worker needs (no endpoints, no pod API: those are the leader's)."""
         return json.dumps(
             {
-                "config": str(self.config),
+                "config": str(self.config) if self.config is not None else None,
                 "node": self.node,
+                # fleet mode: the follower watches the leader's mesh cache in the state dir and
+                # asks etcd for its own certificates with the same credentials
+                "etcd": list(self.etcd),
+                "state_dir": str(self.state_dir),
+                "etcd_cacert": _opt(self.etcd_cacert),
+                "etcd_cert": _opt(self.etcd_cert),
+                "etcd_key": _opt(self.etcd_key),
                 "ca_dir": str(self.ca_dir),
                 "trust_domain": self.trust_domain,
                 "capture": self.capture,
@@ -125,8 +175,13 @@ class NodeOptions:
             if capture not in get_args(Mode):
                 raise ValueError(f"capture {capture!r}")
             return cls(
-                config=Path(doc["config"]),
                 node=str(doc["node"]),
+                config=_path(doc["config"]),
+                etcd=tuple(str(url) for url in doc["etcd"]),
+                state_dir=Path(doc["state_dir"]),
+                etcd_cacert=_path(doc["etcd_cacert"]),
+                etcd_cert=_path(doc["etcd_cert"]),
+                etcd_key=_path(doc["etcd_key"]),
                 ca_dir=Path(doc["ca_dir"]),
                 trust_domain=str(doc["trust_domain"]),
                 capture=capture,
@@ -146,3 +201,11 @@ class NodeOptions:
             raise UsageError(
                 f"--options: got {text!r}, expected the leader's JSON ({exc})"
             ) from None
+
+
+def _opt(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _path(value: object) -> Path | None:
+    return None if value is None else Path(str(value))

@@ -23,6 +23,7 @@ from zt.telemetry.metrics import Counter, Registry
 log = logging.getLogger("zt.node")
 
 RENEW_CHECK = 60.0  # seconds between certificate renewal checks (renewal is at half-life)
+RENEW_MIN_WAIT = 0.5  # never spin: a renewal that fails backs off in the manager anyway
 
 # How a connection that never carried bytes ended, as Envoy/Istio response flags name it.
 FLAG_OK = "-"
@@ -111,9 +112,18 @@ class NodeServices:
 
 
 async def renew_loop(certs: CertificateManager, who: str) -> None:
-    """Every worker renews its own workload certificates (each issues its own from the CA)."""
+    """Every worker renews its own workload certificates (each issues its own from the CA), at
+    half-life: it wakes when the next one is due, and at least every RENEW_CHECK seconds (a leaf of
+    a few seconds, as a test's rotation uses, must not outlive the tick), and whenever a new
+    certificate is cached (its half-life may come before the one it slept for)."""
     while True:
-        await asyncio.sleep(RENEW_CHECK)
+        certs.cache_changed.clear()  # before reading the due time: a change after it wakes us
+        due = certs.next_renewal()
+        wait = RENEW_CHECK if due is None else due - certs.clock()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                certs.cache_changed.wait(), min(RENEW_CHECK, max(RENEW_MIN_WAIT, wait))
+            )
         with contextlib.suppress(ZtError):  # the manager logs and keeps the valid old cert
             renewed = await certs.renew_due()
             if renewed:

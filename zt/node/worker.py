@@ -3,8 +3,9 @@ leader, zt/node/workers.py).
 
 It serves the pods the leader names over the control channel with its own listeners (joining
 each (pod, port) SO_REUSEPORT group; only the leader's sockets are enrolled in capture), its own
-HBONE pools, certificate manager (same CA directory), snapshot store + file watcher (policy
-changes revoke its own live connections) and metrics registry (the leader sums it into its
+HBONE pools, certificate manager (same CA directory; in fleet mode its own requests to the
+signer), snapshot store + file watcher (the mesh file, or in fleet mode the leader's mesh cache;
+policy changes revoke its own live connections) and metrics registry (the leader sums it into its
 /metrics). It exits when its leader goes: control channel EOF, or PR_SET_PDEATHSIG.
 """
 
@@ -23,16 +24,14 @@ import sys
 import uvloop
 
 from zt.capture import Capture
-from zt.config import FileWatcher, SnapshotStore, load_file
-from zt.config.watcher import file_signature
+from zt.config import FileWatcher
 from zt.errors import UsageError, ZtError
-from zt.identity.ca import CertificateAuthority
-from zt.identity.manager import CertificateManager
 from zt.node.control import MAX_LINE, Channel
 from zt.node.options import NodeOptions
 from zt.node.pod import PodProxy
 from zt.node.reconcile import LatestOnly, same_listeners
 from zt.node.services import NodeServices, renew_loop
+from zt.node.sources import open_certs, open_follower_config
 from zt.proxy.accept import install_exception_handler
 from zt.state import Snapshot
 from zt.telemetry.connections import ConnectionTelemetry
@@ -84,9 +83,9 @@ class Follower:
         opts = self.options
         if opts.pin_dir is None:
             raise FollowerMisconfigured("pin_dir: got None, expected the leader's pin directory")
-        loaded = file_signature(opts.config)  # before the load: an edit made after it is not lost
-        store = SnapshotStore(load_file(opts.config))
-        ca = await asyncio.to_thread(CertificateAuthority.load, opts.ca_dir)
+        feed = open_follower_config(opts)
+        store = feed.store
+        certs = await open_certs(opts, self.registry, follower=True)
         capture = await asyncio.to_thread(Capture.follow, opts.pin_dir)
         if capture.mode != opts.capture:
             capture.close(detach=False)
@@ -96,7 +95,7 @@ class Follower:
         self.services = NodeServices(
             node=opts.node,
             store=store,
-            certs=CertificateManager(ca),
+            certs=certs.manager,
             capture=capture,
             registry=self.registry,
             telemetry=ConnectionTelemetry(self.registry, log_format=opts.log_format),
@@ -111,10 +110,10 @@ class Follower:
         self.services.add_worker_collectors()
         # pods the leader still wants (in their removal grace) are served as the workload they were
         store.retain(lambda: [pod.workload for pod in self.pods.values()])
-        self.watcher = FileWatcher(opts.config, store, settle=0.9 * opts.config_poll, loaded=loaded)
+        self.watcher = feed.watcher
         store.subscribe(self._on_swap)
         self._background += [
-            asyncio.ensure_future(self.watcher.run(opts.config_poll)),
+            *(asyncio.ensure_future(run()) for run in (*feed.runners(), *certs.runners)),
             asyncio.ensure_future(self._resync.run()),
             asyncio.ensure_future(renew_loop(self.services.certs, f"worker {self.worker}")),
         ]

@@ -276,6 +276,24 @@ def test_renew_due(source: CountingSource) -> None:
     run(scenario)
 
 
+def test_next_renewal_is_the_earliest_half_life_or_back_off(source: CountingSource) -> None:
+    clock = FakeClock()
+    mgr = CertificateManager(source, clock=clock, lifetime=3600)
+
+    async def scenario() -> None:
+        assert mgr.next_renewal() is None
+        a = await mgr.get(A)
+        clock.advance(600)
+        await mgr.get(B)
+        assert mgr.next_renewal() == a.renew_at  # A's half-life comes first
+        clock.now = a.renew_at
+        source.fail = CertificateUnavailable("CA unreachable")
+        assert await mgr.get(A) is a  # renewal failed: A backs off, B is due later
+        assert mgr.next_renewal() == min(clock.now + RETRY_AFTER, mgr.cached(B).renew_at)  # type: ignore[union-attr]
+
+    run(scenario)
+
+
 def test_lifetime_is_passed_to_the_source(source: CountingSource) -> None:
     mgr = CertificateManager(source, clock=FakeClock(), lifetime=3600)
     cert = run(lambda: mgr.get(A))

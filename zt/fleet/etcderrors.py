@@ -1,0 +1,122 @@
+"""etcd failures as zt errors: what the fleet client raises instead of httpx or JSON exceptions.
+
+The client (zt/fleet/etcd.py) translates every transport error and every error document of etcd's
+JSON gateway into one of these, once; code above it sees only these classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from zt.errors import ZtError
+
+
+class EtcdError(ZtError):
+    """Base of every etcd failure."""
+
+    http_status = 503
+    reason = "etcd_error"
+    exit_code = 1
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint answered (or a watch stream broke). Lists each endpoint tried and why."""
+
+    reason = "etcd_unavailable"
+
+    def __init__(self, failures: Sequence[tuple[str, str]]) -> None:
+        self.failures = tuple(failures)
+        detail = "; ".join(f"{endpoint}: {why}" for endpoint, why in self.failures)
+        super().__init__(f"etcd unavailable ({detail or 'no endpoints'})")
+
+
+class EtcdAuthFailed(EtcdError):
+    """etcd refused the user name/password (or wanted credentials and got none)."""
+
+    reason = "etcd_auth_failed"
+    exit_code = 2
+
+    def __init__(self, user: str | None, message: str) -> None:
+        self.user = user
+        who = f"user {user!r}" if user else "no user given (--etcd-user)"
+        super().__init__(f"etcd authentication failed for {who}: {message}")
+
+
+class EtcdPermissionDenied(EtcdError):
+    """The authenticated user has no permission for the key."""
+
+    reason = "etcd_permission_denied"
+    exit_code = 2
+
+    def __init__(self, user: str | None, key: bytes, operation: str) -> None:
+        self.user = user
+        self.key = key
+        self.operation = operation
+        shown = key.decode("utf-8", "backslashreplace")
+        super().__init__(f"etcd permission denied: user {user!r} may not {operation} key {shown!r}")
+
+
+class EtcdCompacted(EtcdError):
+    """The requested revision was compacted away; the caller must re-list from the current state.
+    `compact_revision` is the oldest revision still available (0 when etcd did not say)."""
+
+    reason = "etcd_compacted"
+
+    def __init__(self, compact_revision: int) -> None:
+        self.compact_revision = compact_revision
+        super().__init__(f"etcd revision compacted (oldest available: {compact_revision})")
+
+
+class EtcdRequestError(EtcdError):
+    """etcd answered with an error (gRPC status code + message)."""
+
+    reason = "etcd_request_error"
+
+    def __init__(self, code: int, message: str, *, endpoint: str = "") -> None:
+        self.code = code
+        self.message = message
+        self.endpoint = endpoint
+        where = f" from {endpoint}" if endpoint else ""
+        super().__init__(f"etcd error{where}: code {code}: {message}")
+
+
+# --- translation of gateway error answers (pure; used by zt/fleet/etcd.py and etcdwatch.py) ---
+
+# gRPC status codes etcd answers with.
+CODE_PERMISSION_DENIED = 7
+CODE_UNAVAILABLE = 14
+CODE_UNAUTHENTICATED = 16
+
+# etcd answers these when the member cannot serve right now; another member may.
+_RETRY_ELSEWHERE = ("no leader", "leader changed", "request timed out", "not capable")
+
+
+_REAUTH = ("invalid auth token", "revision of auth store is old")
+
+
+class Unreachable(Exception):
+    """Internal (client): this endpoint did not answer (or cannot serve); try the next one."""
+
+
+class Reauth(Exception):
+    """Internal (client): the endpoint rejected our token (or wants one); authenticate again."""
+
+
+def classify(
+    code: int, message: str, *, user: str | None, key: bytes, operation: str, endpoint: str
+) -> Exception:
+    """The exception for an etcd error answer: pure, shared by unary calls and watches."""
+    # "revision of auth store is old": a user or role changed after our token was issued (the
+    # signer adds users at every join); a fresh token carries the new revision, as etcd's own Go
+    # client does it
+    if any(s in message for s in _REAUTH) or (user and "user name is empty" in message):
+        return Reauth(message)
+    if code == CODE_UNAVAILABLE or any(s in message for s in _RETRY_ELSEWHERE):
+        return Unreachable(message)
+    if code == CODE_PERMISSION_DENIED or "permission denied" in message:
+        return EtcdPermissionDenied(user, key, operation)
+    if "invalid user ID or password" in message or "user name is empty" in message:
+        return EtcdAuthFailed(user, message.removeprefix("etcdserver: "))
+    if "required revision has been compacted" in message:
+        return EtcdCompacted(0)
+    return EtcdRequestError(code, message, endpoint=endpoint)
