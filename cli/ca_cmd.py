@@ -227,13 +227,25 @@ def rotate(
     switch_after: Annotated[
         str, typer.Option(help="how long nodes get to fetch the new bundle before it signs")
     ] = "60s",
+    retire_after: Annotated[
+        str | None,
+        typer.Option(
+            help="drop the old root this long after the switch (default: when the last leaf it "
+            "signed expires; nodes renew onto the new root at the switch)"
+        ),
+    ] = None,
 ) -> None:
     """Start a root rotation: a new root joins the bundle now; the running signer signs with it
-    after --switch-after and drops the old root one leaf lifetime later."""
+    after --switch-after and drops the old root once the last leaf it signed has expired (or
+    --retire-after the switch).
+
+    Example: zt ca rotate --dir /var/lib/zt/ca --etcd https://etcd1:2379 --etcd-cacert etcd-ca.pem
+    --etcd-password-file root.pw --switch-after 5m"""
     after = parse_duration("--switch-after", switch_after)
+    retire = None if retire_after is None else parse_duration("--retire-after", retire_after)
     settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
                                  etcd_password_file, etcd_prefix)  # fmt: skip
-    state = rotation.introduce(directory, switch_after=after)
+    rotation.introduce(directory, switch_after=after, retire_after=retire)
     ca = CertificateAuthority.load(directory)
     client = settings.client()
 
@@ -244,9 +256,13 @@ def rotate(
             )
 
     bundle = run_async(go())
+    rotation.mark_published(directory, bundle.roots, time.time())
+    state = rotation.read_state(directory)
+    switch_at = None if state is None else state.switch_at
+    when = "when it published the bundle" if switch_at is None else f"at {_iso(switch_at)}"
     typer.echo(
         f"new root introduced: bundle generation {bundle.generation} holds "
-        f"{len(bundle.roots)} roots; the signer switches at {_iso(state.switch_at)}"
+        f"{len(bundle.roots)} roots; the signer switches {when}"
     )
 
 

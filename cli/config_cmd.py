@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -33,6 +32,7 @@ from zt.config.dump import document
 from zt.fleet import push as mesh_push
 from zt.fleet.connect import EtcdSettings
 from zt.fleet.etcd import EtcdClient
+from zt.fleet.push import MeshText
 from zt.state.snapshot import Snapshot
 
 app = typer.Typer(
@@ -44,7 +44,8 @@ T = TypeVar("T")
 
 
 def _load(file: Path) -> Snapshot:
-    return load_text(sys.stdin.read(), "<stdin>") if str(file) == "-" else load_file(file)
+    mesh = mesh_push.read_input(str(file))
+    return load_text(mesh.text, mesh.source) if isinstance(mesh, MeshText) else load_file(mesh)
 
 
 @app.command()

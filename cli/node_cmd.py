@@ -6,6 +6,7 @@ password here, and writes the state directory `zt run --etcd --state-dir` reads.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -18,7 +19,7 @@ from cli._etcd import DEFAULT_PREFIX, CacertOpt, EtcdOpt, PrefixOpt, settings_fr
 from cli.ca_cmd import parse_duration, run_async
 from zt.fleet import join, tokens
 from zt.fleet.etcderrors import EtcdAuthFailed
-from zt.fleet.nodestate import DEFAULT_DIR, NodeState
+from zt.fleet.nodestate import DEFAULT_DIR, NodeState, prepare
 
 app = typer.Typer(help="A fleet node's identity and etcd credentials.", no_args_is_help=True)
 
@@ -50,6 +51,8 @@ def join_cmd(
     settings = dataclasses.replace(
         settings_from(etcd, etcd_cacert, prefix=etcd_prefix), user=tok.user, password=tok.secret
     )
+    created = not state_dir.exists()
+    prepare(state_dir)  # before the token is spent
     client = settings.client()
 
     async def go() -> join.Joined:
@@ -63,7 +66,13 @@ def join_cmd(
                     f"and removed); create one with `zt ca token create --node {node}`",
                 ) from None
 
-    joined = run_async(go())
+    try:
+        joined = run_async(go())
+    except BaseException:
+        if created:  # a refused join leaves no empty state dir behind
+            with contextlib.suppress(OSError):
+                state_dir.rmdir()
+        raise
     state = NodeState.write(
         state_dir,
         node_key_pem=joined.node_key_pem,

@@ -194,3 +194,12 @@ def _has_tcp(pid: int) -> bool:
     except OSError:
         return False
     return any(line.split()[9] in inodes for line in table)
+
+
+@pytest.mark.parametrize("command", ["check", "push"])
+def test_stdin_that_is_not_utf8_is_a_config_error(command: str) -> None:
+    flags = ["--etcd", "http://127.0.0.1:1"] if command == "push" else []
+    result = runner.invoke(app, ["config", command, "-", *flags], input=b"workloads: \xff\n")
+    assert result.exit_code == 2, result.output
+    assert "<stdin>" in result.stderr and "UTF-8" in result.stderr
+    assert "Traceback" not in result.output

@@ -72,6 +72,7 @@ def test_allow_a_workload_placed_on_the_node(
     [
         ("garbage", "bad_csr"),
         ("no_san", "bad_csr"),
+        ("malformed_san", "bad_csr"),
         ("two_sans", "bad_csr"),
         ("not_spiffe", "bad_csr"),
         ("rsa_key", "bad_csr"),
@@ -94,6 +95,16 @@ def test_refusals(case: str, reason: str, node_a: tuple[ec.EllipticCurvePrivateK
         pem = b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
     elif case == "no_san":
         pem = _csr_with_uris()
+    elif case == "malformed_san":  # parsed lazily by cryptography: must refuse, not raise
+        bad = x509.UnrecognizedExtension(
+            x509.oid.ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x04\x01x"
+        )
+        builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+        pem = (
+            builder.add_extension(bad, critical=False)
+            .sign(csr.new_key(), hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM)
+        )
     elif case == "two_sans":
         pem = _csr_with_uris(ident, "spiffe://cluster.local/ns/default/sa/other")
     elif case == "not_spiffe":

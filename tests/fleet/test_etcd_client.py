@@ -12,15 +12,19 @@ import pytest
 
 from cli._etcd import settings_from
 from tests.fleet.etcdfix import ROOT_PASSWORD, run
+from zt.fleet import etcdwatch
 from zt.fleet.connect import EtcdOptionError
 from zt.fleet.etcd import Compare, Delete, EtcdClient, Put, WatchBatch, prefix_end
 from zt.fleet.etcderrors import (
     EtcdAuthFailed,
+    EtcdBadAnswer,
     EtcdCompacted,
+    EtcdError,
     EtcdPermissionDenied,
     EtcdUnavailable,
 )
 from zt.fleet.etcdserver import EtcdCluster
+from zt.fleet.etcdwire import decode_range
 
 
 def test_prefix_end() -> None:
@@ -292,3 +296,25 @@ def test_bad_flags_are_one_line_errors_naming_the_flag(
     message = str(err.value)
     assert message.startswith(flag) and "\n" not in message
     assert err.value.exit_code == 2
+
+
+def test_a_malformed_answer_is_an_etcd_error_naming_the_field() -> None:
+    doc = {"header": {"revision": "7"}, "kvs": [{"key": "not base64!", "mod_revision": "x"}]}
+    with pytest.raises(EtcdBadAnswer) as err:
+        decode_range(doc)
+    assert "kv.key" in str(err.value) and "base64" in str(err.value)
+    with pytest.raises(EtcdBadAnswer, match=r"header\.revision"):
+        decode_range({"header": {"revision": "seven"}})
+
+
+@pytest.mark.parametrize("line", ["{not json", "[1, 2]"])
+def test_a_watch_line_that_is_not_a_json_object_breaks_the_stream(line: str) -> None:
+    with pytest.raises(etcdwatch._StreamBroken):
+        etcdwatch._next(line)
+
+
+def test_unusable_tls_files_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(EtcdError, match=f"etcd CA certificate {bad}"):
+        EtcdClient(["https://127.0.0.1:2379"], cacert=bad)

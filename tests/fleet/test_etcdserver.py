@@ -47,6 +47,13 @@ def test_tls_material(tmp_path: Path) -> None:
         assert key_path.stat().st_mode & 0o077 == 0
 
 
+def test_tls_keys_stay_private_when_rewritten(tmp_path: Path) -> None:
+    (tmp_path / "server.key").write_text("old")
+    (tmp_path / "server.key").chmod(0o644)
+    tls = EtcdTls.create(tmp_path, ["127.0.0.1"])
+    assert tls.server_key.stat().st_mode & 0o777 == 0o600
+
+
 def test_cluster_argv_flags(tmp_path: Path) -> None:
     spec = MemberSpec("m0", tmp_path / "d", "https://127.0.0.1:1", "https://127.0.0.1:2")
     plain = cluster_argv(spec, "m0=https://127.0.0.1:2", None)

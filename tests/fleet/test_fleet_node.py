@@ -351,7 +351,9 @@ def wait_new_root_leaves(lab: FleetLab, root_pem: bytes, timeout: float) -> floa
 
 
 def rotate_under_traffic(lab: FleetLab) -> tuple[Traffic, float]:
-    """A whole rotation (introduce, switch after 2 s, retire one 8 s leaf lifetime later) while
+    """A whole rotation (introduce, switch after 2 s, retire one 8 s leaf lifetime later: the
+    lab's leaves from before the short-leaf signer are 24 h ones, which the default retire time
+    would wait for, though the nodes renew onto the new root at the switch) while
     pod1-2 and pod2-2 talk back to back; after the switch both nodes must present leaves of the
     new root. Returns the traffic and how long after the switch the nodes took to move."""
     before = bundle(lab)
@@ -359,7 +361,17 @@ def rotate_under_traffic(lab: FleetLab) -> tuple[Traffic, float]:
         ctl = fleet.Control(lab.state)
         fleet.zt_in(
             ctl.netns,
-            ["ca", "rotate", "--dir", str(ctl.ca_dir), *ctl.root_flags(), "--switch-after", "2s"],
+            [
+                "ca",
+                "rotate",
+                "--dir",
+                str(ctl.ca_dir),
+                *ctl.root_flags(),
+                "--switch-after",
+                "2s",
+                "--retire-after",
+                f"{SHORT_LEAF_S:g}s",
+            ],
             ctl.log("control"),
         )
         wait_bundle(lab, lambda b: len(b.roots) == 2, 10.0)  # introduced: [old, new]

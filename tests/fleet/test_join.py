@@ -145,5 +145,17 @@ def test_expired_tokens_are_swept(
                 await asyncio.sleep(0.1)
             with pytest.raises(EtcdAuthFailed):
                 await fl.client(old.user, old.secret).get(keys.bundle_key(fl.prefix))
+            # a used token goes too, long before it expires: its join user could read the
+            # node's etcd password in the history of the join request
+            fl.signer.sweep_grace = 300.0
+            used = await join.create_token(fl.root, fl.prefix, "node-y", ttl=3600)
+            await join.request_join(fl.client(used.user, used.secret), fl.prefix, used, "node-y")
+            fl.signer.sweep_grace = 0.0
+            deadline = time.monotonic() + 5
+            while await fl.root.get(keys.token_key(fl.prefix, used.id)) is not None:
+                assert time.monotonic() < deadline, "used token never swept"
+                await asyncio.sleep(0.1)
+            with pytest.raises(EtcdAuthFailed):
+                await fl.client(used.user, used.secret).get(keys.bundle_key(fl.prefix))
 
     run(body(), timeout=30)

@@ -15,7 +15,7 @@ from cryptography import x509
 
 from tests.fleet.etcdfix import run
 from tests.fleet.test_signer import ECHO, FRONTEND, fleet
-from zt.fleet import rotation
+from zt.fleet import csr, rotation
 from zt.fleet.certsource import apply_bundle, signed_by
 from zt.fleet.etcdserver import EtcdCluster
 from zt.fleet.rotation import RotationState, plan
@@ -35,7 +35,10 @@ T0 = 1_800_000_000.0
 
 def test_plan_is_a_pure_schedule() -> None:
     assert plan(None, T0) == []
-    s = RotationState("introduced", T0, switch_after=60)
+    unpublished = RotationState("introduced", T0, switch_after=60)
+    assert plan(unpublished, T0 + 10_000) == []  # nodes never had the new root: no switch
+    assert rotation.next_deadline(unpublished) is None
+    s = RotationState("introduced", T0, switch_after=60, published=T0)
     assert plan(s, T0 + 59.9) == []
     assert plan(s, T0 + 60) == ["switch"]
     assert plan(s, T0 + 10_000) == ["switch"]  # a signer down past both deadlines: switch first
@@ -57,6 +60,14 @@ def test_ca_dir_steps_survive_a_restart(tmp_path: Path) -> None:
     assert roots[0] == old and len(roots) == 2
     assert CertificateAuthority.load(d).cert.public_bytes(rotation._PEM) == old  # still signs
     assert rotation.read_state(d) == state  # what a restarted signer reads
+    assert state.switch_at is None  # counted from the bundle's publication, not from introduce
+    rotation.mark_published(d, roots[:1], T0 + 1)  # a bundle without the new root: not yet
+    assert rotation.read_state(d) == state
+    rotation.mark_published(d, roots, T0 + 2)
+    rotation.mark_published(d, roots, T0 + 3)  # the first publication counts
+    marked = rotation.read_state(d)
+    assert marked is not None and marked.switch_at == T0 + 7
+    assert plan(marked, T0 + 6) == [] and plan(marked, T0 + 7) == ["switch"]
     rotation.apply(d, "switch", now=T0 + 5, leaf_lifetime=100)
     rotation.apply(d, "switch", now=T0 + 6, leaf_lifetime=100)  # idempotent
     new = CertificateAuthority.load(d)
@@ -70,6 +81,32 @@ def test_ca_dir_steps_survive_a_restart(tmp_path: Path) -> None:
     assert rotation.read_state(d) is None
     assert len(list((d / "archive").glob("*.key"))) == 1
     assert (d / "archive").stat().st_mode & 0o777 == 0o700
+
+
+def test_retire_waits_for_the_longest_leaf_the_old_root_signed(tmp_path: Path) -> None:
+    """A leaf signed under a longer --leaf-lifetime than the signer has at the switch still
+    outlives the old root's place in the bundle: retire waits for it."""
+    d = tmp_path / "ca"
+    ca = CertificateAuthority.init(d, now=T0)
+    ca.issue(SpiffeId("cluster.local", "ns", "long"), now=T0, lifetime=500)
+    # a node certificate (a year) is no leaf a peer verifies: it does not hold the root back
+    ca.issue(csr.node_identity("cluster.local", "n1"), now=T0, lifetime=365 * 86400)
+    rotation.introduce(d, switch_after=1, now=T0)
+    rotation.mark_published(d, rotation.bundle_roots(d), T0)
+    rotation.apply(d, "switch", now=T0 + 5, leaf_lifetime=100)
+    st = rotation.read_state(d)
+    assert st is not None and st.retire_at == T0 + 500  # not T0 + 105
+
+
+def test_retire_after_overrides_the_leaf_log(tmp_path: Path) -> None:
+    d = tmp_path / "ca"
+    ca = CertificateAuthority.init(d, now=T0)
+    ca.issue(SpiffeId("cluster.local", "ns", "long"), now=T0, lifetime=500)
+    rotation.introduce(d, switch_after=1, now=T0, retire_after=8)
+    rotation.mark_published(d, rotation.bundle_roots(d), T0)
+    rotation.apply(d, "switch", now=T0 + 5, leaf_lifetime=100)
+    st = rotation.read_state(d)
+    assert st is not None and st.retire_at == T0 + 13
 
 
 class _AsyncCa:

@@ -168,35 +168,3 @@ def test_demo_passes_with_sklookup_capture_and_json_access_logs(lab_name: str) -
     assert len(rows) == len(demo.scenarios(state.plan)) + 1
     first = (state.dir / "node1.log").read_text()
     assert '"msg":"connection complete"' in first  # the rows above were judged from JSON records
-
-
-def test_fleet_lab_status_config_and_down_leaves_nothing(lab_name: str, tmp_path: Path) -> None:
-    done = zt("lab", "up", "--name", lab_name, "--control", "etcd")
-    assert done.returncode == 0, done.stderr
-    assert "etcd cluster: 3 members" in done.stderr and "node join: 2 node(s)" in done.stderr
-    st = json.loads(zt("lab", "status", "--name", lab_name, "--json").stdout)
-    ctl = st["control"]
-    assert ctl["mode"] == "etcd" and ctl["netns"] == f"zt-{lab_name}-ctl"
-    assert [m["name"] for m in ctl["etcd"]] == ["etcd1", "etcd2", "etcd3"]
-    assert all(runner.alive(m["pid"]) and m["endpoint"].startswith("https://") for m in ctl["etcd"])
-    assert runner.alive(ctl["signer"]["pid"]) and ctl["ca_dir"].endswith("/ca")
-    assert oct(Path(ctl["etcd_password_file"]).stat().st_mode & 0o777) == "0o600"
-    assert all(Path(n["state_dir"], "node.key").exists() and n["ready"] for n in st["nodes"])
-    pids = (
-        [m["pid"] for m in ctl["etcd"]] + [ctl["signer"]["pid"]] + [n["pid"] for n in st["nodes"]]
-    )
-
-    got = zt("lab", "config", "get", "--name", lab_name)
-    assert got.returncode == 0 and "# revision " in got.stdout, got.stderr
-    doc = yaml.safe_load(got.stdout)
-    doc["policies"] = []
-    new = tmp_path / "mesh.yaml"
-    new.write_text(yaml.safe_dump(doc))
-    pushed = zt("lab", "config", "push", "--name", lab_name, str(new))
-    assert pushed.returncode == 0 and "pushed at revision" in pushed.stdout, pushed.stderr
-    again = zt("lab", "config", "get", "--name", lab_name)
-    assert yaml.safe_load(again.stdout)["policies"] == []
-
-    down = zt("lab", "down", "--name", lab_name)
-    assert down.returncode == 0, down.stderr
-    assert_nothing_left(lab_name, tuple(pids))

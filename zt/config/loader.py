@@ -150,7 +150,9 @@ def _expected(error: Any) -> str:
     return msg
 
 
-def _problems(error: ValidationError) -> list[FieldProblem]:
+def validation_problems(error: ValidationError) -> list[FieldProblem]:
+    """Pydantic's errors as problems with field paths, in the loader's words (also used by the
+    fleet's per-object decoder, so a file and an etcd object are refused alike)."""
     return [FieldProblem(render(e["loc"]), e.get("input"), _expected(e)) for e in error.errors()]
 
 
@@ -228,7 +230,7 @@ def load_document(document: object, source: str) -> Snapshot:
     try:
         mesh = MeshFile.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc)) from None
+        raise ConfigError(source, validation_problems(exc)) from None
     problems = cross_check(mesh)
     if problems:
         raise ConfigError(source, problems)

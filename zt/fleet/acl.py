@@ -14,16 +14,13 @@ from zt.fleet import keys
 from zt.fleet.etcd import EtcdClient, prefix_end
 from zt.fleet.etcderrors import EtcdRequestError
 from zt.fleet.etcdserver import bootstrap_auth
+from zt.fleet.tokens import join_user
 
 SIGNER_ROLE = "zt-signer"
 
 
 def node_user(node: str) -> str:
     return f"zt-node-{node}"
-
-
-def join_user(token_id: str) -> str:
-    return f"zt-join-{token_id}"
 
 
 async def bootstrap(client: EtcdClient, prefix: str, root_password: str) -> None:

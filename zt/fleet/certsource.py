@@ -115,8 +115,14 @@ class EtcdCertificateSource:
             if self._counter is not None:
                 self._counter.inc(labels={"reason": reason})
             raise CertificateRefused(reason, str(doc.get("message", "")))
-        chain = str(doc["chain"]).encode("ascii")
-        return WorkloadCert.from_pem(chain, csr.key_pem(key), self._roots, what=str(identity))
+        chain = doc.get("chain")
+        if not isinstance(chain, str) or not chain.isascii():
+            raise CertificateUnavailable(
+                f"signer answer {answer_key.decode()}: expected {{chain: PEM}} or a refusal"
+            )
+        return WorkloadCert.from_pem(
+            chain.encode("ascii"), csr.key_pem(key), self._roots, what=str(identity)
+        )
 
     async def _answer(self, key: bytes, after: int) -> dict[str, object]:
         """The answer put at `key` after revision `after`; survives a broken watch."""
@@ -182,7 +188,10 @@ class EtcdCertificateSource:
 
 
 def _json_object(data: bytes) -> dict[str, object]:
-    doc = json.loads(data)
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise CertificateUnavailable(f"signer answer: not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise CertificateUnavailable(f"signer answer: expected a JSON object, got {data[:80]!r}")
     return doc

@@ -13,9 +13,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from zt.errors import UsageError
+from zt.fleet import keys
 from zt.fleet.etcd import EtcdClient
+from zt.fleet.keys import DEFAULT_PREFIX
 
-DEFAULT_PREFIX = "/zt"
+__all__ = [
+    "DEFAULT_PREFIX",
+    "EtcdOptionError",
+    "EtcdSettings",
+    "parse_endpoints",
+    "parse_prefix",
+    "read_password_file",
+]
+
 MAX_PASSWORD_BYTES = 4096
 
 
@@ -52,11 +62,12 @@ def parse_endpoints(text: str, flag: str = "--etcd") -> tuple[str, ...]:
 
 
 def parse_prefix(text: str, flag: str = "--etcd-prefix") -> str:
-    """A key prefix such as /zt: starts with '/', no trailing '/', no whitespace."""
-    prefix = text.rstrip("/")
-    if not prefix.startswith("/") or any(c.isspace() for c in prefix) or "//" in prefix:
-        raise EtcdOptionError(flag, text, "a key prefix such as /zt (starts with /)")
-    return prefix
+    """A key prefix such as /zt (a trailing '/' dropped), by the key layout's own rule."""
+    try:
+        return keys.check_prefix(text.rstrip("/"))
+    except keys.BadKeyPrefix:
+        expected = "a key prefix such as /zt (starts with /, printable, no space or empty segment)"
+        raise EtcdOptionError(flag, text, expected) from None
 
 
 def read_password_file(path: Path, flag: str = "--etcd-password-file") -> str:

@@ -161,6 +161,9 @@ def parse_csr(csr_pem: bytes) -> tuple[SpiffeId, ec.EllipticCurvePublicKey, byte
         uris = ext.value.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        # extensions are parsed lazily, here: a node's malformed SAN must not stop the signer
+        return Refuse("bad_csr", f"the CSR's extensions do not parse ({exc}); rebuild the request")
     if len(uris) != 1:
         return Refuse("bad_csr", f"the CSR must carry exactly one URI SAN, got {uris!r}")
     try:

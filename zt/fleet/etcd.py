@@ -31,6 +31,7 @@ from zt.fleet.etcderrors import (
     Reauth,
     Unreachable,
     classify,
+    error_of,
 )
 from zt.fleet.etcdwire import (
     Compare,
@@ -69,12 +70,21 @@ def _describe(exc: BaseException) -> str:
 
 
 def _ssl_context(cacert: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """The client's TLS context; an unusable file is named (EtcdError), never an ssl/OS error."""
     try:
         ctx = ssl.create_default_context(cafile=str(cacert) if cacert else None)
-        if cert is not None:
-            ctx.load_cert_chain(str(cert), str(key) if key else None)
     except (OSError, ssl.SSLError) as exc:
-        raise EtcdError(f"etcd TLS files: {_describe(exc)}") from exc
+        raise EtcdError(
+            f"etcd CA certificate {cacert}: {_describe(exc)}; expected a readable PEM CA file"
+        ) from None
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(str(cert), str(key) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise EtcdError(
+                f"etcd client certificate {cert} / key {key}: {_describe(exc)}; expected a "
+                "readable PEM certificate and its matching private key"
+            ) from None
     return ctx
 
 
@@ -149,19 +159,15 @@ class EtcdClient:
         doc, status = await self._post(endpoint, "/v3/auth/authenticate", body, {})
         if status == 200 and "error" not in doc:
             return str(doc.get("token") or "")
-        message = str(doc.get("message") or doc.get("error") or f"HTTP {status}")
+        code, message = error_of(doc, status)
         if "authentication is not enabled" in message:
             return ""
-        if "invalid user ID or password" in message:
-            raise EtcdAuthFailed(self.user, message.removeprefix("etcdserver: "))
-        raise classify(
-            int(str(doc.get("code") or 0)),
-            message,
-            user=self.user,
-            key=b"",
-            operation="authenticate",
-            endpoint=endpoint,
+        err = classify(
+            code, message, user=self.user, key=b"", operation="authenticate", endpoint=endpoint
         )
+        if isinstance(err, Reauth):  # a refusal of the password itself: asking again won't help
+            raise EtcdAuthFailed(self.user, message.removeprefix("etcdserver: "))
+        raise err
 
     async def _post(
         self, endpoint: str, path: str, body: Mapping[str, object], headers: Mapping[str, str]
@@ -185,14 +191,9 @@ class EtcdClient:
             doc, status = await self._post(endpoint, path, body, await self.auth_headers(endpoint))
             if status == 200 and "error" not in doc:
                 return doc
-            message = str(doc.get("message") or doc.get("error") or f"HTTP {status}")
+            code, message = error_of(doc, status)
             err = classify(
-                int(str(doc.get("code") or 0)),
-                message,
-                user=self.user,
-                key=key,
-                operation=operation,
-                endpoint=endpoint,
+                code, message, user=self.user, key=key, operation=operation, endpoint=endpoint
             )
             if isinstance(err, Reauth) and attempt == 0:
                 self.forget_token(endpoint)

@@ -6,7 +6,7 @@ JSON gateway into one of these, once; code above it sees only these classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from zt.errors import ZtError
 
@@ -67,6 +67,19 @@ class EtcdCompacted(EtcdError):
         super().__init__(f"etcd revision compacted (oldest available: {compact_revision})")
 
 
+class EtcdBadAnswer(EtcdError):
+    """etcd (or something in front of it) answered a document the client cannot read."""
+
+    reason = "etcd_bad_answer"
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        self.field = field
+        shown = repr(value)[:120]
+        super().__init__(
+            f"etcd answered a malformed document: {field}: got {shown}, expected {expected}"
+        )
+
+
 class EtcdRequestError(EtcdError):
     """etcd answered with an error (gRPC status code + message)."""
 
@@ -100,6 +113,13 @@ class Unreachable(Exception):
 
 class Reauth(Exception):
     """Internal (client): the endpoint rejected our token (or wants one); authenticate again."""
+
+
+def error_of(doc: Mapping[str, object], status: int) -> tuple[int, str]:
+    """The gRPC code and message of an error answer (a code that is not a number counts as 0)."""
+    message = str(doc.get("message") or doc.get("error") or f"HTTP {status}")
+    code = str(doc.get("code") or 0)
+    return (int(code) if code.isdigit() else 0), message
 
 
 def classify(

@@ -217,12 +217,12 @@ class EtcdCluster:
         netns: str | None,
         host: str,
     ) -> EtcdCluster:
-        base = (
-            Path(tempfile.mkdtemp(prefix="zt-etcd-", dir="/dev/shm"))
-            if base_dir is None
-            else base_dir
-        )
-        base.mkdir(parents=True, exist_ok=True)
+        try:
+            base = base_dir or Path(tempfile.mkdtemp(prefix="zt-etcd-", dir="/dev/shm"))
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            where = base_dir or "/dev/shm"
+            raise EtcdServerError(f"etcd data dir {where}: {exc.strerror or exc}") from None
         scheme = "https" if tls else "http"
         where = f"[{host}]" if ":" in host else host
         material = EtcdTls.create(base / "tls", [host, "localhost"]) if tls else None
@@ -252,10 +252,16 @@ class EtcdCluster:
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]  # ip execs etcd: same pid
         member.log = self.base_dir / f"{member.name}.log"
-        with member.log.open("ab") as log:
-            member.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        try:
+            with member.log.open("ab") as log:
+                member.process = subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        except OSError as exc:
+            raise EtcdServerError(
+                f"etcd member {member.name}: cannot run {argv[0]} (log {member.log}): "
+                f"{exc.strerror or exc}; expected {ETCD_BIN} (Debian package etcd-server)"
+            ) from None
 
     def _ctl(self, *args: str, endpoints: Sequence[str]) -> subprocess.CompletedProcess[str]:
         argv = [ETCDCTL_BIN, f"--endpoints={','.join(endpoints)}", "--dial-timeout=1s"]
@@ -265,7 +271,15 @@ class EtcdCluster:
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         env = {**os.environ, "ETCDCTL_API": "3"}
-        return subprocess.run([*argv, *args], capture_output=True, text=True, env=env, check=False)
+        try:
+            return subprocess.run(
+                [*argv, *args], capture_output=True, text=True, env=env, check=False
+            )
+        except OSError as exc:
+            raise EtcdServerError(
+                f"cannot run {argv[0]}: {exc.strerror or exc}; expected {ETCDCTL_BIN} "
+                "(Debian package etcd-client)"
+            ) from None
 
     def member_status(self, member: Member) -> dict[str, object] | None:
         """The member's maintenance status (etcdctl endpoint status), None if it did not answer."""
@@ -313,7 +327,10 @@ class EtcdCluster:
         raise EtcdServerError("no etcd member reports itself as leader")
 
     def member(self, endpoint: str) -> Member:
-        return next(m for m in self.members if m.client_url == endpoint.rstrip("/"))
+        for m in self.members:
+            if m.client_url == endpoint.rstrip("/"):
+                return m
+        raise EtcdServerError(f"endpoint {endpoint!r} is not a member of this cluster")
 
     def _signal(self, member: Member, sig: signal.Signals) -> None:
         if member.running and member.process is not None:

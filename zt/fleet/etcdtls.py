@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from zt.identity._files import KEY_MODE, write_atomic
+
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -81,7 +83,7 @@ class EtcdTls:
             .sign(ca_key, hashes.SHA256())
         )
         tls = cls(directory)
-        tls.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        write_atomic(tls.ca, ca.public_bytes(serialization.Encoding.PEM))
         for cn, cert_path, key_path in (
             ("etcd server", tls.server_cert, tls.server_key),
             ("etcd peer", tls.peer_cert, tls.peer_key),
@@ -105,7 +107,7 @@ class EtcdTls:
                 )
                 .sign(ca_key, hashes.SHA256())
             )
-            cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            key_path.touch(mode=0o600)
-            key_path.write_bytes(_key_pem(key))
+            write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+            # 0600 from creation on, also when an older (maybe wider) key file is replaced
+            write_atomic(key_path, _key_pem(key), KEY_MODE)
         return tls

@@ -19,7 +19,7 @@ import json
 import ssl
 import time
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 
@@ -33,8 +33,20 @@ from zt.fleet.etcderrors import (
 )
 from zt.fleet.etcdwire import WatchBatch, WatchResponse, decode_watch, watch_request
 
-if TYPE_CHECKING:
-    from zt.fleet.etcd import EtcdClient
+
+class WatchingClient(Protocol):
+    """What a watch needs of zt/fleet/etcd.py's client: its HTTP client, endpoints and tokens
+    (a protocol, so this module does not import the client that imports it)."""
+
+    http: httpx.AsyncClient
+    timeout: float
+    user: str | None
+
+    def endpoint_order(self) -> list[str]: ...
+    def mark_failed(self, endpoint: str) -> None: ...
+    def forget_token(self, endpoint: str) -> None: ...
+    async def auth_headers(self, endpoint: str) -> dict[str, str]: ...
+
 
 HEARTBEAT_S = 0.25  # how often the heartbeat looks at the stream
 QUIET_S = 1.25  # a stream silent this long is probed (progress notifications come every 1 s)
@@ -58,7 +70,7 @@ class _Seen:
 
 
 async def _read(
-    client: EtcdClient,
+    client: WatchingClient,
     endpoint: str,
     body: dict[str, object],
     out: asyncio.Queue[object],
@@ -83,7 +95,7 @@ async def _read(
 
 
 async def _heartbeat(
-    client: EtcdClient, endpoint: str, out: asyncio.Queue[object], seen: _Seen
+    client: WatchingClient, endpoint: str, out: asyncio.Queue[object], seen: _Seen
 ) -> None:
     misses = 0
     while True:
@@ -91,12 +103,14 @@ async def _heartbeat(
             await asyncio.sleep(HEARTBEAT_S)
             if time.monotonic() - seen.at < QUIET_S:
                 continue
+        # every failure counts as a miss: a heartbeat task that died of an unexpected one would
+        # leave a frozen member's stream waiting forever
         try:
             await client.http.post(
                 endpoint + "/v3/maintenance/status", json={}, timeout=HEARTBEAT_TIMEOUT_S
             )
             misses = 0
-        except (httpx.TransportError, ssl.SSLError) as exc:
+        except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
             misses += 1
             if misses >= HEARTBEAT_MISSES:
                 why = f"no answer to {misses} heartbeats ({type(exc).__name__})"
@@ -112,7 +126,12 @@ def _next(item: object) -> WatchResponse:
         raise item
     if isinstance(item, Exception):
         raise _StreamBroken(f"{type(item).__name__}: {item}") from item
-    doc = json.loads(str(item))
+    try:
+        doc = json.loads(str(item))
+    except ValueError:
+        raise _StreamBroken(f"not a JSON line: {str(item)[:120]!r}") from None
+    if not isinstance(doc, dict):
+        raise _StreamBroken(f"not a JSON object: {str(item)[:120]!r}")
     if "error" in doc:  # the gateway ends a stream it cannot serve with one error document
         error = doc["error"]
         message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
@@ -120,7 +139,7 @@ def _next(item: object) -> WatchResponse:
     return decode_watch(doc)
 
 
-def _check(resp: WatchResponse, client: EtcdClient, key: bytes, endpoint: str) -> None:
+def _check(resp: WatchResponse, client: WatchingClient, key: bytes, endpoint: str) -> None:
     if resp.compact_revision > 0:
         raise EtcdCompacted(resp.compact_revision)
     if resp.canceled:
@@ -131,7 +150,7 @@ def _check(resp: WatchResponse, client: EtcdClient, key: bytes, endpoint: str) -
 class _Stream:
     """One open stream + heartbeat on one endpoint."""
 
-    def __init__(self, client: EtcdClient, endpoint: str, body: dict[str, object]) -> None:
+    def __init__(self, client: WatchingClient, endpoint: str, body: dict[str, object]) -> None:
         self.endpoint = endpoint
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         seen = _Seen()
@@ -153,7 +172,7 @@ class _Stream:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def _open(client: EtcdClient, key: bytes, body: dict[str, object]) -> _Stream:
+async def _open(client: WatchingClient, key: bytes, body: dict[str, object]) -> _Stream:
     """A stream whose "created" ack arrived, trying each endpoint once (and re-authenticating
     once per endpoint when the token was refused)."""
     failures: list[tuple[str, str]] = []
@@ -180,7 +199,7 @@ async def _open(client: EtcdClient, key: bytes, body: dict[str, object]) -> _Str
 
 
 async def watch(
-    client: EtcdClient, key: bytes, range_end: bytes | None, start_revision: int, prev_kv: bool
+    client: WatchingClient, key: bytes, range_end: bytes | None, start_revision: int, prev_kv: bool
 ) -> AsyncGenerator[WatchBatch, None]:
     body = watch_request(key, range_end, start_revision, prev_kv)
     stream = await _open(client, key, body)

@@ -2,15 +2,19 @@
 
 The gateway (etcd 3.4, HTTP/1.1 + JSON) encodes keys and values as base64, int64 fields as decimal
 strings, and omits every field that holds its zero value (0, false, "", empty list, enum 0 such as
-PUT). Decoders here restore those defaults so callers never see a missing field.
+PUT). Decoders here restore those defaults so callers never see a missing field, and raise
+EtcdBadAnswer (never a ValueError) for a field they cannot read.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from zt.fleet.etcderrors import EtcdBadAnswer
 
 # Compare targets / results as the gateway spells the protobuf enums.
 _TARGETS = {"mod": "MOD", "create": "CREATE", "version": "VERSION", "value": "VALUE"}
@@ -97,15 +101,23 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def unb64(text: object) -> bytes:
-    return base64.b64decode(str(text)) if text else b""
+def unb64(text: object, field: str = "key/value") -> bytes:
+    if not text:
+        return b""
+    try:
+        return base64.b64decode(str(text), validate=True)
+    except (binascii.Error, ValueError):
+        raise EtcdBadAnswer(field, text, "base64") from None
 
 
-def as_int(value: object) -> int:
+def as_int(value: object, field: str = "revision") -> int:
     """int64 fields arrive as strings ("12"), absent when zero."""
     if value is None or value == "":
         return 0
-    return int(str(value))
+    try:
+        return int(str(value))
+    except ValueError:
+        raise EtcdBadAnswer(field, value, "a decimal integer") from None
 
 
 def _mapping(value: object) -> Mapping[str, object]:
@@ -117,17 +129,17 @@ def _list(value: object) -> Sequence[object]:
 
 
 def header_revision(doc: Mapping[str, object]) -> int:
-    return as_int(_mapping(doc.get("header")).get("revision"))
+    return as_int(_mapping(doc.get("header")).get("revision"), "header.revision")
 
 
 def decode_kv(doc: object) -> KeyValue:
     kv = _mapping(doc)
     return KeyValue(
-        key=unb64(kv.get("key")),
-        value=unb64(kv.get("value")),
-        create_revision=as_int(kv.get("create_revision")),
-        mod_revision=as_int(kv.get("mod_revision")),
-        version=as_int(kv.get("version")),
+        key=unb64(kv.get("key"), "kv.key"),
+        value=unb64(kv.get("value"), "kv.value"),
+        create_revision=as_int(kv.get("create_revision"), "kv.create_revision"),
+        mod_revision=as_int(kv.get("mod_revision"), "kv.mod_revision"),
+        version=as_int(kv.get("version"), "kv.version"),
     )
 
 
@@ -226,7 +238,7 @@ def decode_watch(doc: Mapping[str, object]) -> WatchResponse:
     return WatchResponse(
         created=bool(result.get("created")),
         canceled=bool(result.get("canceled")),
-        compact_revision=as_int(result.get("compact_revision")),
+        compact_revision=as_int(result.get("compact_revision"), "compact_revision"),
         cancel_reason=str(result.get("cancel_reason") or ""),
         batch=WatchBatch(revision=header_revision(result), events=events),
     )

@@ -23,8 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from zt.config import convert
 from zt.config.crosscheck import cross_check
-from zt.config.loader import load_document, parse_text
-from zt.config.paths import render
+from zt.config.loader import load_document, parse_text, validation_problems
 from zt.config.schema import MeshFile, PolicyModel, ServiceModel, WorkloadModel
 from zt.errors import MAX_PROBLEMS_SHOWN, ConfigError, FieldProblem
 from zt.fleet import keys
@@ -42,27 +41,36 @@ KEY_FORMS = (
 )
 
 
-class EtcdBadObject(ConfigError):
+class _KeyedProblems(ConfigError):
+    """Problems each found at an etcd key: `key` is the first key, `keys` every one; the message
+    is `head`, then one `<key>: <problem>` line per problem (at most MAX_PROBLEMS_SHOWN)."""
+
+    def __init__(self, bad: Sequence[tuple[str, FieldProblem]], head: str) -> None:
+        self.keys = tuple(dict.fromkeys(k for k, _ in bad))
+        self.key = self.keys[0]
+        self.source = self.key
+        self.problems = tuple(p for _, p in bad)
+        shown = bad[:MAX_PROBLEMS_SHOWN]
+        lines = [head, *(f"  {k}: {p}" for k, p in shown)]
+        if len(bad) > len(shown):
+            lines.append(f"  ... and {len(bad) - len(shown)} more problem(s) not shown")
+        Exception.__init__(self, "\n".join(lines))
+
+
+class EtcdBadObject(_KeyedProblems):
     """One or more objects under the mesh prefix do not validate. `key`: the first bad key;
     `keys`: every bad key; each problem line names its key and field path."""
 
     reason = "etcd_bad_object"
 
     def __init__(self, bad: Sequence[tuple[str, FieldProblem]]) -> None:
-        self.keys = tuple(dict.fromkeys(k for k, _ in bad))
-        self.key = self.keys[0]
-        self.source = self.key
-        self.problems = tuple(p for _, p in bad)
-        shown = bad[:MAX_PROBLEMS_SHOWN]
+        bad_keys = len(dict.fromkeys(k for k, _ in bad))
         head = (
-            f"{self.key}: {len(bad)} problem(s)"
-            if len(self.keys) == 1
-            else f"{len(self.keys)} bad objects in etcd, {len(bad)} problem(s)"
+            f"{bad[0][0]}: {len(bad)} problem(s)"
+            if bad_keys == 1
+            else f"{bad_keys} bad objects in etcd, {len(bad)} problem(s)"
         )
-        lines = [head, *(f"  {k}: {p}" for k, p in shown)]
-        if len(bad) > len(shown):
-            lines.append(f"  ... and {len(bad) - len(shown)} more problem(s) not shown")
-        Exception.__init__(self, "\n".join(lines))
+        super().__init__(bad, head)
 
 
 def canonical(obj: object) -> bytes:
@@ -112,23 +120,6 @@ def encode(prefix: str, document: object, source: str = "<document>") -> dict[by
 
 
 # --- decode ---------------------------------------------------------------------------------------
-
-
-def _expected(error: Any) -> str:
-    """Pydantic's message in the file loader's words (zt/config/loader.py)."""
-    msg = str(error["msg"])
-    if error["type"] == "extra_forbidden":
-        return "no such field (unknown key)"
-    if error["type"] == "missing":
-        return "a value (required field)"
-    for prefix in ("Value error, ", "Input should be "):
-        if msg.startswith(prefix):
-            return msg.removeprefix(prefix)
-    return msg
-
-
-def _validation_problems(exc: ValidationError) -> list[FieldProblem]:
-    return [FieldProblem(render(e["loc"]), e.get("input"), _expected(e)) for e in exc.errors()]
 
 
 @dataclass(frozen=True)
@@ -182,7 +173,7 @@ def decode_object(prefix: str, key: bytes, value: bytes) -> _Good | list[FieldPr
     try:
         model = _MODELS[parsed.kind].model_validate(data)
     except ValidationError as exc:
-        return _validation_problems(exc)
+        return validation_problems(exc)
     problems = _identity_problems(parsed, model)
     return problems or _Good(parsed.kind, model, _domain(model))
 
@@ -199,23 +190,14 @@ def _at_key(problem: FieldProblem, names: Mapping[str, Sequence[str]]) -> tuple[
     return key, FieldProblem(m.group(3) or "(object)", problem.value, problem.expected)
 
 
-class EtcdMeshInvalid(ConfigError):
+class EtcdMeshInvalid(_KeyedProblems):
     """Every object is valid alone, but the whole mesh is not (a duplicate address, a reference
     to a missing service, ...): each problem names the key it is about."""
 
     reason = "etcd_mesh_invalid"
 
     def __init__(self, bad: Sequence[tuple[str, FieldProblem]]) -> None:
-        self.keys = tuple(dict.fromkeys(k for k, _ in bad))
-        self.key = self.keys[0]
-        self.source = self.key
-        self.problems = tuple(p for _, p in bad)
-        shown = bad[:MAX_PROBLEMS_SHOWN]
-        lines = [f"the mesh in etcd is inconsistent: {len(bad)} problem(s)"]
-        lines += [f"  {k}: {p}" for k, p in shown]
-        if len(bad) > len(shown):
-            lines.append(f"  ... and {len(bad) - len(shown)} more problem(s) not shown")
-        Exception.__init__(self, "\n".join(lines))
+        super().__init__(bad, f"the mesh in etcd is inconsistent: {len(bad)} problem(s)")
 
 
 @dataclass

@@ -18,6 +18,7 @@ Decoding runs in a worker thread: a 5,000-workload mesh never stalls the data pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -204,8 +205,11 @@ class EtcdMeshSource:
     async def _read(self, queue: asyncio.Queue[WatchBatch | BaseException]) -> None:
         try:
             watch = self.client.watch(*self._range, start_revision=self.revision + 1)
-            async for batch in watch:
-                queue.put_nowait(batch)
+            # aclosing: a cancelled reader closes the stream and its heartbeat now, not whenever
+            # the abandoned generator is collected
+            async with contextlib.aclosing(watch):
+                async for batch in watch:
+                    queue.put_nowait(batch)
             queue.put_nowait(EtcdUnavailable([("watch", "the stream ended")]))
         except asyncio.CancelledError:
             raise

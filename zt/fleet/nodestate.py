@@ -70,12 +70,14 @@ class NodeState:
         prefix: str,
     ) -> NodeState:
         """Create (or replace, on a re-join) the state directory's files."""
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        directory.chmod(0o700)
+        prepare(directory)
         copied: Path | None = None
         if cacert is not None:
             copied = directory / "etcd-ca.pem"
-            write_atomic(copied, cacert.read_bytes())
+            try:
+                write_atomic(copied, cacert.read_bytes())
+            except OSError as exc:
+                raise NodeStateError(f"--etcd-cacert: {cacert}: {exc.strerror}") from None
         write_atomic(directory / "node.key", node_key_pem, KEY_MODE)
         write_atomic(directory / "node.pem", node_cert_pem)
         write_atomic(directory / "bundle.pem", bundle_pem)
@@ -136,6 +138,21 @@ class NodeState:
     def save_bundle(self, roots_pem: bytes) -> None:
         """Keep the newest bundle on disk: a node restarted while etcd is down still has it."""
         write_atomic(self.directory / "bundle.pem", roots_pem)
+
+
+def prepare(directory: Path) -> None:
+    """The state dir exists, mode 0700 (it holds the node key and etcd password), and is writable:
+    checked before a join spends its token, so a failed write cannot lose the credentials."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        probe = directory / ".zt-write-probe"
+        probe.touch(mode=0o600)
+        probe.unlink()
+    except OSError as exc:
+        raise NodeStateError(
+            f"--state-dir: {directory}: {exc.strerror}; expected a directory zt can write"
+        ) from None
 
 
 def _identity(cert_pem: bytes, directory: Path) -> tuple[str, str]:

@@ -19,8 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zt.config.loader import parse_text, read_bounded
-from zt.errors import ZtError
+from zt.config.loader import (
+    MAX_FILE_BYTES,
+    ConfigTooLarge,
+    ConfigUnreadable,
+    parse_text,
+    read_bounded,
+)
+from zt.errors import FieldProblem, ZtError
 from zt.fleet import keys, meshdoc
 from zt.fleet.etcd import Compare, Delete, EtcdClient, Put, prefix_end
 from zt.fleet.etcderrors import EtcdRequestError
@@ -66,8 +72,22 @@ MeshInput = Path | MeshText
 
 
 def read_input(file: str) -> MeshInput:
-    """A FILE argument: `-` is stdin."""
-    return MeshText(sys.stdin.read()) if file == "-" else Path(file)
+    """A FILE argument: `-` is stdin, read now with the file loader's size cap and errors."""
+    return _read_stdin() if file == "-" else Path(file)
+
+
+def _read_stdin(source: str = "<stdin>") -> MeshText:
+    try:
+        raw = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            problem = FieldProblem(
+                "(file)", f"more than {MAX_FILE_BYTES} bytes", f"at most {MAX_FILE_BYTES}"
+            )
+            raise ConfigTooLarge(source, [problem])
+        return MeshText(raw.decode("utf-8"), source)
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = FieldProblem("(file)", source, f"readable UTF-8 text ({exc})")
+        raise ConfigUnreadable(source, [problem]) from None
 
 
 def load_objects(prefix: str, mesh: MeshInput) -> dict[bytes, bytes]:

@@ -2,9 +2,11 @@
 
 1. introduce (`zt ca rotate`): a new root is created next to the signing one; the bundle becomes
    [old, new]. Nodes get it from {p}/ca/bundle and trust both; the signer still signs with old.
-2. switch, at introduced + switch_after (nodes have the bundle by then): the signer signs with the
-   new root; the bundle becomes [new, old] (a new generation: nodes renew leaves not under the first
-   root at once, so they move to the new root without waiting for half-life).
+2. switch, switch_after after the [old, new] bundle was first put in etcd (nodes have it by then;
+   counted from the put, not from introduce: a bundle that could not be published while etcd or the
+   signer was down gives nodes no head start): the signer signs with the new root; the bundle
+   becomes [new, old] (a new generation: nodes renew leaves not under the first root at once, so
+   they move to the new root without waiting for half-life).
 3. retire, at switched + the longest leaf lifetime (the last old-root leaf has expired by then): the
    bundle becomes [new]; the old key is archived.
 
@@ -28,10 +30,12 @@ from cryptography.hazmat.primitives import serialization
 
 from zt.errors import ZtError
 from zt.fleet import keys
+from zt.fleet.csr import is_node_identity
 from zt.fleet.etcd import Compare, EtcdClient, Put
 from zt.identity._files import KEY_MODE, write_atomic
 from zt.identity.ca import CertificateAuthority, key_pem, new_root
 from zt.identity.certs import fingerprint
+from zt.identity.spiffe import SpiffeId
 
 Phase = Literal["introduced", "switched"]
 Action = Literal["switch", "retire"]
@@ -51,10 +55,14 @@ class RotationState:
     switch_after: float
     switched: float | None = None
     leaf_lifetime: float = 0.0  # the longest leaf lifetime signed under the old root
+    published: float | None = None  # when etcd first held a bundle with the introduced root
+    # the operator's `zt ca rotate --retire-after`: retire this long after the switch instead of
+    # when the last old-root leaf in the CA's log expires (nodes renew at the switch anyway)
+    retire_after: float | None = None
 
     @property
-    def switch_at(self) -> float:
-        return self.introduced + self.switch_after
+    def switch_at(self) -> float | None:
+        return None if self.published is None else self.published + self.switch_after
 
     @property
     def retire_at(self) -> float | None:
@@ -62,12 +70,14 @@ class RotationState:
 
 
 def plan(state: RotationState | None, now: float) -> list[Action]:
-    """What is due at `now`. A signer that was down past both deadlines switches now and retires
-    one leaf lifetime later (leaves it signed before going down may still be valid until then)."""
+    """What is due at `now`. Nothing switches before the new root was published (nodes could not
+    have it); a signer that was down past both deadlines switches now and retires one leaf lifetime
+    later (leaves it signed before going down may still be valid until then)."""
     if state is None:
         return []
     if state.phase == "introduced":
-        return ["switch"] if now >= state.switch_at else []
+        switch_at = state.switch_at
+        return ["switch"] if switch_at is not None and now >= switch_at else []
     retire_at = state.retire_at
     return ["retire"] if retire_at is not None and now >= retire_at else []
 
@@ -108,14 +118,40 @@ def split_pem(data: bytes) -> list[bytes]:
 
 def bundle_roots(ca_dir: Path) -> list[bytes]:
     """The roots peers must trust now, in order (the signing root first once switched)."""
-    return split_pem((ca_dir / "bundle.pem").read_bytes())
+    path = ca_dir / "bundle.pem"
+    try:
+        return split_pem(path.read_bytes())
+    except OSError as exc:
+        raise RotationError(f"{path}: {exc.strerror}; expected the CA's trust bundle") from None
+    except ValueError as exc:
+        raise RotationError(f"{path}: expected PEM certificates ({exc})") from None
+
+
+def mark_published(ca_dir: Path, roots: tuple[bytes, ...] | list[bytes], now: float) -> None:
+    """Start the switch countdown the first time etcd holds a bundle with the introduced root."""
+    state = read_state(ca_dir)
+    nxt = ca_dir / "next.pem"
+    if state is None or state.phase != "introduced" or state.published is not None:
+        return
+    try:
+        introduced = split_pem(nxt.read_bytes())[:1] if nxt.exists() else []
+    except (OSError, ValueError) as exc:
+        raise RotationError(f"{nxt}: expected the introduced root's PEM ({exc})") from None
+    if introduced and introduced[0] in roots:
+        _write_state(ca_dir, replace(state, published=now))
 
 
 def _fp(pem: bytes) -> str:
     return fingerprint(x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER))
 
 
-def introduce(ca_dir: Path, *, switch_after: float, now: float | None = None) -> RotationState:
+def introduce(
+    ca_dir: Path,
+    *,
+    switch_after: float,
+    now: float | None = None,
+    retire_after: float | None = None,
+) -> RotationState:
     """Step 1: a new root in next.*, bundle.pem = [old, new]. Refuses while a rotation runs."""
     now = time.time() if now is None else now
     ca = CertificateAuthority.load(ca_dir)
@@ -131,7 +167,7 @@ def introduce(ca_dir: Path, *, switch_after: float, now: float | None = None) ->
     write_atomic(ca_dir / "next.pem", cert.public_bytes(_PEM))
     old = split_pem(ca.roots_pem)
     write_atomic(ca_dir / "bundle.pem", b"".join([*old, cert.public_bytes(_PEM)]))
-    state = RotationState("introduced", now, switch_after)
+    state = RotationState("introduced", now, switch_after, retire_after=retire_after)
     _write_state(ca_dir, state)
     return state
 
@@ -149,7 +185,26 @@ def switch(ca_dir: Path, state: RotationState, *, now: float, leaf_lifetime: flo
         nxt.unlink()
     new, old = (ca_dir / "ca.pem").read_bytes(), (ca_dir / "retiring.pem").read_bytes()
     write_atomic(ca_dir / "bundle.pem", new + old)
-    _write_state(ca_dir, switched(state, now, leaf_lifetime))
+    _write_state(
+        ca_dir, switched(state, now, _old_root_lifetime(ca_dir, state, now, leaf_lifetime))
+    )
+
+
+def _old_root_lifetime(
+    ca_dir: Path, state: RotationState, now: float, leaf_lifetime: float
+) -> float:
+    """How long after the switch the old root stays trusted. Every workload leaf in the CA's log so
+    far came from the old root: by default it is retired only once the last of them expired, also
+    when the signer ran with a longer --leaf-lifetime before this switch. Node certificates are
+    left out: they only prove who signs a CSR, and no peer verifies their chain."""
+    if state.retire_after is not None:
+        return state.retire_after
+    workload_leaves = (
+        r.not_after
+        for r in CertificateAuthority.load(ca_dir).issued()
+        if not is_node_identity(SpiffeId.parse(r.identity))
+    )
+    return max(leaf_lifetime, max(workload_leaves, default=now) - now)
 
 
 def retire(ca_dir: Path) -> None:

@@ -290,6 +290,10 @@ class Signer:
         """The token record and its mod revision (0: no such token)."""
         return self._view.tokens.get(token_id, (None, 0))
 
+    def token_claimed(self, token_id: str, record: tokens.TokenRecord, revision: int) -> None:
+        """A join claimed the token: later requests in the same batch see it used."""
+        self._view.tokens[token_id] = (record, revision)
+
     def node_joined(self, node: str, cert_pem: bytes) -> None:
         self._view.node_certs[node] = cert_pem
         self.stats.joined += 1
@@ -300,12 +304,14 @@ class Signer:
         return rotation.bundle_roots(self.ca_dir)
 
     async def publish_bundle(self) -> rotation.Bundle:
-        """Make {p}/ca/bundle hold the CA dir's roots (a new generation when they changed)."""
+        """Make {p}/ca/bundle hold the CA dir's roots (a new generation when they changed); a
+        rotation's switch countdown starts once etcd holds its new root."""
         roots = self.bundle_roots()
         bundle = await rotation.publish_bundle(
             self.client, self.prefix, self.ca.trust_domain, roots
         )
         self._published = roots
+        rotation.mark_published(self.ca_dir, bundle.roots, self.clock())
         return bundle
 
     async def rotate_due(self) -> None:
@@ -322,13 +328,20 @@ class Signer:
             log.info("signer: bundle generation %d published", bundle.generation)
 
     async def sweep_tokens(self) -> None:
+        """Remove tokens `sweep_grace` after they expired or were used (meanwhile a retry is told
+        token_used/token_expired): a used token's join user could otherwise read the node's etcd
+        password from the history of its join request until the token expires."""
         now = self.clock()
         for token_id, (record, _rev) in list(self._view.tokens.items()):
-            if record is not None and now < record.expires + self.sweep_grace:
+            if record is not None and now < _sweep_at(record) + self.sweep_grace:
                 continue
             await join.remove_token(self.client, self.prefix, token_id)
             self._view.tokens.pop(token_id, None)
-            log.info("signer: removed expired join token %s", token_id)
+            log.info("signer: removed spent join token %s", token_id)
+
+
+def _sweep_at(record: tokens.TokenRecord) -> float:
+    return record.expires if record.used_at is None else min(record.used_at, record.expires)
 
 
 def _node_cert(value: bytes) -> bytes | None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from zt.config import FileWatcher, SnapshotStore, load_file
 from zt.config.watcher import file_signature
-from zt.errors import UsageError
+from zt.errors import UsageError, ZtError
 from zt.fleet.certsource import EtcdCertificateSource, apply_bundle
 from zt.fleet.connect import EtcdSettings
 from zt.fleet.meshwatch import EtcdMeshSource
@@ -138,7 +138,14 @@ async def open_config(options: NodeOptions, registry: Registry) -> ConfigFeed:
     source = EtcdMeshSource(
         etcd.client, etcd.prefix, registry=registry, cache=state.mesh_cache_path
     )
-    return EtcdFeed(source, SnapshotStore(await source.initial(INITIAL_TIMEOUT)))
+    try:
+        first = await source.initial(INITIAL_TIMEOUT)
+    except TimeoutError:  # no snapshot to serve: the node does not start (fail closed)
+        raise FleetUnreachable(
+            f"--etcd: no mesh from {', '.join(etcd.endpoints)} within {INITIAL_TIMEOUT:.0f}s and "
+            f"no mesh cache at {state.mesh_cache_path}; expected a reachable etcd for a first start"
+        ) from None
+    return EtcdFeed(source, SnapshotStore(first))
 
 
 def open_follower_config(options: NodeOptions) -> FileFeed:
@@ -173,6 +180,10 @@ async def open_certs(
 # -- fleet mode ------------------------------------------------------------------------------------
 class WrongNode(UsageError):
     reason = "wrong_node"
+
+
+class FleetUnreachable(ZtError):
+    reason = "etcd_unavailable"
 
 
 def load_state(options: NodeOptions) -> NodeState:
