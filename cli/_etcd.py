@@ -11,12 +11,17 @@ A command declares them with the annotations below and turns them into EtcdSetti
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from zt.fleet.connect import DEFAULT_PREFIX, EtcdSettings
+from zt.fleet.etcd import EtcdClient
+
+T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -70,3 +75,13 @@ def settings_from(
         password_file=password_file,
         prefix=prefix,
     )
+
+
+def with_client(settings: EtcdSettings, op: Callable[[EtcdClient], Awaitable[T]]) -> T:
+    """Run `op` with a client for `settings` on a fresh event loop; the client is closed after."""
+
+    async def main() -> T:
+        async with settings.client() as client:
+            return await op(client)
+
+    return asyncio.run(main())

@@ -7,16 +7,14 @@ makes one-time join tokens, `rotate` starts a root rotation the signer then comp
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
 import logging
 import re
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
@@ -31,10 +29,12 @@ from cli._etcd import (
     PrefixOpt,
     UserOpt,
     settings_from,
+    with_client,
 )
 from zt.errors import UsageError
 from zt.fleet import acl, join, rotation
 from zt.fleet.connect import EtcdSettings
+from zt.fleet.etcd import EtcdClient
 from zt.fleet.signer import Signer
 from zt.identity._files import FileWriteError
 from zt.identity.ca import (
@@ -52,7 +52,6 @@ token_app = typer.Typer(help="One-time join tokens for fleet nodes.", no_args_is
 app.add_typer(token_app, name="token")
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="CA state directory")]
-T = TypeVar("T")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -82,10 +81,6 @@ def operator_settings(
     if user is None and password_file is not None:
         user = "root"
     return settings_from(etcd, cacert, cert, key, user, password_file, prefix)
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
 
 
 def _iso(t: float) -> str:
@@ -159,16 +154,14 @@ def _init_fleet(
         ca = CertificateAuthority.init(directory, trust_domain, force=force)
     else:
         ca = CertificateAuthority.load(directory)
-    client = settings.client()
 
-    async def go() -> rotation.Bundle:
-        async with client:
-            await acl.bootstrap(client, prefix, password)
-            return await rotation.publish_bundle(
-                client, prefix, ca.trust_domain, rotation.bundle_roots(directory)
-            )
+    async def go(client: EtcdClient) -> rotation.Bundle:
+        await acl.bootstrap(client, prefix, password)
+        return await rotation.publish_bundle(
+            client, prefix, ca.trust_domain, rotation.bundle_roots(directory)
+        )
 
-    published = run_async(go())
+    published = with_client(settings, go)
     typer.echo(
         f"CA in {directory}: trust domain {ca.trust_domain}, sha256 {ca.fingerprint}; "
         f"etcd auth on, bundle generation {published.generation} at {prefix}/ca/bundle"
@@ -201,15 +194,12 @@ def serve(
         format="%(asctime)s %(levelname)s %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    client = settings.client()
-    signer = Signer(client, settings.prefix, directory, leaf_lifetime=lifetime)
 
-    async def go() -> None:
-        async with client:
-            await signer.run()
+    async def go(client: EtcdClient) -> None:
+        await Signer(client, settings.prefix, directory, leaf_lifetime=lifetime).run()
 
     with contextlib.suppress(KeyboardInterrupt):
-        run_async(go())
+        with_client(settings, go)
 
 
 @app.command()
@@ -247,15 +237,13 @@ def rotate(
                                  etcd_password_file, etcd_prefix)  # fmt: skip
     rotation.introduce(directory, switch_after=after, retire_after=retire)
     ca = CertificateAuthority.load(directory)
-    client = settings.client()
 
-    async def go() -> rotation.Bundle:
-        async with client:
-            return await rotation.publish_bundle(
-                client, settings.prefix, ca.trust_domain, rotation.bundle_roots(directory)
-            )
+    async def go(client: EtcdClient) -> rotation.Bundle:
+        return await rotation.publish_bundle(
+            client, settings.prefix, ca.trust_domain, rotation.bundle_roots(directory)
+        )
 
-    bundle = run_async(go())
+    bundle = with_client(settings, go)
     rotation.mark_published(directory, bundle.roots, time.time())
     state = rotation.read_state(directory)
     switch_at = None if state is None else state.switch_at
@@ -284,13 +272,11 @@ def token_create(
     seconds = parse_duration("--ttl", ttl)
     settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
                                  etcd_password_file, etcd_prefix)  # fmt: skip
-    client = settings.client()
 
-    async def go() -> str:
-        async with client:
-            return str(await join.create_token(client, settings.prefix, node, ttl=seconds))
+    async def go(client: EtcdClient) -> str:
+        return str(await join.create_token(client, settings.prefix, node, ttl=seconds))
 
-    typer.echo(run_async(go()))
+    typer.echo(with_client(settings, go))
 
 
 @app.command()

@@ -6,11 +6,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 import yaml
@@ -26,12 +24,11 @@ from cli._etcd import (
     PrefixOpt,
     UserOpt,
     settings_from,
+    with_client,
 )
 from zt.config import load_file, load_text
 from zt.config.dump import document
 from zt.fleet import push as mesh_push
-from zt.fleet.connect import EtcdSettings
-from zt.fleet.etcd import EtcdClient
 from zt.fleet.push import MeshText
 from zt.state.snapshot import Snapshot
 
@@ -40,7 +37,6 @@ app = typer.Typer(
 )
 
 FileArg = Annotated[Path, typer.Argument(help="mesh file (YAML or JSON); - reads stdin")]
-T = TypeVar("T")
 
 
 def _load(file: Path) -> Snapshot:
@@ -77,14 +73,6 @@ def dump(
 # --- etcd ---------------------------------------------------------------------------------------
 
 
-def _with_client(settings: EtcdSettings, op: Callable[[EtcdClient], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with settings.client() as client:
-            return await op(client)
-
-    return asyncio.run(main())
-
-
 @app.command()
 @reports_errors
 def push(
@@ -103,7 +91,7 @@ def push(
         etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_prefix
     )
     mesh = mesh_push.read_input(str(file))
-    result = _with_client(settings, lambda c: mesh_push.push(c, settings.prefix, mesh))
+    result = with_client(settings, lambda c: mesh_push.push(c, settings.prefix, mesh))
     if result.diff.empty:
         typer.echo(f"no change: etcd already holds {file} (revision {result.revision})")
     else:
@@ -126,7 +114,7 @@ def get(
     settings = settings_from(
         etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_prefix
     )
-    doc, revision = _with_client(settings, lambda c: mesh_push.get(c, settings.prefix))
+    doc, revision = with_client(settings, lambda c: mesh_push.get(c, settings.prefix))
     if as_json:
         typer.echo(json.dumps({"revision": revision, "document": doc}, indent=2))
     else:
@@ -151,7 +139,7 @@ def diff(
         etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_prefix
     )
     mesh = mesh_push.read_input(str(file))
-    change = _with_client(settings, lambda c: mesh_push.diff(c, settings.prefix, mesh))
+    change = with_client(settings, lambda c: mesh_push.diff(c, settings.prefix, mesh))
     typer.echo(change.render())
     if not change.empty:
         raise typer.Exit(1)

@@ -15,9 +15,17 @@ from typing import Annotated
 import typer
 
 from cli._common import reports_errors
-from cli._etcd import DEFAULT_PREFIX, CacertOpt, EtcdOpt, PrefixOpt, settings_from
-from cli.ca_cmd import parse_duration, run_async
+from cli._etcd import (
+    DEFAULT_PREFIX,
+    CacertOpt,
+    EtcdOpt,
+    PrefixOpt,
+    settings_from,
+    with_client,
+)
+from cli.ca_cmd import parse_duration
 from zt.fleet import join, tokens
+from zt.fleet.etcd import EtcdClient
 from zt.fleet.etcderrors import EtcdAuthFailed
 from zt.fleet.nodestate import DEFAULT_DIR, NodeState, prepare
 
@@ -53,21 +61,19 @@ def join_cmd(
     )
     created = not state_dir.exists()
     prepare(state_dir)  # before the token is spent
-    client = settings.client()
 
-    async def go() -> join.Joined:
-        async with client:
-            try:
-                return await join.request_join(client, settings.prefix, tok, node, timeout=wait)
-            except EtcdAuthFailed:
-                raise TokenRejected(
-                    "token_unknown",
-                    f"etcd does not know token {tokens.PREFIX}{tok.id} (mistyped, or expired "
-                    f"and removed); create one with `zt ca token create --node {node}`",
-                ) from None
+    async def go(client: EtcdClient) -> join.Joined:
+        try:
+            return await join.request_join(client, settings.prefix, tok, node, timeout=wait)
+        except EtcdAuthFailed:
+            raise TokenRejected(
+                "token_unknown",
+                f"etcd does not know token {tokens.PREFIX}{tok.id} (mistyped, or expired "
+                f"and removed); create one with `zt ca token create --node {node}`",
+            ) from None
 
     try:
-        joined = run_async(go())
+        joined = with_client(settings, go)
     except BaseException:
         if created:  # a refused join leaves no empty state dir behind
             with contextlib.suppress(OSError):
