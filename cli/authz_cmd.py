@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from cli._common import reports_errors
 from zt.addr import SocketAddr, parse_ip
 from zt.config import load_file
 from zt.state import Connection, authorize
+
+from ._common import reports_errors
 
 app = typer.Typer(help="Evaluate authorization policies.", no_args_is_help=True)
 

@@ -18,19 +18,6 @@ from typing import Annotated
 
 import typer
 
-from cli._common import reports_errors
-from cli._etcd import (
-    DEFAULT_PREFIX,
-    CacertOpt,
-    CertOpt,
-    EtcdOpt,
-    KeyOpt,
-    PasswordFileOpt,
-    PrefixOpt,
-    UserOpt,
-    settings_from,
-    with_client,
-)
 from zt.errors import UsageError
 from zt.fleet import acl, join, rotation
 from zt.fleet.connect import EtcdSettings
@@ -46,6 +33,20 @@ from zt.identity.ca import (
 from zt.identity.certs import WorkloadCert
 from zt.identity.errors import CertificateFileError
 from zt.identity.spiffe import SpiffeId
+
+from ._common import reports_errors
+from ._etcd import (
+    DEFAULT_PREFIX,
+    CacertOpt,
+    CertOpt,
+    EtcdOpt,
+    KeyOpt,
+    PasswordFileOpt,
+    PrefixOpt,
+    UserOpt,
+    settings_from,
+    with_client,
+)
 
 app = typer.Typer(help="The embedded certificate authority.", no_args_is_help=True)
 token_app = typer.Typer(help="One-time join tokens for fleet nodes.", no_args_is_help=True)

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from cli._common import reports_errors
 from zt.capture import DEFAULT_PIN_DIR, CaptureStatus, read_status, remove_pins
 from zt.capture.errors import CaptureNotRunningError
+
+from ._common import reports_errors
 
 app = typer.Typer(
     help="BPF capture (no iptables): status of a running zt's capture.", no_args_is_help=True

@@ -13,8 +13,14 @@ from typing import Annotated
 import typer
 import yaml
 
-from cli._common import reports_errors
-from cli._etcd import (
+from zt.config import load_file, load_text
+from zt.config.dump import document
+from zt.fleet import push as mesh_push
+from zt.fleet.push import MeshText
+from zt.state.snapshot import Snapshot
+
+from ._common import reports_errors
+from ._etcd import (
     DEFAULT_PREFIX,
     CacertOpt,
     CertOpt,
@@ -26,11 +32,6 @@ from cli._etcd import (
     settings_from,
     with_client,
 )
-from zt.config import load_file, load_text
-from zt.config.dump import document
-from zt.fleet import push as mesh_push
-from zt.fleet.push import MeshText
-from zt.state.snapshot import Snapshot
 
 app = typer.Typer(
     help="Validate and show mesh config files; push them to etcd.", no_args_is_help=True

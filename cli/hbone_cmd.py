@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from cli._common import reports_errors
 from zt.addr import SocketAddr
 from zt.errors import UsageError
 from zt.hbone.request import ConnectRequest
@@ -26,6 +25,8 @@ from zt.proxy.server import HboneServer
 from zt.proxy.stdio import pump_stdio
 from zt.proxy.tls import client_peer_check, server_peer_check
 from zt.state.loopguard import ALLOW_FORM, AllowList
+
+from ._common import reports_errors
 
 app = typer.Typer(help="HBONE debugging: a standalone server and an nc-like client.")
 

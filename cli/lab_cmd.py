@@ -10,9 +10,10 @@ from typing import Annotated
 
 import typer
 
-from cli._common import reports_errors
 from zt.lab import control, demo, labconfig
 from zt.lab.state import load
+
+from ._common import reports_errors
 
 app = typer.Typer(help="A local lab: nodes and pods as network namespaces.", no_args_is_help=True)
 config_app = typer.Typer(help="The running lab's mesh document.", no_args_is_help=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import (
+from . import (
     authz_cmd,
     ca_cmd,
     capture_cmd,

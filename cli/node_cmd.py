@@ -14,8 +14,13 @@ from typing import Annotated
 
 import typer
 
-from cli._common import reports_errors
-from cli._etcd import (
+from zt.fleet import join, tokens
+from zt.fleet.etcd import EtcdClient
+from zt.fleet.etcderrors import EtcdAuthFailed
+from zt.fleet.nodestate import DEFAULT_DIR, NodeState, prepare
+
+from ._common import reports_errors
+from ._etcd import (
     DEFAULT_PREFIX,
     CacertOpt,
     EtcdOpt,
@@ -23,11 +28,7 @@ from cli._etcd import (
     settings_from,
     with_client,
 )
-from cli.ca_cmd import parse_duration
-from zt.fleet import join, tokens
-from zt.fleet.etcd import EtcdClient
-from zt.fleet.etcderrors import EtcdAuthFailed
-from zt.fleet.nodestate import DEFAULT_DIR, NodeState, prepare
+from .ca_cmd import parse_duration
 
 app = typer.Typer(help="A fleet node's identity and etcd credentials.", no_args_is_help=True)
 

@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cli._common import reports_errors
 from zt.node.podapi import DEFAULT_SOCKET, call
+
+from ._common import reports_errors
 
 app = typer.Typer(help="Add, remove and list the pods a running node serves.", no_args_is_help=True)
 

@@ -8,11 +8,12 @@ from typing import Annotated
 
 import typer
 
-from cli._common import reports_errors
 from zt.addr import SocketAddr
 from zt.config import load_file
 from zt.errors import NotFoundError
 from zt.state import own_ips, route
+
+from ._common import reports_errors
 
 
 @reports_errors

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 import uvloop
 
-from cli._common import reports_errors
 from zt.addr import SocketAddr
 from zt.capture import Mode
 from zt.fleet.connect import parse_endpoints
@@ -19,6 +18,8 @@ from zt.node.sources import preflight
 from zt.proxy.accept import DEFAULT_LIMITS
 from zt.telemetry.logsetup import configure
 from zt.telemetry.logsetup import shutdown as shutdown_logging
+
+from ._common import reports_errors
 
 
 @reports_errors
