@@ -36,6 +36,13 @@ bench-fleet: setup
 unit: setup
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
+# The sdist and the wheel, into dist/ (version: zt/__init__.py). tests/packaging builds the same
+# way and installs the wheel in a fresh venv. Byte-compiling on: setuptools warns when it is off.
+.PHONY: dist
+dist: $(STAMP)/venv
+	rm -f dist/zt-*.tar.gz dist/zt-*.whl
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m build --outdir dist .
+
 clean:
 	rm -rf $(VENV) $(STAMP) .mypy_cache .ruff_cache .pytest_cache
 

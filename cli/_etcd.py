@@ -9,17 +9,18 @@ A command declares them with the annotations below and turns them into EtcdSetti
                                  etcd_password_file, etcd_prefix)
 """
 
-from __future__ import annotations
-
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from zt.fleet.connect import DEFAULT_PREFIX, EtcdSettings
-from zt.fleet.etcd import EtcdClient
+from . import _values
+from ._defaults import ETCD_PREFIX as DEFAULT_PREFIX
+
+if TYPE_CHECKING:  # imported by the functions that need them: `zt --help` loads neither
+    from zt.fleet.connect import EtcdSettings
+    from zt.fleet.etcd import EtcdClient
 
 T = TypeVar("T")
 
@@ -38,22 +39,48 @@ __all__ = [
 EtcdOpt = Annotated[
     str,
     typer.Option(
-        "--etcd", help="etcd client URLs, comma-separated (https://10.0.0.1:2379,https://...)"
+        "--etcd",
+        help="etcd client URLs, comma-separated (https://10.0.0.1:2379,https://...)",
+        parser=_values.etcd_urls,
     ),
 ]
 CacertOpt = Annotated[
-    Path | None, typer.Option("--etcd-cacert", help="CA certificate(s) that sign etcd's TLS cert")
+    Path | None,
+    typer.Option(
+        "--etcd-cacert",
+        help="CA certificate(s) that sign etcd's TLS cert",
+        exists=True,
+        dir_okay=False,
+    ),
 ]
 CertOpt = Annotated[
-    Path | None, typer.Option("--etcd-cert", help="client certificate for etcd's TLS (PEM)")
+    Path | None,
+    typer.Option(
+        "--etcd-cert", help="client certificate for etcd's TLS (PEM)", exists=True, dir_okay=False
+    ),
 ]
-KeyOpt = Annotated[Path | None, typer.Option("--etcd-key", help="key of --etcd-cert (PEM)")]
-UserOpt = Annotated[str | None, typer.Option("--etcd-user", help="etcd user name")]
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option("--etcd-key", help="key of --etcd-cert (PEM)", exists=True, dir_okay=False),
+]
+UserOpt = Annotated[
+    str | None, typer.Option("--etcd-user", help="etcd user name", parser=_values.etcd_user)
+]
 PasswordFileOpt = Annotated[
     Path | None,
-    typer.Option("--etcd-password-file", help="file whose first line is --etcd-user's password"),
+    typer.Option(
+        "--etcd-password-file",
+        help="file whose first line is --etcd-user's password",
+        exists=True,
+        dir_okay=False,
+    ),
 ]
-PrefixOpt = Annotated[str, typer.Option("--etcd-prefix", help="key prefix of this fleet in etcd")]
+PrefixOpt = Annotated[
+    str,
+    typer.Option(
+        "--etcd-prefix", help="key prefix of this fleet in etcd", parser=_values.etcd_prefix
+    ),
+]
 
 
 def settings_from(
@@ -64,8 +91,10 @@ def settings_from(
     user: str | None = None,
     password_file: Path | None = None,
     prefix: str = DEFAULT_PREFIX,
-) -> EtcdSettings:
+) -> "EtcdSettings":
     """Validated settings from the flags (raises EtcdOptionError, a UsageError: exit 2)."""
+    from zt.fleet.connect import EtcdSettings  # noqa: PLC0415
+
     return EtcdSettings.from_options(
         etcd,
         cacert=cacert,
@@ -77,8 +106,9 @@ def settings_from(
     )
 
 
-def with_client(settings: EtcdSettings, op: Callable[[EtcdClient], Awaitable[T]]) -> T:
+def with_client(settings: "EtcdSettings", op: Callable[["EtcdClient"], Awaitable[T]]) -> T:
     """Run `op` with a client for `settings` on a fresh event loop; the client is closed after."""
+    import asyncio  # noqa: PLC0415
 
     async def main() -> T:
         async with settings.client() as client:

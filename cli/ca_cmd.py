@@ -5,36 +5,16 @@ the trust bundle, `serve` runs the signer (the only process holding the CA key),
 makes one-time join tokens, `rotate` starts a root rotation the signer then completes.
 """
 
-from __future__ import annotations
-
-import contextlib
 import datetime as dt
 import json
-import logging
-import re
-import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from zt.errors import UsageError
-from zt.fleet import acl, join, rotation
-from zt.fleet.connect import EtcdSettings
-from zt.fleet.etcd import EtcdClient
-from zt.fleet.signer import Signer
-from zt.identity._files import FileWriteError
-from zt.identity.ca import (
-    DEFAULT_DIR,
-    DEFAULT_LEAF_LIFETIME,
-    DEFAULT_TRUST_DOMAIN,
-    CertificateAuthority,
-)
-from zt.identity.certs import WorkloadCert
-from zt.identity.errors import CertificateFileError
-from zt.identity.spiffe import SpiffeId
-
-from ._common import reports_errors
+from . import _values
+from ._common import reports_errors, sub_app
+from ._defaults import CA_DIR, LEAF_LIFETIME, TRUST_DOMAIN
 from ._etcd import (
     DEFAULT_PREFIX,
     CacertOpt,
@@ -47,26 +27,26 @@ from ._etcd import (
     settings_from,
     with_client,
 )
+from ._values import parse_duration
 
-app = typer.Typer(help="The embedded certificate authority.", no_args_is_help=True)
-token_app = typer.Typer(help="One-time join tokens for fleet nodes.", no_args_is_help=True)
+if TYPE_CHECKING:  # imported by the commands: `zt --help` loads no cryptography or httpx
+    from zt.fleet import rotation
+    from zt.fleet.connect import EtcdSettings
+    from zt.fleet.etcd import EtcdClient
+    from zt.identity.certs import WorkloadCert
+
+__all__ = ["app", "parse_duration"]
+
+app = sub_app("The embedded certificate authority.")
+token_app = sub_app("One-time join tokens for fleet nodes.")
 app.add_typer(token_app, name="token")
 
-DirOpt = Annotated[Path, typer.Option("--dir", help="CA state directory")]
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(flag: str, text: str, *, floor: float = 0.0) -> float:
-    """`90s`, `30m`, `24h`, `7d` or plain seconds; at least `floor` seconds."""
-    m = _DURATION.fullmatch(text.strip())
-    if m is None:
-        raise UsageError(f"{flag}: got {text!r}, expected a duration like 90s, 30m, 24h or 7d")
-    seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    if seconds < floor:
-        raise UsageError(f"{flag}: got {text!r}, expected at least {floor:.0f}s")
-    return seconds
+# `init` creates the directory; `issue` and `show` say "no CA in DIR" themselves; the commands
+# that talk to etcd check it is there before they do
+NewCaDirOpt = Annotated[Path, typer.Option("--ca-dir", help="CA state directory", file_okay=False)]
+CaDirOpt = Annotated[
+    Path, typer.Option("--ca-dir", help="CA state directory", exists=True, file_okay=False)
+]
 
 
 def operator_settings(
@@ -77,7 +57,7 @@ def operator_settings(
     user: str | None,
     password_file: Path | None,
     prefix: str,
-) -> EtcdSettings:
+) -> "EtcdSettings":
     """The shared --etcd* flags; the CA's commands act as root unless --etcd-user says otherwise."""
     if user is None and password_file is not None:
         user = "root"
@@ -89,26 +69,44 @@ def _iso(t: float) -> str:
 
 
 def _read(path: Path | None, what: str) -> bytes | None:
+    from zt.identity.errors import CertificateFileError  # noqa: PLC0415
+
     if path is None:
         return None
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise CertificateFileError(f"{what} {path}: {exc.strerror}") from None
+        raise CertificateFileError(
+            f"{what}: got {str(path)!r}, expected a readable PEM file ({exc.strerror})"
+        ) from None
 
 
 @app.command()
 @reports_errors
 def init(
     *,
-    directory: DirOpt = DEFAULT_DIR,
-    trust_domain: Annotated[str, typer.Option(help="SPIFFE trust domain")] = DEFAULT_TRUST_DOMAIN,
+    ca_dir: NewCaDirOpt = CA_DIR,
+    trust_domain: Annotated[
+        str, typer.Option(help="SPIFFE trust domain", parser=_values.trust_domain)
+    ] = TRUST_DOMAIN,
     force: Annotated[bool, typer.Option(help="replace an existing CA")] = False,
-    cert: Annotated[Path | None, typer.Option(help="operator CA certificate (PEM)")] = None,
-    key: Annotated[Path | None, typer.Option(help="operator CA private key (PEM)")] = None,
-    bundle: Annotated[Path | None, typer.Option(help="trust bundle peers verify against")] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(help="operator CA certificate (PEM)", dir_okay=False),
+    ] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(help="operator CA private key (PEM)", dir_okay=False),
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="trust bundle peers verify against", dir_okay=False),
+    ] = None,
     etcd: Annotated[
-        str | None, typer.Option("--etcd", help="also bootstrap this etcd cluster (URLs)")
+        str | None,
+        typer.Option(
+            "--etcd", help="also bootstrap this etcd cluster (URLs)", parser=_values.etcd_urls
+        ),
     ] = None,
     etcd_cacert: CacertOpt = None,
     etcd_cert: CertOpt = None,
@@ -117,20 +115,28 @@ def init(
     etcd_password_file: PasswordFileOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
-    """Create a P-256 CA in DIR, or (with --cert/--key) store an operator's CA there. With --etcd:
-    also turn on etcd auth (root's password from --etcd-password-file), create zt's roles and
-    publish the trust bundle; an existing CA in DIR is then reused unless --force."""
+    """Create a P-256 CA in --ca-dir, or (with --cert/--key) store an operator's CA there. With
+    --etcd: also turn on etcd auth (root's password from --etcd-password-file), create zt's roles
+    and publish the trust bundle; an existing CA there is then reused unless --force.
+
+    \b
+    Example:
+      zt ca init --ca-dir /var/lib/zt/ca --trust-domain example.org
+    """
+    from zt.identity.ca import CertificateAuthority  # noqa: PLC0415
+    from zt.identity.errors import CertificateFileError  # noqa: PLC0415
+
     if etcd is not None:
         settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
                                      etcd_password_file, etcd_prefix)  # fmt: skip
-        _init_fleet(directory, trust_domain, force, settings)
+        _init_fleet(ca_dir, trust_domain, force, settings)
         return
     cert_pem, key_pem = _read(cert, "--cert"), _read(key, "--key")
     if (cert_pem is None) != (key_pem is None):
         raise CertificateFileError("--cert and --key: expected both or neither")
     if cert_pem is not None and key_pem is not None:
         ca = CertificateAuthority.import_pem(
-            directory,
+            ca_dir,
             cert_pem,
             key_pem,
             trust_domain=trust_domain,
@@ -138,16 +144,20 @@ def init(
             force=force,
         )
     else:
-        ca = CertificateAuthority.init(directory, trust_domain, force=force)
-    typer.echo(f"CA in {directory}: trust domain {ca.trust_domain}, sha256 {ca.fingerprint}")
+        ca = CertificateAuthority.init(ca_dir, trust_domain, force=force)
+    typer.echo(f"CA in {ca_dir}: trust domain {ca.trust_domain}, sha256 {ca.fingerprint}")
 
 
 def _init_fleet(
     directory: Path,
     trust_domain: str,
     force: bool,
-    settings: EtcdSettings,
+    settings: "EtcdSettings",
 ) -> None:
+    from zt.errors import UsageError  # noqa: PLC0415
+    from zt.fleet import acl, rotation  # noqa: PLC0415
+    from zt.identity.ca import CertificateAuthority  # noqa: PLC0415
+
     password, prefix = settings.password, settings.prefix
     if password is None:
         raise UsageError("--etcd-password-file: required with --etcd (root's etcd password)")
@@ -156,7 +166,7 @@ def _init_fleet(
     else:
         ca = CertificateAuthority.load(directory)
 
-    async def go(client: EtcdClient) -> rotation.Bundle:
+    async def go(client: "EtcdClient") -> "rotation.Bundle":
         await acl.bootstrap(client, prefix, password)
         return await rotation.publish_bundle(
             client, prefix, ca.trust_domain, rotation.bundle_roots(directory)
@@ -173,7 +183,7 @@ def _init_fleet(
 @reports_errors
 def serve(
     *,
-    directory: DirOpt = DEFAULT_DIR,
+    ca_dir: CaDirOpt = CA_DIR,
     etcd: EtcdOpt,
     etcd_cacert: CacertOpt = None,
     etcd_cert: CertOpt = None,
@@ -182,12 +192,26 @@ def serve(
     etcd_password_file: PasswordFileOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
     leaf_lifetime: Annotated[
-        str, typer.Option(help="workload certificate lifetime (e.g. 24h; at least 1h)")
-    ] = "24h",
+        float,
+        typer.Option(
+            help="workload certificate lifetime: 24h, 90m, ... (seconds; at least 1h)",
+            parser=_values.duration(floor=3600.0),
+        ),
+    ] = LEAF_LIFETIME,
     quiet: Annotated[bool, typer.Option("--quiet", help="log only refusals and errors")] = False,
 ) -> None:
-    """Run the signer: answer CSRs and join requests through etcd; complete root rotations."""
-    lifetime = parse_duration("--leaf-lifetime", leaf_lifetime, floor=3600.0)
+    """Run the signer: answer CSRs and join requests through etcd; complete root rotations.
+
+    \b
+    Example:
+      zt ca serve --ca-dir /var/lib/zt/ca --etcd https://10.0.0.1:2379 \\
+        --etcd-cacert etcd-ca.pem --etcd-password-file root.pw
+    """
+    import contextlib  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from zt.fleet.signer import Signer  # noqa: PLC0415
+
     settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
                                  etcd_password_file, etcd_prefix)  # fmt: skip
     logging.basicConfig(
@@ -196,8 +220,8 @@ def serve(
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    async def go(client: EtcdClient) -> None:
-        await Signer(client, settings.prefix, directory, leaf_lifetime=lifetime).run()
+    async def go(client: "EtcdClient") -> None:
+        await Signer(client, settings.prefix, ca_dir, leaf_lifetime=leaf_lifetime).run()
 
     with contextlib.suppress(KeyboardInterrupt):
         with_client(settings, go)
@@ -207,7 +231,7 @@ def serve(
 @reports_errors
 def rotate(
     *,
-    directory: DirOpt = DEFAULT_DIR,
+    ca_dir: CaDirOpt = CA_DIR,
     etcd: EtcdOpt,
     etcd_cacert: CacertOpt = None,
     etcd_cert: CertOpt = None,
@@ -216,13 +240,19 @@ def rotate(
     etcd_password_file: PasswordFileOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
     switch_after: Annotated[
-        str, typer.Option(help="how long nodes get to fetch the new bundle before it signs")
-    ] = "60s",
-    retire_after: Annotated[
-        str | None,
+        float,
         typer.Option(
-            help="drop the old root this long after the switch (default: when the last leaf it "
-            "signed expires; nodes renew onto the new root at the switch)"
+            help="how long nodes get to fetch the new bundle before it signs: 60s, 5m, ... "
+            "(seconds)",
+            parser=_values.duration(),
+        ),
+    ] = 60.0,
+    retire_after: Annotated[
+        float | None,
+        typer.Option(
+            help="drop the old root this long after the switch: 1h, 7d, ... (default: when the "
+            "last leaf it signed expires; nodes renew onto the new root at the switch)",
+            parser=_values.duration(),
         ),
     ] = None,
 ) -> None:
@@ -230,23 +260,29 @@ def rotate(
     after --switch-after and drops the old root once the last leaf it signed has expired (or
     --retire-after the switch).
 
-    Example: zt ca rotate --dir /var/lib/zt/ca --etcd https://etcd1:2379 --etcd-cacert etcd-ca.pem
-    --etcd-password-file root.pw --switch-after 5m"""
-    after = parse_duration("--switch-after", switch_after)
-    retire = None if retire_after is None else parse_duration("--retire-after", retire_after)
+    \b
+    Example:
+      zt ca rotate --ca-dir /var/lib/zt/ca --etcd https://etcd1:2379 \\
+        --etcd-cacert etcd-ca.pem --etcd-password-file root.pw --switch-after 5m
+    """
+    import time  # noqa: PLC0415
+
+    from zt.fleet import rotation  # noqa: PLC0415
+    from zt.identity.ca import CertificateAuthority  # noqa: PLC0415
+
     settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
                                  etcd_password_file, etcd_prefix)  # fmt: skip
-    rotation.introduce(directory, switch_after=after, retire_after=retire)
-    ca = CertificateAuthority.load(directory)
+    rotation.introduce(ca_dir, switch_after=switch_after, retire_after=retire_after)
+    ca = CertificateAuthority.load(ca_dir)
 
-    async def go(client: EtcdClient) -> rotation.Bundle:
+    async def go(client: "EtcdClient") -> "rotation.Bundle":
         return await rotation.publish_bundle(
-            client, settings.prefix, ca.trust_domain, rotation.bundle_roots(directory)
+            client, settings.prefix, ca.trust_domain, rotation.bundle_roots(ca_dir)
         )
 
     bundle = with_client(settings, go)
-    rotation.mark_published(directory, bundle.roots, time.time())
-    state = rotation.read_state(directory)
+    rotation.mark_published(ca_dir, bundle.roots, time.time())
+    state = rotation.read_state(ca_dir)
     switch_at = None if state is None else state.switch_at
     when = "when it published the bundle" if switch_at is None else f"at {_iso(switch_at)}"
     typer.echo(
@@ -259,8 +295,19 @@ def rotate(
 @reports_errors
 def token_create(
     *,
-    node: Annotated[str, typer.Option(help="the node this token may join (its --node name)")],
-    ttl: Annotated[str, typer.Option(help="how long the token stays usable (e.g. 1h)")] = "1h",
+    node: Annotated[
+        str,
+        typer.Option(
+            help="the node this token may join (its --node name)", parser=_values.node_name
+        ),
+    ],
+    ttl: Annotated[
+        float,
+        typer.Option(
+            help="how long the token stays usable: 1h, 30m, ... (seconds)",
+            parser=_values.duration(floor=1.0),
+        ),
+    ] = 3600.0,
     etcd: EtcdOpt,
     etcd_cacert: CacertOpt = None,
     etcd_cert: CertOpt = None,
@@ -269,13 +316,20 @@ def token_create(
     etcd_password_file: PasswordFileOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
-    """Print a one-time join token for NODE (one line): give it to `zt node join --token`."""
-    seconds = parse_duration("--ttl", ttl)
+    """Print a one-time join token for NODE (one line): give it to `zt node join --token`.
+
+    \b
+    Example:
+      zt ca token create --node node1 --ttl 1h --etcd https://10.0.0.1:2379 \\
+        --etcd-cacert etcd-ca.pem --etcd-password-file root.pw
+    """
+    from zt.fleet import join  # noqa: PLC0415
+
     settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
                                  etcd_password_file, etcd_prefix)  # fmt: skip
 
-    async def go(client: EtcdClient) -> str:
-        return str(await join.create_token(client, settings.prefix, node, ttl=seconds))
+    async def go(client: "EtcdClient") -> str:
+        return str(await join.create_token(client, settings.prefix, node, ttl=ttl))
 
     typer.echo(with_client(settings, go))
 
@@ -283,21 +337,48 @@ def token_create(
 @app.command()
 @reports_errors
 def issue(
-    spiffe: Annotated[str, typer.Option(help="spiffe://<td>/ns/<ns>/sa/<sa>")],
-    out: Annotated[Path, typer.Option(help="writes OUT.pem, OUT.key, OUT-bundle.pem")],
-    directory: DirOpt = DEFAULT_DIR,
-    lifetime: Annotated[float, typer.Option(help="seconds")] = DEFAULT_LEAF_LIFETIME,
+    spiffe: Annotated[
+        str, typer.Option(help="spiffe://<td>/ns/<ns>/sa/<sa>", parser=_values.spiffe_id)
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(help="writes OUT.pem, OUT.key, OUT-bundle.pem", parser=_values.out_prefix),
+    ],
+    ca_dir: NewCaDirOpt = CA_DIR,
+    lifetime: Annotated[
+        float,
+        typer.Option(
+            help="certificate lifetime: 24h, 90m, ... (seconds)",
+            parser=_values.duration(floor=1.0),
+        ),
+    ] = LEAF_LIFETIME,
 ) -> None:
-    """Issue a workload certificate from the CA in DIR."""
+    """Issue a workload certificate from the CA in --ca-dir.
+
+    \b
+    Example:
+      zt ca issue --ca-dir /var/lib/zt/ca --out ./echo \\
+        --spiffe spiffe://cluster.local/ns/default/sa/echo
+    """
+    import time  # noqa: PLC0415
+
+    from zt.errors import UsageError  # noqa: PLC0415
+    from zt.identity.ca import CertificateAuthority  # noqa: PLC0415
+    from zt.identity.spiffe import SpiffeId  # noqa: PLC0415
+
+    if out.parent.resolve() == ca_dir.resolve():  # `--out DIR/ca` would overwrite the CA's key
+        raise UsageError(f"--out: got {str(out)!r}, expected a path outside --ca-dir {ca_dir}")
     identity = SpiffeId.parse(spiffe)
-    cert = CertificateAuthority.load(directory).issue(identity, now=time.time(), lifetime=lifetime)
+    cert = CertificateAuthority.load(ca_dir).issue(identity, now=time.time(), lifetime=lifetime)
     for path in _write_set(cert, out):
         typer.echo(str(path))
 
 
-def _write_set(cert: WorkloadCert, out: Path) -> tuple[Path, Path, Path]:
+def _write_set(cert: "WorkloadCert", out: Path) -> tuple[Path, Path, Path]:
     """Each file is written atomically; if one fails, the files of the set this run created are
     removed too, so a failed issue never leaves a key without its certificate."""
+    from zt.identity._files import FileWriteError  # noqa: PLC0415
+
     paths = [out.with_name(out.name + suffix) for suffix in (".pem", ".key", "-bundle.pem")]
     existed = {p for p in paths if p.exists()}
     try:
@@ -312,16 +393,23 @@ def _write_set(cert: WorkloadCert, out: Path) -> tuple[Path, Path, Path]:
 @app.command()
 @reports_errors
 def show(
-    directory: DirOpt = DEFAULT_DIR,
+    ca_dir: NewCaDirOpt = CA_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
 ) -> None:
-    """Subject, fingerprint, validity and the identities this CA issued."""
-    ca = CertificateAuthority.load(directory)
+    """Subject, fingerprint, validity and the identities this CA issued.
+
+    \b
+    Example:
+      zt ca show --ca-dir /var/lib/zt/ca --json
+    """
+    from zt.identity.ca import CertificateAuthority  # noqa: PLC0415
+
+    ca = CertificateAuthority.load(ca_dir)
     latest: dict[str, float] = {}
     for rec in ca.issued():
         latest[rec.identity] = max(latest.get(rec.identity, 0.0), rec.not_after)
     doc = {
-        "directory": str(directory),
+        "directory": str(ca_dir),
         "trust_domain": ca.trust_domain,
         "subject": ca.cert.subject.rfc4514_string(),
         "sha256_fingerprint": ca.fingerprint,

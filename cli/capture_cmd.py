@@ -1,26 +1,26 @@
 """`zt capture`: the state of BPF capture, read from its pins under bpffs."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from zt.capture import DEFAULT_PIN_DIR, CaptureStatus, read_status, remove_pins
-from zt.capture.errors import CaptureNotRunningError
+from ._common import reports_errors, sub_app
+from ._defaults import PIN_DIR
 
-from ._common import reports_errors
+if TYPE_CHECKING:  # imported by the commands: `zt --help` loads no pyroute2
+    from zt.capture import CaptureStatus
 
-app = typer.Typer(
-    help="BPF capture (no iptables): status of a running zt's capture.", no_args_is_help=True
-)
+app = sub_app("BPF capture (no iptables): status of a running zt's capture.")
 
-PinDir = Annotated[Path, typer.Option("--pin-dir", help="bpffs directory zt pins capture under")]
+PinDir = Annotated[
+    Path,
+    typer.Option("--pin-dir", help="bpffs directory zt pins capture under", file_okay=False),
+]
 
 
-def _render(st: CaptureStatus) -> str:
+def _render(st: "CaptureStatus") -> str:
     lines = [f"mode: {st.mode}", f"pinned under: {st.pin_dir}", f"pods: {len(st.pods)}"]
     for pod in st.pods:
         listeners = ",".join(pod.listeners) or "NONE (fail-closed until zt re-registers)"
@@ -40,10 +40,18 @@ def _render(st: CaptureStatus) -> str:
 @app.command("status")
 @reports_errors
 def status(
-    pin_dir: PinDir = DEFAULT_PIN_DIR,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    pin_dir: PinDir = PIN_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
 ) -> None:
-    """Mode, enrolled pods (IPs, netns), BPF links and per-verdict counters."""
+    """Mode, enrolled pods (IPs, netns), BPF links and per-verdict counters.
+
+    \b
+    Example:
+      zt capture status --pin-dir /sys/fs/bpf/zt --json
+    """
+    from zt.capture import read_status  # noqa: PLC0415
+    from zt.capture.errors import CaptureNotRunningError  # noqa: PLC0415
+
     try:
         st = read_status(pin_dir)
     except CaptureNotRunningError as exc:
@@ -59,7 +67,14 @@ def status(
 
 @app.command("remove")
 @reports_errors
-def remove(pin_dir: PinDir = DEFAULT_PIN_DIR) -> None:
-    """Detach a pinned capture and delete its pins (after zt is stopped for good)."""
+def remove(pin_dir: PinDir = PIN_DIR) -> None:
+    """Detach a pinned capture and delete its pins (after zt is stopped for good).
+
+    \b
+    Example:
+      zt capture remove --pin-dir /sys/fs/bpf/zt
+    """
+    from zt.capture import remove_pins  # noqa: PLC0415
+
     remove_pins(pin_dir)
     typer.echo(f"removed capture pinned under {pin_dir}")

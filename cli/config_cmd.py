@@ -4,22 +4,14 @@
 (cli/_etcd.py); docs/fleet.md describes the keys a push writes and how conflicts are refused.
 """
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import yaml
 
-from zt.config import load_file, load_text
-from zt.config.dump import document
-from zt.fleet import push as mesh_push
-from zt.fleet.push import MeshText
-from zt.state.snapshot import Snapshot
-
-from ._common import reports_errors
+from . import _values
+from ._common import reports_errors, sub_app
 from ._etcd import (
     DEFAULT_PREFIX,
     CacertOpt,
@@ -33,22 +25,47 @@ from ._etcd import (
     with_client,
 )
 
-app = typer.Typer(
-    help="Validate and show mesh config files; push them to etcd.", no_args_is_help=True
-)
+if TYPE_CHECKING:  # imported by the commands: `zt --help` loads no pydantic, yaml or httpx
+    from zt.state.snapshot import Snapshot
 
-FileArg = Annotated[Path, typer.Argument(help="mesh file (YAML or JSON); - reads stdin")]
+app = sub_app("Validate and show mesh config files; push them to etcd.")
+
+FileArg = Annotated[
+    Path,
+    typer.Argument(
+        help="mesh file (YAML or JSON); - reads stdin", parser=_values.input_file, metavar="FILE"
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON instead of YAML")]
 
 
-def _load(file: Path) -> Snapshot:
-    mesh = mesh_push.read_input(str(file))
+def _load(file: Path) -> "Snapshot":
+    from zt.config import load_file, load_text  # noqa: PLC0415
+    from zt.fleet.push import MeshText, read_input  # noqa: PLC0415
+
+    mesh = read_input(str(file))
     return load_text(mesh.text, mesh.source) if isinstance(mesh, MeshText) else load_file(mesh)
+
+
+def _print_document(doc: object, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    import yaml  # noqa: PLC0415
+
+    typer.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
 
 
 @app.command()
 @reports_errors
 def check(file: FileArg) -> None:
-    """Exit 0 with a one-line summary, or 2 with every problem and its field path."""
+    """Exit 0 with a one-line summary, or 2 with every problem and its field path.
+
+    \b
+    Example:
+      zt config check examples/mesh.yaml
+      zt config dump examples/mesh.yaml | zt config check -
+    """
     snap = _load(file)
     nodes = sorted({w.node for w in snap.workloads if w.node})
     typer.echo(
@@ -59,16 +76,19 @@ def check(file: FileArg) -> None:
 
 @app.command()
 @reports_errors
-def dump(
-    file: FileArg,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML")] = False,
-) -> None:
-    """Print the normalized snapshot (defaults filled in, identities derived)."""
-    doc = document(_load(file))
-    if as_json:
-        typer.echo(json.dumps(doc, indent=2))
-    else:
-        typer.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
+def dump(file: FileArg, as_json: JsonOpt = False) -> None:
+    """Print the normalized snapshot (defaults filled in): a mesh file `zt config check` and
+    `zt run` accept. Each workload's identity is spiffe://<trustDomain>/ns/<namespace>/sa/
+    <serviceAccount> of its fields.
+
+    \b
+    Example:
+      zt config dump examples/mesh.yaml --json
+    """
+    from zt.config.dump import document  # noqa: PLC0415
+
+    # the identity is derived, not a field of the mesh file: without it the dump re-loads
+    _print_document(document(_load(file), with_identity=False), as_json)
 
 
 # --- etcd ---------------------------------------------------------------------------------------
@@ -87,7 +107,15 @@ def push(
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
     """Validate FILE like `check`, then write what changed to etcd in one txn. Exit 3 when the
-    mesh changed in etcd meanwhile (nothing written: diff and push again)."""
+    mesh changed in etcd meanwhile (nothing written: diff and push again).
+
+    \b
+    Example:
+      zt config push mesh.yaml --etcd https://10.0.0.1:2379 --etcd-cacert etcd-ca.pem \\
+        --etcd-user root --etcd-password-file root.pw
+    """
+    from zt.fleet import push as mesh_push  # noqa: PLC0415
+
     settings = settings_from(
         etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_prefix
     )
@@ -103,7 +131,7 @@ def push(
 @reports_errors
 def get(
     etcd: EtcdOpt,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML")] = False,
+    as_json: JsonOpt = False,
     etcd_cacert: CacertOpt = None,
     etcd_cert: CertOpt = None,
     etcd_key: KeyOpt = None,
@@ -111,15 +139,22 @@ def get(
     etcd_password_file: PasswordFileOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
-    """Print the mesh held in etcd, and the revision it was read at."""
+    """Print the mesh held in etcd, and the revision it was read at.
+
+    \b
+    Example:
+      zt config get --etcd https://10.0.0.1:2379 --etcd-cacert etcd-ca.pem --json
+    """
+    from zt.fleet import push as mesh_push  # noqa: PLC0415
+
     settings = settings_from(
         etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_prefix
     )
     doc, revision = with_client(settings, lambda c: mesh_push.get(c, settings.prefix))
     if as_json:
-        typer.echo(json.dumps({"revision": revision, "document": doc}, indent=2))
+        _print_document({"revision": revision, "document": doc}, as_json=True)
     else:
-        typer.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
+        _print_document(doc, as_json=False)
         typer.echo(f"# revision {revision}")
 
 
@@ -135,7 +170,14 @@ def diff(
     etcd_password_file: PasswordFileOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
-    """What `push FILE` would change. Exit 0 when nothing, 1 when something (like diff(1))."""
+    """What `push FILE` would change. Exit 0 when nothing, 1 when something (like diff(1)).
+
+    \b
+    Example:
+      zt config diff mesh.yaml --etcd https://10.0.0.1:2379 --etcd-cacert etcd-ca.pem
+    """
+    from zt.fleet import push as mesh_push  # noqa: PLC0415
+
     settings = settings_from(
         etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_prefix
     )

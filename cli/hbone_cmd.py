@@ -1,48 +1,47 @@
 """`zt hbone`: a standalone HBONE server and an nc-like HBONE client, for debugging real nodes."""
 
-from __future__ import annotations
-
-import asyncio
-import dataclasses
-import gc
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from zt.addr import SocketAddr
 from zt.errors import UsageError
-from zt.hbone.request import ConnectRequest
-from zt.identity.certs import WorkloadCert
-from zt.identity.spiffe import SpiffeId
-from zt.identity.tls import client_context, server_context
-from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits, install_exception_handler
-from zt.proxy.client import dial, open_tunnel
-from zt.proxy.errors import StreamResetError, TunnelRefused
-from zt.proxy.guard import StandaloneAdmission
-from zt.proxy.server import HboneServer
-from zt.proxy.stdio import pump_stdio
-from zt.proxy.tls import client_peer_check, server_peer_check
-from zt.state.loopguard import ALLOW_FORM, AllowList
 
-from ._common import reports_errors
+from . import _values
+from ._common import reports_errors, sub_app
+from ._defaults import ALLOW_FORM, HANDSHAKE_TIMEOUT
 
-app = typer.Typer(help="HBONE debugging: a standalone server and an nc-like client.")
+if TYPE_CHECKING:  # the command bodies import these: `zt --help` loads no TLS, h2 or asyncio code
+    from zt.identity.certs import WorkloadCert
+    from zt.identity.spiffe import SpiffeId
+    from zt.proxy.accept import AcceptLimits
+    from zt.proxy.guard import StandaloneAdmission
+
+app = sub_app("HBONE debugging: a standalone server and an nc-like client.")
 
 # `zt hbone connect` exit statuses: 0 = tunnel up and closed cleanly; otherwise these.
 EXIT_BY_STATUS = {400: 3, 401: 4, 403: 4, 503: 5}
 EXIT_OTHER_STATUS = 6
 EXIT_RESET = 8
 
-CertOpt = Annotated[Path, typer.Option(help="PEM certificate (leaf, then intermediates)")]
-KeyOpt = Annotated[Path, typer.Option(help="PEM private key")]
-CaOpt = Annotated[Path, typer.Option(help="PEM trust bundle (mesh roots)")]
+CertOpt = Annotated[
+    Path,
+    typer.Option(help="PEM certificate (leaf, then intermediates)", exists=True, dir_okay=False),
+]
+KeyOpt = Annotated[Path, typer.Option(help="PEM private key", exists=True, dir_okay=False)]
+BundleOpt = Annotated[
+    Path,
+    typer.Option("--bundle", help="PEM trust bundle (mesh roots)", exists=True, dir_okay=False),
+]
 
 
-def _load_cert(cert: Path, key: Path, ca: Path) -> WorkloadCert:
+def _load_cert(cert: Path, key: Path, bundle: Path) -> "WorkloadCert":
+    from zt.identity.certs import WorkloadCert  # noqa: PLC0415
+
     return WorkloadCert.from_pem(
-        _read(cert, "--cert"), _read(key, "--key"), _read(ca, "--ca"), what=str(cert)
+        _read(cert, "--cert"), _read(key, "--key"), _read(bundle, "--bundle"), what=str(cert)
     )
 
 
@@ -53,60 +52,87 @@ def _read(path: Path, flag: str) -> bytes:
         raise UsageError(f"{flag}: cannot read {path}: {exc.strerror}") from None
 
 
-def _listen_addr(text: str) -> SocketAddr:
-    """`ADDR:PORT`, where port 0 (unlike in a destination) means "pick one"."""
-    if text.endswith(":0"):
-        base = SocketAddr.parse(text[:-1] + "1", field="--listen")
-        return SocketAddr(base.ip, 0)
-    return SocketAddr.parse(text, field="--listen")
-
-
 @app.command()
 @reports_errors
 def serve(
     *,
-    listen: Annotated[str, typer.Option(help="ADDR:PORT to listen on (port 0: any)")],
+    listen: Annotated[
+        SocketAddr,
+        typer.Option(
+            help="ADDR:PORT or [IPV6]:PORT to listen on (port 0: any)",
+            parser=_values.listen_address,
+            metavar="ADDR:PORT",
+        ),
+    ],
     cert: CertOpt,
     key: KeyOpt,
-    ca: CaOpt,
+    bundle: BundleOpt,
     trust_domain: Annotated[
-        str | None, typer.Option(help="accepted client trust domain (default: the cert's)")
+        str | None,
+        typer.Option(
+            help="accepted client trust domain (default: the cert's)",
+            parser=_values.trust_domain,
+        ),
     ] = None,
-    drain: Annotated[float, typer.Option(help="GOAWAY drain deadline on SIGTERM, s")] = 5.0,
+    drain: Annotated[float, typer.Option(help="GOAWAY drain deadline on SIGTERM, s", min=0)] = 5.0,
     allow: Annotated[
         list[str] | None,
         typer.Option(
             help=f"destinations tunnels may reach, repeatable: {ALLOW_FORM}. Default: anything "
-            "but loopback; loopback only when an --allow inside 127.0.0.0/8 or ::1 names it"
+            "but loopback; loopback only when an --allow inside 127.0.0.0/8 or ::1 names it",
+            parser=_values.allow_rule,
+            metavar="CIDR[:PORTS]",
         ),
     ] = None,
     handshake_timeout: Annotated[
-        float, typer.Option(help="seconds a new connection has to complete TLS, s")
-    ] = DEFAULT_LIMITS.handshake_timeout,
+        float,
+        typer.Option(help="seconds a new connection has to complete TLS, s", min=0.001),
+    ] = HANDSHAKE_TIMEOUT,
 ) -> None:
-    """Forward each tunnel to its `:authority`. Prints `listening on ADDR` to stderr.
+    """Forward each tunnel to its `:authority`. Prints `listening on ADDR` to stderr, and one
+    line for each client it refuses (TLS handshake, peer identity, loop guard, limits).
 
     Refused before any dial: a CONNECT to this server itself or to a port zt listens on
     (15001, 15006, 15008, 15000, ...) at an address of this host (400), and one outside --allow
-    (401). Example: `--allow 10.0.0.0/8 --allow 127.0.0.1:8080` (a pod network, plus one local
-    test server)."""
-    workload = _load_cert(cert, key, ca)
-    address = _listen_addr(listen)
+    (401).
+
+    \b
+    Example: a pod network, plus one local test server
+      zt hbone serve --listen [::1]:15008 --cert node.pem --key node.key --bundle bundle.pem \\
+        --allow 10.0.0.0/8 --allow 127.0.0.1:8080
+    """
+    import asyncio  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
+
+    from zt.proxy.accept import DEFAULT_LIMITS  # noqa: PLC0415
+    from zt.proxy.guard import StandaloneAdmission  # noqa: PLC0415
+    from zt.state.loopguard import AllowList  # noqa: PLC0415
+
     admission = StandaloneAdmission(AllowList.parse(allow or [], flag="--allow"))
+    workload = _load_cert(cert, key, bundle)
     td = trust_domain or workload.identity.trust_domain
     limits = dataclasses.replace(DEFAULT_LIMITS, handshake_timeout=handshake_timeout)
-    asyncio.run(_serve(workload, address, td, drain, admission, limits))
+    asyncio.run(_serve(workload, listen, td, drain, admission, limits))
 
 
 async def _serve(
-    workload: WorkloadCert,
+    workload: "WorkloadCert",
     listen: SocketAddr,
     td: str,
     drain: float,
-    admission: StandaloneAdmission,
-    limits: AcceptLimits,
+    admission: "StandaloneAdmission",
+    limits: "AcceptLimits",
 ) -> None:
+    import asyncio  # noqa: PLC0415
+    import gc  # noqa: PLC0415
+
+    from zt.identity.tls import server_context  # noqa: PLC0415
+    from zt.proxy.accept import install_exception_handler  # noqa: PLC0415
+    from zt.proxy.server import HboneServer  # noqa: PLC0415
+    from zt.proxy.tls import client_peer_check  # noqa: PLC0415
+
     install_exception_handler()  # a failing callback is one counted, rate-limited log line
+    _log_refusals()
     server = HboneServer(
         server_context(workload), peer_check=client_peer_check(td), admission=admission
     )
@@ -122,30 +148,84 @@ async def _serve(
     await server.shutdown(drain)
 
 
+def _log_refusals() -> None:
+    """zt.proxy's warnings on stderr, and the INFO lines of the accept loop and the server: one
+    for each refused client, with its address and the reason (at accept: limits; TLS handshake
+    failure or timeout; peer identity; a CONNECT the loop guard or --allow refuses), each
+    rate-limited per client and reason. The driver's per-stream INFO lines stay off: a flood of
+    reset streams must not become a flood of lines."""
+    import logging  # noqa: PLC0415
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("zt: %(message)s"))
+    proxy = logging.getLogger("zt.proxy")
+    proxy.addHandler(handler)
+    proxy.setLevel(logging.WARNING)
+    for name in ("zt.proxy.accept", "zt.proxy.server"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 @app.command()
 @reports_errors
 def connect(
     *,
-    via: Annotated[str, typer.Option(help="HBONE server ADDR:PORT")],
-    authority: Annotated[str, typer.Option(help="tunnel destination IP:PORT ([v6]:PORT)")],
+    via: Annotated[
+        SocketAddr,
+        typer.Option(
+            help="HBONE server ADDR:PORT or [IPV6]:PORT",
+            parser=_values.address,
+            metavar="ADDR:PORT",
+        ),
+    ],
+    authority: Annotated[
+        SocketAddr,
+        typer.Option(
+            help="tunnel destination IP:PORT or [IPV6]:PORT",
+            parser=_values.address,
+            metavar="ADDR:PORT",
+        ),
+    ],
     cert: CertOpt,
     key: KeyOpt,
-    ca: CaOpt,
-    expect_san: Annotated[list[str], typer.Option(help="accepted server SPIFFE id (repeatable)")],
+    bundle: BundleOpt,
+    expect_san: Annotated[
+        list[str],
+        typer.Option(
+            help="accepted server SPIFFE id, spiffe://<td>/ns/<ns>/sa/<sa> (repeatable)",
+            parser=_values.spiffe_id,
+            metavar="SPIFFE_ID",
+        ),
+    ],
 ) -> None:
     """Carry stdin/stdout through one tunnel (like nc). Exit 0 when the CONNECT got 200 and the
-    tunnel closed cleanly; 3/4/5/6 for CONNECT 400/401/503/other; 8 when the tunnel was reset."""
-    workload = _load_cert(cert, key, ca)
-    target = SocketAddr.parse(via, field="--via")
-    dst = SocketAddr.parse(authority, field="--authority")
+    tunnel closed cleanly; 3/4/5/6 for CONNECT 400/401/503/other; 8 when the tunnel was reset.
+
+    \b
+    Example:
+      echo hi | zt hbone connect --via [::1]:15008 --authority 10.0.0.5:8080 \\
+        --cert pod.pem --key pod.key --bundle bundle.pem \\
+        --expect-san spiffe://cluster.local/ns/default/sa/echo
+    """
+    import asyncio  # noqa: PLC0415
+
+    from zt.identity.spiffe import SpiffeId  # noqa: PLC0415
+
     expected = [SpiffeId.parse(s) for s in expect_san]
-    code = asyncio.run(_connect(workload, target, dst, expected))
+    workload = _load_cert(cert, key, bundle)
+    code = asyncio.run(_connect(workload, via, authority, expected))
     raise typer.Exit(code)
 
 
 async def _connect(
-    workload: WorkloadCert, via: SocketAddr, dst: SocketAddr, expected: list[SpiffeId]
+    workload: "WorkloadCert", via: SocketAddr, dst: SocketAddr, expected: list["SpiffeId"]
 ) -> int:
+    from zt.hbone.request import ConnectRequest  # noqa: PLC0415
+    from zt.identity.tls import client_context  # noqa: PLC0415
+    from zt.proxy.client import dial, open_tunnel  # noqa: PLC0415
+    from zt.proxy.errors import StreamResetError, TunnelRefused  # noqa: PLC0415
+    from zt.proxy.stdio import pump_stdio  # noqa: PLC0415
+    from zt.proxy.tls import server_peer_check  # noqa: PLC0415
+
     driver = await dial(via, client_context(workload), peer_check=server_peer_check(expected))
     try:
         try:

@@ -1,8 +1,10 @@
 """Entry point of the `zt` console script: one typer sub-app per room, mounted here."""
 
-from __future__ import annotations
+from typing import Annotated
 
 import typer
+
+from zt import __version__
 
 from . import (
     authz_cmd,
@@ -16,13 +18,37 @@ from . import (
     route_cmd,
     run_cmd,
 )
+from ._common import ZtGroup
 
 app = typer.Typer(
     name="zt",
     help="zt: a node proxy for sidecar-less service meshes (BPF capture, HBONE, L4 policy).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # plain help: rich markup would eat `[::1]:15008`, and importing rich costs ~70 ms a run
+    rich_markup_mode=None,
+    cls=ZtGroup,  # click's usage errors as one line each (cli/_common.py)
+    epilog="Example: zt config check examples/mesh.yaml; zt run --node node1 --config mesh.yaml",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"zt {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="print `zt <version>`, exit"
+        ),
+    ] = False,
+) -> None:
+    """zt: a node proxy for sidecar-less service meshes (BPF capture, HBONE, L4 policy)."""
+
 
 app.command("run")(run_cmd.command)
 app.add_typer(pod_cmd.app, name="pod")

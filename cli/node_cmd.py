@@ -4,22 +4,15 @@
 password here, and writes the state directory `zt run --etcd --state-dir` reads.
 """
 
-from __future__ import annotations
-
-import contextlib
-import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from zt.fleet import join, tokens
-from zt.fleet.etcd import EtcdClient
-from zt.fleet.etcderrors import EtcdAuthFailed
-from zt.fleet.nodestate import DEFAULT_DIR, NodeState, prepare
-
-from ._common import reports_errors
+from . import _values
+from ._common import reports_errors, sub_app
+from ._defaults import STATE_DIR
 from ._etcd import (
     DEFAULT_PREFIX,
     CacertOpt,
@@ -28,17 +21,27 @@ from ._etcd import (
     settings_from,
     with_client,
 )
-from .ca_cmd import parse_duration
 
-app = typer.Typer(help="A fleet node's identity and etcd credentials.", no_args_is_help=True)
+if TYPE_CHECKING:  # imported by the commands: `zt --help` loads no cryptography or httpx
+    from zt.fleet.etcd import EtcdClient
 
-StateDirOpt = Annotated[
-    Path, typer.Option("--state-dir", help="the node's state directory (written by join)")
+app = sub_app("A fleet node's identity and etcd credentials.")
+
+JoinStateDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir", help="the node's state directory (written by join)", file_okay=False
+    ),
 ]
-
-
-class TokenRejected(join.JoinRefused):
-    """etcd refused the token's user: the token is mistyped, or expired and swept."""
+StateDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir",
+        help="the node's state directory (written by join)",
+        exists=True,
+        file_okay=False,
+    ),
+]
 
 
 @app.command("join")
@@ -46,28 +49,53 @@ class TokenRejected(join.JoinRefused):
 def join_cmd(
     *,
     etcd: EtcdOpt,
-    token: Annotated[str, typer.Option(help="ztjoin-... from `zt ca token create`")],
-    node: Annotated[str, typer.Option(help="this node's name (as workloads' node field)")],
+    token: Annotated[
+        str,
+        typer.Option(help="ztjoin-... from `zt ca token create`", parser=_values.join_token),
+    ],
+    node: Annotated[
+        str,
+        typer.Option(help="this node's name (as workloads' node field)", parser=_values.node_name),
+    ],
     etcd_cacert: CacertOpt = None,
     etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
-    state_dir: StateDirOpt = DEFAULT_DIR,
-    timeout: Annotated[str, typer.Option(help="how long to wait for the signer")] = "30s",
+    state_dir: JoinStateDirOpt = STATE_DIR,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            help="how long to wait for the signer: 30s, 2m, ... (seconds)",
+            parser=_values.duration(),
+        ),
+    ] = 30.0,
 ) -> None:
     """Join the fleet with a one-time token; writes the node key, certificate, bundle and etcd
-    credentials to --state-dir."""
+    credentials to --state-dir.
+
+    \b
+    Example:
+      zt node join --etcd https://10.0.0.1:2379 --etcd-cacert etcd-ca.pem \\
+        --token ztjoin-... --node node1 --state-dir /var/lib/zt/node
+    """
+    import contextlib  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
+
+    from zt.fleet import join, tokens  # noqa: PLC0415
+    from zt.fleet.etcderrors import EtcdAuthFailed  # noqa: PLC0415
+    from zt.fleet.nodestate import NodeState, prepare  # noqa: PLC0415
+
     tok = tokens.Token.parse(token)
-    wait = parse_duration("--timeout", timeout)
     settings = dataclasses.replace(
         settings_from(etcd, etcd_cacert, prefix=etcd_prefix), user=tok.user, password=tok.secret
     )
     created = not state_dir.exists()
     prepare(state_dir)  # before the token is spent
 
-    async def go(client: EtcdClient) -> join.Joined:
+    async def go(client: "EtcdClient") -> join.Joined:
         try:
-            return await join.request_join(client, settings.prefix, tok, node, timeout=wait)
+            return await join.request_join(client, settings.prefix, tok, node, timeout=timeout)
         except EtcdAuthFailed:
-            raise TokenRejected(
+            # etcd refused the token's user: the token is mistyped, or expired and swept
+            raise join.JoinRefused(
                 "token_unknown",
                 f"etcd does not know token {tokens.PREFIX}{tok.id} (mistyped, or expired "
                 f"and removed); create one with `zt ca token create --node {node}`",
@@ -100,10 +128,17 @@ def join_cmd(
 @app.command("show")
 @reports_errors
 def show(
-    state_dir: StateDirOpt = DEFAULT_DIR,
+    state_dir: StateDirOpt = STATE_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
 ) -> None:
-    """What a joined node's state directory holds (no secrets)."""
+    """What a joined node's state directory holds (no secrets).
+
+    \b
+    Example:
+      zt node show --state-dir /var/lib/zt/node --json
+    """
+    from zt.fleet.nodestate import NodeState  # noqa: PLC0415
+
     s = NodeState.load(state_dir)
     doc = {
         "node": s.node,

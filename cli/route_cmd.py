@@ -1,7 +1,5 @@
 """`zt route`: where would an outbound connection go."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated
@@ -9,21 +7,36 @@ from typing import Annotated
 import typer
 
 from zt.addr import SocketAddr
-from zt.config import load_file
-from zt.errors import NotFoundError
-from zt.state import own_ips, route
 
+from . import _values
 from ._common import reports_errors
 
 
 @reports_errors
 def command(
-    config: Annotated[Path, typer.Option(help="mesh file")],
-    src: Annotated[str, typer.Option(help="uid of the source workload")],
-    dst: Annotated[str, typer.Option(help="original destination ip:port or [ipv6]:port")],
+    config: Annotated[Path, typer.Option(help="mesh file", exists=True, dir_okay=False)],
+    src: Annotated[str, typer.Option(help="uid of the source workload", parser=_values.uid)],
+    dst: Annotated[
+        SocketAddr,
+        typer.Option(
+            help="original destination ip:port or [ipv6]:port",
+            parser=_values.address,
+            metavar="ADDR:PORT",
+        ),
+    ],
     seed: Annotated[int, typer.Option(help="endpoint choice seed (deterministic)")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
 ) -> None:
-    """Print the Route as JSON: kind, next_hop, authority, expected_identities, reason."""
+    """Print the Route: kind, next_hop, authority, expected_identities, reason.
+
+    \b
+    Example:
+      zt route --config examples/mesh.yaml --src default/pod-a1 --dst 10.96.0.10:80 --json
+    """
+    from zt.config import load_file  # noqa: PLC0415
+    from zt.errors import NotFoundError  # noqa: PLC0415
+    from zt.state import own_ips, route  # noqa: PLC0415
+
     snapshot = load_file(config)
     source = snapshot.by_uid.get(src)
     if source is None:
@@ -31,5 +44,10 @@ def command(
     # zt's ports are refused towards loopback and towards the source node's own pods, where zt
     # listens (the loop guard): the same addresses the node passes.
     own = own_ips(snapshot, source.node)
-    decided = route(SocketAddr.parse(dst, field="--dst"), source, snapshot, seed=seed, own_ips=own)
-    typer.echo(json.dumps(decided.to_dict(), indent=2))
+    decided = route(dst, source, snapshot, seed=seed, own_ips=own).to_dict()
+    if as_json:
+        typer.echo(json.dumps(decided, indent=2))
+        return
+    for key, value in decided.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        typer.echo(f"{key}: {'-' if shown in (None, '') else shown}")

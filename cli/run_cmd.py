@@ -1,55 +1,75 @@
 """`zt run`: the node daemon, in file mode (--config) or fleet mode (--etcd; docs/fleet.md)."""
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
-import uvloop
 
 from zt.addr import SocketAddr
-from zt.capture import Mode
-from zt.fleet.connect import parse_endpoints
-from zt.node.daemon import NodeDaemon, NodeOptions
-from zt.node.options import DEFAULT_STATE_DIR
-from zt.node.reconcile import DEFAULT_GRACE
-from zt.node.sources import preflight
-from zt.proxy.accept import DEFAULT_LIMITS
-from zt.telemetry.logsetup import configure
-from zt.telemetry.logsetup import shutdown as shutdown_logging
 
+from . import _values
 from ._common import reports_errors
+from ._defaults import (
+    CA_DIR,
+    HANDSHAKE_TIMEOUT,
+    MAX_WORKERS,
+    PIN_DIR,
+    POD_GRACE,
+    POD_SOCKET,
+    STATE_DIR,
+)
+from ._defaults import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
+
+METRICS_ADDR = SocketAddr.parse("[::]:15020")
+READINESS_ADDR = SocketAddr.parse("[::]:15021")
+ADMIN_ADDR = SocketAddr.parse("127.0.0.1:15000")
 
 
 @reports_errors
 def command(
-    node: Annotated[str, typer.Option(help="this node's name (workloads' `node`)")],
+    node: Annotated[
+        str,
+        typer.Option(help="this node's name (workloads' `node`)", parser=_values.node_name),
+    ],
     config: Annotated[
         Path | None,
-        typer.Option(help="file mode: the mesh file (YAML/JSON), reloaded on change"),
+        typer.Option(
+            help="file mode: the mesh file (YAML/JSON), reloaded on change",
+            parser=_values.mesh_file,
+            metavar="FILE",
+        ),
     ] = None,
     etcd: Annotated[
         str | None,
         typer.Option(
             help="fleet mode: etcd endpoints, comma-separated (overriding the state dir's); "
-            "mesh and certificates come through etcd"
+            "mesh and certificates come through etcd",
+            parser=_values.etcd_urls,
         ),
     ] = None,
     state_dir: Annotated[
-        Path, typer.Option(help="fleet mode: the node's credentials, written by `zt node join`")
-    ] = DEFAULT_STATE_DIR,
+        Path,
+        typer.Option(
+            help="fleet mode: the node's credentials, written by `zt node join`", file_okay=False
+        ),
+    ] = STATE_DIR,
     etcd_cacert: Annotated[
         Path | None,
-        typer.Option(help="fleet mode: CA of etcd's server certs (else the state dir's)"),
+        typer.Option(
+            help="fleet mode: CA of etcd's server certs (else the state dir's)", dir_okay=False
+        ),
     ] = None,
     etcd_cert: Annotated[
-        Path | None, typer.Option(help="fleet mode: client certificate for etcd's TLS")
+        Path | None,
+        typer.Option(help="fleet mode: client certificate for etcd's TLS", dir_okay=False),
     ] = None,
-    etcd_key: Annotated[Path | None, typer.Option(help="fleet mode: key of --etcd-cert")] = None,
-    ca_dir: Annotated[Path, typer.Option(help="file mode: the CA state directory")] = Path(
-        "/var/lib/zt/ca"
-    ),
+    etcd_key: Annotated[
+        Path | None,
+        typer.Option(help="fleet mode: key of --etcd-cert", dir_okay=False),
+    ] = None,
+    ca_dir: Annotated[
+        Path, typer.Option(help="file mode: the CA state directory", file_okay=False)
+    ] = CA_DIR,
     init_ca: Annotated[
         bool,
         typer.Option(
@@ -59,23 +79,45 @@ def command(
         ),
     ] = False,
     trust_domain: Annotated[
-        str, typer.Option(help="trust domain of a CA created by --init-ca")
-    ] = "cluster.local",
-    capture: Annotated[str, typer.Option(help="outbound capture: connect | sklookup")] = "connect",
-    pin_dir: Annotated[Path, typer.Option(help="bpffs directory for pinned capture")] = Path(
-        "/sys/fs/bpf/zt"
-    ),
+        str,
+        typer.Option(help="trust domain of a CA created by --init-ca", parser=_values.trust_domain),
+    ] = DEFAULT_TRUST_DOMAIN,
+    capture: Annotated[
+        Literal["connect", "sklookup"], typer.Option(help="outbound capture")
+    ] = "connect",
+    pin_dir: Annotated[
+        Path, typer.Option(help="bpffs directory for pinned capture", file_okay=False)
+    ] = PIN_DIR,
     no_pin: Annotated[
         bool, typer.Option("--no-pin", help="unpinned capture (gone with the process)")
     ] = False,
-    pod_socket: Annotated[Path, typer.Option(help="unix socket of the pod API")] = Path(
-        "/run/zt/pods.sock"
-    ),
-    metrics_addr: Annotated[str, typer.Option(help="Prometheus /metrics")] = "[::]:15020",
-    readiness_addr: Annotated[str, typer.Option(help="/healthz/ready")] = "[::]:15021",
+    pod_socket: Annotated[
+        Path, typer.Option(help="unix socket of the pod API", dir_okay=False)
+    ] = POD_SOCKET,
+    metrics_addr: Annotated[
+        SocketAddr,
+        typer.Option(
+            help="Prometheus /metrics (and /stats/prometheus), ADDR:PORT or [IPV6]:PORT",
+            parser=_values.address,
+            metavar="ADDR:PORT",
+        ),
+    ] = METRICS_ADDR,
+    readiness_addr: Annotated[
+        SocketAddr,
+        typer.Option(
+            help="/healthz/ready, ADDR:PORT or [IPV6]:PORT",
+            parser=_values.address,
+            metavar="ADDR:PORT",
+        ),
+    ] = READINESS_ADDR,
     admin_addr: Annotated[
-        str, typer.Option(help="admin API (keep it on loopback)")
-    ] = "127.0.0.1:15000",
+        SocketAddr,
+        typer.Option(
+            help="admin API, ADDR:PORT (keep it on loopback)",
+            parser=_values.address,
+            metavar="ADDR:PORT",
+        ),
+    ] = ADMIN_ADDR,
     admin_allow_remote: Annotated[
         bool,
         typer.Option(
@@ -83,36 +125,49 @@ def command(
             help="allow a non-loopback --admin-addr (the admin API has no authentication)",
         ),
     ] = False,
-    log_format: Annotated[str, typer.Option(help="text | json")] = "text",
+    log_format: Annotated[Literal["text", "json"], typer.Option(help="access log format")] = "text",
     drain_deadline: Annotated[
-        float, typer.Option(help="seconds open connections get on SIGTERM")
+        float, typer.Option(help="seconds open connections get on SIGTERM", min=0)
     ] = 10.0,
     socks5: Annotated[
         bool, typer.Option("--socks5", help="SOCKS5 on each pod's 127.0.0.1:15080")
     ] = False,
     handshake_timeout: Annotated[
         float,
-        typer.Option(help="seconds a new connection has to complete TLS and authenticate"),
-    ] = DEFAULT_LIMITS.handshake_timeout,
+        typer.Option(
+            help="seconds a new connection has to complete TLS and authenticate", min=0.001
+        ),
+    ] = HANDSHAKE_TIMEOUT,
     pod_grace: Annotated[
         float,
-        typer.Option(help="seconds a pod may be missing from the mesh file before it is removed"),
-    ] = DEFAULT_GRACE,
+        typer.Option(
+            help="seconds a pod may be missing from the mesh file before it is removed", min=0
+        ),
+    ] = POD_GRACE,
     workers: Annotated[
         int,
-        typer.Option(help="data-plane processes sharing each pod's listeners (SO_REUSEPORT)"),
+        typer.Option(
+            help="data-plane processes sharing each pod's listeners (SO_REUSEPORT)",
+            min=1,
+            max=MAX_WORKERS,
+        ),
     ] = 1,
 ) -> None:
-    """Run the node proxy: capture, HBONE, policy, metrics, readiness and admin endpoints."""
-    if capture not in ("connect", "sklookup"):
-        raise typer.BadParameter(
-            f"got {capture!r}, expected connect or sklookup", param_hint="--capture"
-        )
-    if log_format not in ("text", "json"):
-        raise typer.BadParameter(
-            f"got {log_format!r}, expected text or json", param_hint="--log-format"
-        )
-    mode: Mode = "connect" if capture == "connect" else "sklookup"
+    """Run the node proxy: capture, HBONE, policy, metrics, readiness and admin endpoints.
+
+    \b
+    Example:
+      zt run --node node1 --config /etc/zt/mesh.yaml --ca-dir /var/lib/zt/ca \\
+        --metrics-addr [::]:15020 --pod-socket /run/zt/pods.sock
+    """
+    import uvloop  # noqa: PLC0415
+
+    from zt.fleet.connect import parse_endpoints  # noqa: PLC0415
+    from zt.node.daemon import NodeDaemon, NodeOptions  # noqa: PLC0415
+    from zt.node.sources import preflight  # noqa: PLC0415
+    from zt.telemetry.logsetup import configure  # noqa: PLC0415
+    from zt.telemetry.logsetup import shutdown as shutdown_logging  # noqa: PLC0415
+
     options = NodeOptions(
         node=node,
         config=config,
@@ -124,12 +179,12 @@ def command(
         init_ca=init_ca,
         ca_dir=ca_dir,
         trust_domain=trust_domain,
-        capture=mode,
+        capture=capture,
         pin_dir=None if no_pin else pin_dir,
         pod_socket=pod_socket,
-        metrics=SocketAddr.parse(metrics_addr, field="--metrics-addr"),
-        readiness=SocketAddr.parse(readiness_addr, field="--readiness-addr"),
-        admin=SocketAddr.parse(admin_addr, field="--admin-addr"),
+        metrics=metrics_addr,
+        readiness=readiness_addr,
+        admin=admin_addr,
         admin_allow_remote=admin_allow_remote,
         log_format=log_format,
         drain_deadline=drain_deadline,

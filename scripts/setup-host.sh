@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=(python3-bpfcc linux-headers-amd64 iproute2 bpftool python3-venv openssl
-      iptables nftables iputils-ping etcd-server etcd-client)
+      iptables nftables iputils-ping etcd-server etcd-client prometheus)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,17 +21,37 @@ else
   echo "setup: Debian packages present (${need[*]})"
 fi
 
-# etcd-server's package enables and starts a system etcd on 2379/2380; the fleet tests and the lab
-# run their own members, so the system one must not hold those ports (docs/fleet.md).
-if [ -d /run/systemd/system ] && systemctl is-enabled --quiet etcd 2>/dev/null; then
-  systemctl disable --now etcd >/dev/null 2>&1 && echo "setup: disabled the system etcd service"
-elif [ -d /run/systemd/system ] && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl stop etcd && echo "setup: stopped the system etcd service"
-elif [ ! -d /run/systemd/system ] && [ -x /etc/init.d/etcd ] \
-     && /etc/init.d/etcd status >/dev/null 2>&1; then
-  # sysvinit/containers: the package's init script may have started it
-  /etc/init.d/etcd stop >/dev/null && echo "setup: stopped the system etcd (init.d)"
-  update-rc.d etcd disable >/dev/null 2>&1 || true
+# Packages that enable and start system services: etcd-server a system etcd on 2379/2380 (the fleet
+# tests and the lab run their own members, docs/fleet.md), prometheus a Prometheus on 9090 and its
+# recommended prometheus-node-exporter on 9100 (`zt lab up --prometheus` runs its own, zt/lab/
+# prometheus.py). None of them may stay running or enabled.
+quiet_service() {
+  local svc=$1
+  if [ -d /run/systemd/system ]; then
+    if systemctl is-enabled --quiet "$svc" 2>/dev/null; then
+      systemctl disable --now "$svc" >/dev/null 2>&1 && echo "setup: disabled the system $svc service"
+    elif systemctl is-active --quiet "$svc" 2>/dev/null; then
+      systemctl stop "$svc" && echo "setup: stopped the system $svc service"
+    fi
+  elif [ -x "/etc/init.d/$svc" ]; then
+    # sysvinit/containers: the package's init script may have started it (and linked it to start
+    # at boot)
+    if /etc/init.d/"$svc" status >/dev/null 2>&1; then
+      /etc/init.d/"$svc" stop >/dev/null && echo "setup: stopped the system $svc (init.d)"
+    fi
+    update-rc.d "$svc" disable >/dev/null 2>&1 || true
+  fi
+  return 0  # a service that would not stop is reported above; it must not end the set-up
+}
+for svc in etcd prometheus prometheus-node-exporter; do
+  quiet_service "$svc"
+done
+if [ -d /run/systemd/system ]; then
+  # the node exporter's textfile collectors come with timers of their own
+  for timer in $(systemctl list-unit-files --plain --no-legend 'prometheus-node-exporter-*.timer' \
+                 2>/dev/null | awk '{print $1}'); do
+    quiet_service "$timer"
+  done
 fi
 
 # bcc compiles against /lib/modules/$(uname -r)/build. Kernels without a Debian headers package

@@ -134,7 +134,7 @@ class ServeTarget(Target):
         cert, key, ca = write_cert(self.pki.server, self.directory / "server")
         log = self.directory / "serve.log"
         argv = [str(ZT), "hbone", "serve", "--listen", "127.0.0.1:0"]
-        argv += ["--cert", cert, "--key", key, "--ca", ca, *allow_loopback()]
+        argv += ["--cert", cert, "--key", key, "--bundle", ca, *allow_loopback()]
         with open(log, "ab") as out:
             offset = out.tell()
             self.proc = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)

@@ -364,7 +364,7 @@ def rotate_under_traffic(lab: FleetLab) -> tuple[Traffic, float]:
             [
                 "ca",
                 "rotate",
-                "--dir",
+                "--ca-dir",
                 str(ctl.ca_dir),
                 *ctl.root_flags(),
                 "--switch-after",

@@ -84,7 +84,8 @@ def test_cli_init_token_and_join_and_a_one_line_refusal(
             pw.write_text(f"{etcd_tls_auth.root_password}\n")
             root = [*flags, "--etcd-prefix", fl.prefix, "--etcd-password-file", str(pw)]
             init, tok_a, tok_b = await asyncio.gather(  # CLI start-up is slow: side by side
-                zt("ca", "init", "--dir", str(fl.tmp / "ca"), *root),  # reuses the CA: idempotent
+                # reuses the CA: idempotent
+                zt("ca", "init", "--ca-dir", str(fl.tmp / "ca"), *root),
                 zt("ca", "token", "create", "--node", "node-a", "--ttl", "10m", *root),
                 zt("ca", "token", "create", "--node", "node-b", *root),
             )
@@ -159,3 +160,27 @@ def test_expired_tokens_are_swept(
                 await fl.client(used.user, used.secret).get(keys.bundle_key(fl.prefix))
 
     run(body(), timeout=30)
+
+
+def test_nodes_joining_at_the_same_moment_are_all_admitted(
+    etcd_tls_auth: EtcdCluster, etcd_prefix: bytes, tmp_path: Path
+) -> None:
+    """Each admission adds an etcd user, which makes every other joiner's token stale ("revision
+    of auth store is old"): the client logs in again with a backoff instead of calling the token
+    unknown."""
+    nodes = [f"node-{i}" for i in range(6)]
+
+    async def body() -> None:
+        async with fleet(etcd_tls_auth, etcd_prefix, tmp_path) as fl:
+            p = fl.prefix
+            tokens = [await join.create_token(fl.root, p, n, ttl=600) for n in nodes]
+            joined = await asyncio.gather(
+                *(
+                    join.request_join(fl.client(t.user, t.secret), p, t, n)
+                    for t, n in zip(tokens, nodes, strict=True)
+                )
+            )
+            assert sorted(j.etcd_user for j in joined) == [f"zt-node-{n}" for n in nodes]
+            assert fl.signer.stats.joined == len(nodes)
+
+    run(body(), timeout=60)

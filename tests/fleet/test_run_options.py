@@ -46,7 +46,7 @@ def _run(*args: str) -> tuple[int, list[str]]:
 
 @pytest.mark.parametrize(
     ("args", "got"),
-    [(["--config", "mesh.yaml", "--etcd", ETCD], "both"), ([], "neither")],
+    [(["--config", str(EXAMPLE), "--etcd", ETCD], "both"), ([], "neither")],
 )
 def test_exactly_one_of_config_and_etcd(args: list[str], got: str) -> None:
     code, lines = _run(*args)
@@ -60,7 +60,7 @@ def test_exactly_one_of_config_and_etcd(args: list[str], got: str) -> None:
 @pytest.mark.parametrize(
     ("args", "flag"),
     [
-        (["--config", "mesh.yaml", "--etcd-cacert", "ca.pem"], "--etcd-cacert"),
+        (["--config", str(EXAMPLE), "--etcd-cacert", "ca.pem"], "--etcd-cacert"),
         (["--etcd", ETCD, "--init-ca"], "--init-ca"),
         (["--etcd", "127.0.0.1:2379"], "--etcd"),
     ],
@@ -73,10 +73,10 @@ def test_flags_of_the_other_mode_are_refused(args: list[str], flag: str) -> None
 
 def test_missing_ca_is_one_line_naming_ca_dir(tmp_path: Path) -> None:
     empty = tmp_path / "ca"
-    code, lines = _run("--config", str(tmp_path / "mesh.yaml"), "--ca-dir", str(empty))
+    code, lines = _run("--config", str(EXAMPLE), "--ca-dir", str(empty))
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith(f"zt: --ca-dir: no CA in {empty} ")
-    assert f"`zt ca init --dir {empty}`" in lines[0] and "--init-ca" in lines[0]
+    assert f"`zt ca init --ca-dir {empty}`" in lines[0] and "--init-ca" in lines[0]
     assert not empty.exists()  # nothing was created on the way
 
 

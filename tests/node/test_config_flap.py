@@ -184,9 +184,11 @@ def _served_at_the_end(lab: Lab, hbone: list[PodPlan], plain: PodPlan) -> None:
             offset = lab.offsets()[dst.node]
             ex = exchange(src.netns, str(dst.ipv4), mesh.APP_PORT, b"served " + src.name.encode())
             assert ex.echoed, f"{src.name} -> {dst.name}: {ex.error}"
-            rec = lab.wait_record(
-                dst.node, offset, direction="inbound", dst__addr=f"{dst.ipv4}:{mesh.APP_PORT}"
-            )
+            app = f"{dst.ipv4}:{mesh.APP_PORT}"
+            if src == plain:  # plaintext: dst.addr is the app; through a tunnel, the authority
+                rec = lab.wait_record(dst.node, offset, direction="inbound", dst__addr=app)
+            else:
+                rec = lab.wait_record(dst.node, offset, direction="inbound", dst__hbone_addr=app)
             if src == plain:
                 assert not rec.get("src.identity").startswith("spiffe://"), rec
             else:

@@ -88,13 +88,13 @@ def test_connections_to_every_zt_port_leave_the_node_flat(lab: Lab) -> None:
     assert refused >= 2 * (len(ZT_PORTS) - 1), refused
 
 
-def test_refusal_is_an_access_record_with_nr_and_a_reset(lab: Lab) -> None:
+def test_refusal_is_an_access_record_with_connect_and_a_reset(lab: Lab) -> None:
     pod = lab.pod("pod1-1")
     offset = lab.offsets()["node1"]
     ex = exchange(lab.plan.external_netns, str(pod.ipv4), 15006, b"hello", timeout=5.0)
     assert ex.received == b""  # reset, never delivered anywhere
     rec = lab.wait_record("node1", offset, direction="inbound", dst__addr=f"{pod.ipv4}:15006")
-    assert rec.get("response_flags") == "NR", rec
+    assert rec.get("response_flags") == "CONNECT", rec
     assert "loop guard" in rec.get("error"), rec
 
 
@@ -115,7 +115,7 @@ def test_app_connection_to_a_same_node_pods_zt_port_is_refused_locally(lab: Lab)
     assert ex.received == b""
     assert metric(lab.metrics("node2"), REFUSED, path="outbound") - before == 1
     rec = lab.wait_record("node2", offset, direction="outbound", dst__addr=f"{dst.ipv4}:15006")
-    assert rec.get("response_flags") == "NR", rec
+    assert rec.get("response_flags") == "CONNECT", rec
     assert "loop guard" in rec.get("error"), rec
 
 
@@ -127,7 +127,7 @@ def test_app_connection_to_a_remote_pods_zt_port_is_refused_by_its_inbound(lab: 
     ex = exchange(src.netns, str(dst.ipv4), 15006, b"hello", timeout=5.0)
     assert ex.received == b""
     assert metric(lab.metrics("node2"), REFUSED, path="hbone") - before == 1
-    rec = lab.wait_record("node1", offset, direction="outbound", dst__addr=f"{dst.ipv4}:15006")
-    assert rec.get("response_flags") == "NR", (
-        rec
-    )  # 400 -> no route (zt/node/services.py STATUS_FLAGS)
+    rec = lab.wait_record(
+        "node1", offset, direction="outbound", dst__hbone_addr=f"{dst.ipv4}:15006"
+    )
+    assert rec.get("response_flags") == "CONNECT", rec  # 400 (zt/node/services.py STATUS_FLAGS)

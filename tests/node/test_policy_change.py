@@ -85,7 +85,7 @@ def test_a_new_deny_closes_live_connections_and_removing_it_lets_new_ones_throug
         assert closed_within(hbone, 8), "the live HBONE connection survived the new DENY"
         assert closed_within(clear, 8), "the live plaintext connection survived the new DENY"
         rec = lab.wait_record("node2", offset, direction="inbound", protocol="hbone")
-        assert rec.flags == "DC" and "revoked" in rec.get("error"), rec.fields
+        assert rec.flags == "DENY" and "revoked" in rec.get("error"), rec.fields
         refused = exchange(a.netns, str(b.ipv4), mesh.APP_PORT, b"after", timeout=5)
         assert not refused.echoed and refused.received == b""
         denied = lab.wait_record(

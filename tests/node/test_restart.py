@@ -75,7 +75,7 @@ def test_killed_daemon_fails_closed_and_a_restart_restores_service(lab: Lab) -> 
 def pod_api(lab: Lab, node: str, *args: str) -> subprocess.CompletedProcess[str]:
     sock = str(lab.state.dir / f"{node}.sock")
     return subprocess.run(
-        [str(runner.ZT), "pod", *args, "--socket", sock],
+        [str(runner.ZT), "pod", *args, "--pod-socket", sock, "--json"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -94,7 +94,7 @@ def test_pod_api_removes_and_adds_a_pod_at_run_time(lab: Lab) -> None:
         gone = exchange(a.netns, str(b2.ipv4), mesh.APP_PORT, b"to a removed pod", timeout=5)
         assert not gone.echoed
         rec = lab.wait_record("node1", offset, direction="outbound", src__addr=gone.local)
-        assert rec.flags == "UF", rec.fields  # nothing serves pod2-2's :15008 any more
+        assert rec.flags == "CONNECT", rec.fields  # nothing serves pod2-2's :15008 any more
     finally:
         added = pod_api(lab, "node2", "add", "lab/pod2-2", "--netns", b2.netns)
     assert added.returncode == 0, added.stderr
@@ -111,14 +111,14 @@ def test_a_pod_added_back_while_its_old_proxy_drains_stays_captured(lab: Lab) ->
     held = connect_only(a.netns, str(b2.ipv4), mesh.APP_PORT)  # keeps the old proxy draining
     sock = str(lab.state.dir / "node2.sock")
     remove = subprocess.Popen(
-        [str(runner.ZT), "pod", "remove", "lab/pod2-2", "--socket", sock],
+        [str(runner.ZT), "pod", "remove", "lab/pod2-2", "--pod-socket", sock],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     procs = [remove]
     try:
         time.sleep(1.0)  # the remove is draining the held connection
         add = subprocess.Popen(
-            [str(runner.ZT), "pod", "add", "lab/pod2-2", "--netns", b2.netns, "--socket", sock],
+            [str(runner.ZT), "pod", "add", "lab/pod2-2", "--netns", b2.netns, "--pod-socket", sock],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(add)

@@ -52,7 +52,7 @@ def test_socks5_connect_goes_through_hbone(lab: Lab) -> None:
     offset = lab.offsets()["node1"]
     answer, echoed = _socks(a.netns, str(b.ipv4), mesh.APP_PORT, b"socks payload")
     assert answer[:2] == b"\x05\x00" and echoed == b"socks payload"
-    rec = lab.wait_record("node1", offset, direction="outbound", dst__addr=f"{b.ipv4}:8080")
+    rec = lab.wait_record("node1", offset, direction="outbound", dst__hbone_addr=f"{b.ipv4}:8080")
     assert (rec.get("protocol"), rec.get("dst.identity")) == ("hbone", identity(b))
 
 

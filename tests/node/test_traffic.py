@@ -40,9 +40,10 @@ def test_cross_node_echo_identities_on_both_sides_and_metrics(lab: Lab) -> None:
     assert (out.get("protocol"), out.get("src.identity"), out.get("dst.identity")) == (
         "hbone", identity(a), identity(b)
     )  # fmt: skip
-    assert out.get("dst.hbone_addr") == f"{b.ipv4}:15008"
+    assert out.get("dst.addr") == f"{b.ipv4}:15008"  # the L4 hop; the authority is the app's
+    assert out.get("dst.hbone_addr") == f"{b.ipv4}:{mesh.APP_PORT}"
     inb = lab.wait_record(
-        "node2", offsets["node2"], direction="inbound", dst__addr=f"{b.ipv4}:{mesh.APP_PORT}"
+        "node2", offsets["node2"], direction="inbound", dst__hbone_addr=f"{b.ipv4}:{mesh.APP_PORT}"
     )
     assert (inb.get("src.identity"), inb.get("dst.identity")) == (identity(a), identity(b))
     assert inb.count("bytes_recv") == len(payload) == inb.count("bytes_sent")
@@ -85,7 +86,7 @@ def test_service_vip_v6_maps_the_port_to_an_endpoint_of_the_service(lab: Lab) ->
     assert ex.echoed, ex.error
     out = lab.wait_record("node1", offsets["node1"], direction="outbound", src__addr=ex.local)
     endpoints = {f"[{p.ipv6}]:{mesh.APP_PORT}" for p in lab.plan.pods_of("node2")}
-    assert out.get("dst.addr") in endpoints and out.get("dst.service") == mesh.SERVICE_HOST
+    assert out.get("dst.hbone_addr") in endpoints and out.get("dst.service") == mesh.SERVICE_HOST
 
 
 def test_deny_policy_answers_401_to_hbone_and_400_to_a_wrong_authority(lab: Lab) -> None:

@@ -1,4 +1,4 @@
-"""Worker processes, the pure parts: merging expositions, options, the control channel."""
+"""Worker processes, the pure parts: options, the shared registry, the control channel."""
 
 from __future__ import annotations
 
@@ -11,54 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.node.lab import metric
 from zt.errors import UsageError
-from zt.node import metricsmerge
 from zt.node.control import Channel, WorkerChannelError, WorkerRequestFailed, decode
 from zt.node.options import BadWorkerCount, NodeOptions
-from zt.telemetry.metrics import TCP_LABELS, Registry
+from zt.node.workers import WorkerSupervisor
+from zt.telemetry.metrics import MetricsModeError, Registry
 
 
-def _worker_registry(worker: int, opened: int) -> Registry:
-    registry = Registry()
-    counter = registry.counter("istio_tcp_connections_opened_total", "opened", TCP_LABELS)
-    counter.inc(opened, {"reporter": "destination", "destination_workload": 'a "quoted" } pod'})
-    accepted = registry.counter("zt_worker_connections_total", "by worker", ("worker", "listener"))
-    accepted.inc(opened, {"worker": str(worker), "listener": "hbone"})
-    live = registry.gauge("zt_live_inbound_connections", "live")
-    live.set(worker + 1)
-    return registry
-
-
-def test_merge_sums_equal_series_and_keeps_per_worker_series_apart() -> None:
-    texts = [_worker_registry(0, 3).render(), _worker_registry(1, 4).render()]
-    merged = metricsmerge.merge_expositions(texts)
-    opened = metricsmerge.parse(merged)["istio_tcp_connections_opened_total"].samples
-    assert list(opened.values()) == [7]  # one series, its label value holding `"` and `}`
-    assert 'destination_workload="a \\"quoted\\" } pod"' in next(iter(opened))
-    assert metric(merged, "zt_worker_connections_total", worker="0") == 3
-    assert metric(merged, "zt_worker_connections_total", worker="1") == 4
-    assert metric(merged, "zt_live_inbound_connections") == 3
-    # one HELP/TYPE per family, one line per series: a valid exposition
-    assert merged.count("# TYPE istio_tcp_connections_opened_total counter") == 1
-    assert merged.count("istio_tcp_connections_opened_total{") == 1
-
-
-def test_merge_is_stable_under_reparsing() -> None:
-    text = metricsmerge.merge_expositions([_worker_registry(0, 2).render()])
-    assert metricsmerge.merge_expositions([text]) == text
-    assert metricsmerge.parse(text)["zt_live_inbound_connections"].kind == "gauge"
-
-
-def test_counters_of_drops_gauges_so_a_dead_worker_leaves_only_counters() -> None:
-    retired = metricsmerge.counters_of(_worker_registry(1, 5).render())
-    assert metric(retired, "zt_worker_connections_total", worker="1") == 5
-    assert "zt_live_inbound_connections" not in retired
-
-
-def test_malformed_lines_are_skipped() -> None:
-    families = metricsmerge.parse('garbage\nx{a="1"} notanumber\ny 2\n# TYPE\n')
-    assert list(families) == ["y"] and families["y"].samples == {"": 2.0}
+def test_a_supervisor_needs_the_shared_registry() -> None:
+    """Followers write into the leader's multiprocess directory: a private registry would leave
+    their counts where no scrape reads, so the supervisor refuses it."""
+    options = NodeOptions(config=Path("m.yaml"), node="n", workers=2)
+    with pytest.raises(MetricsModeError, match=r"registry: got a private one, expected Registry"):
+        WorkerSupervisor(options, Registry(), desired=dict, changed=lambda: None)
 
 
 def test_workers_need_a_pinned_capture_and_a_sane_count() -> None:
@@ -101,16 +66,16 @@ def test_requests_are_answered_concurrently_and_errors_travel_as_types() -> None
 
         async def handle(msg: dict[str, object]) -> dict[str, object]:
             if msg["op"] == "sync":
-                await release.wait()  # a slow pod sync must not hold up a scrape
+                await release.wait()  # a slow pod sync must not hold up a heartbeat
                 return {"serving": sorted(msg["pods"])}  # type: ignore[call-overload]
-            if msg["op"] == "metrics":
-                return {"text": "x 1\n"}
+            if msg["op"] == "ping":
+                return {"pong": 1}
             raise BadWorkerCount("op: got nonsense")
 
         serving = asyncio.ensure_future(follower.serve(handle))
         dispatch = asyncio.ensure_future(leader.dispatch())
         sync = asyncio.ensure_future(leader.request("sync", 5, pods={"b": "n", "a": "n"}))
-        assert (await leader.request("metrics", 5))["text"] == "x 1\n"
+        assert (await leader.request("ping", 5))["pong"] == 1
         assert not sync.done()
         release.set()
         assert (await sync)["serving"] == ["a", "b"]
@@ -119,7 +84,7 @@ def test_requests_are_answered_concurrently_and_errors_travel_as_types() -> None
         follower.close()  # the follower goes: whoever waits learns it
         await serving
         with pytest.raises(WorkerChannelError):
-            await leader.request("metrics", 5)
+            await leader.request("ping", 5)
         await dispatch
         leader.close()
 
@@ -131,7 +96,7 @@ def test_a_silent_follower_times_out() -> None:
         leader, follower = await _pair()
         dispatch = asyncio.ensure_future(leader.dispatch())
         with pytest.raises(WorkerChannelError, match=r"no answer within 0\.2 s"):
-            await leader.request("metrics", 0.2)
+            await leader.request("ping", 0.2)
         follower.close()
         await dispatch
         leader.close()

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any, Final
 
 from zt.capture import hostcheck, maps
 from zt.capture.bpfsys import ATTACH
 from zt.capture.errors import BccMissingError, BpfLoadError
 
-BPF_DIR: Final = Path(__file__).resolve().parents[2] / "bpf"
+# The BPF sources ship inside the package (zt/capture/bpf links to the top-level bpf/ in a checkout
+# and holds regular files in the wheel), so a checkout and an install look them up the same way.
+BPF_DIR: Final[Traversable] = resources.files("zt.capture") / "bpf"
 HEADER: Final = "zt_capture.h"
 SOURCES: Final = (
     "sk_lookup.c",

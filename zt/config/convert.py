@@ -16,6 +16,7 @@ from zt.config.schema import (
 from zt.state.model import (
     Action,
     Health,
+    Locality,
     Match,
     Policy,
     Protocol,
@@ -28,8 +29,12 @@ from zt.state.model import (
 )
 from zt.state.snapshot import Snapshot
 
+# istiod's fallback for a pod without `service.istio.io/canonical-revision` (or `version`) labels
+DEFAULT_CANONICAL_REVISION = "latest"
+
 
 def workload(m: WorkloadModel) -> Workload:
+    workload_name = m.workload_name or m.name
     return Workload(
         uid=m.uid,
         name=m.name,
@@ -44,6 +49,11 @@ def workload(m: WorkloadModel) -> Workload:
         status=Health(m.status),
         services=frozen_map(m.services),
         authorization_policies=tuple(m.authorization_policies),
+        workload_name=workload_name,
+        canonical_name=m.canonical_name or workload_name,
+        canonical_revision=m.canonical_revision or DEFAULT_CANONICAL_REVISION,
+        cluster_id=m.cluster_id,
+        locality=Locality(m.locality.region, m.locality.zone, m.locality.subzone),
     )
 
 

@@ -24,6 +24,15 @@ def workload(w: Workload) -> dict[str, object]:
         "status": w.status.value,
         "services": {k: dict(v) for k, v in w.services.items()},
         "authorizationPolicies": list(w.authorization_policies),
+        "workloadName": w.workload_name,
+        "canonicalName": w.canonical_name,
+        "canonicalRevision": w.canonical_revision,
+        "clusterId": w.cluster_id,
+        "locality": {
+            "region": w.locality.region,
+            "zone": w.locality.zone,
+            "subzone": w.locality.subzone,
+        },
         "identity": w.identity,
     }
 

@@ -24,6 +24,20 @@ def _name(value: str) -> str:
     return value
 
 
+# Telemetry names (canonical service, revision, cluster, locality) become Prometheus label values
+# and unquoted access-log values: the characters of a name (no length cap, so that a workload name
+# defaulted from `name` always reloads), or empty for "unset".
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?$")
+
+
+def _label_value(value: str) -> str:
+    if not _LABEL_VALUE.match(value):
+        raise ValueError(
+            "empty, or letters, digits, '.', '_' or '-' starting and ending with a letter or digit"
+        )
+    return value
+
+
 def _trust_domain(value: str) -> str:
     try:
         return spiffe.trust_domain(value)
@@ -65,9 +79,20 @@ def _service_key(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_name)]
+LabelValue = Annotated[str, AfterValidator(_label_value)]
 TrustDomain = Annotated[str, AfterValidator(_trust_domain)]
 SpiffeUri = Annotated[str, AfterValidator(_spiffe)]
 Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+def _principal(value: str) -> str:
+    try:
+        return spiffe.principal_pattern(value)
+    except spiffe.InvalidPrincipal as exc:  # names the expected form (and a hint, if any)
+        raise ValueError(exc.expected) from None
+
+
+Principal = Annotated[str, AfterValidator(_principal)]
 Vip = Annotated[str, AfterValidator(_vip)]
 ServiceKey = Annotated[str, AfterValidator(_service_key)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -78,6 +103,12 @@ class _Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False
     )
+
+
+class LocalityModel(_Model):
+    region: LabelValue = ""
+    zone: LabelValue = ""
+    subzone: LabelValue = ""
 
 
 class WorkloadModel(_Model):
@@ -94,6 +125,14 @@ class WorkloadModel(_Model):
     status: Literal["Healthy", "Unhealthy"] = "Healthy"
     services: dict[ServiceKey, dict[Port, TargetPort]] = {}
     authorization_policies: list[ServiceKey] = []
+    # ztunnel's telemetry fields. Empty means what istiod sends for an unlabelled pod: the
+    # workload name is `name`, the canonical name the workload name, the revision "latest"
+    # (zt.config.convert fills them in). clusterId and locality stay empty: "unknown" in labels.
+    workload_name: LabelValue = ""
+    canonical_name: LabelValue = ""
+    canonical_revision: LabelValue = ""
+    cluster_id: LabelValue = ""
+    locality: LocalityModel = LocalityModel()
 
 
 class ServiceModel(_Model):
@@ -113,8 +152,8 @@ class ServiceAccountModel(_Model):
 class MatchModel(_Model):
     namespaces: list[str] = []
     not_namespaces: list[str] = []
-    principals: list[str] = []
-    not_principals: list[str] = []
+    principals: list[Principal] = []
+    not_principals: list[Principal] = []
     service_accounts: list[ServiceAccountModel] = []
     not_service_accounts: list[ServiceAccountModel] = []
     source_ips: list[Cidr] = []

@@ -12,6 +12,7 @@ token" (expired, or a member restarted) authenticates again once and retries.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import ssl
@@ -24,6 +25,7 @@ import httpx
 
 from zt.fleet import etcdwatch
 from zt.fleet.etcderrors import (
+    REAUTH_ATTEMPTS,
     EtcdAuthFailed,
     EtcdError,
     EtcdRequestError,
@@ -32,6 +34,8 @@ from zt.fleet.etcderrors import (
     Unreachable,
     classify,
     error_of,
+    reauth_delay,
+    reauth_refusal,
 )
 from zt.fleet.etcdwire import (
     Compare,
@@ -187,7 +191,7 @@ class EtcdClient:
     async def _call_on(
         self, endpoint: str, path: str, body: Mapping[str, object], key: bytes, operation: str
     ) -> dict[str, object]:
-        for attempt in range(2):
+        for attempt in range(REAUTH_ATTEMPTS):
             doc, status = await self._post(endpoint, path, body, await self.auth_headers(endpoint))
             if status == 200 and "error" not in doc:
                 return doc
@@ -195,12 +199,14 @@ class EtcdClient:
             err = classify(
                 code, message, user=self.user, key=key, operation=operation, endpoint=endpoint
             )
-            if isinstance(err, Reauth) and attempt == 0:
-                self.forget_token(endpoint)
-                continue
-            if isinstance(err, Reauth):
-                raise EtcdAuthFailed(self.user, message.removeprefix("etcdserver: "))
-            raise err
+            if not isinstance(err, Reauth):
+                raise err
+            refusal = reauth_refusal(message, attempt, self.user)
+            if refusal is not None:
+                raise refusal
+            # a stale token: another client changed etcd's users since we logged in
+            self.forget_token(endpoint)
+            await asyncio.sleep(reauth_delay(message, attempt, random.random()))
         raise AssertionError("unreachable")
 
     async def call(

@@ -42,6 +42,26 @@ class EtcdAuthFailed(EtcdError):
         super().__init__(f"etcd authentication failed for {who}: {message}")
 
 
+class EtcdAuthChurn(EtcdUnavailable):
+    """etcd kept answering "revision of auth store is old": its users or roles changed after every
+    fresh token (a signer admitting many joins at once). The credentials are fine: like an
+    unreachable etcd, this passes, and whoever retries or falls back on unavailability does so."""
+
+    reason = "etcd_auth_churn"
+
+    def __init__(self, user: str | None, attempts: int) -> None:
+        self.user = user
+        why = (
+            f"etcd's users kept changing: {attempts} fresh tokens for user {user!r} were each "
+            "already stale (many joins at once?); the credentials were accepted, try again"
+        )
+        super().__init__([("auth", why)])
+        self.args = (why,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class EtcdPermissionDenied(EtcdError):
     """The authenticated user has no permission for the key."""
 
@@ -104,7 +124,32 @@ CODE_UNAUTHENTICATED = 16
 _RETRY_ELSEWHERE = ("no leader", "leader changed", "request timed out", "not capable")
 
 
-_REAUTH = ("invalid auth token", "revision of auth store is old")
+STALE_AUTH = "revision of auth store is old"
+_REAUTH = ("invalid auth token", STALE_AUTH)
+
+
+# "revision of auth store is old" is answered again and again while a signer admits many joins at
+# once (each admission adds a user): this many fresh tokens, about REAUTH_BACKOFF * 2**n apart,
+# with jitter so that clients refused together do not log in again together (0.05 + 0.1 + 0.2 +
+# 0.4 + 0.8 s on average). "invalid auth token" (an expired or foreign token) gets one retry.
+REAUTH_ATTEMPTS = 6
+REAUTH_BACKOFF = 0.05
+
+
+def reauth_refusal(message: str, attempt: int, user: str | None) -> EtcdError | None:
+    """After `attempt` (0-based) ended in Reauth(message): the error to raise, or None to log in
+    again and retry."""
+    stale = STALE_AUTH in message
+    if attempt + 1 < (REAUTH_ATTEMPTS if stale else 2):
+        return None
+    if stale:
+        return EtcdAuthChurn(user, attempt + 1)
+    return EtcdAuthFailed(user, message.removeprefix("etcdserver: "))
+
+
+def reauth_delay(message: str, attempt: int, jitter: float) -> float:
+    """Seconds to wait before logging in again; `jitter` is uniform in [0, 1)."""
+    return REAUTH_BACKOFF * 2**attempt * (0.5 + jitter) if STALE_AUTH in message else 0.0
 
 
 class Unreachable(Exception):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import ssl
 import time
 from collections.abc import AsyncGenerator
@@ -24,12 +25,15 @@ from typing import Protocol
 import httpx
 
 from zt.fleet.etcderrors import (
+    REAUTH_ATTEMPTS,
     EtcdAuthFailed,
     EtcdCompacted,
     EtcdUnavailable,
     Reauth,
     Unreachable,
     classify,
+    reauth_delay,
+    reauth_refusal,
 )
 from zt.fleet.etcdwire import WatchBatch, WatchResponse, decode_watch, watch_request
 
@@ -173,11 +177,11 @@ class _Stream:
 
 
 async def _open(client: WatchingClient, key: bytes, body: dict[str, object]) -> _Stream:
-    """A stream whose "created" ack arrived, trying each endpoint once (and re-authenticating
-    once per endpoint when the token was refused)."""
+    """A stream whose "created" ack arrived, trying each endpoint once (and logging in again when
+    the token was refused, as unary calls do: etcderrors.reauth_refusal)."""
     failures: list[tuple[str, str]] = []
     for endpoint in client.endpoint_order():
-        for attempt in range(2):
+        for attempt in range(REAUTH_ATTEMPTS):
             stream = _Stream(client, endpoint, body)
             try:
                 _check(await stream.get(client.timeout), client, key, endpoint)
@@ -185,8 +189,10 @@ async def _open(client: WatchingClient, key: bytes, body: dict[str, object]) -> 
             except Reauth as exc:
                 await stream.close()
                 client.forget_token(endpoint)
-                if attempt == 1:
-                    raise EtcdAuthFailed(client.user, str(exc)) from exc
+                refusal = reauth_refusal(str(exc), attempt, client.user)
+                if refusal is not None:
+                    raise refusal from exc
+                await asyncio.sleep(reauth_delay(str(exc), attempt, random.random()))
             except (_StreamBroken, Unreachable) as exc:
                 await stream.close()
                 failures.append((endpoint, str(exc)))

@@ -56,7 +56,9 @@ class CaNotFound(NotFoundError, CaError):
 
     def __init__(self, directory: object) -> None:
         self.directory = directory
-        super().__init__(f"no CA in {directory} (expected ca.pem, ca.key); run `zt ca init`")
+        super().__init__(
+            f"no CA in {directory} (expected ca.pem, ca.key); run `zt ca init --ca-dir {directory}`"
+        )
 
 
 class CaInvalid(CaError):

@@ -181,3 +181,20 @@ class CertificateManager:
 
     def cached(self, identity: SpiffeId) -> WorkloadCert | None:
         return self._certs.get(identity)
+
+    def held(self) -> list[tuple[str, str, WorkloadCert | None]]:
+        """Every identity the manager knows, sorted, with ztunnel's certificate state (for
+        /config_dump): "Available" with a cached cert (served during a renewal too),
+        "Initializing" while its first issuance runs, "Unavailable: ..." after that failed."""
+        known = sorted({*self._certs, *self._inflight, *self._retry_at})
+        out: list[tuple[str, str, WorkloadCert | None]] = []
+        for identity in known:
+            cert = self._certs.get(identity)
+            if cert is not None:
+                state = "Available"
+            elif identity in self._inflight:
+                state = "Initializing"
+            else:
+                state = "Unavailable: issuance failed, retrying"
+            out.append((str(identity), state, cert))
+        return out

@@ -11,12 +11,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from zt.errors import UsageError
 from zt.identity.errors import InvalidSpiffeId, InvalidTrustDomain
 
 SCHEME = "spiffe://"
 MAX_LENGTH = 2048
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+# What a `prefix*` / `*suffix` principal pattern may hold around its `*`: the characters of a
+# principal (trust domain, segments and the '/' between them).
+_PATTERN_PART = re.compile(r"[A-Za-z0-9._/-]+")
+PRINCIPAL_FORM = (
+    "<trust-domain>/ns/<namespace>/sa/<service-account> without spiffe://, "
+    "or a pattern: '*', 'prefix*', '*suffix'"
+)
 
 
 def _check_trust_domain(value: str, text: object) -> None:
@@ -38,6 +46,49 @@ def _check_segment(name: str, value: str, text: object) -> None:
         raise InvalidSpiffeId(
             text, f"{name} {value!r} must be letters, digits, '.', '-', '_' and not '.' or '..'"
         )
+
+
+def segment(value: str, *, field: str) -> str:
+    """Validate a name that becomes one SPIFFE path segment (a node name: sa/node-<name>)."""
+    if not isinstance(value, str) or not _SEGMENT.fullmatch(value) or value in {".", ".."}:
+        raise UsageError(
+            f"{field}: got {value!r}, expected letters, digits, '.', '-', '_' (not '.' or '..')"
+        )
+    return value
+
+
+class InvalidPrincipal(UsageError):
+    """A policy principal that is neither `td/ns/<ns>/sa/<sa>` nor a `*` pattern."""
+
+    reason = "invalid_principal"
+
+    def __init__(self, value: object, expected: str) -> None:
+        self.value = value
+        self.expected = expected
+        super().__init__(f"principal: got {value!r}, expected {expected}")
+
+
+def principal_pattern(value: str) -> str:
+    """Validate an authorization policy principal as Istio writes it: `td/ns/<ns>/sa/<sa>` (no
+    scheme), or a match pattern `*`, `prefix*`, `*suffix`. Peers are compared without
+    `spiffe://`, so a principal written with the scheme could never match: it is refused."""
+    if not isinstance(value, str):
+        raise InvalidPrincipal(value, PRINCIPAL_FORM)
+    if value.startswith(SCHEME):
+        bare = value[len(SCHEME) :]
+        raise InvalidPrincipal(value, f"{PRINCIPAL_FORM} (drop 'spiffe://': {bare!r})")
+    if value == "*":
+        return value
+    inner = value[:-1] if value.endswith("*") else value[1:] if value.startswith("*") else None
+    if inner is not None:
+        if not _PATTERN_PART.fullmatch(inner):
+            raise InvalidPrincipal(value, PRINCIPAL_FORM)
+        return value
+    try:
+        SpiffeId.from_principal(value)
+    except InvalidSpiffeId as exc:
+        raise InvalidPrincipal(value, f"{PRINCIPAL_FORM} ({exc.problem})") from None
+    return value
 
 
 @dataclass(frozen=True, order=True)

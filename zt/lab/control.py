@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -24,7 +24,7 @@ from zt.capture import remove_pins
 from zt.config import load_document
 from zt.errors import NotFoundError, UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
-from zt.lab import fleet, mesh, runner, topology
+from zt.lab import fleet, mesh, prometheus, runner, topology
 from zt.lab.apps import wait_listening
 from zt.lab.state import LabState, Proc, load, load_or_none, save, start_time, state_dir
 from zt.timescale import scaled
@@ -67,6 +67,7 @@ class UpOptions:
     ready_timeout: float = 90.0
     node_args: tuple[str, ...] = ()  # extra `zt run` flags (tests inject failures with these)
     control: str = "file"  # "etcd": the fleet lab (zt.lab.fleet); the CLI's default is in lab_cmd
+    prometheus: bool = False  # also run Prometheus scraping every node (zt.lab.prometheus)
 
 
 def check_options(opts: UpOptions) -> None:
@@ -82,6 +83,8 @@ def check_options(opts: UpOptions) -> None:
         raise UsageError(
             f"--nodes/--pods: got {opts.nodes}/{opts.pods}, expected 1..9 nodes, 1..50 pods"
         )
+    if opts.prometheus:
+        prometheus.binary()  # a missing package is refused before anything is built
 
 
 # -- up --------------------------------------------------------------------------------------------
@@ -128,6 +131,16 @@ class _Build:
     tokens: dict[str, str] = field(default_factory=dict)  # one-time join tokens, never on disk
 
     def steps(self) -> list[tuple[str, Callable[[], str]]]:
+        steps = self._lab_steps()
+        if self.opts.prometheus:
+            # started as soon as its namespace and the state dir exist: its first scrape comes
+            # ~5 s after its start (zt.lab.prometheus.start), by then the nodes are ready
+            at = [name for name, _ in steps].index("mesh config") + 1
+            steps.insert(at, ("prometheus", self.start_prometheus))
+            steps.append(("prometheus scrapes", self.prometheus_scraped))
+        return steps
+
+    def _lab_steps(self) -> list[tuple[str, Callable[[], str]]]:
         if self.state.fleet:
             return [
                 ("topology", self.topology),
@@ -227,6 +240,17 @@ class _Build:
             np = node_process(self.state, node.name)
             runner.wait_ready(np, max(1.0, deadline - time.monotonic()))
         return f"{len(self.lab.nodes)} node(s) answer 200 on /healthz/ready"
+
+    def start_prometheus(self) -> str:
+        url = prometheus.start(self.state, self.record)
+        self.state = replace(self.state, prometheus=url)
+        save(self.state)
+        return f"{url} (in {self.lab.external_netns}, relayed to the host)"
+
+    def prometheus_scraped(self) -> str:
+        prometheus.wait_scraped(self.state)
+        nodes = len(self.lab.nodes)
+        return f"{nodes} node(s) scraped every {prometheus.SCRAPE_INTERVAL}"
 
 
 def node_source(state: LabState, node: str) -> tuple[str, ...]:
@@ -388,7 +412,16 @@ def status(name: str) -> dict[str, object]:
         "service": {"vip": mesh.SERVICE_VIP4, "vip6": mesh.SERVICE_VIP6, "port": mesh.SERVICE_PORT},
         "nodes": nodes,
         "pods": pods,
+        "prometheus": _prometheus_status(state),
     }
+
+
+def _prometheus_status(state: LabState) -> dict[str, object] | None:
+    proc = state.proc(prometheus.ROLE)
+    if not state.prometheus or proc is None:
+        return None
+    alive = start_time(proc.pid) == proc.start_time
+    return {"url": state.prometheus, "pid": proc.pid if alive else None, "log": proc.log}
 
 
 def _ready(netns: str) -> bool:

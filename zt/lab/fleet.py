@@ -243,7 +243,7 @@ def signal_members(state: LabState, sig: signal.Signals) -> None:
 def init_ca(control: Control) -> str:
     out = zt_in(
         control.netns,
-        ["ca", "init", "--dir", str(control.ca_dir), *control.root_flags()],
+        ["ca", "init", "--ca-dir", str(control.ca_dir), *control.root_flags()],
         control.log("control"),
     )
     return out.strip().splitlines()[-1] if out.strip() else str(control.ca_dir)
@@ -256,7 +256,7 @@ def start_signer(control: Control, *, leaf_lifetime: float | None = None) -> Pro
         head = [str(runner.ZT), "ca", "serve"]
     else:
         head = [sys.executable, "-m", "zt.lab.shortsigner", "--leaf-lifetime", f"{leaf_lifetime:g}"]
-    argv = [*head, "--dir", str(control.ca_dir), *control.root_flags()]
+    argv = [*head, "--ca-dir", str(control.ca_dir), *control.root_flags()]
     log = control.log(SIGNER)
     pid = runner.spawn(control.netns, argv, log)
     return Proc(SIGNER, pid, start_time(pid) or 0, str(log))

@@ -1,8 +1,9 @@
 """Reading node daemons' access logs (text `key=value` or JSON lines) back as records.
 
-The record format is the daemon's contract: `connection complete ts=... direction=inbound|outbound
-protocol=... src.addr=... src.identity=... dst.addr=... bytes_sent=N bytes_recv=N
-response_flags=... policy=...`; values with spaces, quotes or `=` are JSON-quoted.
+The record format is the daemon's contract (zt/telemetry/connections.py, ztunnel's fields):
+`connection complete ts=... src.addr=... src.identity=... dst.addr=... dst.hbone_addr=...
+direction=inbound|outbound bytes_sent=N bytes_recv=N duration=Nms protocol=... response_flags=...
+policy=...`; empty fields are left out; values with spaces, quotes or `=` are JSON-quoted.
 """
 
 from __future__ import annotations

@@ -31,6 +31,12 @@ def _workload(
         "node": pod.node,
         "netns": pod.netns,
         "services": services,
+        # what istio_tcp_* labels carry besides the pod's name: every pod runs the lab's echo app
+        # (canonical service "echo", revision "v1"); the zone is the node it runs on
+        "canonicalName": "echo",
+        "canonicalRevision": "v1",
+        "clusterId": "lab",
+        "locality": {"region": "lab", "zone": pod.node},
     }
 
 

@@ -100,17 +100,25 @@ def http_get(
     netns: str, port: int, path: str, host: str = "127.0.0.1", timeout: float = 2.0
 ) -> tuple[int, str]:
     """A one-shot HTTP GET from inside a namespace; (status, body)."""
+    return http_request(netns, port, "GET", path, host=host, timeout=timeout)
 
-    def get() -> tuple[int, str]:
+
+def http_request(
+    netns: str, port: int, method: str, path: str, *, host: str = "127.0.0.1", timeout: float = 2.0
+) -> tuple[int, str]:
+    """A one-shot HTTP request without a body from inside a namespace; (status, body)."""
+
+    def ask() -> tuple[int, str]:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
+            sock.sendall(head.encode())
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split(b" ")[1]), body.decode(errors="replace")
+        status, _, body = data.partition(b"\r\n\r\n")
+        return int(status.split(b" ")[1]), body.decode(errors="replace")
 
-    return run_in_netns(netns, get, timeout=timeout + 5)
+    return run_in_netns(netns, ask, timeout=timeout + 5)
 
 
 def alive(pid: int) -> bool:

@@ -5,7 +5,7 @@ a rotation retires the old root one leaf lifetime after the switch. To watch a w
 (introduce, switch, retire) under traffic in seconds, the lab runs the same Signer with short
 leaves from here, inside the control namespace, with the lab's root credentials:
 
-    python -m zt.lab.shortsigner --dir CA --etcd URLS --etcd-cacert PEM --etcd-password-file F \\
+    python -m zt.lab.shortsigner --ca-dir CA --etcd URLS --etcd-cacert PEM --etcd-password-file F \\
         --leaf-lifetime 8
 """
 
@@ -34,7 +34,7 @@ async def _serve(settings: EtcdSettings, ca_dir: Path, leaf_lifetime: float) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zt.lab.shortsigner")
-    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--ca-dir", type=Path, required=True)
     parser.add_argument("--etcd", required=True)
     parser.add_argument("--etcd-cacert", type=Path, required=True)
     parser.add_argument("--etcd-user", default="root")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.info("lab signer: leaves of %.0f s (lab and tests only)", args.leaf_lifetime)
     with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
-        asyncio.run(_serve(settings, args.dir, args.leaf_lifetime))
+        asyncio.run(_serve(settings, args.ca_dir, args.leaf_lifetime))
     return 0
 
 

@@ -26,7 +26,7 @@ class LabStateError(UsageError):
 
 @dataclass(frozen=True)
 class Proc:
-    role: str  # "node:<node>", "app:<pod or ext>", "etcd:<member>" or "signer"
+    role: str  # "node:<node>", "app:<pod or ext>", "etcd:<member>", "signer", "prometheus[:relay]"
     pid: int
     start_time: int  # /proc/<pid>/stat field 22: tells this process from a later one with its pid
     log: str
@@ -43,6 +43,7 @@ class LabState:
     log_format: str = "text"  # the daemons' access-log format (zt.lab.logs reads both)
     node_args: tuple[str, ...] = ()  # extra `zt run` flags, reused when a node is restarted
     control: str = "file"  # "file": one mesh file and CA dir; "etcd": the fleet control host
+    prometheus: str = ""  # the host's URL of the lab's Prometheus (`up --prometheus`), else ""
 
     @property
     def fleet(self) -> bool:

@@ -1,10 +1,9 @@
 """The control channel between the leader and a follower worker: JSON lines on a socketpair.
 
 Leader -> follower requests: `{"id": n, "op": "sync", "pods": {uid: netns}}` (serve exactly these
-pods, answered once every listener is open), `{"id": n, "op": "metrics"}` (the follower's
-exposition), `{"id": n, "op": "ping"}` (liveness: a hung follower still holds its share of every
-reuseport group, so the leader kills it). Follower -> leader: `{"op": "hello", "worker": i, "pid": p}` once, when it can serve,
-then one `{"id": n, "ok": true, ...}` or `{"id": n, "ok": false, "error": ..., "reason": ...}` per
+pods, answered once every listener is open), `{"id": n, "op": "ping"}` (liveness: a hung follower
+still holds its share of every reuseport group, so the leader kills it). Follower -> leader:
+`{"op": "hello", "worker": i, "pid": p}` once, when it can serve, then one `{"id": n, "ok": true, ...}` or `{"id": n, "ok": false, "error": ..., "reason": ...}` per
 request, and `{"op": "config_changed"}` when its file watcher swapped in a new snapshot (the
 leader then reloads at once and syncs everyone: workers disagree on policy for one round trip,
 not for a whole poll interval). EOF either way means the other process is gone.

@@ -18,7 +18,8 @@ the node keeps serving its last snapshot, ready, and says so in the readiness bo
 
 `--workers N`: this process is the leader and worker 0; zt/node/workers.py starts N-1 followers
 (zt/node/worker.py) that open their own listeners in every pod this node serves, told over a
-control channel; /metrics sums every worker's registry (zt/node/metricsmerge.py).
+control channel; every worker writes its metrics into one multiprocess directory, which /metrics
+reads (zt/telemetry/metrics.py).
 """
 
 from __future__ import annotations
@@ -37,21 +38,27 @@ from zt.config import SnapshotStore
 from zt.config.dump import document
 from zt.config.watcher import ReloadFailure
 from zt.errors import NotFoundError, UsageError, ZtError
-from zt.node import metricsmerge
 from zt.node.options import NodeOptions
 from zt.node.pod import PodProxy, capture_name
 from zt.node.podapi import PodAdd, PodList, PodRemove
 from zt.node.podapi import serve as serve_pod_api
 from zt.node.reconcile import RETRY_AFTER, LatestOnly, RemovalGrace, Spec
+from zt.node.sdnotify import notify_when_ready
 from zt.node.services import NodeServices, renew_loop
 from zt.node.sources import ConfigFeed, open_certs, open_config
 from zt.node.workers import WorkerSupervisor
 from zt.proxy.accept import install_exception_handler
 from zt.state import Protocol, Snapshot, Workload
-from zt.telemetry import http
+from zt.telemetry import http, logsetup
 from zt.telemetry.connections import ConnectionTelemetry
-from zt.telemetry.endpoints import Admin, Readiness, metrics_handler, readiness_handler
-from zt.telemetry.http import Request, Response
+from zt.telemetry.endpoints import (
+    Admin,
+    Readiness,
+    build_info,
+    certificate_dump,
+    metrics_handler,
+    readiness_handler,
+)
 from zt.telemetry.metrics import Registry
 
 log = logging.getLogger("zt.node")
@@ -77,12 +84,15 @@ class NodeDaemon:
         self.options = options
         # with worker processes: ready only when every worker serves every pod
         self.readiness = Readiness("config", "certificates", "capture", "workers")
-        self.registry = Registry()
+        # with worker processes, a multiprocess directory every worker writes into (removed at
+        # exit); switched before the first metric exists (zt/telemetry/metrics.py)
+        self.registry = Registry.leader() if options.workers > 1 else Registry()
         self.pods: dict[str, PodProxy] = {}
         self._api_pods: dict[str, str] = {}  # uid -> netns, pods added through the pod API
         self._stop = asyncio.Event()
         self._servers: list[asyncio.Server] = []
         self._background: list[asyncio.Task[None]] = []
+        self._levels_task: asyncio.Future[None] | None = None
         self._pod_lock = asyncio.Lock()
         self.services: NodeServices | None = None
         self.workers: WorkerSupervisor | None = None
@@ -108,7 +118,10 @@ class NodeDaemon:
             log.info("node %s ready: %d pods", self.options.node, len(self.pods))
             await self._stop.wait()
         finally:
-            await self._shutdown()
+            try:
+                await self._shutdown()
+            finally:
+                self.registry.close()  # with workers: the multiprocess directory goes too
 
     async def _start(self) -> None:
         opts = self.options
@@ -149,6 +162,8 @@ class NodeDaemon:
         ]
         self._sync.request()  # a pass under the loop: it keeps the first pass's retries going
         self._servers.append(await serve_pod_api(opts.pod_socket, self._pod_api))
+        # under systemd's Type=notify, READY=1 once readiness holds (after the pod API is up)
+        self._background.append(asyncio.ensure_future(notify_when_ready(self.readiness)))
 
     def _hold_enrolled(self) -> None:
         """Pods the previous `zt run` left enrolled in the pinned capture are held: should their
@@ -168,12 +183,20 @@ class NodeDaemon:
             self.readiness.note("config", self._feed.describe() if self._feed else None)
             await asyncio.sleep(NOTE_INTERVAL)
 
+    def _levels_changed(self) -> None:
+        """/logging changed the leader's levels: its followers take the same (in call order on
+        each control channel, so the newest levels win)."""
+        if self.workers is not None:
+            self._levels_task = asyncio.ensure_future(
+                self.workers.set_levels(logsetup.level_directive())
+            )
+
     async def _endpoints(self, store: SnapshotStore) -> None:
         opts = self.options
-        admin = Admin(lambda: self.config_dump(store), self._stop.set)
+        admin = Admin(lambda: self.config_dump(store), self._stop.set, self._levels_changed)
         stats: dict[str, http.ServerStats] = {}
         for name, addr, handler in (
-            ("metrics", opts.metrics, self._metrics),
+            ("metrics", opts.metrics, metrics_handler(self.registry)),
             ("readiness", opts.readiness, readiness_handler(self.readiness)),
             ("admin", opts.admin, admin),
         ):
@@ -181,14 +204,6 @@ class NodeDaemon:
             server = await http.serve(str(addr.ip), addr.port, handler, stats=stats[name])
             self._servers.append(server)
         self.registry.add_collector(lambda: http.stats_samples(stats))
-
-    async def _metrics(self, request: Request) -> Response:
-        """The whole node: the leader's registry plus every follower's, summed (metricsmerge)."""
-        if self.workers is None or request.path != "/metrics":
-            return metrics_handler(self.registry)(request)
-        texts = [self.registry.render(), *await self.workers.expositions()]
-        body = metricsmerge.merge_expositions(texts).encode()
-        return Response(200, body, "text/plain; version=0.0.4; charset=utf-8")
 
     def _start_workers(self) -> None:
         if self.options.workers == 1:
@@ -466,13 +481,19 @@ class NodeDaemon:
             self.readiness.note("config", self._feed.describe())
 
     def config_dump(self, store: SnapshotStore) -> dict[str, object]:
+        """ztunnel's /config_dump keys first: the workloads, services and policies served (the
+        mesh file plus pods in their removal grace), `certificates`, `version`; then this node's
+        own state, each under its key."""
         services = self.services
         return {
+            **document(store.current),
+            "certificates": certificate_dump(services.certs.held()) if services else [],
+            "version": build_info(),
             "node": self.options.node,
             "ready": self.readiness.ready,
             "config_source": self._feed.status() if self._feed else None,
             "config": {"path": str(self.options.config) if self.options.config else None,
-                       **store.status(), **document(store.loaded)},
+                       **store.status()},
             "pods_pending_removal": {uid: round(max(0.0, at - time.monotonic()), 3)
                                      for uid, at in self._grace.pending().items()},
             "pods_held_in_capture": sorted(self._held),

@@ -27,14 +27,15 @@ from zt.node.services import (
     FLAG_DRAINED,
     FLAG_NO_ROUTE,
     FLAG_OK,
+    FLAG_REVOKED,
     FLAG_UPSTREAM_FAILURE,
 )
 from zt.proxy.errors import StreamResetError
 from zt.proxy.relay import relay, reset_tcp
-from zt.proxy.splice import splice
+from zt.proxy.splice import Splice
 from zt.proxy.stream import HboneStream
-from zt.state import Connection, Decision, Workload, authorize, check_inbound
-from zt.telemetry.connections import ConnectionInfo, ConnectionReport, Peer
+from zt.state import Connection, Decision, authorize, check_inbound
+from zt.telemetry.connections import ConnectionInfo, ConnectionReport, Peer, guess_inbound_service
 
 if TYPE_CHECKING:
     from zt.node.pod import PodProxy
@@ -44,12 +45,26 @@ log = logging.getLogger("zt.node.inbound")
 
 def _source_peer(pod: PodProxy, addr: SocketAddr, identity: str) -> Peer:
     known = pod.services.store.current.workload_at(pod.workload.network, addr.ip)
-    return Peer(str(addr), known.name if known else "", known.namespace if known else "", identity)
+    return Peer.of(known, str(addr), identity)
 
 
-def _dest_peer(workload: Workload, target: SocketAddr, with_identity: bool) -> Peer:
-    identity = workload.identity if with_identity else ""
-    return Peer(str(target), workload.name, workload.namespace, identity)
+def _info(pod: PodProxy, src: Peer, local: str, target: SocketAddr, hbone: bool) -> ConnectionInfo:
+    """dst.addr: where the connection reached zt (a :15008 for HBONE); dst.hbone_addr: the
+    CONNECT authority (ztunnel logs inbound tunnels so, "for consistency with outbound")."""
+    workload = pod.workload
+    service = guess_inbound_service(
+        workload, target.port, pod.services.store.current.service_by_key
+    )
+    return ConnectionInfo(
+        direction="inbound",
+        src=src,
+        dst=Peer.of(workload, local, workload.identity),
+        service=service.hostname if service else "",
+        hbone_addr=str(target) if hbone else "",
+        protocol="hbone" if hbone else "tcp",
+        service_name=service.name if service else "",
+        service_namespace=service.namespace if service else "",
+    )
 
 
 def _deny_log(pod: PodProxy, conn: Connection, decision: Decision) -> None:
@@ -86,14 +101,10 @@ async def hbone_tunnel(pod: PodProxy, stream: HboneStream) -> None:
     peer_addr = from_sockaddr(transport.get_extra_info("peername")) if transport else None
     ip, port = stream.request.authority
     target = SocketAddr(unmap(ip), port)
-    info = ConnectionInfo(
-        direction="inbound",
-        src=_source_peer(pod, peer_addr, peer_id) if peer_addr else Peer(identity=peer_id),
-        dst=_dest_peer(workload, target, True),
-        hbone_addr=str(from_sockaddr(transport.get_extra_info("sockname"))) if transport else "",
-        protocol="hbone",
-    )
-    report = ConnectionReport(pod.services.telemetry, info)
+    local = str(from_sockaddr(transport.get_extra_info("sockname"))) if transport else ""
+    src = _source_peer(pod, peer_addr, peer_id) if peer_addr else Peer(identity=peer_id)
+    report = ConnectionReport(pod.services.telemetry, _info(pod, src, local, target, hbone=True))
+    pod.services.telemetry.hbone_socket(stream.driver, stream.driver.closed)
     looping = check_inbound(target, pod.services.illegal_ports)
     if looping is not None:
         pod.services.count_loop_guard(pod.uid, "hbone", str(looping))
@@ -128,13 +139,15 @@ async def hbone_tunnel(pod: PodProxy, stream: HboneStream) -> None:
         return
     closer = _Closer(writer, stream)
     key = pod.services.tracker.add(pod.uid, conn, closer)
-    report.opened()
     try:
-        result = await relay(stream, reader, writer)
+        # originator = the HBONE peer: towards it is what the stream carried, from it what it
+        # delivered to the app
+        with report.relaying(lambda: (stream.bytes_out, stream.bytes_in)):
+            result = await relay(stream, reader, writer)
     finally:
         pod.services.tracker.remove(key)
     flags, error = _ending(closer, result.outcome)
-    report.closed(result.stream_to_tcp, result.tcp_to_stream, flags, error, decision.policy or "")
+    report.closed(result.tcp_to_stream, result.stream_to_tcp, flags, error, decision.policy or "")
 
 
 def _refuse(stream: HboneStream, error: ZtError) -> None:
@@ -146,7 +159,7 @@ def _refuse(stream: HboneStream, error: ZtError) -> None:
 
 def _ending(closer: _Closer, outcome: str) -> tuple[str, str]:
     if closer.revoked is not None:
-        return FLAG_DRAINED, f"revoked by policy change: {closer.revoked.reason}"
+        return FLAG_REVOKED, f"revoked by policy change: {closer.revoked.reason}"
     return FLAG_OK, "" if outcome == "closed" else outcome
 
 
@@ -154,17 +167,19 @@ async def plaintext(
     pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """A non-HBONE connection to the pod (:15006): IP/port policy only; deny closes it."""
+    with pod.services.telemetry.socket("destination"):
+        await _plaintext(pod, reader, writer)
+
+
+async def _plaintext(
+    pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     sock = writer.get_extra_info("socket")
     source = from_sockaddr(sock.getpeername())
     target = from_sockaddr(sock.getsockname())  # sk_lookup does not rewrite: the original dst
     workload = pod.workload
-    info = ConnectionInfo(
-        direction="inbound",
-        src=_source_peer(pod, source, ""),
-        dst=_dest_peer(workload, target, False),
-        protocol="tcp",
-    )
-    report = ConnectionReport(pod.services.telemetry, info)
+    src = _source_peer(pod, source, "")
+    report = ConnectionReport(pod.services.telemetry, _info(pod, src, str(target), target, False))
     looping = check_inbound(target, pod.services.illegal_ports)
     if looping is not None:  # reset, never dial: the dial would come straight back here
         pod.services.count_loop_guard(pod.uid, "plaintext", str(looping))
@@ -186,9 +201,10 @@ async def plaintext(
         return
     closer = _Closer(writer)
     key = pod.services.tracker.add(pod.uid, conn, closer)
-    report.opened()
+    spliced = Splice()
     try:
-        result = await splice((reader, writer), upstream)
+        with report.relaying(spliced.progress):
+            result = await spliced.run((reader, writer), upstream)
     finally:
         pod.services.tracker.remove(key)
     if closer.revoked is not None:

@@ -18,9 +18,9 @@ from zt.node.services import FLAG_NO_ROUTE, FLAG_UPSTREAM_FAILURE, STATUS_FLAGS
 from zt.proxy.errors import TunnelRefused
 from zt.proxy.pool import PoolKey
 from zt.proxy.relay import relay, reset_tcp
-from zt.proxy.splice import splice
+from zt.proxy.splice import Splice
 from zt.state import Route, RouteKind, Snapshot, Workload, own_ips, route
-from zt.telemetry.connections import ConnectionInfo, ConnectionReport, Peer
+from zt.telemetry.connections import ConnectionInfo, ConnectionReport, Peer, failure_flag
 
 if TYPE_CHECKING:
     from zt.node.pod import PodProxy
@@ -42,21 +42,22 @@ def _own_ips(snapshot: Snapshot, node: str) -> frozenset[IpAddress]:
 def _info(
     pod: PodProxy, source: Workload, app: SocketAddr, decided: Route, destination: SocketAddr
 ) -> ConnectionInfo:
-    dst = pod.services.store.current.by_uid.get(decided.destination_workload or "")
-    target = decided.authority or decided.next_hop or destination  # refused: what the app asked
+    snapshot = pod.services.store.current
+    dst = snapshot.by_uid.get(decided.destination_workload or "")
+    service = snapshot.service_by_key.get(decided.service or "")
     hbone = decided.kind is RouteKind.HBONE
+    # dst.addr is the L4 hop zt dials (a :15008 for HBONE; what the app asked when refused),
+    # dst.hbone_addr the CONNECT authority, as ztunnel logs them.
+    hop = decided.next_hop or destination
     return ConnectionInfo(
         direction="outbound",
-        src=Peer(str(app), source.name, source.namespace, source.identity),
-        dst=Peer(
-            str(target) if target else "",
-            dst.name if dst else "",
-            dst.namespace if dst else "",
-            dst.identity if dst and hbone else "",
-        ),
-        service=(decided.service or "").partition("/")[2],
-        hbone_addr=str(decided.next_hop) if hbone else "",
+        src=Peer.of(source, str(app), source.identity if hbone else ""),
+        dst=Peer.of(dst, str(hop), dst.identity if dst else ""),
+        service=service.hostname if service else "",
+        hbone_addr=str(decided.authority) if hbone and decided.authority else "",
         protocol=decided.kind.value,
+        service_name=service.name if service else "",
+        service_namespace=service.namespace if service else "",
     )
 
 
@@ -77,10 +78,6 @@ class _Outbound:
         reset_tcp(self.writer)
         self.report.closed(flags=flags, error=error)
 
-    def connected(self) -> None:
-        self.announce(True)
-        self.report.opened()
-
     async def via_hbone(self) -> None:
         decided = self.decided
         assert decided.next_hop is not None and decided.authority is not None
@@ -100,10 +97,12 @@ class _Outbound:
             self.refuse(STATUS_FLAGS.get(exc.status, FLAG_UPSTREAM_FAILURE), str(exc))
             return
         except ZtError as exc:  # dial, TLS or peer identity failure
-            self.refuse(FLAG_UPSTREAM_FAILURE, str(exc))
+            self.refuse(failure_flag(exc), str(exc))
             return
-        self.connected()
-        result = await relay(stream, self.reader, self.writer)
+        self.announce(True)
+        # originator = the app: towards it is what the stream delivered, from it what it carried
+        with self.report.relaying(lambda: (stream.bytes_in, stream.bytes_out)):
+            result = await relay(stream, self.reader, self.writer)
         self.report.closed(result.stream_to_tcp, result.tcp_to_stream, error=_error(result.outcome))
 
     async def via_tcp(self) -> None:
@@ -114,8 +113,10 @@ class _Outbound:
         except (OSError, TimeoutError) as exc:
             self.refuse(FLAG_UPSTREAM_FAILURE, f"{hop}: {exc}")
             return
-        self.connected()
-        result = await splice((self.reader, self.writer), upstream)
+        self.announce(True)
+        spliced = Splice()
+        with self.report.relaying(spliced.progress):
+            result = await spliced.run((self.reader, self.writer), upstream)
         self.report.closed(result.b_to_a, result.a_to_b, error=_error(result.outcome))
 
 
@@ -125,6 +126,13 @@ def _error(outcome: str) -> str:
 
 async def handle(pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """A connection captured on :15001: its original destination comes from capture."""
+    with pod.services.telemetry.socket("source"):
+        await _captured(pod, reader, writer)
+
+
+async def _captured(
+    pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     sock = writer.get_extra_info("socket")
     app = from_sockaddr(sock.getpeername())
     try:

@@ -16,7 +16,7 @@ from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits, AcceptMetrics
 from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS
 from zt.state.loopguard import METRIC as LOOP_GUARD_METRIC
 from zt.state.loopguard import METRIC_HELP as LOOP_GUARD_HELP
-from zt.telemetry.connections import ConnectionTelemetry
+from zt.telemetry.connections import FLAG_CONNECT, FLAG_DENY, FLAG_NONE, ConnectionTelemetry
 from zt.telemetry.logsetup import dropped_total
 from zt.telemetry.metrics import Counter, Registry
 
@@ -25,12 +25,13 @@ log = logging.getLogger("zt.node")
 RENEW_CHECK = 60.0  # seconds between certificate renewal checks (renewal is at half-life)
 RENEW_MIN_WAIT = 0.5  # never spin: a renewal that fails backs off in the manager anyway
 
-# How a connection that never carried bytes ended, as Envoy/Istio response flags name it.
-FLAG_OK = "-"
-FLAG_DENIED = "DENY"  # authorization policy
-FLAG_UPSTREAM_FAILURE = "UF"  # could not reach the upstream / tunnel refused
-FLAG_NO_ROUTE = "NR"  # no route (loop guard, no healthy endpoint, unknown source)
-FLAG_DRAINED = "DC"  # closed by zt (drain, pod removal, revoked by a policy change)
+# How a connection ended, in ztunnel's response flags (zt/telemetry/connections.py maps them).
+FLAG_OK = FLAG_NONE
+FLAG_DENIED = FLAG_DENY  # authorization policy
+FLAG_REVOKED = FLAG_DENY  # a policy change revoked it (ztunnel: a late policy rejection)
+FLAG_UPSTREAM_FAILURE = FLAG_CONNECT  # could not reach the upstream / tunnel refused
+FLAG_NO_ROUTE = FLAG_CONNECT  # no route (loop guard, no healthy endpoint, unknown source)
+FLAG_DRAINED = FLAG_CONNECT  # the client went away during the dial
 
 STATUS_FLAGS = {400: FLAG_NO_ROUTE, 401: FLAG_DENIED, 503: FLAG_UPSTREAM_FAILURE}
 
@@ -79,8 +80,9 @@ class NodeServices:
         self._accepted.inc(labels={"worker": str(self.worker), "listener": listener})
 
     def add_worker_collectors(self) -> None:
-        """The families every worker process reports and /metrics sums over them
-        (zt/node/metricsmerge.py): revoked and live connections, dropped log records."""
+        """The families every worker process reports and /metrics sums over them (the shared
+        multiprocess files of zt/telemetry/metrics.py): revoked and live connections, dropped log
+        records."""
 
         def collect() -> list[tuple[str, str, str, float]]:
             return [

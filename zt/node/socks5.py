@@ -121,6 +121,13 @@ async def _read_until(
 
 async def handle(pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """A SOCKS5 client in the pod: negotiate, then forward like a captured connection."""
+    with pod.services.telemetry.socket("source"):  # ztunnel counts its socks5 sockets so too
+        await _negotiated(pod, reader, writer)
+
+
+async def _negotiated(
+    pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     app = from_sockaddr(writer.get_extra_info("peername"))
     buf = bytearray()
     try:

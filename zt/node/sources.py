@@ -46,7 +46,7 @@ class CaMissing(UsageError):
         self.directory = directory
         super().__init__(
             f"--ca-dir: no CA in {directory} (expected ca.pem and ca.key); create one with "
-            f"`zt ca init --dir {directory}`, or pass --init-ca to create one on this node "
+            f"`zt ca init --ca-dir {directory}`, or pass --init-ca to create one on this node "
             "(other nodes will not trust it unless they share it)"
         )
 

@@ -5,8 +5,10 @@ It serves the pods the leader names over the control channel with its own listen
 each (pod, port) SO_REUSEPORT group; only the leader's sockets are enrolled in capture), its own
 HBONE pools, certificate manager (same CA directory; in fleet mode its own requests to the
 signer), snapshot store + file watcher (the mesh file, or in fleet mode the leader's mesh cache;
-policy changes revoke its own live connections) and metrics registry (the leader sums it into its
-/metrics). It exits when its leader goes: control channel EOF, or PR_SET_PDEATHSIG.
+policy changes revoke its own live connections) and metrics, written into the leader's
+multiprocess directory (zt/telemetry/metrics.py) as it counts; values computed at scrape time
+(live connections, revoked, dropped log records) are published there every PUBLISH_EVERY seconds
+and once more at exit. It exits when its leader goes: control channel EOF, or PR_SET_PDEATHSIG.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import uvloop
 
@@ -34,6 +37,7 @@ from zt.node.services import NodeServices, renew_loop
 from zt.node.sources import open_certs, open_follower_config
 from zt.proxy.accept import install_exception_handler
 from zt.state import Snapshot
+from zt.telemetry import logsetup
 from zt.telemetry.connections import ConnectionTelemetry
 from zt.telemetry.logsetup import configure
 from zt.telemetry.metrics import Registry
@@ -41,6 +45,7 @@ from zt.telemetry.metrics import Registry
 log = logging.getLogger("zt.node.worker")
 
 PR_SET_PDEATHSIG = 1  # include/uapi/linux/prctl.h
+PUBLISH_EVERY = 1.0  # seconds: how stale a scrape's view of a follower's collectors may be
 
 
 class FollowerMisconfigured(UsageError):
@@ -48,11 +53,13 @@ class FollowerMisconfigured(UsageError):
 
 
 class Follower:
-    def __init__(self, options: NodeOptions, worker: int, channel: Channel) -> None:
+    def __init__(
+        self, options: NodeOptions, worker: int, channel: Channel, registry: Registry
+    ) -> None:
         self.options = options
         self.worker = worker
         self.channel = channel
-        self.registry = Registry()
+        self.registry = registry  # Registry.follower(): the leader's directory
         self.pods: dict[str, PodProxy] = {}
         self._wanted: dict[str, str] = {}
         self._lock = asyncio.Lock()
@@ -116,6 +123,7 @@ class Follower:
             *(asyncio.ensure_future(run()) for run in (*feed.runners(), *certs.runners)),
             asyncio.ensure_future(self._resync.run()),
             asyncio.ensure_future(renew_loop(self.services.certs, f"worker {self.worker}")),
+            asyncio.ensure_future(self._publish()),
         ]
 
     # -- the leader's requests --------------------------------------------------------------
@@ -123,8 +131,6 @@ class Follower:
         op = msg.get("op")
         if op == "ping":
             return {}
-        if op == "metrics":
-            return {"text": self.registry.render()}
         if op == "sync":
             pods = msg.get("pods")
             if not isinstance(pods, dict) or not all(
@@ -132,7 +138,10 @@ class Follower:
             ):
                 raise FollowerMisconfigured(f"pods: got {pods!r}, expected {{uid: netns}}")
             return await self.sync(dict(pods))
-        raise FollowerMisconfigured(f"op: got {op!r}, expected ping, sync or metrics")
+        if op == "logging":  # the leader's levels, all of them (reset first)
+            logsetup.set_levels(str(msg.get("level", "")), reset=True)
+            return {}
+        raise FollowerMisconfigured(f"op: got {op!r}, expected ping, sync or logging")
 
     async def sync(self, wanted: dict[str, str]) -> dict[str, object]:
         """Serve exactly `wanted` (uid -> netns); answer once every listener is open."""
@@ -203,6 +212,14 @@ class Follower:
             await self._converge()
         return None
 
+    async def _publish(self) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY)
+            try:
+                self.registry.publish()
+            except Exception:  # a collector's bug: logged, and the next round tries again
+                log.exception("worker %d: metrics not published", self.worker)
+
     async def _shutdown(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().remove_signal_handler(sig)
@@ -217,6 +234,9 @@ class Follower:
         self.channel.close()
         if self.services is not None:
             self.services.capture.close(detach=False)
+        # the final figures (revoked connections...) stay in the node's; the files themselves
+        # stay open until exit (a late callback may still count)
+        self.registry.publish()
         log.info("worker %d stopped", self.worker)
 
 
@@ -244,10 +264,10 @@ def die_with(leader: int) -> None:
         raise SystemExit(f"worker: leader {leader} is gone")
 
 
-async def _main(options: NodeOptions, worker: int, fd: int) -> None:
+async def _main(options: NodeOptions, worker: int, fd: int, registry: Registry) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
-    await Follower(options, worker, Channel(reader, writer)).run()
+    await Follower(options, worker, Channel(reader, writer), registry).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", type=int, required=True)
     parser.add_argument("--leader", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--metrics-dir", type=Path, required=True)
     parser.add_argument("--options", required=True)
     args = parser.parse_args(argv)
     die_with(args.leader)
@@ -263,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerTag(args.worker))
     try:
-        uvloop.run(_main(options, args.worker, args.control_fd))
+        # before anything counts: every series this process creates goes into the shared files
+        registry = Registry.follower(args.metrics_dir)
+        uvloop.run(_main(options, args.worker, args.control_fd, registry))
     except ZtError as exc:
         log.error("worker %d failed: %s", args.worker, exc)
         return exc.exit_code or 1

@@ -1,5 +1,5 @@
 """The leader's side of `zt run --workers N`: start N-1 follower worker processes, keep them
-serving the leader's pods, restart the ones that die, collect their metrics, drain them.
+serving the leader's pods, restart the ones that die, drain them.
 
 Why: "Several worker processes per node sharing the listeners (SO_REUSEPORT groups,
 with the BPF sk_lookup / sockmap choosing the group), each with its own pool". Every worker opens
@@ -11,6 +11,10 @@ connect-mode outbound path (connect4 rewrite to <pod ip>:15001) is an ordinary r
 
 A follower is `python -m zt.node.worker` (fork+exec from the loop thread, never a fork of the
 running event loop), with one end of a socketpair as its control channel (zt/node/control.py).
+
+Metrics: every worker writes its values into the leader's multiprocess directory
+(`--metrics-dir`, zt/telemetry/metrics.py), which the leader's /metrics reads; a follower that
+died is retired there (its gauges leave the sums, its counters stay: node counters never go back).
 """
 
 from __future__ import annotations
@@ -28,20 +32,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from zt.errors import ZtError
-from zt.node import metricsmerge
 from zt.node.control import MAX_LINE, Channel, WorkerChannelError
 from zt.node.options import NodeOptions
-from zt.telemetry.metrics import Registry
+from zt.telemetry.metrics import MetricsModeError, Registry
 
 log = logging.getLogger("zt.node.workers")
 
 HELLO_TIMEOUT = 60.0  # a follower's start: imports, config, CA, capture maps
-SCRAPE_TIMEOUT = 2.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 STABLE_AFTER = 60.0  # a follower that lived this long restarts without back-off
 # A hung follower keeps receiving its share of each reuseport group's connections: ping it, and
 # kill it (it is restarted) when it does not answer. Generous: this box runs emulated VMs too.
 HEARTBEAT_EVERY, HEARTBEAT_TIMEOUT = 2.0, 10.0
+LEVELS_TIMEOUT = 5.0  # a follower setting its log levels: nothing to wait for but its loop
 
 
 @dataclass
@@ -50,7 +53,6 @@ class Follower:
     proc: subprocess.Popen[bytes]
     channel: Channel
     serving: frozenset[str] = frozenset()
-    metrics_text: str = ""  # its last exposition (what it leaves behind when it dies)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -75,7 +77,12 @@ class WorkerSupervisor:
         self.changed = changed
         self.config_changed = config_changed  # a follower saw the mesh file change first
         self.followers: dict[int, Follower] = {}
-        self.retired = ""  # counters of followers that died, so node counters never go back
+        if registry.directory is None:  # followers would count where no scrape reads
+            raise MetricsModeError(
+                "registry: got a private one, expected Registry.leader() (followers write into "
+                "its multiprocess directory)"
+            )
+        self.registry = registry
         self._tasks: list[asyncio.Task[None]] = []
         self._sync_lock = asyncio.Lock()
         self._stopping = False
@@ -85,6 +92,7 @@ class WorkerSupervisor:
         registry.add_collector(self._gauges)
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # every follower not yet reaped
         self.restarts = 0
+        self.levels = ""  # the leader's log levels once /logging changed them (level_directive)
 
     def _gauges(self) -> list[tuple[str, str, str, float]]:
         live = float(1 + len(self.followers))
@@ -132,6 +140,7 @@ class WorkerSupervisor:
             argv = [
                 sys.executable, "-m", "zt.node.worker", "--worker", str(index),
                 "--leader", str(os.getpid()), "--control-fd", str(theirs.fileno()),
+                "--metrics-dir", str(self.registry.directory),
                 "--options", self.options.follower_json(),
             ]  # fmt: skip
             # From the loop thread (PR_SET_PDEATHSIG follows the thread that forked), into our
@@ -166,6 +175,8 @@ class WorkerSupervisor:
         try:
             async with self._sync_lock:  # in order with sync(): the newest pod set wins
                 self.followers[follower.index] = follower
+                if self.levels:  # a restarted follower logs as the leader was told to
+                    await follower.channel.request("logging", LEVELS_TIMEOUT, level=self.levels)
                 failed = await self._sync_one(follower, self.desired())
             for uid, error in failed.items():
                 log.error("worker %d: pod %s not served: %s", follower.index, uid, error)
@@ -208,11 +219,11 @@ class WorkerSupervisor:
                     await asyncio.to_thread(proc.wait, 10.0)
         if proc.poll() is not None:
             self._procs.pop(proc.pid, None)
-        if follower.metrics_text:
-            self.retired = metricsmerge.render(
-                metricsmerge.merge([self.retired, metricsmerge.counters_of(follower.metrics_text)])
-            )
-            follower.metrics_text = ""
+            try:
+                self.registry.retire(proc.pid)  # gone for good: its live gauges leave the sums
+            except (OSError, ValueError) as exc:  # its counter file stays, still read: no loss
+                log.error("worker %d (pid %d): metrics not retired: %s", follower.index,
+                          proc.pid, exc)  # fmt: skip
         log.info("worker %d (pid %d) exit status %s", follower.index, proc.pid, proc.returncode)
 
     # -- pods -----------------------------------------------------------------------------
@@ -248,19 +259,19 @@ class WorkerSupervisor:
         follower.serving = frozenset(serving) if isinstance(serving, list) else frozenset()
         return {str(k): str(v) for k, v in failed.items()} if isinstance(failed, dict) else {}
 
-    # -- metrics ------------------------------------------------------------------------------
-    async def expositions(self) -> list[str]:
-        """Every follower's registry now (or its last one if it does not answer in time), plus
-        the counters of followers that died."""
+    # -- log levels ---------------------------------------------------------------------------
+    async def set_levels(self, directive: str) -> None:
+        """Every follower takes the leader's levels (`/logging` reaches the leader only): with
+        workers, most connections and their access-log lines are the followers'."""
+        self.levels = directive
         followers = list(self.followers.values())
-        answers = await asyncio.gather(
-            *(f.channel.request("metrics", SCRAPE_TIMEOUT) for f in followers),
+        results = await asyncio.gather(
+            *(f.channel.request("logging", LEVELS_TIMEOUT, level=directive) for f in followers),
             return_exceptions=True,
         )
-        for follower, answer in zip(followers, answers, strict=True):
-            if isinstance(answer, dict) and isinstance(answer.get("text"), str):
-                follower.metrics_text = str(answer["text"])
-        return [self.retired, *(f.metrics_text for f in followers)]
+        for follower, result in zip(followers, results, strict=True):
+            if isinstance(result, BaseException):  # the heartbeat deals with a hung one
+                log.error("worker %d: log levels not set: %s", follower.index, result)
 
     def info(self) -> list[dict[str, object]]:
         return [

@@ -70,10 +70,7 @@ class StandaloneAdmission:
         return self._deny(peer, refusal.error())
 
     def _deny(self, peer: SpiffeId, error: ZtError) -> Admission:
+        # counted here; the server logs the refusal with the client's address (zt/proxy/server.py)
         self.refused[error.reason] += 1
-        count = self.refused[error.reason]
-        if count & (count - 1) == 0:  # 1st, 2nd, 4th, 8th...: a flood costs log2(n) lines
-            log.info(
-                "CONNECT from %s refused (%s, %d so far): %s", peer, error.reason, count, error
-            )
+        log.debug("CONNECT from %s refused (%s): %s", peer, error.reason, error)
         return Admission.deny(error)

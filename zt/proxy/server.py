@@ -39,8 +39,18 @@ from zt.proxy.errors import InternalError, StreamResetError
 from zt.proxy.relay import TcpRelay
 from zt.proxy.stream import HboneStream
 from zt.sockopt import set_keepalive
+from zt.telemetry.ratelog import RateLimitedLogger
 
 log = logging.getLogger("zt.proxy.server")
+# Each refused client is one line naming its address and the reason; keyed by reason and client
+# IP, so a client repeating the same refused request costs one line per interval (with a count).
+refusal_log = RateLimitedLogger(log)
+
+
+def peer_address(driver: HboneDriver) -> str:
+    """The client's `ip:port` as its socket saw it ("?" once that is unknown)."""
+    name = driver.transport.get_extra_info("peername") if driver.transport is not None else None
+    return str(from_sockaddr(name)) if isinstance(name, tuple) else "?"
 
 
 DIAL_TIMEOUT = 10.0
@@ -182,8 +192,17 @@ class HboneServer:
 
     def _accepted(self, driver: HboneDriver, ready: asyncio.Future[SpiffeId | None]) -> None:
         if ready.cancelled() or ready.exception() is not None:
-            exc = ready.exception()
-            log.info("HBONE connection refused: %s", exc)
+            exc = None if ready.cancelled() else ready.exception()
+            address = peer_address(driver)
+            reason = (
+                exc.reason if isinstance(exc, ZtError)
+                else "cancelled" if exc is None
+                else type(exc).__name__
+            )  # fmt: skip
+            refusal_log.info(
+                f"peer:{reason}:{address.rpartition(':')[0]}",
+                "HBONE connection from %s refused (%s): %s", address, reason, exc,
+            )  # fmt: skip
             if exc is not None:
                 self.peer_refusals.append(exc)
             return
@@ -215,7 +234,10 @@ class HboneServer:
             return  # the client or the connection went away first
         except Exception as exc:  # the hook or dialer of another room failed: answer, don't hang
             error = exc if isinstance(exc, ZtError) else InternalError(repr(exc))
-            log.warning("tunnel %s refused: %s", stream.request.authority_text, exc)
+            log.warning(
+                "tunnel %s from %s refused: %s",
+                stream.request.authority_text, peer_address(stream.driver), exc,
+            )  # fmt: skip
             self._answer_error(stream, error)
             return
         if upstream is None:
@@ -253,6 +275,13 @@ class HboneServer:
         assert stream.driver.peer is not None  # the peer check ran before any stream
         decision = await self._admission(stream.driver.peer, stream.request)
         if not decision.allowed:
+            address = peer_address(stream.driver)
+            refusal_log.info(
+                f"connect:{decision.reason}:{address.rpartition(':')[0]}",
+                "CONNECT %s from %s (%s) refused: %d %s",
+                stream.request.authority_text, address, stream.driver.peer, decision.status,
+                decision.reason,
+            )  # fmt: skip
             self._respond(stream, decision.status, decision.reason)
             return None
         try:

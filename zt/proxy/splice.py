@@ -96,29 +96,52 @@ class _SpliceSide(TcpSide):
         self.splice.finish("reset")
 
 
+class Splice:
+    """One splice, made before it runs so that its byte counts can be read while it does
+    (telemetry flushes them; the sides only bump plain ints)."""
+
+    def __init__(self) -> None:
+        self.a: _SpliceSide | None = None
+        self.b: _SpliceSide | None = None
+
+    def progress(self) -> tuple[int, int]:
+        """(b_to_a, a_to_b) so far: towards `a`'s peer and from it."""
+        if self.a is None or self.b is None:
+            return 0, 0
+        return self.b.copied, self.a.copied
+
+    async def run(
+        self,
+        a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> SpliceResult:
+        """Run both directions until both ended; a reset on either side resets both (so does
+        cancelling the splice: neither side saw a complete stream)."""
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        state = _Splice(done)
+        side_a, side_b = self.a, self.b = _SpliceSide(state), _SpliceSide(state)
+        side_a.peer, side_b.peer = side_b, side_a
+        state.sides = [side_a, side_b]
+        try:
+            handovers = []
+            for side, (reader, writer) in ((side_a, a), (side_b, b)):
+                set_tcp_write_limits(writer.transport)
+                handovers.append(side.bind(reader, writer))
+            for side, handover in zip(state.sides, handovers, strict=True):
+                if state.outcome is None:
+                    side.start(handover)
+            outcome = await done
+        except BaseException:
+            state.outcome = state.outcome or "cancelled"
+            reset_tcp(a[1])
+            reset_tcp(b[1])
+            raise
+        return SpliceResult(side_a.copied, side_b.copied, outcome)
+
+
 async def splice(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
 ) -> SpliceResult:
-    """Run both directions until both ended; a reset on either side resets both (so does
-    cancelling the splice: neither side saw a complete stream)."""
-    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    state = _Splice(done)
-    side_a, side_b = _SpliceSide(state), _SpliceSide(state)
-    side_a.peer, side_b.peer = side_b, side_a
-    state.sides = [side_a, side_b]
-    try:
-        handovers = []
-        for side, (reader, writer) in ((side_a, a), (side_b, b)):
-            set_tcp_write_limits(writer.transport)
-            handovers.append(side.bind(reader, writer))
-        for side, handover in zip(state.sides, handovers, strict=True):
-            if state.outcome is None:
-                side.start(handover)
-        outcome = await done
-    except BaseException:
-        state.outcome = state.outcome or "cancelled"
-        reset_tcp(a[1])
-        reset_tcp(b[1])
-        raise
-    return SpliceResult(side_a.copied, side_b.copied, outcome)
+    """`Splice().run(a, b)`: when nobody needs the counts before the end."""
+    return await Splice().run(a, b)

@@ -43,6 +43,15 @@ def frozen_map(items: Mapping[str, Mapping[int, int]]) -> Mapping[str, Mapping[i
 
 
 @dataclass(frozen=True)
+class Locality:
+    """Where a workload runs (ztunnel's Locality); region and zone label istio_tcp_* metrics."""
+
+    region: str = ""
+    zone: str = ""
+    subzone: str = ""
+
+
+@dataclass(frozen=True)
 class Workload:
     uid: str
     name: str
@@ -59,6 +68,14 @@ class Workload:
     services: Mapping[str, Mapping[int, int]] = field(default_factory=lambda: frozen_map({}))
     # "<ns>/<name>" of WorkloadSelector-scoped policies that select this workload
     authorization_policies: tuple[str, ...] = ()
+    # Telemetry names as ztunnel's Workload carries them (istio_tcp_* labels): the workload
+    # (e.g. Deployment) this instance belongs to, its canonical service and revision (which also
+    # fill the app and version labels), its cluster and locality. "" reads "unknown" in labels.
+    workload_name: str = ""
+    canonical_name: str = ""
+    canonical_revision: str = ""
+    cluster_id: str = ""
+    locality: Locality = field(default_factory=Locality)
 
     @property
     def identity(self) -> str:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
-import logging
+import platform
+import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+import zt
+from zt.identity.certs import WorkloadCert
+from zt.telemetry import logsetup
 from zt.telemetry.http import Request, Response
-from zt.telemetry.logsetup import LOGGER_SCOPES
-from zt.telemetry.metrics import Registry
-
-LEVELS = ("debug", "info", "warning", "error", "critical")
+from zt.telemetry.metrics import CONTENT_TYPE, Registry
 
 
 class Readiness:
@@ -51,11 +58,19 @@ class Readiness:
         return not self.missing()
 
 
-def metrics_handler(registry: Registry) -> Callable[[Request], Response]:
-    def handle(request: Request) -> Response:
-        if request.path != "/metrics":
-            return Response.text(404, "not found: try /metrics\n")
-        return Response(200, registry.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
+# ztunnel serves one exposition at both paths on its metrics port (15020); /stats/prometheus is
+# Envoy's path, which scrapers written for sidecars ask for.
+METRICS_PATHS = ("/metrics", "/stats/prometheus")
+
+
+def metrics_handler(registry: Registry) -> Callable[[Request], Awaitable[Response]]:
+    async def handle(request: Request) -> Response:
+        if request.path not in METRICS_PATHS:
+            return Response.text(404, f"not found: try {' or '.join(METRICS_PATHS)}\n")
+        # Collector values are taken here, on the loop that owns them; formatting the text (tens
+        # of ms for a thousand series) runs on a thread, so a scrape does not stall the proxy.
+        body = await asyncio.to_thread(registry.prepare())
+        return Response(200, body, CONTENT_TYPE)
 
     return handle
 
@@ -73,49 +88,88 @@ def readiness_handler(readiness: Readiness) -> Callable[[Request], Response]:
     return handle
 
 
-def _set_levels(query: dict[str, str]) -> str | None:
-    """`?level=debug` sets the `zt` scope; `?zt.access=warning` one scope. None, or an error.
-    Only the scopes in LOGGER_SCOPES are accepted: a name from the request never creates a logger
-    (the logging module keeps every logger ever named, for the life of the process)."""
-    for name, level in query.items():
-        scope = "zt" if name == "level" else name
-        if scope not in LOGGER_SCOPES:
-            return f"scope: got {name!r}, expected level or one of {', '.join(LOGGER_SCOPES)}"
-        if level.lower() not in LEVELS:
-            return f"{name}: got {level!r}, expected one of {', '.join(LEVELS)}"
-    for name, level in query.items():
-        logging.getLogger("zt" if name == "level" else name).setLevel(level.upper())
-    return None
+def build_info() -> dict[str, str]:
+    """`version` of /config_dump: ztunnel's BuildInfo fields that zt has (python in place of
+    rust, the TLS library as the crypto provider)."""
+    return {
+        "version": zt.__version__,
+        "pythonVersion": platform.python_version(),
+        "cryptoProvider": ssl.OPENSSL_VERSION,
+    }
 
 
-def _effective_level(name: str) -> str:
-    """The level `name` logs at, read without creating it (a scope whose module isn't loaded yet
-    has no logger: its nearest existing ancestor decides)."""
-    loggers = logging.root.manager.loggerDict
-    while name:
-        logger = loggers.get(name)
-        if isinstance(logger, logging.Logger):
-            return logging.getLevelName(logger.getEffectiveLevel()).lower()
-        name = name.rpartition(".")[0]
-    return logging.getLevelName(logging.root.level).lower()
+def _rfc3339(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _levels() -> str:
-    return "".join(f"{name}: {_effective_level(name)}\n" for name in LOGGER_SCOPES)
+def _cert_entries(pem: bytes) -> list[dict[str, str]]:
+    """ztunnel's CertDump per certificate: the PEM base64-encoded (as ztunnel writes it), the
+    serial in decimal, the validity in RFC 3339 UTC."""
+    if not pem:
+        return []
+    return [
+        {
+            "pem": base64.b64encode(cert.public_bytes(Encoding.PEM)).decode(),
+            "serialNumber": str(cert.serial_number),
+            "validFrom": _rfc3339(cert.not_valid_before_utc),
+            "expirationTime": _rfc3339(cert.not_valid_after_utc),
+        }
+        for cert in x509.load_pem_x509_certificates(pem)
+    ]
+
+
+def certificate_dump(
+    held: Iterable[tuple[str, str, WorkloadCert | None]],
+) -> list[dict[str, object]]:
+    """`certificates` of /config_dump, ztunnel's CertsDump: one entry per identity the node
+    holds, with its state, the leaf and intermediates (`certChain`) and the trust bundle
+    (`rootCerts`)."""
+    return [
+        {
+            "identity": identity,
+            "state": state,
+            "certChain": _cert_entries(cert.cert_pem + cert.chain_pem) if cert else [],
+            "rootCerts": _cert_entries(cert.roots_pem) if cert else [],
+        }
+        for identity, state, cert in sorted(held, key=lambda entry: entry[0])
+    ]
+
+
+# ztunnel's admin index, as plain text: path, then what it does
+ENDPOINTS: tuple[tuple[str, str], ...] = (
+    ("/config_dump", "dump the current configuration: workloads, services, policies, "
+     "certificates, version, and this node's pods, capture and workers (GET)"),
+    ("/logging", "query (GET) or change (POST ?level=info,access=debug) logging levels"),
+    ("/quitquitquit", "drain and shut down the node (POST)"),
+)  # fmt: skip
+INDEX = "".join(f"{path:<16}{text}\n" for path, text in ENDPOINTS)
+LOGGING_HELP = (
+    "usage: GET /logging (list the levels); POST /logging?level=<level>[,<scope>=<level>...] "
+    "(change them); POST /logging?reset[&level=...] (back to the start-up levels first)\n"
+    f"levels: {', '.join(logsetup.LEVELS)}; scopes: {', '.join(logsetup.ZTUNNEL_SCOPES)}, "
+    "or a zt scope (GET /logging lists them)\n"
+)
 
 
 class Admin:
-    """127.0.0.1:15000 (loopback only unless forced, zt/node/options.py): `/config_dump` (GET,
-    JSON), `/logging` (GET lists the levels; POST ?level=L sets `zt`, ?<scope>=L one scope),
-    `/quitquitquit` (POST: drain and exit, as Envoy's admin does). Every change is a POST, so a
-    page that makes a browser GET a local URL changes nothing, and a POST that carries an Origin
-    header is refused, so a page can't POST one either (the Fetch standard, "append a request
-    `Origin` header": a browser adds it whenever the method is neither GET nor HEAD; curl and
-    scripts don't)."""
+    """127.0.0.1:15000 (loopback only unless forced, zt/node/options.py), ztunnel's admin:
+    `/` lists the endpoints, `/config_dump` (GET, JSON), `/logging` (GET, or POST without a
+    query, lists the levels; POST ?level=info,access=debug changes them, ?reset restores the
+    start-up levels first), `/quitquitquit` (POST: drain and exit, as Envoy's admin does). Every
+    change is a POST, so a page that makes a browser GET a local URL changes nothing, and a POST
+    that carries an Origin header is refused, so a page can't POST one either (the Fetch
+    standard, "append a request `Origin` header": a browser adds it whenever the method is
+    neither GET nor HEAD; curl and scripts don't)."""
 
-    def __init__(self, config_dump: Callable[[], object], quit: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config_dump: Callable[[], object],
+        quit: Callable[[], None],
+        levels_changed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._config_dump = config_dump
         self._quit = quit
+        self._levels_changed = levels_changed  # the node hands new levels to its worker processes
 
     def __call__(self, request: Request) -> Response:
         if request.method == "POST" and "origin" in request.headers:
@@ -123,6 +177,8 @@ class Admin:
             return Response.text(
                 403, f"origin: got {origin!r}, expected none (not from a browser)\n"
             )
+        if request.path == "/":
+            return Response.text(200, INDEX)
         if request.path == "/config_dump":
             if request.method != "GET":
                 return Response.text(405, "use GET /config_dump\n")
@@ -135,17 +191,22 @@ class Admin:
                 return Response.text(405, "use POST /quitquitquit\n")
             self._quit()
             return Response.text(200, "OK\n")
-        return Response.text(404, "not found: /config_dump, /logging, /quitquitquit\n")
+        return Response.text(404, f"not found: {request.path[:80]!r}; the endpoints:\n{INDEX}")
 
-    @staticmethod
-    def _logging(request: Request) -> Response:
+    def _logging(self, request: Request) -> Response:
         if request.method == "GET" and not request.query:
-            return Response.text(200, _levels())
+            return Response.text(200, logsetup.current_levels())
         if request.method != "POST":
+            return Response.text(405, LOGGING_HELP)
+        unknown = sorted(set(request.query) - {"level", "reset"})
+        if unknown:
+            name = unknown[0][:80]
             return Response.text(
-                405, "use GET /logging to list, POST /logging?<scope>=<level> to set\n"
+                400, f"query: got {name!r}, expected level or reset\n{LOGGING_HELP}"
             )
-        error = _set_levels(request.query)
-        if error:
-            return Response.text(400, error + "\n")
-        return Response.text(200, _levels())
+        try:
+            logsetup.set_levels(request.query.get("level", ""), reset="reset" in request.query)
+        except logsetup.LogLevelError as exc:
+            return Response.text(exc.http_status, f"{exc}\n{LOGGING_HELP}")
+        self._levels_changed()
+        return Response.text(200, logsetup.current_levels())

@@ -24,6 +24,8 @@ import time
 from collections.abc import Iterator
 from logging.handlers import QueueHandler
 
+from zt.errors import UsageError
+
 QUEUE_SIZE = 10_000  # lines waiting for stderr; past this, records are dropped and counted
 WRITE_BATCH = 512  # lines taken off the queue at once (written PIPE_BUF bytes at a time)
 FLUSH_TIMEOUT = 2.0  # seconds shutdown() waits for the queue to reach stderr
@@ -51,6 +53,7 @@ LOGGER_SCOPES: tuple[str, ...] = (
     "zt.node.socks5",
     "zt.node.worker",
     "zt.node.workers",
+    "zt.proxy",
     "zt.proxy.accept",
     "zt.proxy.driver",
     "zt.proxy.forward",
@@ -58,6 +61,142 @@ LOGGER_SCOPES: tuple[str, ...] = (
     "zt.proxy.server",
     "zt.telemetry.http",
 )
+
+# ztunnel's level names (tracing's) onto Python's: `trace` below DEBUG, `off` above anything zt
+# logs, `warn` is WARNING.
+TRACE = logging.DEBUG - 5
+OFF = logging.CRITICAL + 10
+logging.addLevelName(TRACE, "TRACE")
+logging.addLevelName(OFF, "OFF")
+LEVELS: dict[str, int] = {
+    "trace": TRACE,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,  # not ztunnel's; Python's, so every level zt shows reads back
+    "off": OFF,
+}
+
+# ztunnel's log targets (its module paths, and `access` for its access log) onto the zt scopes
+# doing that work, so `POST /logging?level=ztunnel::proxy=debug` means here what it means there.
+# A tracing target also covers every target under it (`ztunnel::proxy` covers
+# `ztunnel::proxy::inbound`); each entry lists the scopes it covers. `ztunnel` sets the `zt`
+# logger, which every scope inherits from unless set on its own (`access` included: in ztunnel
+# `access` is a target of its own, outside `ztunnel`).
+ZTUNNEL_SCOPES: dict[str, tuple[str, ...]] = {
+    "access": ("zt.access",),
+    "ztunnel": ("zt",),
+    "ztunnel::app": ("zt.node", "zt.node.workers", "zt.node.worker", "zt.node.control"),
+    "ztunnel::proxy": (
+        "zt.proxy",
+        "zt.proxy.accept",
+        "zt.proxy.driver",
+        "zt.proxy.forward",
+        "zt.proxy.guard",
+        "zt.proxy.server",
+        "zt.node.inbound",
+        "zt.node.outbound",
+        "zt.node.socks5",
+        "zt.node.conntrack",
+    ),
+    "ztunnel::proxy::inbound": ("zt.node.inbound",),
+    "ztunnel::proxy::outbound": ("zt.node.outbound",),
+    "ztunnel::proxy::socks5": ("zt.node.socks5",),
+    "ztunnel::proxy::h2": ("zt.proxy.driver",),
+    "ztunnel::proxy::connection_manager": ("zt.node.conntrack",),
+    "ztunnel::identity": ("zt.identity.ca", "zt.identity.manager", "zt.fleet.certsource"),
+    "ztunnel::xds": ("zt.config", "zt.fleet.mesh"),
+    "ztunnel::inpod": ("zt.node.pod", "zt.node.podapi"),
+    "ztunnel::admin": ("zt.telemetry.http",),
+    "ztunnel::hyper_util": ("zt.telemetry.http",),
+}
+
+
+class LogLevelError(UsageError):
+    """A `/logging` directive naming a scope or level that is not one of the known ones."""
+
+    reason = "bad_log_level"
+
+
+def _clipped(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:80] + "...")
+
+
+def parse_levels(directives: str) -> list[tuple[tuple[str, ...], int]]:
+    """ztunnel's `/logging?level=` value, a comma list of `<level>` (the default, i.e. the `zt`
+    scope) or `<scope>=<level>`, as (zt scopes, Python level) pairs. A scope is a ztunnel target
+    (ZTUNNEL_SCOPES) or a zt scope (LOGGER_SCOPES): a name from a request never creates a logger
+    (the logging module keeps every logger ever named, for the life of the process)."""
+    out: list[tuple[tuple[str, ...], int]] = []
+    for clause in directives.split(","):
+        scope, sep, level = clause.strip().rpartition("=")
+        scopes = ZTUNNEL_SCOPES.get(scope) or ((scope,) if scope in LOGGER_SCOPES else ())
+        if sep and not scopes:
+            raise LogLevelError(
+                f"scope: got {_clipped(scope)}, expected one of {', '.join(ZTUNNEL_SCOPES)} "
+                f"or a zt scope: {', '.join(LOGGER_SCOPES)}"
+            )
+        if level.lower() not in LEVELS:
+            raise LogLevelError(
+                f"level: got {_clipped(level)} in {_clipped(clause)}, "
+                f"expected one of {', '.join(LEVELS)}"
+            )
+        out.append((scopes if sep else ("zt",), LEVELS[level.lower()]))
+    return out
+
+
+def set_levels(directives: str, *, reset: bool = False) -> None:
+    """Apply `directives` (parse_levels) on top of the current levels, as ztunnel adds them to its
+    filter; `reset` first puts every scope back to how `configure` left it. All or nothing: an
+    invalid clause raises LogLevelError before any level changes."""
+    parsed = parse_levels(directives) if directives else []
+    if reset:
+        for name in LOGGER_SCOPES:
+            logger = logging.root.manager.loggerDict.get(name)
+            if isinstance(logger, logging.Logger):
+                logger.setLevel(logging.NOTSET)
+        logging.getLogger("zt").setLevel(_Pipeline.default_level)
+    for scopes, level in parsed:
+        for name in scopes:
+            logging.getLogger(name).setLevel(level)
+
+
+def level_name(level: int) -> str:
+    """A Python level under its ztunnel name (`warn`, `off`...); CRITICAL has none."""
+    names = {number: name for name, number in LEVELS.items()}
+    return names.get(level, logging.getLevelName(level).lower())
+
+
+def effective_level(name: str) -> int:
+    """The level `name` logs at, read without creating it (a scope whose module isn't loaded yet
+    has no logger: its nearest existing ancestor decides)."""
+    loggers = logging.root.manager.loggerDict
+    while name:
+        logger = loggers.get(name)
+        if isinstance(logger, logging.Logger):
+            return logger.getEffectiveLevel()
+        name = name.rpartition(".")[0]
+    return logging.root.level
+
+
+def level_directive() -> str:
+    """Every scope's level as one `/logging?level=` value (`info,zt.access=debug`): POSTed with
+    `reset` it sets the same levels, which is how the leader hands them to its followers."""
+    loggers = logging.root.manager.loggerDict
+    explicit = [
+        f"{name}={level_name(logger.level)}"
+        for name in LOGGER_SCOPES
+        if name != "zt" and isinstance(logger := loggers.get(name), logging.Logger) and logger.level
+    ]
+    return ",".join([level_name(effective_level("zt")), *explicit])
+
+
+def current_levels() -> str:
+    """What `/logging` answers: ztunnel's one line (`current log level is info,zt.access=debug`,
+    which POSTed back sets the same levels), then every scope's effective level."""
+    lines = [f"{name}: {level_name(effective_level(name))}\n" for name in LOGGER_SCOPES]
+    return f"current log level is {level_directive()}\n" + "".join(lines)
 
 
 class _TextFormatter(logging.Formatter):
@@ -188,6 +327,7 @@ class _Pipeline:
     """The handler and writer `configure` installed (module state without `global`)."""
 
     active: tuple[_DroppingQueueHandler, _Writer] | None = None
+    default_level: int = logging.NOTSET  # the `zt` level `configure` set (`/logging?reset`)
 
 
 def configure(
@@ -210,6 +350,7 @@ def configure(
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("zt").setLevel(level)
+    _Pipeline.default_level = level
 
 
 def shutdown(timeout: float = FLUSH_TIMEOUT) -> None:

@@ -21,24 +21,24 @@ ID = "spiffe://cluster.local/ns/shop/sa/cart"
 
 def test_init_then_refuse_then_force(tmp_path: Path) -> None:
     d = tmp_path / "ca"
-    first = runner.invoke(app, ["init", "--dir", str(d)])
+    first = runner.invoke(app, ["init", "--ca-dir", str(d)])
     assert first.exit_code == 0, first.output
     fp = CertificateAuthority.load(d).fingerprint
     assert first.stdout.strip() == f"CA in {d}: trust domain cluster.local, sha256 {fp}"
-    again = runner.invoke(app, ["init", "--dir", str(d)])
+    again = runner.invoke(app, ["init", "--ca-dir", str(d)])
     assert again.exit_code == 2
     assert f"zt: a CA already exists in {d}; pass --force to replace it" in again.stderr
     assert CertificateAuthority.load(d).fingerprint == fp
-    forced = runner.invoke(app, ["init", "--dir", str(d), "--force", "--trust-domain", "m.io"])
+    forced = runner.invoke(app, ["init", "--ca-dir", str(d), "--force", "--trust-domain", "m.io"])
     assert forced.exit_code == 0, forced.output
     assert CertificateAuthority.load(d).trust_domain == "m.io"
 
 
 def test_issue_writes_three_files(tmp_path: Path) -> None:
     d = tmp_path / "ca"
-    assert runner.invoke(app, ["init", "--dir", str(d)]).exit_code == 0
+    assert runner.invoke(app, ["init", "--ca-dir", str(d)]).exit_code == 0
     out = tmp_path / "cart"
-    res = runner.invoke(app, ["issue", "--dir", str(d), "--spiffe", ID, "--out", str(out)])
+    res = runner.invoke(app, ["issue", "--ca-dir", str(d), "--spiffe", ID, "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert res.stdout.split() == [f"{out}.pem", f"{out}.key", f"{out}-bundle.pem"]
     assert stat.S_IMODE(Path(f"{out}.key").stat().st_mode) == 0o600
@@ -51,32 +51,41 @@ def test_issue_writes_three_files(tmp_path: Path) -> None:
 def test_issue_errors_name_the_value(tmp_path: Path) -> None:
     d = tmp_path / "ca"
     out = str(tmp_path / "x")
-    no_ca = runner.invoke(app, ["issue", "--dir", str(d), "--spiffe", ID, "--out", out])
+    no_ca = runner.invoke(app, ["issue", "--ca-dir", str(d), "--spiffe", ID, "--out", out])
     assert no_ca.exit_code == 2
     assert f"zt: no CA in {d}" in no_ca.stderr
-    assert runner.invoke(app, ["init", "--dir", str(d)]).exit_code == 0
-    bad = runner.invoke(app, ["issue", "--dir", str(d), "--spiffe", "spiffe://x/a", "--out", out])
+    assert runner.invoke(app, ["init", "--ca-dir", str(d)]).exit_code == 0
+    bad_id = "spiffe://x/a"
+    bad = runner.invoke(app, ["issue", "--ca-dir", str(d), "--spiffe", bad_id, "--out", out])
     assert bad.exit_code == 2
-    assert "spiffe id: got 'spiffe://x/a', expected spiffe://<trust-domain>/ns/" in bad.stderr
+    assert "--spiffe: got 'spiffe://x/a', expected spiffe://<trust-domain>/ns/" in bad.stderr
     other = "spiffe://other.td/ns/a/sa/b"
-    foreign = runner.invoke(app, ["issue", "--dir", str(d), "--spiffe", other, "--out", out])
+    foreign = runner.invoke(app, ["issue", "--ca-dir", str(d), "--spiffe", other, "--out", out])
     assert foreign.exit_code == 2
     assert f"got '{other}', expected one in trust domain 'cluster.local'" in foreign.stderr
     assert not Path(out + ".key").exists()
 
 
+def test_issue_never_writes_into_the_ca_dir(tmp_path: Path) -> None:
+    d = tmp_path / "ca"
+    assert runner.invoke(app, ["init", "--ca-dir", str(d)]).exit_code == 0
+    key = (d / "ca.key").read_bytes()
+    res = runner.invoke(app, ["issue", "--ca-dir", str(d), "--spiffe", ID, "--out", str(d / "ca")])
+    assert res.exit_code == 2
+    assert res.stderr.startswith(f"zt: --out: got '{d / 'ca'}', expected a path outside --ca-dir")
+    assert (d / "ca.key").read_bytes() == key
+
+
 def test_show_lists_issued_identities(tmp_path: Path) -> None:
     d = tmp_path / "ca"
-    assert (
-        runner.invoke(app, ["init", "--dir", str(d), "--trust-domain", "cluster.local"]).exit_code
-        == 0
-    )
+    init = runner.invoke(app, ["init", "--ca-dir", str(d), "--trust-domain", "cluster.local"])
+    assert init.exit_code == 0
     for i in (ID, ID, "spiffe://cluster.local/ns/shop/sa/pay"):
         res = runner.invoke(
-            app, ["issue", "--dir", str(d), "--spiffe", i, "--out", str(tmp_path / "w")]
+            app, ["issue", "--ca-dir", str(d), "--spiffe", i, "--out", str(tmp_path / "w")]
         )
         assert res.exit_code == 0, res.output
-    text = runner.invoke(app, ["show", "--dir", str(d)])
+    text = runner.invoke(app, ["show", "--ca-dir", str(d)])
     assert text.exit_code == 0, text.output
     ca = CertificateAuthority.load(d)
     assert f"sha256_fingerprint: {ca.fingerprint}" in text.stdout
@@ -84,7 +93,7 @@ def test_show_lists_issued_identities(tmp_path: Path) -> None:
     assert "validity: " in text.stdout
     assert "issued identities: 2" in text.stdout
     assert f"  {ID} (latest valid until " in text.stdout
-    doc = json.loads(runner.invoke(app, ["show", "--dir", str(d), "--json"]).stdout)
+    doc = json.loads(runner.invoke(app, ["show", "--ca-dir", str(d), "--json"]).stdout)
     assert [x["identity"] for x in doc["issued"]] == [ID, "spiffe://cluster.local/ns/shop/sa/pay"]
     assert doc["trust_domain"] == "cluster.local"
     assert doc["sha256_fingerprint"] == ca.fingerprint
@@ -93,7 +102,7 @@ def test_show_lists_issued_identities(tmp_path: Path) -> None:
 def test_init_imports_operator_ca(tmp_path: Path) -> None:
     src = CertificateAuthority.init(tmp_path / "operator", "corp.io")
     d = tmp_path / "ca"
-    args = ["init", "--dir", str(d), "--trust-domain", "corp.io"]
+    args = ["init", "--ca-dir", str(d), "--trust-domain", "corp.io"]
     only_cert = runner.invoke(app, [*args, "--cert", str(tmp_path / "operator" / "ca.pem")])
     assert only_cert.exit_code == 2
     assert "--cert and --key: expected both or neither" in only_cert.stderr
@@ -110,10 +119,13 @@ def test_init_imports_operator_ca(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert CertificateAuthority.load(d).fingerprint == src.fingerprint
     missing = runner.invoke(
-        app, ["init", "--dir", str(tmp_path / "c2"), "--cert", "/nonexistent", "--key", "/x"]
+        app, ["init", "--ca-dir", str(tmp_path / "c2"), "--cert", "/nonexistent", "--key", "/x"]
     )
     assert missing.exit_code == 2
-    assert "--cert /nonexistent: No such file or directory" in missing.stderr
+    assert (
+        "--cert: got '/nonexistent', expected a readable PEM file (No such file or directory)"
+        in (missing.stderr)
+    )
 
 
 def test_mounted_as_zt_ca(tmp_path: Path) -> None:
@@ -121,9 +133,9 @@ def test_mounted_as_zt_ca(tmp_path: Path) -> None:
     # imported here so a broken sibling sub-app fails this test, not the whole module
     zt_app = importlib.import_module("cli.main").app
     d = tmp_path / "ca"
-    res = runner.invoke(zt_app, ["ca", "init", "--dir", str(d), "--trust-domain", "m.io"])
+    res = runner.invoke(zt_app, ["ca", "init", "--ca-dir", str(d), "--trust-domain", "m.io"])
     assert res.exit_code == 0, res.output
-    shown = runner.invoke(zt_app, ["ca", "show", "--dir", str(d), "--json"])
+    shown = runner.invoke(zt_app, ["ca", "show", "--ca-dir", str(d), "--json"])
     assert json.loads(shown.stdout)["trust_domain"] == "m.io"
 
 

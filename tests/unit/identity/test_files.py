@@ -147,12 +147,13 @@ def test_ca_issue_under_file_size_limit_fails_and_leaves_no_truncated_file(
     tmp_path: Path,
 ) -> None:
     ca_dir = tmp_path / "ca"
-    init = _zt("ca", "init", "--dir", str(ca_dir))
+    init = _zt("ca", "init", "--ca-dir", str(ca_dir))
     assert init.returncode == 0, init.stderr
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     spiffe = "spiffe://cluster.local/ns/shop/sa/cart"
-    args = ("ca", "issue", "--dir", str(ca_dir), "--spiffe", spiffe, "--out", str(out_dir / "cart"))
+    out = str(out_dir / "cart")
+    args = ("ca", "issue", "--ca-dir", str(ca_dir), "--spiffe", spiffe, "--out", out)
     done = _zt(*args, limit=LIMIT)
     assert done.returncode != 0, done.stdout
     assert f"zt: {out_dir}/cart.key: wrote {LIMIT} of" in done.stderr

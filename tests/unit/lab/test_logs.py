@@ -10,8 +10,8 @@ from zt.telemetry.connections import ConnectionInfo, ConnectionOutcome, Peer, ac
 INFO = ConnectionInfo(
     direction="inbound",
     src=Peer("10.1.0.2:40000", "pod1-1", "lab", "spiffe://cluster.local/ns/lab/sa/sa-pod1-1"),
-    dst=Peer("10.2.0.2:9090", "pod2-1", "lab", "spiffe://cluster.local/ns/lab/sa/sa-pod2-1"),
-    hbone_addr="10.2.0.2:15008",
+    dst=Peer("10.2.0.2:15008", "pod2-1", "lab", "spiffe://cluster.local/ns/lab/sa/sa-pod2-1"),
+    hbone_addr="10.2.0.2:9090",
     protocol="hbone",
 )
 OUTCOME = ConnectionOutcome(0, 0, 0.01, "DENY", 'denied by "lab/deny" = yes', "lab/deny-port-9090")
@@ -45,5 +45,5 @@ def test_records_after_an_offset_and_waiting_for_a_match(tmp_path: Path) -> None
     assert [r.flags for r in found] == ["-"]
     hit = logs.wait_for(log, 0, lambda r: r.count("bytes_sent") == 5, timeout=0.1)
     assert hit is not None and hit.count("bytes_recv") == 5
-    assert logs.wait_for(log, 0, lambda r: r.flags == "UF", timeout=0.1) is None
+    assert logs.wait_for(log, 0, lambda r: r.flags == "CONNECT", timeout=0.1) is None
     assert logs.records(tmp_path / "missing.log") == [] and logs.size(tmp_path / "x") == 0

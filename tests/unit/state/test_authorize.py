@@ -9,6 +9,7 @@ import pytest
 
 from zt.addr import SocketAddr, parse_ip
 from zt.config import load_document
+from zt.errors import ConfigError
 from zt.state import Connection, authorize
 
 FRONTEND = "spiffe://cluster.local/ns/web/sa/frontend"
@@ -127,12 +128,6 @@ CASES = [
         (_policy(A, _one(principals=["cluster.local/ns/web/sa/frontend"])),),
         True,
         "default/p",
-    ),
-    Case(
-        "principals written with spiffe:// never match",
-        (_policy(A, _one(principals=[FRONTEND])),),
-        False,
-        None,
     ),
     Case(
         "principals other trust domain miss",
@@ -301,6 +296,14 @@ def test_authorize(case: Case) -> None:
     conn = Connection(parse_ip(case.src), SocketAddr.parse(case.dst), case.identity)
     decision = authorize(conn, snapshot)
     assert (decision.allowed, decision.policy) == (case.allowed, case.policy), decision.reason
+
+
+def test_principals_written_with_spiffe_scheme_are_refused_at_load() -> None:
+    """Istio's principals carry no scheme, so `spiffe://...` would never match: the loader says
+    so instead of loading a rule that silently admits nobody."""
+    with pytest.raises(ConfigError) as err:
+        load_document(_doc(_policy(A, _one(principals=[FRONTEND]))), "t")
+    assert "principals" in str(err.value) and FRONTEND in str(err.value)
 
 
 def test_dry_run_outcome_is_reported() -> None:

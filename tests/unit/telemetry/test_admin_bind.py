@@ -39,9 +39,11 @@ def test_remote_admin_is_refused_unless_forced(admin: str) -> None:
     assert _options(admin, allow_remote=True).admin_allow_remote
 
 
-def test_zt_run_refuses_remote_admin_before_starting() -> None:
+def test_zt_run_refuses_remote_admin_before_starting(tmp_path: Path) -> None:
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("{}\n")  # --config must name a file that exists
     result = CliRunner().invoke(
-        app, ["run", "--config", "mesh.yaml", "--node", "n1", "--admin-addr", "0.0.0.0:15000"]
+        app, ["run", "--config", str(mesh), "--node", "n1", "--admin-addr", "0.0.0.0:15000"]
     )
     assert result.exit_code == 2
     assert "zt: --admin-addr: got 0.0.0.0:15000, expected a loopback address" in result.stderr
