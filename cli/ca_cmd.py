@@ -196,6 +196,7 @@ def serve(
         typer.Option(
             help="workload certificate lifetime: 24h, 90m, ... (seconds; at least 1h)",
             parser=_values.duration(floor=3600.0),
+            metavar="DURATION",
         ),
     ] = LEAF_LIFETIME,
     quiet: Annotated[bool, typer.Option("--quiet", help="log only refusals and errors")] = False,
@@ -245,6 +246,7 @@ def rotate(
             help="how long nodes get to fetch the new bundle before it signs: 60s, 5m, ... "
             "(seconds)",
             parser=_values.duration(),
+            metavar="DURATION",
         ),
     ] = 60.0,
     retire_after: Annotated[
@@ -253,6 +255,7 @@ def rotate(
             help="drop the old root this long after the switch: 1h, 7d, ... (default: when the "
             "last leaf it signed expires; nodes renew onto the new root at the switch)",
             parser=_values.duration(),
+            metavar="DURATION",
         ),
     ] = None,
 ) -> None:
@@ -306,6 +309,7 @@ def token_create(
         typer.Option(
             help="how long the token stays usable: 1h, 30m, ... (seconds)",
             parser=_values.duration(floor=1.0),
+            metavar="DURATION",
         ),
     ] = 3600.0,
     etcd: EtcdOpt,
@@ -350,6 +354,7 @@ def issue(
         typer.Option(
             help="certificate lifetime: 24h, 90m, ... (seconds)",
             parser=_values.duration(floor=1.0),
+            metavar="DURATION",
         ),
     ] = LEAF_LIFETIME,
 ) -> None:

@@ -65,6 +65,7 @@ def join_cmd(
         typer.Option(
             help="how long to wait for the signer: 30s, 2m, ... (seconds)",
             parser=_values.duration(),
+            metavar="DURATION",
         ),
     ] = 30.0,
 ) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import typer.main
 import typer.testing
-from typer.core import TyperCommand
 from typer.testing import CliRunner
 
 from cli.main import app
+from tests.unit.cli.tree import commands
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = str(ROOT / "examples" / "mesh.yaml")
@@ -152,19 +152,6 @@ FREE = {
 }
 
 
-def _commands() -> Iterator[tuple[str, TyperCommand]]:
-    def walk(cmd: object, path: list[str]) -> Iterator[tuple[str, TyperCommand]]:
-        subs = getattr(cmd, "commands", None)
-        if subs is None:
-            assert isinstance(cmd, TyperCommand)
-            yield " ".join(path), cmd
-            return
-        for name, sub in subs.items():
-            yield from walk(sub, [*path, name])
-
-    yield from walk(typer.main.get_command(app), [])
-
-
 def _name(param: object) -> str:
     opts = [o for o in getattr(param, "opts", []) if o.startswith("-")]
     return opts[0] if opts else str(getattr(param, "name", "")).upper()
@@ -185,7 +172,7 @@ def _replace(base: list[str], flag: str, value: str, positional: bool) -> list[s
 
 def _cases(p: dict[str, str]) -> Iterator[tuple[str, str, str, list[str]]]:
     base, bad = _base(p), _bad(p)
-    for path, cmd in _commands():
+    for path, cmd in commands():
         assert path in base, f"{path}: add its required values to _base"
         for param in cmd.params:
             name = _name(param)

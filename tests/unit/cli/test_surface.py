@@ -2,7 +2,6 @@
 concept, `--json` wherever data is printed, the help defaults equal to their owners' values."""
 
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 
 from cli import _defaults
 from cli.main import app
+from tests.unit.cli.tree import commands
 from zt.capture.capture import DEFAULT_PIN_DIR
 from zt.fleet.keys import DEFAULT_PREFIX
 from zt.fleet.nodestate import DEFAULT_DIR as NODE_STATE_DIR
@@ -45,19 +45,6 @@ def _one_command_tree(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(typer.testing, "_get_command", functools.cache(typer.main.get_command))
 
 
-def _commands() -> Iterator[tuple[str, TyperCommand]]:
-    def walk(cmd: object, path: list[str]) -> Iterator[tuple[str, TyperCommand]]:
-        subs = getattr(cmd, "commands", None)
-        if subs is None:
-            assert isinstance(cmd, TyperCommand)
-            yield " ".join(path), cmd
-            return
-        for name, sub in subs.items():
-            yield from walk(sub, [*path, name])
-
-    yield from walk(typer.main.get_command(app), [])
-
-
 def _help(path: str) -> str:
     result = CliRunner().invoke(app, [*path.split(), "--help"], terminal_width=100)
     assert result.exit_code == 0, result.output
@@ -72,7 +59,7 @@ def test_ipv6_addresses_in_help_keep_their_brackets() -> None:
 
 def test_every_command_has_an_example() -> None:
     missing = []
-    for path, _ in _commands():
+    for path, _ in commands():
         text = _help(path)
         example = text.split("Example:", 1)[-1] if "Example:" in text else ""
         if f"zt {path}" not in example:
@@ -82,7 +69,7 @@ def test_every_command_has_an_example() -> None:
 
 def test_one_flag_name_per_concept() -> None:
     spellings: dict[str, set[str]] = {}
-    for path, cmd in _commands():
+    for path, cmd in commands():
         for param in cmd.params:
             opts = [o for o in param.opts if o.startswith("-")]
             if opts:
@@ -99,9 +86,9 @@ def test_one_flag_name_per_concept() -> None:
 
 
 def test_every_command_that_prints_data_takes_json() -> None:
-    commands = dict(_commands())
-    assert commands.keys() >= DATA_COMMANDS
-    without = [p for p in sorted(DATA_COMMANDS) if "--json" not in _opts(commands[p])]
+    tree = dict(commands())
+    assert tree.keys() >= DATA_COMMANDS
+    without = [p for p in sorted(DATA_COMMANDS) if "--json" not in _opts(tree[p])]
     assert not without, f"no --json: {without}"
 
 
