@@ -168,7 +168,7 @@ def test_nodes_joining_at_the_same_moment_are_all_admitted(
     """Each admission adds an etcd user, which makes every other joiner's token stale ("revision
     of auth store is old"): the client logs in again with a backoff instead of calling the token
     unknown."""
-    nodes = [f"node-{i}" for i in range(6)]
+    nodes = [f"node-{i}" for i in range(4)]
 
     async def body() -> None:
         async with fleet(etcd_tls_auth, etcd_prefix, tmp_path) as fl:
