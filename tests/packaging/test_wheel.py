@@ -172,30 +172,44 @@ def test_a_node_run_from_the_install_confined_like_the_unit_carries_hbone(
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(10)
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
-    with notify, running_lab("pk") as lab:
-        readies = [notify.recv(64), notify.recv(64)]  # one per node (the poll may lag readiness)
+    with notify:
+        with running_lab("pk") as lab:
+            # one per node (the notifier polls readiness: it may lag the lab's check)
+            readies = [notify.recv(64), notify.recv(64)]
+            notify.settimeout(0.3)
+            with contextlib.suppress(TimeoutError):
+                readies.append(notify.recv(64))
+            assert readies == [b"READY=1", b"READY=1"]  # and sent once
+            for node in ("node1", "node2"):
+                pid = lab.pid(node)
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                assert os.fsencode(installed_zt) in argv, argv
+                assert Path(os.readlink(f"/proc/{pid}/cwd")) == tmp_path
+                status = Path(f"/proc/{pid}/status").read_text()
+                assert f"CapBnd:\t{bounding:016x}" in status, status
+            a, b = lab.pod("pod1-1"), lab.pod("pod2-1")
+            offsets = lab.offsets()
+            payload = b"from the wheel " + bytes(range(256)) * 64
+
+            ex = exchange(a.netns, str(b.ipv4), mesh.APP_PORT, payload)
+
+            assert ex.error == "" and ex.received == payload
+            out = lab.wait_record(
+                "node1", offsets["node1"], direction="outbound", src__addr=ex.local
+            )
+            assert (out.get("protocol"), out.get("src.identity"), out.get("dst.identity")) == (
+                "hbone", identity(a), identity(b)
+            )  # fmt: skip
+            inb = lab.wait_record(
+                "node2", offsets["node2"], direction="inbound", dst__workload=b.name
+            )
+            assert (inb.get("protocol"), inb.get("src.identity")) == ("hbone", identity(a))
+            assert inb.count("bytes_recv") == len(payload) == inb.count("bytes_sent")
+
+        # the lab's down is each node's SIGTERM: STOPPING=1 as its drain begins
         notify.settimeout(0.3)
+        stopping = []
         with contextlib.suppress(TimeoutError):
-            readies.append(notify.recv(64))
-        assert readies == [b"READY=1", b"READY=1"]  # and sent once
-        for node in ("node1", "node2"):
-            pid = lab.pid(node)
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            assert os.fsencode(installed_zt) in argv, argv
-            assert Path(os.readlink(f"/proc/{pid}/cwd")) == tmp_path
-            status = Path(f"/proc/{pid}/status").read_text()
-            assert f"CapBnd:\t{bounding:016x}" in status, status
-        a, b = lab.pod("pod1-1"), lab.pod("pod2-1")
-        offsets = lab.offsets()
-        payload = b"from the wheel " + bytes(range(256)) * 64
-
-        ex = exchange(a.netns, str(b.ipv4), mesh.APP_PORT, payload)
-
-        assert ex.error == "" and ex.received == payload
-        out = lab.wait_record("node1", offsets["node1"], direction="outbound", src__addr=ex.local)
-        assert (out.get("protocol"), out.get("src.identity"), out.get("dst.identity")) == (
-            "hbone", identity(a), identity(b)
-        )  # fmt: skip
-        inb = lab.wait_record("node2", offsets["node2"], direction="inbound", dst__workload=b.name)
-        assert (inb.get("protocol"), inb.get("src.identity")) == ("hbone", identity(a))
-        assert inb.count("bytes_recv") == len(payload) == inb.count("bytes_sent")
+            while True:
+                stopping.append(notify.recv(64))
+        assert stopping == [b"STOPPING=1", b"STOPPING=1"]

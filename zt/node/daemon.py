@@ -43,7 +43,7 @@ from zt.node.pod import PodProxy, capture_name
 from zt.node.podapi import PodAdd, PodList, PodRemove
 from zt.node.podapi import serve as serve_pod_api
 from zt.node.reconcile import RETRY_AFTER, LatestOnly, RemovalGrace, Spec
-from zt.node.sdnotify import notify_when_ready
+from zt.node.sdnotify import notify_stopping, notify_when_ready
 from zt.node.services import NodeServices, renew_loop
 from zt.node.sources import ConfigFeed, open_certs, open_config
 from zt.node.workers import WorkerSupervisor
@@ -508,6 +508,7 @@ class NodeDaemon:
             asyncio.get_running_loop().remove_signal_handler(sig)
         for condition in ("config", "certificates", "capture"):
             self.readiness.set(condition, False)
+        notify_stopping()
         log.info("node %s draining (deadline %g s)", self.options.node, self.options.drain_deadline)
         for task in self._background:
             task.cancel()

@@ -21,6 +21,7 @@ log = logging.getLogger("zt.node")
 
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
 READY = "READY=1"
+STOPPING = "STOPPING=1"  # sd_notify(3): "the service is beginning its shutdown"
 POLL_INTERVAL = 0.1  # s between readiness checks until it first holds
 
 
@@ -74,11 +75,22 @@ async def notify_when_ready(
         log.warning("systemd readiness notification failed: %s", exc)
 
 
+def notify_stopping(environ: Mapping[str, str] | None = None) -> None:
+    """STOPPING=1 as the node starts to drain, so systemd shows the unit as deactivating (not
+    failed) while connections finish; a failed send is logged, the drain goes on."""
+    try:
+        notify(STOPPING, environ)
+    except NotifySocketError as exc:
+        log.warning("systemd stopping notification failed: %s", exc)
+
+
 __all__ = [
     "NOTIFY_SOCKET",
     "READY",
+    "STOPPING",
     "NotifySocketError",
     "notify",
     "notify_address",
+    "notify_stopping",
     "notify_when_ready",
 ]
