@@ -1,17 +1,18 @@
 """The --etcd* flags shared by every command that talks to etcd (validated by zt/fleet/connect.py).
 
-A command declares them with the annotations below and turns them into EtcdSettings:
+A command that takes all seven gets them from `etcd_flags`, as one EtcdSettings:
 
-    def push(..., etcd: EtcdOpt, etcd_cacert: CacertOpt = None, etcd_cert: CertOpt = None,
-             etcd_key: KeyOpt = None, etcd_user: UserOpt = None,
-             etcd_password_file: PasswordFileOpt = None, etcd_prefix: PrefixOpt = DEFAULT_PREFIX):
-        settings = settings_from(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
-                                 etcd_password_file, etcd_prefix)
+    @etcd_flags()
+    def push(file: FileArg, settings: "EtcdSettings") -> None: ...
+
+A command that takes a few (`zt node join`) declares them with the annotations below.
 """
 
+import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -33,7 +34,9 @@ __all__ = [
     "PasswordFileOpt",
     "PrefixOpt",
     "UserOpt",
+    "etcd_flags",
     "settings_from",
+    "with_client",
 ]
 
 EtcdOpt = Annotated[
@@ -104,6 +107,59 @@ def settings_from(
         password_file=password_file,
         prefix=prefix,
     )
+
+
+SettingsOf = Callable[
+    [str, Path | None, Path | None, Path | None, str | None, Path | None, str], "EtcdSettings"
+]
+
+
+def _flags(etcd_help: str | None) -> list[inspect.Parameter]:
+    """The seven flags as keyword-only parameters; with `etcd_help`, --etcd is optional."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    etcd: inspect.Parameter = inspect.Parameter("etcd", kw, annotation=EtcdOpt)
+    if etcd_help is not None:
+        option = typer.Option("--etcd", help=etcd_help, parser=_values.etcd_urls)
+        etcd = inspect.Parameter("etcd", kw, annotation=Annotated[str | None, option], default=None)
+    return [
+        etcd,
+        *(
+            inspect.Parameter(name, kw, annotation=opt, default=None)
+            for name, opt in (
+                ("etcd_cacert", CacertOpt),
+                ("etcd_cert", CertOpt),
+                ("etcd_key", KeyOpt),
+                ("etcd_user", UserOpt),
+                ("etcd_password_file", PasswordFileOpt),
+            )
+        ),
+        inspect.Parameter("etcd_prefix", kw, annotation=PrefixOpt, default=DEFAULT_PREFIX),
+    ]
+
+
+def etcd_flags(
+    settings_of: SettingsOf | None = None, *, etcd_help: str | None = None
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Give a command the seven --etcd* flags; it receives them as `settings` (EtcdSettings, made
+    by `settings_of`, settings_from by default), or None when --etcd is optional (`etcd_help`) and
+    not given. Typer reads the command's parameters from its signature, which this extends."""
+
+    def decorate(command: Callable[..., T]) -> Callable[..., T]:
+        flags = _flags(etcd_help)
+        own = [p for p in inspect.signature(command).parameters.values() if p.name != "settings"]
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> T:
+            given = [kwargs.pop(p.name) for p in flags]
+            make = settings_of or settings_from
+            kwargs["settings"] = None if given[0] is None else make(*given)
+            return command(*args, **kwargs)
+
+        run.__signature__ = inspect.Signature([*own, *flags])  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in (*own, *flags)}
+        return run
+
+    return decorate
 
 
 def with_client(settings: "EtcdSettings", op: Callable[["EtcdClient"], Awaitable[T]]) -> T:

@@ -16,14 +16,7 @@ from . import _values
 from ._common import reports_errors, sub_app
 from ._defaults import CA_DIR, LEAF_LIFETIME, TRUST_DOMAIN
 from ._etcd import (
-    DEFAULT_PREFIX,
-    CacertOpt,
-    CertOpt,
-    EtcdOpt,
-    KeyOpt,
-    PasswordFileOpt,
-    PrefixOpt,
-    UserOpt,
+    etcd_flags,
     settings_from,
     with_client,
 )
@@ -83,6 +76,7 @@ def _read(path: Path | None, what: str) -> bytes | None:
 
 @app.command()
 @reports_errors
+@etcd_flags(operator_settings, etcd_help="also bootstrap this etcd cluster (URLs)")
 def init(
     *,
     ca_dir: NewCaDirOpt = CA_DIR,
@@ -102,18 +96,7 @@ def init(
         Path | None,
         typer.Option(help="trust bundle peers verify against", dir_okay=False),
     ] = None,
-    etcd: Annotated[
-        str | None,
-        typer.Option(
-            "--etcd", help="also bootstrap this etcd cluster (URLs)", parser=_values.etcd_urls
-        ),
-    ] = None,
-    etcd_cacert: CacertOpt = None,
-    etcd_cert: CertOpt = None,
-    etcd_key: KeyOpt = None,
-    etcd_user: UserOpt = None,
-    etcd_password_file: PasswordFileOpt = None,
-    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    settings: "EtcdSettings | None",
 ) -> None:
     """Create a P-256 CA in --ca-dir, or (with --cert/--key) store an operator's CA there. With
     --etcd: also turn on etcd auth (root's password from --etcd-password-file), create zt's roles
@@ -126,9 +109,7 @@ def init(
     from zt.identity.ca import CertificateAuthority  # noqa: PLC0415
     from zt.identity.errors import CertificateFileError  # noqa: PLC0415
 
-    if etcd is not None:
-        settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
-                                     etcd_password_file, etcd_prefix)  # fmt: skip
+    if settings is not None:
         _init_fleet(ca_dir, trust_domain, force, settings)
         return
     cert_pem, key_pem = _read(cert, "--cert"), _read(key, "--key")
@@ -181,16 +162,11 @@ def _init_fleet(
 
 @app.command()
 @reports_errors
+@etcd_flags(operator_settings)
 def serve(
     *,
     ca_dir: CaDirOpt = CA_DIR,
-    etcd: EtcdOpt,
-    etcd_cacert: CacertOpt = None,
-    etcd_cert: CertOpt = None,
-    etcd_key: KeyOpt = None,
-    etcd_user: UserOpt = None,
-    etcd_password_file: PasswordFileOpt = None,
-    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    settings: "EtcdSettings",
     leaf_lifetime: Annotated[
         float,
         typer.Option(
@@ -213,8 +189,6 @@ def serve(
 
     from zt.fleet.signer import Signer  # noqa: PLC0415
 
-    settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
-                                 etcd_password_file, etcd_prefix)  # fmt: skip
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -230,16 +204,11 @@ def serve(
 
 @app.command()
 @reports_errors
+@etcd_flags(operator_settings)
 def rotate(
     *,
     ca_dir: CaDirOpt = CA_DIR,
-    etcd: EtcdOpt,
-    etcd_cacert: CacertOpt = None,
-    etcd_cert: CertOpt = None,
-    etcd_key: KeyOpt = None,
-    etcd_user: UserOpt = None,
-    etcd_password_file: PasswordFileOpt = None,
-    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    settings: "EtcdSettings",
     switch_after: Annotated[
         float,
         typer.Option(
@@ -273,8 +242,6 @@ def rotate(
     from zt.fleet import rotation  # noqa: PLC0415
     from zt.identity.ca import CertificateAuthority  # noqa: PLC0415
 
-    settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
-                                 etcd_password_file, etcd_prefix)  # fmt: skip
     rotation.introduce(ca_dir, switch_after=switch_after, retire_after=retire_after)
     ca = CertificateAuthority.load(ca_dir)
 
@@ -296,6 +263,7 @@ def rotate(
 
 @token_app.command("create")
 @reports_errors
+@etcd_flags(operator_settings)
 def token_create(
     *,
     node: Annotated[
@@ -312,13 +280,7 @@ def token_create(
             metavar="DURATION",
         ),
     ] = 3600.0,
-    etcd: EtcdOpt,
-    etcd_cacert: CacertOpt = None,
-    etcd_cert: CertOpt = None,
-    etcd_key: KeyOpt = None,
-    etcd_user: UserOpt = None,
-    etcd_password_file: PasswordFileOpt = None,
-    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    settings: "EtcdSettings",
 ) -> None:
     """Print a one-time join token for NODE (one line): give it to `zt node join --token`.
 
@@ -328,9 +290,6 @@ def token_create(
         --etcd-cacert etcd-ca.pem --etcd-password-file root.pw
     """
     from zt.fleet import join  # noqa: PLC0415
-
-    settings = operator_settings(etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user,
-                                 etcd_password_file, etcd_prefix)  # fmt: skip
 
     async def go(client: "EtcdClient") -> str:
         return str(await join.create_token(client, settings.prefix, node, ttl=ttl))

@@ -12,20 +12,10 @@ import typer
 
 from . import _values
 from ._common import reports_errors, sub_app
-from ._etcd import (
-    DEFAULT_PREFIX,
-    CacertOpt,
-    CertOpt,
-    EtcdOpt,
-    KeyOpt,
-    PasswordFileOpt,
-    PrefixOpt,
-    UserOpt,
-    settings_from,
-    with_client,
-)
+from ._etcd import etcd_flags, with_client
 
 if TYPE_CHECKING:  # imported by the commands: `zt --help` loads no pydantic, yaml or httpx
+    from zt.fleet.connect import EtcdSettings
     from zt.state.snapshot import Snapshot
 
 app = sub_app("Validate and show mesh config files; push them to etcd.")
@@ -96,15 +86,10 @@ def dump(file: FileArg, as_json: JsonOpt = False) -> None:
 
 @app.command()
 @reports_errors
+@etcd_flags()
 def push(
     file: FileArg,
-    etcd: EtcdOpt,
-    etcd_cacert: CacertOpt = None,
-    etcd_cert: CertOpt = None,
-    etcd_key: KeyOpt = None,
-    etcd_user: UserOpt = None,
-    etcd_password_file: PasswordFileOpt = None,
-    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    settings: "EtcdSettings",
 ) -> None:
     """Validate FILE like `check`, then write what changed to etcd in one txn. Exit 3 when the
     mesh changed in etcd meanwhile (nothing written: diff and push again).
@@ -116,9 +101,6 @@ def push(
     """
     from zt.fleet import push as mesh_push  # noqa: PLC0415
 
-    settings = settings_from(
-        etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_prefix
-    )
     mesh = mesh_push.read_input(str(file))
     result = with_client(settings, lambda c: mesh_push.push(c, settings.prefix, mesh))
     if result.diff.empty:
@@ -129,15 +111,10 @@ def push(
 
 @app.command()
 @reports_errors
+@etcd_flags()
 def get(
-    etcd: EtcdOpt,
+    settings: "EtcdSettings",
     as_json: JsonOpt = False,
-    etcd_cacert: CacertOpt = None,
-    etcd_cert: CertOpt = None,
-    etcd_key: KeyOpt = None,
-    etcd_user: UserOpt = None,
-    etcd_password_file: PasswordFileOpt = None,
-    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
     """Print the mesh held in etcd, and the revision it was read at.
 
@@ -147,9 +124,6 @@ def get(
     """
     from zt.fleet import push as mesh_push  # noqa: PLC0415
 
-    settings = settings_from(
-        etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_prefix
-    )
     doc, revision = with_client(settings, lambda c: mesh_push.get(c, settings.prefix))
     if as_json:
         _print_document({"revision": revision, "document": doc}, as_json=True)
@@ -160,15 +134,10 @@ def get(
 
 @app.command()
 @reports_errors
+@etcd_flags()
 def diff(
     file: FileArg,
-    etcd: EtcdOpt,
-    etcd_cacert: CacertOpt = None,
-    etcd_cert: CertOpt = None,
-    etcd_key: KeyOpt = None,
-    etcd_user: UserOpt = None,
-    etcd_password_file: PasswordFileOpt = None,
-    etcd_prefix: PrefixOpt = DEFAULT_PREFIX,
+    settings: "EtcdSettings",
 ) -> None:
     """What `push FILE` would change. Exit 0 when nothing, 1 when something (like diff(1)).
 
@@ -178,9 +147,6 @@ def diff(
     """
     from zt.fleet import push as mesh_push  # noqa: PLC0415
 
-    settings = settings_from(
-        etcd, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password_file, etcd_prefix
-    )
     mesh = mesh_push.read_input(str(file))
     change = with_client(settings, lambda c: mesh_push.diff(c, settings.prefix, mesh))
     typer.echo(change.render())
