@@ -47,7 +47,6 @@ from tests.interop.envoy import (
     run_envoy,
 )
 from zt.addr import SocketAddr
-from zt.hbone.request import ConnectRequest
 from zt.identity.ca import CertificateAuthority
 from zt.identity.certs import WorkloadCert
 from zt.identity.spiffe import SpiffeId
@@ -119,9 +118,7 @@ async def _zt_client(port: int, server_port: int, authority: str, certdir: Path)
     check = server_peer_check([SERVER])
     pool = HbonePool(lambda key: dial(key.destination, ctx, peer_check=check))
     key = PoolKey(CLIENT, frozenset({SERVER}), SocketAddr.parse(f"127.0.0.1:{server_port}"))
-    dst = SocketAddr.parse(authority)
-    request = ConnectRequest((dst.ip, dst.port))
-    forwarder = TcpToHbone(lambda: pool.open(key, request))
+    forwarder = TcpToHbone.via(pool, key, SocketAddr.parse(authority))
     await forwarder.start(SocketAddr.parse(f"127.0.0.1:{port}"), reuse_port=True)
     gc.freeze()
     await asyncio.Event().wait()

@@ -128,13 +128,14 @@ async def _serve(
 
     from zt.identity.tls import server_context  # noqa: PLC0415
     from zt.proxy.accept import install_exception_handler  # noqa: PLC0415
+    from zt.proxy.inbound import InboundFlow  # noqa: PLC0415
     from zt.proxy.server import HboneServer  # noqa: PLC0415
     from zt.proxy.tls import client_peer_check  # noqa: PLC0415
 
     install_exception_handler()  # a failing callback is one counted, rate-limited log line
     _log_refusals()
     server = HboneServer(
-        server_context(workload), peer_check=client_peer_check(td), admission=admission
+        server_context(workload), peer_check=client_peer_check(td), flow=InboundFlow(admission)
     )
     bound = await server.start(listen, limits=limits)
     admission.bind(bound)
@@ -161,7 +162,7 @@ def _log_refusals() -> None:
     proxy = logging.getLogger("zt.proxy")
     proxy.addHandler(handler)
     proxy.setLevel(logging.WARNING)
-    for name in ("zt.proxy.accept", "zt.proxy.server"):
+    for name in ("zt.proxy.accept", "zt.proxy.server", "zt.proxy.inbound"):
         logging.getLogger(name).setLevel(logging.INFO)
 
 
@@ -229,7 +230,7 @@ async def _connect(
     driver = await dial(via, client_context(workload), peer_check=server_peer_check(expected))
     try:
         try:
-            stream = await open_tunnel(driver, ConnectRequest((dst.ip, dst.port)))
+            stream = await open_tunnel(driver, ConnectRequest(SocketAddr(dst.ip, dst.port)))
         except TunnelRefused as exc:
             typer.echo(f"zt: CONNECT {dst} via {via}: {exc.status} {exc.detail}", err=True)
             return EXIT_BY_STATUS.get(exc.status, EXIT_OTHER_STATUS)

@@ -24,6 +24,7 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zt.addr import SocketAddr
 from zt.hbone import ConnectRequest, HboneConnection, StreamState, parse_authority
 from zt.hbone.errors import BadConnectRequest, HboneError, PeerProtocolError
 from zt.hbone.events import (
@@ -249,7 +250,7 @@ def test_server_core_random_frame_sequences(
 @given(st.lists(frame_specs, max_size=10))
 def test_client_core_random_frame_sequences(specs: list[tuple[object, ...]]) -> None:
     client = HboneConnection("client", now=0.0)
-    client.open_stream(ConnectRequest((ipaddress.IPv4Address("10.0.0.1"), 80)))
+    client.open_stream(ConnectRequest(SocketAddr(ipaddress.IPv4Address("10.0.0.1"), 80)))
     client.data_to_send()
     wire = SettingsFrame(0).serialize() + _encode(specs)
     _drive(client, [wire], respond_ok=True)
@@ -259,7 +260,7 @@ def test_client_core_random_frame_sequences(specs: list[tuple[object, ...]]) -> 
 @given(st.binary(max_size=512))
 def test_client_core_random_bytes(noise: bytes) -> None:
     client = HboneConnection("client", now=0.0)
-    client.open_stream(ConnectRequest((ipaddress.IPv4Address("10.0.0.1"), 80)))
+    client.open_stream(ConnectRequest(SocketAddr(ipaddress.IPv4Address("10.0.0.1"), 80)))
     client.data_to_send()
     _drive(client, [SettingsFrame(0).serialize() + noise], respond_ok=True)
 
@@ -280,12 +281,12 @@ def test_parse_raises_only_bad_connect_request(headers: list[tuple[bytes, bytes]
 @given(st.binary(max_size=60))
 def test_parse_authority_raises_only_bad_connect_request(raw: bytes) -> None:
     try:
-        ip, port = parse_authority(raw)
+        authority = parse_authority(raw)
     except BadConnectRequest as err:
         assert err.field == ":authority"
     else:
-        assert 1 <= port <= 65535
-        assert ConnectRequest((ip, port)).authority_text.encode().lower() == raw.lower()
+        assert 1 <= authority.port <= 65535
+        assert ConnectRequest(authority).authority_text.encode().lower() == raw.lower()
 
 
 @FUZZ
@@ -293,7 +294,7 @@ def test_parse_authority_raises_only_bad_connect_request(raw: bytes) -> None:
 def test_authority_round_trip(
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, baggage: str
 ) -> None:
-    request = ConnectRequest((ip, port))
-    assert ConnectRequest.parse(request.headers()).authority == (ip, port)
+    request = ConnectRequest(SocketAddr(ip, port))
+    assert ConnectRequest.parse(request.headers()).authority == SocketAddr(ip, port)
     assert isinstance(HboneError(), Exception)
     del baggage

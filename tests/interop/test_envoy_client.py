@@ -22,11 +22,10 @@ from tests.interop import targets
 from tests.interop.conftest import CLIENT_ID, SERVER_ID, TD, InteropPki
 from tests.interop.envoy import ClientRoute, Envoy, hbone_client_config, run_envoy
 from zt.addr import SocketAddr
-from zt.hbone.request import ConnectRequest
 from zt.identity.errors import ForeignTrustDomain
-from zt.identity.spiffe import SpiffeId
 from zt.identity.tls import server_context
-from zt.proxy.server import Admission, HboneServer
+from zt.proxy.inbound import Admission, Arrival, InboundFlow
+from zt.proxy.server import HboneServer
 from zt.proxy.tls import client_peer_check
 
 pytestmark = pytest.mark.envoy
@@ -109,16 +108,16 @@ async def _read_all(reader: asyncio.StreamReader) -> bytes:
 
 @pytest.mark.parametrize("size", [64, 8 << 20], ids=["64B", "8MiB"])
 def test_echo_byte_exact(setup: Setup, interop_pki: InteropPki, size: int) -> None:
-    seen: list[tuple[SpiffeId, ConnectRequest]] = []
+    seen: list[Arrival] = []
 
-    async def admit(peer: SpiffeId, request: ConnectRequest) -> Admission:
-        seen.append((peer, request))
+    def admit(arrival: Arrival) -> Admission:
+        seen.append(arrival)
         return Admission.allow()
 
     payload = os.urandom(size)
 
     async def body() -> None:
-        async with zt_server(setup, interop_pki, admission=admit) as server:
+        async with zt_server(setup, interop_pki, flow=InboundFlow(admit)) as server:
             reader, writer = await _connect(setup, "echo")
 
             async def send() -> None:
@@ -134,8 +133,9 @@ def test_echo_byte_exact(setup: Setup, interop_pki: InteropPki, size: int) -> No
             assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
             assert server.statuses[200] == 1
         # Envoy sends a bare CONNECT: no baggage / forwarded / traceparent.
-        [(peer, request)] = seen
-        assert peer == CLIENT_ID
+        [arrival] = seen
+        request = arrival.request
+        assert arrival.identity == CLIENT_ID and request is not None
         assert (request.baggage, request.forwarded_for, request.traceparent) == (None, None, None)
 
     run(body())

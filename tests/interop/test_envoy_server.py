@@ -76,7 +76,7 @@ async def _dial(setup: Setup, cert: WorkloadCert, expect: SpiffeId = SERVER_ID) 
 
 
 def _to(port: int) -> ConnectRequest:
-    return ConnectRequest((SocketAddr.parse("127.0.0.1:1").ip, port))
+    return ConnectRequest(SocketAddr(SocketAddr.parse("127.0.0.1:1").ip, port))
 
 
 async def _read_all(stream: HboneStream) -> bytes:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from zt.addr import SocketAddr
 from zt.capture.netns import dial_marked
 from zt.hbone.request import ConnectRequest
 from zt.identity.ca import CertificateAuthority
@@ -157,7 +158,7 @@ def hbone_status(lab: Lab, src: PodPlan, dst: PodPlan, authority_ip: str, port: 
             server_hostname="",
         )
         await driver.ready
-        request = ConnectRequest(authority=(ipaddress.ip_address(authority_ip), port))
+        request = ConnectRequest(authority=SocketAddr(ipaddress.ip_address(authority_ip), port))
         try:
             stream = await open_tunnel(driver, request, timeout=10)
             stream.reset(0x8)  # CANCEL: we only wanted the status

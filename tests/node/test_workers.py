@@ -29,6 +29,7 @@ from tests.netns.sockets import app_server, connect_from
 from tests.netns.topo import Topology
 from tests.node.lab import Lab, identity, metric
 from tests.node.test_restart import pod_api
+from zt.addr import SocketAddr
 from zt.capture import Capture, ListenerSockets, Mode, PodCapture, parse_ips
 from zt.capture.netns import dial_marked, open_listener
 from zt.hbone.request import ConnectRequest
@@ -255,7 +256,7 @@ def hbone_echoes(lab: Lab, count: int) -> int:
         )  # fmt: skip
         try:
             await driver.ready
-            authority = (ipaddress.ip_address(str(dst.ipv4)), mesh.APP_PORT)
+            authority = SocketAddr(ipaddress.ip_address(str(dst.ipv4)), mesh.APP_PORT)
             stream = await open_tunnel(driver, ConnectRequest(authority=authority), timeout=10)
             await stream.write(b"hbone-worker")
             got = b""

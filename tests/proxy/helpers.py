@@ -23,9 +23,12 @@ from zt.identity.spiffe import SpiffeId
 from zt.identity.tls import client_context, server_context
 from zt.proxy.client import dial
 from zt.proxy.driver import HboneDriver
-from zt.proxy.forward import TcpToHbone
+from zt.proxy.forward import TcpToHbone, fixed_route
+from zt.proxy.inbound import Admit, InboundFlow, allow_all
+from zt.proxy.outbound import OutboundFlow
 from zt.proxy.pool import HbonePool, PoolKey
-from zt.proxy.server import AdmissionHook, HboneServer, allow_all
+from zt.proxy.server import HboneServer
+from zt.proxy.stream import HboneStream
 from zt.proxy.tls import client_peer_check, server_peer_check
 
 T = TypeVar("T")
@@ -82,16 +85,15 @@ async def tcp_server(handler: Handler = echo_handler) -> AsyncIterator[SocketAdd
 async def zt_server(
     pki: Pki,
     *,
-    admission: AdmissionHook = allow_all,
+    admission: Admit = allow_all,
     settings: HboneSettings | None = None,
     dial_timeout: float = 10.0,
 ) -> AsyncIterator[tuple[HboneServer, SocketAddr]]:
     server = HboneServer(
         server_context(pki.server),
         peer_check=client_peer_check(pki.ca.trust_domain),
-        admission=admission,
+        flow=InboundFlow(admission, dial_timeout=dial_timeout),
         settings=settings,
-        dial_timeout=dial_timeout,
     )
     addr = await server.start(LOOPBACK)
     try:
@@ -168,11 +170,25 @@ async def zt_pair(
         pool = HbonePool(lambda key: zt_dial(pki, key.destination, settings=settings))
         key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), addr)
         driver = await pool.acquire(key)  # the first pooled connection, for tests to inspect
-        request = ConnectRequest((target.ip, target.port))
-        forwarder = TcpToHbone(lambda: pool.open(key, request))
+        forwarder = TcpToHbone.via(pool, key, target)
         app = await forwarder.start(LOOPBACK)
         try:
             yield Pair(app, target, srv, forwarder, driver, pool, addr)
         finally:
             await forwarder.close()
             await pool.close()
+
+
+def forwarder_with(
+    opener: Callable[[], Awaitable[HboneStream]], authority: SocketAddr | None = None
+) -> TcpToHbone:
+    """A forwarder whose outbound flow opens every tunnel with `opener` (a test's own)."""
+    target = authority or SocketAddr(ipaddress.ip_address("127.0.0.1"), 9)
+    key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), target)
+
+    async def open_tunnel(key: PoolKey, request: ConnectRequest, timeout: float) -> HboneStream:
+        return await opener()
+
+    route = fixed_route(key, target)
+    flow = OutboundFlow(lambda app, dst: route, CLIENT_ID, open_tunnel)
+    return TcpToHbone(flow, target)

@@ -170,7 +170,7 @@ async def legit_tunnel(pki: Pki, port: int, echo: int, source: str) -> float:
     )  # fmt: skip
     try:
         stream = await open_tunnel(
-            driver, ConnectRequest((ipaddress.ip_address("127.0.0.1"), echo)), timeout=5
+            driver, ConnectRequest(SocketAddr(ipaddress.ip_address("127.0.0.1"), echo)), timeout=5
         )
         await stream.write(b"ping")
         got = await stream.read()

@@ -36,6 +36,7 @@ from zt.proxy.accept import DEFAULT_LIMITS
 from zt.proxy.client import dial, open_tunnel
 from zt.proxy.errors import ConnectionLost, TunnelRefused
 from zt.proxy.guard import StandaloneAdmission
+from zt.proxy.inbound import InboundFlow
 from zt.proxy.server import HboneServer
 from zt.proxy.tls import client_peer_check, server_peer_check
 from zt.state.loopguard import AllowList
@@ -222,14 +223,16 @@ def test_serve_logs_each_refused_client_with_address_and_reason(
         driver = await zt_dial(pki, addr)
         for authority in (addr, SocketAddr.parse("127.0.0.1:9")):  # itself; outside --allow
             with pytest.raises(TunnelRefused):
-                await open_tunnel(driver, ConnectRequest((authority.ip, authority.port)))
+                await open_tunnel(driver, ConnectRequest(SocketAddr(authority.ip, authority.port)))
         driver.close()
 
     async def body() -> None:
         admission = StandaloneAdmission(AllowList.parse(["10.0.0.0/8"], flag="--allow"))
         limits = dataclasses.replace(DEFAULT_LIMITS, handshake_timeout=0.3)
         server = HboneServer(
-            server_context(server_cert), peer_check=client_peer_check(TD), admission=admission
+            server_context(server_cert),
+            peer_check=client_peer_check(TD),
+            flow=InboundFlow(admission),
         )
         addr = await server.start(LOOPBACK, limits=limits)
         admission.bind(addr)

@@ -24,7 +24,9 @@ def _fds() -> int:
 async def _status(pki: Pki, via: SocketAddr, authority: SocketAddr) -> int:
     driver = await zt_dial(pki, via)
     try:
-        await open_tunnel(driver, ConnectRequest((authority.ip, authority.port)), timeout=10)
+        await open_tunnel(
+            driver, ConnectRequest(SocketAddr(authority.ip, authority.port)), timeout=10
+        )
         return 200
     except TunnelRefused as exc:
         return exc.status
@@ -42,7 +44,7 @@ def test_connects_to_itself_are_400_and_cost_no_fds(pki: Pki) -> None:
             admission.bind(addr)
             driver = await zt_dial(pki, addr)
             before = _fds()
-            request = ConnectRequest((addr.ip, addr.port))
+            request = ConnectRequest(SocketAddr(addr.ip, addr.port))
             statuses = []
             for _ in range(200):
                 try:

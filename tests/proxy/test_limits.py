@@ -27,7 +27,9 @@ from zt.hbone.errors import H2_CANCEL, H2_ENHANCE_YOUR_CALM, H2_FRAME_SIZE_ERROR
 from zt.hbone.request import ConnectRequest
 from zt.hbone.settings import HboneSettings, KiB
 from zt.identity.tls import client_context, server_context
-from zt.proxy.server import Dialer, HboneServer, dial_authority
+from zt.proxy.flow import Connector, connect_direct
+from zt.proxy.inbound import InboundFlow
+from zt.proxy.server import HboneServer
 from zt.proxy.stream import HboneStream
 from zt.proxy.tls import client_peer_check
 
@@ -39,7 +41,7 @@ TARGET = ipaddress.ip_address("127.0.0.1")
 async def server_with(
     pki: Pki,
     *,
-    dialer: Dialer = dial_authority,
+    dialer: Connector = connect_direct,
     settings: HboneSettings | None = None,
     dial_timeout: float = 10.0,
 ) -> AsyncIterator[tuple[HboneServer, SocketAddr, list[str]]]:
@@ -47,9 +49,8 @@ async def server_with(
     server = HboneServer(
         server_context(pki.server),
         peer_check=client_peer_check(TD),
-        dialer=dialer,
+        flow=InboundFlow(connect=dialer, dial_timeout=dial_timeout),
         settings=settings,
-        dial_timeout=dial_timeout,
         on_limit=limits.append,
     )
     addr = await server.start(LOOPBACK)
@@ -105,7 +106,7 @@ def test_a_reset_before_the_answer_cancels_a_slow_dial(pki: Pki) -> None:
         started = asyncio.Event()
         cancelled = asyncio.Event()
 
-        async def slow_dialer(request: ConnectRequest) -> socket.socket:
+        async def slow_dialer(target: SocketAddr, timeout: float) -> socket.socket:
             started.set()
             try:
                 await asyncio.sleep(60)
@@ -116,7 +117,7 @@ def test_a_reset_before_the_answer_cancels_a_slow_dial(pki: Pki) -> None:
 
         async with server_with(pki, dialer=slow_dialer) as (server, addr, _):
             driver = await zt_dial(pki, addr)
-            stream = driver.open_stream(ConnectRequest((TARGET, 9)))
+            stream = driver.open_stream(ConnectRequest(SocketAddr(TARGET, 9)))
             await asyncio.wait_for(started.wait(), 10)
             stream.reset(H2_CANCEL)
             await asyncio.wait_for(cancelled.wait(), 10)
@@ -129,7 +130,7 @@ def test_a_reset_before_the_answer_cancels_a_slow_dial(pki: Pki) -> None:
 
 
 def test_a_reset_before_the_answer_cancels_a_blackholed_dial(pki: Pki) -> None:
-    """A real dial (`dial_authority`) to a listener whose accept queue is full: the SYN is dropped
+    """A real dial (`connect_direct`) to a listener whose accept queue is full: the SYN is dropped
     and connect() hangs. The reset closes its socket: the fds return to their count (long before
     the 120 s dial timeout would have)."""
 
@@ -144,7 +145,8 @@ def test_a_reset_before_the_answer_cancels_a_blackholed_dial(pki: Pki) -> None:
                     driver = await zt_dial(pki, addr)
                     baseline = open_fds()
                     streams = [
-                        driver.open_stream(ConnectRequest((TARGET, port))) for _ in range(20)
+                        driver.open_stream(ConnectRequest(SocketAddr(TARGET, port)))
+                        for _ in range(20)
                     ]
                     await until(lambda: open_fds() >= baseline + 20)  # 20 dials in flight
                     for stream in streams:
@@ -162,7 +164,7 @@ def test_rapid_reset_costs_no_dial_and_ends_in_enhance_your_calm(pki: Pki) -> No
     async def body() -> None:
         dials = 0
 
-        async def counting_dialer(request: ConnectRequest) -> socket.socket:
+        async def counting_dialer(target: SocketAddr, timeout: float) -> socket.socket:
             nonlocal dials
             dials += 1
             await asyncio.sleep(60)
@@ -193,7 +195,7 @@ def test_rapid_reset_in_separate_writes_leaves_no_dial_behind(pki: Pki) -> None:
     the GOAWAY: every dial is cancelled, also those the GOAWAY cut before their reset came."""
 
     async def body() -> None:
-        async def endless_dialer(request: ConnectRequest) -> socket.socket:
+        async def endless_dialer(target: SocketAddr, timeout: float) -> socket.socket:
             await asyncio.sleep(60)
             raise AssertionError("unreachable")
 
@@ -403,7 +405,7 @@ def test_early_data_waiting_for_a_dial_holds_only_its_payload(pki: Pki) -> None:
         waiting: list[HboneStream] = []
         release = asyncio.Event()
 
-        async def slow_dialer(request: ConnectRequest) -> socket.socket:
+        async def slow_dialer(target: SocketAddr, timeout: float) -> socket.socket:
             await release.wait()
             raise OSError("refused")
 
@@ -414,9 +416,9 @@ def test_early_data_waiting_for_a_dial_holds_only_its_payload(pki: Pki) -> None:
                 waiting.append(stream)
                 serve(stream)
 
-            server._handler = keep
+            server._serve_stream = keep  # type: ignore[method-assign]
             driver = await zt_dial(pki, addr)
-            stream = driver.open_stream(ConnectRequest((TARGET, 9)))
+            stream = driver.open_stream(ConnectRequest(SocketAddr(TARGET, 9)))
             await stream.write(b"a" * 100_000)  # optimistic data before the 200
             await until(lambda: bool(waiting) and waiting[0].buffered == 100_000)
             chunks = [chunk for chunk, _ in waiting[0]._chunks]

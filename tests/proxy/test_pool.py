@@ -36,7 +36,7 @@ def test_1000_contending_tunnels_under_100_streams_cost_one_handshake(pki: Pki) 
         async with tcp_server() as echo, zt_server(pki) as (server, addr):
             pool = HbonePool(lambda key: zt_dial(pki, key.destination))
             key = _key(pki, addr)
-            request = ConnectRequest((echo.ip, echo.port))
+            request = ConnectRequest(SocketAddr(echo.ip, echo.port))
             gate = asyncio.Semaphore(99)
 
             async def one(i: int) -> bytes:
@@ -74,7 +74,7 @@ def test_1000_held_streams_open_ten_connections_one_dial_at_a_time(pki: Pki) -> 
         async with tcp_server() as echo, zt_server(pki) as (server, addr):
             pool = HbonePool(counting_dial)
             key = _key(pki, addr)
-            request = ConnectRequest((echo.ip, echo.port))
+            request = ConnectRequest(SocketAddr(echo.ip, echo.port))
             streams = await asyncio.gather(*(pool.open(key, request) for _ in range(1000)))
             assert len({id(s.driver) for s in streams}) == 10
             assert all(len(d.streams) == 100 for d in pool.connections(key))
@@ -130,7 +130,7 @@ def test_idle_connection_closes_after_idle_timeout(pki: Pki) -> None:
         async with tcp_server() as echo, zt_server(pki) as (server, addr):
             pool = HbonePool(lambda key: zt_dial(pki, key.destination), idle_timeout=0.3)
             key = _key(pki, addr)
-            stream = await pool.open(key, ConnectRequest((echo.ip, echo.port)))
+            stream = await pool.open(key, ConnectRequest(SocketAddr(echo.ip, echo.port)))
             assert await _echo_once(stream, b"x") == b"x"
             driver = stream.driver
             started = time.monotonic()
@@ -153,7 +153,7 @@ def test_busy_connection_is_not_reaped(pki: Pki) -> None:
         async with tcp_server() as echo, zt_server(pki) as (_, addr):
             pool = HbonePool(lambda key: zt_dial(pki, key.destination), idle_timeout=0.2)
             key = _key(pki, addr)
-            stream = await pool.open(key, ConnectRequest((echo.ip, echo.port)))
+            stream = await pool.open(key, ConnectRequest(SocketAddr(echo.ip, echo.port)))
             await asyncio.sleep(0.6)
             assert stream.driver.alive
             assert await _echo_once(stream, b"still here") == b"still here"
@@ -207,7 +207,7 @@ def test_connection_is_full_at_the_peer_stream_limit(pki: Pki) -> None:
         async with tcp_server() as echo, zt_server(pki, settings=five) as (server, addr):
             pool = HbonePool(lambda key: zt_dial(pki, key.destination))
             key = _key(pki, addr)
-            request = ConnectRequest((echo.ip, echo.port))
+            request = ConnectRequest(SocketAddr(echo.ip, echo.port))
             streams = [await pool.open(key, request) for _ in range(6)]
             assert [len(d.streams) for d in pool.connections(key)] == [5, 1]
             assert server.connections_accepted == 2

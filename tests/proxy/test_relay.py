@@ -28,7 +28,7 @@ from tests.proxy.helpers import (
 )
 from zt.addr import SocketAddr
 from zt.hbone.request import ConnectRequest
-from zt.proxy.errors import TunnelRefused
+from zt.proxy.flow import UPSTREAM_FAILURE
 from zt.proxy.forward import TcpToHbone
 from zt.proxy.pool import PoolKey
 
@@ -125,7 +125,7 @@ def test_simultaneous_fin(pki: Pki, loop: str) -> None:
             assert await read_all(reader) == b"T" * 1000
             writer.close()
             await asyncio.sleep(0.1)
-            assert [r.outcome for r in pair.forwarder.results] == ["closed"]
+            assert [r.error for r in pair.forwarder.results] == [""]
 
     run(body(), loop=loop)
 
@@ -196,7 +196,7 @@ def test_app_reset_reaches_target_as_reset(pki: Pki, loop: str) -> None:
             rst(writer)
             assert await asyncio.wait_for(outcome, 5) == "reset"
             await asyncio.sleep(0.05)
-            assert [r.outcome for r in pair.forwarder.results] == ["tcp_reset"]
+            assert [r.error for r in pair.forwarder.results] == ["tcp_reset"]
 
     run(body(), loop=loop)
 
@@ -338,9 +338,9 @@ def test_refused_tunnel_resets_the_app_connection(pki: Pki) -> None:
     async def body() -> None:
         async with zt_pair(pki, echo_handler) as pair:
             closed = SocketAddr.parse(f"127.0.0.1:{closed_port()}")
-            request = ConnectRequest((closed.ip, closed.port))
+            request = ConnectRequest(SocketAddr(closed.ip, closed.port))
             key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), pair.hbone)
-            forwarder = TcpToHbone(lambda: pair.pool.open(key, request))
+            forwarder = TcpToHbone.via(pair.pool, key, request.authority)
             app = await forwarder.start(LOOPBACK)
             try:
                 reader, writer = await asyncio.open_connection(str(app.ip), app.port)
@@ -348,7 +348,7 @@ def test_refused_tunnel_resets_the_app_connection(pki: Pki) -> None:
                     await asyncio.wait_for(reader.read(10), 5)
                 writer.close()
                 [refusal] = forwarder.refused
-                assert isinstance(refusal, TunnelRefused) and refusal.status == 503
+                assert refusal.flags == UPSTREAM_FAILURE and "503" in refusal.error
             finally:
                 await forwarder.close()
 

@@ -38,7 +38,9 @@ from zt.identity.spiffe import SpiffeId
 from zt.identity.tls import client_context, server_context
 from zt.proxy.client import dial, open_tunnel
 from zt.proxy.errors import ConnectionLost, StreamResetError, TunnelRefused
-from zt.proxy.server import Admission, HboneServer, Upstream, dial_authority
+from zt.proxy.flow import connect_direct
+from zt.proxy.inbound import Admission, Arrival, InboundFlow
+from zt.proxy.server import HboneServer
 from zt.proxy.stream import HboneStream
 from zt.proxy.tls import client_peer_check, server_peer_check
 
@@ -46,7 +48,7 @@ LOCAL = SocketAddr.parse("127.0.0.1:9")
 
 
 def _request(port: int) -> ConnectRequest:
-    return ConnectRequest((LOCAL.ip, port))
+    return ConnectRequest(SocketAddr(LOCAL.ip, port))
 
 
 def test_closed_destination_port_answers_503(pki: Pki) -> None:
@@ -65,20 +67,22 @@ def test_closed_destination_port_answers_503(pki: Pki) -> None:
 
 
 def test_admission_hook_sees_peer_and_request_and_can_deny_401(pki: Pki) -> None:
-    seen: list[tuple[SpiffeId, ConnectRequest]] = []
+    seen: list[Arrival] = []
 
-    async def deny(peer: SpiffeId, request: ConnectRequest) -> Admission:
-        seen.append((peer, request))
+    def deny(arrival: Arrival) -> Admission:
+        seen.append(arrival)
         return Admission.deny(PolicyDenied("no rule allows it"))
 
     async def body() -> None:
         async with tcp_server() as echo, zt_server(pki, admission=deny) as (_, addr):
             driver = await zt_dial(pki, addr)
-            request = ConnectRequest((echo.ip, echo.port), forwarded_for="10.0.0.1:4242")
+            request = ConnectRequest(SocketAddr(echo.ip, echo.port), forwarded_for="10.0.0.1:4242")
             with pytest.raises(TunnelRefused) as info:
                 await open_tunnel(driver, request)
             assert (info.value.status, info.value.detail) == (401, "policy_denied")
-            assert seen == [(CLIENT_ID, request)]
+            [arrival] = seen
+            assert (arrival.identity, arrival.target) == (CLIENT_ID, request.authority)
+            assert arrival.source is not None and str(arrival.source.ip) == "127.0.0.1"
             driver.close()
 
     run(body())
@@ -88,22 +92,22 @@ def test_200_only_once_the_upstream_is_connected(pki: Pki) -> None:
     release = asyncio.Event()
     dialed: list[float] = []
 
-    async def slow_dialer(request: ConnectRequest) -> Upstream:
+    async def slow_dialer(target: SocketAddr, timeout: float) -> socket.socket:
         await release.wait()
         dialed.append(time.monotonic())
-        return await dial_authority(request)
+        return await connect_direct(target, timeout)
 
     async def body() -> None:
         async with tcp_server() as echo:
             server = HboneServer(
                 server_context(pki.server),
                 peer_check=client_peer_check(TD),
-                dialer=slow_dialer,
+                flow=InboundFlow(connect=slow_dialer),
             )
             addr = await server.start(LOOPBACK)
             try:
                 driver = await zt_dial(pki, addr)
-                stream = driver.open_stream(ConnectRequest((echo.ip, echo.port)))
+                stream = driver.open_stream(ConnectRequest(SocketAddr(echo.ip, echo.port)))
                 await asyncio.sleep(0.3)
                 assert not stream.response.done(), "answered before the upstream was dialed"
                 release.set()
@@ -121,7 +125,7 @@ def test_200_only_once_the_upstream_is_connected(pki: Pki) -> None:
 
 
 def test_dial_timeout_answers_503(pki: Pki) -> None:
-    async def never(request: ConnectRequest) -> Upstream:
+    async def never(target: SocketAddr, timeout: float) -> socket.socket:
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
 
@@ -129,8 +133,7 @@ def test_dial_timeout_answers_503(pki: Pki) -> None:
         server = HboneServer(
             server_context(pki.server),
             peer_check=client_peer_check(TD),
-            dialer=never,
-            dial_timeout=0.3,
+            flow=InboundFlow(connect=never, dial_timeout=0.3),
         )
         addr = await server.start(LOOPBACK)
         try:
@@ -251,7 +254,7 @@ def test_shutdown_drains_with_goaway_and_lets_live_streams_finish(pki: Pki) -> N
     async def body() -> None:
         async with tcp_server(echo_handler) as echo, zt_server(pki) as (server, addr):
             driver = await zt_dial(pki, addr)
-            stream = await open_tunnel(driver, ConnectRequest((echo.ip, echo.port)))
+            stream = await open_tunnel(driver, ConnectRequest(SocketAddr(echo.ip, echo.port)))
             shutdown = asyncio.ensure_future(server.shutdown(5.0))
             for _ in range(100):  # bounded wait for the GOAWAY
                 if driver.goaway:
@@ -277,7 +280,7 @@ def test_drain_deadline_cuts_streams_that_do_not_finish(pki: Pki) -> None:
     async def body() -> None:
         async with tcp_server(echo_handler) as echo, zt_server(pki) as (server, addr):
             driver = await zt_dial(pki, addr)
-            stream = await open_tunnel(driver, ConnectRequest((echo.ip, echo.port)))
+            stream = await open_tunnel(driver, ConnectRequest(SocketAddr(echo.ip, echo.port)))
             started = time.monotonic()
             await server.shutdown(0.5)
             elapsed = time.monotonic() - started
@@ -303,7 +306,7 @@ def test_ipv6_authority_round_trip(pki: Pki) -> None:
         try:
             async with zt_server(pki) as (_, addr):
                 driver = await zt_dial(pki, addr)
-                request = ConnectRequest((SocketAddr.parse(f"[::1]:{port}").ip, port))
+                request = ConnectRequest(SocketAddr(SocketAddr.parse(f"[::1]:{port}").ip, port))
                 stream = await open_tunnel(driver, request)
                 await stream.write(b"v6")
                 stream.write_eof()
@@ -322,7 +325,7 @@ def test_settings_smaller_windows_still_carry_bulk(pki: Pki) -> None:
     async def body() -> None:
         async with tcp_server() as echo, zt_server(pki, settings=small) as (_, addr):
             driver = await zt_dial(pki, addr, settings=small)
-            stream = await open_tunnel(driver, ConnectRequest((echo.ip, echo.port)))
+            stream = await open_tunnel(driver, ConnectRequest(SocketAddr(echo.ip, echo.port)))
             payload = bytes(range(256)) * (4 << 12)
 
             async def send() -> None:
@@ -345,21 +348,23 @@ def test_client_giving_up_during_the_dial_leaves_the_server_healthy(pki: Pki) ->
     release = asyncio.Event()
     upstreams: list[socket.socket] = []
 
-    async def slow_dialer(request: ConnectRequest) -> Upstream:
+    async def slow_dialer(target: SocketAddr, timeout: float) -> socket.socket:
         await release.wait()
-        sock = await dial_authority(request)
+        sock = await connect_direct(target, timeout)
         upstreams.append(sock)
         return sock
 
     async def body() -> None:
         async with tcp_server() as echo:
             server = HboneServer(
-                server_context(pki.server), peer_check=client_peer_check(TD), dialer=slow_dialer
+                server_context(pki.server),
+                peer_check=client_peer_check(TD),
+                flow=InboundFlow(connect=slow_dialer),
             )
             addr = await server.start(LOOPBACK)
             try:
                 driver = await zt_dial(pki, addr)
-                request = ConnectRequest((echo.ip, echo.port))
+                request = ConnectRequest(SocketAddr(echo.ip, echo.port))
                 abandoned = driver.open_stream(request)
                 await asyncio.sleep(0.1)
                 abandoned.reset(0x8)  # CANCEL while the server is still dialing
@@ -380,7 +385,7 @@ def test_client_giving_up_during_the_dial_leaves_the_server_healthy(pki: Pki) ->
 
 
 def test_broken_admission_hook_answers_503_instead_of_hanging(pki: Pki) -> None:
-    async def broken(peer: SpiffeId, request: ConnectRequest) -> Admission:
+    def broken(arrival: Arrival) -> Admission:
         raise RuntimeError("policy engine bug")
 
     async def body() -> None:
@@ -398,12 +403,14 @@ def test_broken_admission_hook_answers_503_instead_of_hanging(pki: Pki) -> None:
 def test_dialer_zt_error_is_answered_with_its_status(pki: Pki) -> None:
     """The inbound room's dialer refuses an authority that is not the pod: 400."""
 
-    async def picky(request: ConnectRequest) -> Upstream:
-        raise AuthorityMismatch(f"{request.authority_text} is not this pod")
+    async def picky(target: SocketAddr, timeout: float) -> socket.socket:
+        raise AuthorityMismatch(f"{target} is not this pod")
 
     async def body() -> None:
         server = HboneServer(
-            server_context(pki.server), peer_check=client_peer_check(TD), dialer=picky
+            server_context(pki.server),
+            peer_check=client_peer_check(TD),
+            flow=InboundFlow(connect=picky),
         )
         addr = await server.start(LOOPBACK)
         try:
@@ -445,7 +452,7 @@ def test_hbone_over_ipv6_loopback(pki: Pki) -> None:
             assert str(addr).startswith("[::1]:")
             async with tcp_server() as echo:
                 driver = await zt_dial(pki, addr)
-                stream = await open_tunnel(driver, ConnectRequest((echo.ip, echo.port)))
+                stream = await open_tunnel(driver, ConnectRequest(SocketAddr(echo.ip, echo.port)))
                 await stream.write(b"over v6")
                 stream.write_eof()
                 assert await read_all_stream(stream) == b"over v6"

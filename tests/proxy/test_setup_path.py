@@ -21,17 +21,18 @@ from tests.proxy.helpers import (
     Pki,
     closed_port,
     echo_handler,
+    forwarder_with,
     read_all,
     rst,
     run,
     tcp_server,
     zt_pair,
 )
+from zt.addr import SocketAddr
 from zt.hbone.request import ConnectRequest
 from zt.proxy.driver import HboneDriver
-from zt.proxy.forward import TcpToHbone
+from zt.proxy.flow import connect_direct
 from zt.proxy.pool import PoolKey
-from zt.proxy.server import dial_authority
 from zt.proxy.stream import HboneStream
 from zt.proxy.tcpside import EARLY_LIMIT, TcpSide
 
@@ -218,8 +219,8 @@ def test_target_that_speaks_first_reaches_the_app(pki: Pki, loop: str) -> None:
                     break
                 await settle(0.02)
             [result] = pair.forwarder.results
-            assert (result.outcome, result.tcp_to_stream, result.stream_to_tcp) == (
-                "closed",
+            assert (result.error, result.from_client, result.to_client) == (
+                "",
                 6,
                 17,
             )
@@ -232,13 +233,13 @@ def test_app_bytes_and_fin_before_the_tunnel_opens_go_through(pki: Pki, loop: st
     async def body() -> None:
         async with zt_pair(pki, echo_handler) as pair:
             key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), pair.hbone)
-            request = ConnectRequest((pair.target.ip, pair.target.port))
+            request = ConnectRequest(SocketAddr(pair.target.ip, pair.target.port))
 
             async def slow_opener() -> HboneStream:
                 await asyncio.sleep(0.2)  # the app's bytes and FIN arrive meanwhile
                 return await pair.pool.open(key, request)
 
-            forwarder = TcpToHbone(slow_opener)
+            forwarder = forwarder_with(slow_opener)
             app = await forwarder.start(LOOPBACK)
             try:
                 reader, writer = await asyncio.open_connection(str(app.ip), app.port)
@@ -284,7 +285,7 @@ def test_a_replayed_burst_leaves_in_one_write(pki: Pki, loop: str) -> None:
         async with zt_pair(pki, echo_handler) as pair:
             counting = count_writes(pair.client)
             key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), pair.hbone)
-            request = ConnectRequest((pair.target.ip, pair.target.port))
+            request = ConnectRequest(SocketAddr(pair.target.ip, pair.target.port))
             opened = asyncio.Event()
             before: list[int] = []
 
@@ -295,7 +296,7 @@ def test_a_replayed_burst_leaves_in_one_write(pki: Pki, loop: str) -> None:
                 opened.set()
                 return stream  # the relay begins (and replays) right after this
 
-            forwarder = TcpToHbone(opener)
+            forwarder = forwarder_with(opener)
             app = await forwarder.start(LOOPBACK)
             try:
                 reader, writer = await asyncio.open_connection(str(app.ip), app.port)
@@ -316,7 +317,7 @@ def test_cork_holds_writes_until_uncork(pki: Pki) -> None:
         async with zt_pair(pki, echo_handler) as pair:
             driver = pair.client
             counting = count_writes(driver)
-            request = ConnectRequest((pair.target.ip, pair.target.port))
+            request = ConnectRequest(SocketAddr(pair.target.ip, pair.target.port))
             assert driver.cork() is True
             assert driver.cork() is False  # nested: the outer holder uncorks
             first = driver.open_stream(request)
@@ -333,10 +334,10 @@ def test_cork_holds_writes_until_uncork(pki: Pki) -> None:
 
 # -- the upstream dial --------------------------------------------------------------------------
 @pytest.mark.parametrize("loop", LOOPS)
-def test_dial_authority_connects(loop: str) -> None:
+def test_connect_direct_connects(loop: str) -> None:
     async def body() -> None:
         async with tcp_server() as target:
-            sock = await dial_authority(ConnectRequest((target.ip, target.port)))
+            sock = await connect_direct(target, 5.0)
             with sock:
                 assert sock.getpeername() == (str(target.ip), target.port)
                 assert not sock.getblocking()
@@ -345,22 +346,22 @@ def test_dial_authority_connects(loop: str) -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_dial_authority_refused_is_an_oserror(loop: str) -> None:
+def test_connect_direct_refused_is_an_oserror(loop: str) -> None:
     async def body() -> None:
-        request = ConnectRequest((ipaddress.ip_address("127.0.0.1"), closed_port()))
+        closed = SocketAddr(ipaddress.ip_address("127.0.0.1"), closed_port())
         with pytest.raises(ConnectionRefusedError):
-            await dial_authority(request)
+            await connect_direct(closed, 5.0)
 
     run(body(), loop=loop)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_dial_authority_ipv6(loop: str) -> None:
+def test_connect_direct_ipv6(loop: str) -> None:
     async def body() -> None:
         listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
         with listener:
             port = listener.getsockname()[1]
-            sock = await dial_authority(ConnectRequest((ipaddress.ip_address("::1"), port)))
+            sock = await connect_direct(SocketAddr(ipaddress.ip_address("::1"), port), 5.0)
             with sock:
                 assert sock.getpeername()[:2] == ("::1", port)
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from tests.proxy.helpers import LOOPBACK, TD, Pki, read_all, run, zt_dial
+from tests.proxy.helpers import LOOPBACK, TD, Pki, forwarder_with, read_all, run, zt_dial
 from zt.addr import SocketAddr
 from zt.errors import H2_CANCEL, H2_CONNECT_ERROR, H2_NO_ERROR
 from zt.hbone.request import ConnectRequest
@@ -18,12 +18,11 @@ from zt.identity.tls import server_context
 from zt.proxy.client import open_tunnel
 from zt.proxy.driver import HboneDriver
 from zt.proxy.errors import StreamResetError
-from zt.proxy.forward import TcpToHbone
 from zt.proxy.stream import HboneStream
 from zt.proxy.tls import client_peer_check
 
 Script = Callable[[HboneStream], None]
-REQUEST = ConnectRequest((SocketAddr.parse("127.0.0.1:1").ip, 7))
+REQUEST = ConnectRequest(SocketAddr(SocketAddr.parse("127.0.0.1:1").ip, 7))
 WINDOW = 65_535
 tasks: set[asyncio.Future[None]] = set()  # keeps scripted server tasks referenced
 
@@ -102,7 +101,7 @@ def test_rst_no_error_or_cancel_after_end_stream_is_eof_at_the_app(pki: Pki, cod
     async def body() -> None:
         async with raw_server(pki, script) as addr:
             driver = await zt_dial(pki, addr)
-            forwarder = TcpToHbone(lambda: open_tunnel(driver, REQUEST))
+            forwarder = forwarder_with(lambda: open_tunnel(driver, REQUEST))
             app = await forwarder.start(LOOPBACK)
             try:
                 reader, writer = await asyncio.open_connection(str(app.ip), app.port)
@@ -128,7 +127,7 @@ def test_rst_before_end_stream_resets_the_app(pki: Pki) -> None:
     async def body() -> None:
         async with raw_server(pki, script) as addr:
             driver = await zt_dial(pki, addr)
-            forwarder = TcpToHbone(lambda: open_tunnel(driver, REQUEST))
+            forwarder = forwarder_with(lambda: open_tunnel(driver, REQUEST))
             app = await forwarder.start(LOOPBACK)
             try:
                 reader, writer = await asyncio.open_connection(str(app.ip), app.port)
@@ -181,7 +180,7 @@ def test_upload_waiting_for_window_ends_when_the_peer_closes_the_stream(pki: Pki
         small = HboneSettings(stream_window=WINDOW)
         async with raw_server(pki, script, small) as addr:
             driver = await zt_dial(pki, addr)
-            forwarder = TcpToHbone(lambda: open_tunnel(driver, REQUEST))
+            forwarder = forwarder_with(lambda: open_tunnel(driver, REQUEST))
             app = await forwarder.start(LOOPBACK)
             try:
                 reader, writer = await asyncio.open_connection(str(app.ip), app.port)

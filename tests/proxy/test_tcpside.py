@@ -22,16 +22,17 @@ from tests.proxy.helpers import (
     SERVER_ID,
     Pki,
     echo_handler,
+    forwarder_with,
     read_all,
     rst,
     run,
     zt_pair,
 )
+from zt.addr import SocketAddr
 from zt.errors import H2_CONNECT_ERROR
 from zt.hbone.request import ConnectRequest
 from zt.hbone.settings import HboneSettings
 from zt.proxy import relay as relay_module
-from zt.proxy.forward import TcpToHbone
 from zt.proxy.pool import PoolKey
 from zt.proxy.relay import TCP_WRITE_HIGH
 from zt.proxy.stream import HboneStream
@@ -243,13 +244,13 @@ def test_app_reset_before_the_relay_starts_is_a_tcp_reset(pki: Pki, loop: str) -
     async def body() -> None:
         async with zt_pair(pki, echo_handler) as pair:
             key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), pair.hbone)
-            request = ConnectRequest((pair.target.ip, pair.target.port))
+            request = ConnectRequest(SocketAddr(pair.target.ip, pair.target.port))
 
             async def slow_opener() -> HboneStream:
                 await asyncio.sleep(0.3)  # the app's RST lands in the StreamReader meanwhile
                 return await pair.pool.open(key, request)
 
-            forwarder = TcpToHbone(slow_opener)
+            forwarder = forwarder_with(slow_opener)
             app = await forwarder.start(LOOPBACK)
             try:
                 _, writer = await asyncio.open_connection(str(app.ip), app.port)
@@ -261,7 +262,7 @@ def test_app_reset_before_the_relay_starts_is_a_tcp_reset(pki: Pki, loop: str) -
                         break
                     await asyncio.sleep(0.02)
                 [result] = forwarder.results
-                assert (result.outcome, result.tcp_to_stream) == ("tcp_reset", 0)
+                assert (result.error, result.from_client) == ("tcp_reset", 0)
             finally:
                 await forwarder.close()
 
@@ -362,7 +363,7 @@ def test_a_stream_reset_from_outside_resets_both_tcp_ends(pki: Pki, loop: str) -
                 if pair.forwarder.results:
                     break
                 await asyncio.sleep(0.02)
-            assert [r.outcome for r in pair.forwarder.results] == ["stream_reset"]
+            assert [r.error for r in pair.forwarder.results] == ["stream_reset"]
             writer.close()
 
     run(body(), loop=loop)
@@ -408,7 +409,7 @@ def test_the_connection_window_comes_back_after_a_paused_stream_ends(
                 if pair.forwarder.results:
                     break
                 await asyncio.sleep(0.02)
-            assert [r.outcome for r in pair.forwarder.results] == ["closed"]
+            assert [r.error for r in pair.forwarder.results] == [""]
             assert len(await read_all(reader)) == window  # close() still delivered every byte
             writer.close()
             # A new tunnel on the same connection: the server may send most of a window again

@@ -75,7 +75,7 @@ def test_core_idle_timeout_closes_an_unused_connection(pki: Pki) -> None:
     async def body() -> None:
         async with tcp_server() as echo, zt_server(pki) as (_, addr):
             driver = await zt_dial(pki, addr, settings=idle)
-            stream = await open_tunnel(driver, ConnectRequest((echo.ip, echo.port)))
+            stream = await open_tunnel(driver, ConnectRequest(SocketAddr(echo.ip, echo.port)))
             stream.reset(0x8)
             await asyncio.wait_for(driver.closed, 3)
             assert driver.close_reason == "idle_timeout"

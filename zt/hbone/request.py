@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from zt.addr import SocketAddr
 from zt.hbone.errors import BadConnectRequest
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -42,17 +43,16 @@ _CONNECTION_SPECIFIC = frozenset(
 class ConnectRequest:
     """One HBONE CONNECT: where to (an IP literal and a port) plus optional context headers."""
 
-    authority: tuple[IpAddress, int]
+    authority: SocketAddr  # the destination, one type from the original destination to the dial
     baggage: str | None = None
     forwarded_for: str | None = None
     traceparent: str | None = None
 
     def __post_init__(self) -> None:
-        ip, port = self.authority
-        if not isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address):
-            raise BadConnectRequest("authority ip", ip, "an IPv4Address or IPv6Address")
-        if not 1 <= port <= 65535:
-            raise BadConnectRequest("authority port", port, "1..65535")
+        if not isinstance(self.authority, SocketAddr):
+            raise BadConnectRequest("authority", self.authority, "a SocketAddr")
+        if not 1 <= self.authority.port <= 65535:
+            raise BadConnectRequest("authority port", self.authority.port, "1..65535")
         for name in ("baggage", "forwarded_for", "traceparent"):
             value = getattr(self, name)
             if value is not None and not _FIELD_VALUE.fullmatch(_latin1(value)):
@@ -65,7 +65,7 @@ class ConnectRequest:
     @property
     def authority_text(self) -> str:
         """`ip:port` or `[v6]:port`, as sent in `:authority`."""
-        return format_hostport(*self.authority)
+        return str(self.authority)
 
     def headers(self) -> Headers:
         """The request header block, pseudo-headers first (RFC 9113 §8.3)."""
@@ -107,7 +107,7 @@ def format_hostport(ip: IpAddress, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
-def parse_authority(raw: bytes) -> tuple[IpAddress, int]:
+def parse_authority(raw: bytes) -> SocketAddr:
     """Strict `:authority`: an IP literal and a port 1..65535; hostnames, zones, userinfo refused."""
     expected = "ip:port or [ipv6]:port with an IP literal and port 1..65535"
     try:
@@ -126,7 +126,7 @@ def parse_authority(raw: bytes) -> tuple[IpAddress, int]:
         ip = ipaddress.ip_address(literal)
     except ValueError:
         raise BadConnectRequest(":authority", text, expected) from None
-    return ip, int(port)
+    return SocketAddr(ip, int(port))
 
 
 def new_traceparent(

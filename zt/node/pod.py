@@ -9,31 +9,36 @@ import functools
 import hashlib
 import logging
 import socket
-import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from zt.addr import SocketAddr, from_sockaddr, unmap
 from zt.capture import ListenerSockets, PodCapture
+from zt.errors import ZtError
 from zt.identity.certs import WorkloadCert
 from zt.identity.errors import CertificateUnavailable
 from zt.identity.spiffe import SpiffeId
 from zt.identity.tls import cached_client_context, rotating_server_context
-from zt.node import inbound, outbound, socks5
+from zt.node.flows import PodFlows
 from zt.node.podnet import STREAM_LIMIT, PodNet
 from zt.node.services import NodeServices
-from zt.proxy.accept import AcceptLoop, ConnectionGroup, StreamHandler, serve_streams
+from zt.proxy import socks5
+from zt.proxy.accept import AcceptLoop, ConnectionGroup, Serve, serve_held, serve_streams
 from zt.proxy.client import dial
 from zt.proxy.driver import HboneDriver
 from zt.proxy.errors import DialFailed
+from zt.proxy.inbound import Arrival
 from zt.proxy.pool import HbonePool, PoolKey
+from zt.proxy.relay import reset_tcp_transport
 from zt.proxy.server import HboneServer
-from zt.proxy.stream import HboneStream
+from zt.proxy.tcpside import HeldTcp
 from zt.proxy.tls import client_peer_check, server_peer_check
 from zt.state import Workload
 
 log = logging.getLogger("zt.node.pod")
 
 OUTBOUND_PORT, PLAINTEXT_PORT, HBONE_PORT = 15001, 15006, 15008
+SOCKS_PORT = 15080  # docs/design.md §1: SOCKS5 outbound (optional, off by default, 127.0.0.1)
 
 
 def capture_name(uid: str) -> str:
@@ -59,10 +64,12 @@ class PodProxy:
         self.connections_group = ConnectionGroup(self.uid, services.accept_limits)
         self._accept_metrics = services.accept_metrics()
         self._hbone: HboneServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[object]] = set()
         self.enrolled = False
-        # HBONE connections that carried a CONNECT (weak: a closed driver leaves on its own)
-        self._hbone_seen: weakref.WeakSet[HboneDriver] = weakref.WeakSet()
+        flows = PodFlows(services, workload, self.net, self.pool)
+        self._outbound = flows.outbound("outbound")
+        self._socks5 = flows.outbound("socks5")
+        self._inbound = flows.inbound()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,24 +97,29 @@ class PodProxy:
             if self.services.enrolls:  # a follower worker's sockets join the leader's groups
                 await asyncio.to_thread(self.services.capture.enroll, self._capture_spec(socks))
                 self.enrolled = True
-            self._serve(socks.outbound, self._handler(outbound.handle, "outbound"), "outbound")
-            self._serve(socks.inbound_plain, self._handler(inbound.plaintext, "inbound"), "inbound")
+            self._serve(
+                socks.outbound, serve_held(self._counted("outbound", self._captured)), "outbound"
+            )
+            self._serve(
+                socks.inbound_plain,
+                serve_held(self._counted("inbound", self._plaintext)),
+                "inbound",
+            )
             self._hbone = HboneServer(
                 rotating_server_context(self._current_cert),
                 peer_check=client_peer_check(self.workload.trust_domain),
-                handler=self._stream_handler,
+                flow=self._inbound,
                 on_limit=self.services.count_hbone_limit,
+                on_connection=self._hbone_connection,
             )
             await self._hbone.start_on(
                 socks.inbound_hbone, group=self.connections_group, metrics=self._accept_metrics
             )
             if self.services.socks5:
                 proxy = await asyncio.to_thread(
-                    functools.partial(
-                        self.net.loopback_listener, socks5.SOCKS_PORT, reuse_port=reuse
-                    )
+                    functools.partial(self.net.loopback_listener, SOCKS_PORT, reuse_port=reuse)
                 )
-                self._serve(proxy, self._handler(socks5.handle, "socks5"), "socks5")
+                self._serve(proxy, serve_streams(self._socks5_client, limit=STREAM_LIMIT), "socks5")
         except BaseException:
             self._close_servers()  # servers own their sockets; close the rest by hand
             for sock in (socks.outbound, socks.inbound_plain, socks.inbound_hbone):
@@ -144,9 +156,8 @@ class PodProxy:
         self.net.close()
         log.info("pod %s stopped (unenroll=%s)", self.uid, unenroll)
 
-    def _serve(self, sock: socket.socket, handler: StreamHandler, name: str) -> None:
+    def _serve(self, sock: socket.socket, serve: Serve, name: str) -> None:
         """Accept on a plaintext listener of the pod (the loop owns `sock` from now on)."""
-        serve = serve_streams(handler, limit=STREAM_LIMIT)
         self._servers.append(
             AcceptLoop(
                 sock, serve, group=self.connections_group, metrics=self._accept_metrics, name=name
@@ -164,31 +175,61 @@ class PodProxy:
         return len(self._tasks)
 
     # -- plumbing -----------------------------------------------------------------------------
-    def _track(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+    def _track(self, coro: Awaitable[object]) -> asyncio.Future[object]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _handler(
-        self,
-        handle: Callable[[PodProxy, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-        listener: str,
-    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _counted(
+        self, listener: str, handle: Callable[[HeldTcp], Awaitable[None]]
+    ) -> Callable[[HeldTcp], Awaitable[None]]:
+        """Count the connection on `listener`; drain waits for (then cancels) its handler."""
+
+        async def run(held: HeldTcp) -> None:
             self.services.count_connection(listener)
-            task = self._track(handle(self, reader, writer))
+            task = self._track(handle(held))
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
         return run
 
-    def _stream_handler(self, stream: HboneStream) -> None:
-        if stream.driver not in self._hbone_seen:  # the TLS connection's first CONNECT
-            self._hbone_seen.add(stream.driver)
-            self.services.count_connection("hbone")
-        # serve_with: the driver cancels the tunnel's dial if the peer resets it unanswered.
-        stream.serve_with(self._track(inbound.hbone_tunnel(self, stream)))
+    async def _captured(self, held: HeldTcp) -> None:
+        """A connection captured on :15001: its original destination comes from capture."""
+        with self.services.telemetry.socket("source"):
+            assert held.transport is not None
+            sock = held.transport.get_extra_info("socket")
+            app = from_sockaddr(sock.getpeername())
+            try:
+                orig = self.services.capture.original_destination(sock)
+            except ZtError as exc:
+                log.warning("pod %s: outbound connection from %s dropped: %s", self.uid, app, exc)
+                reset_tcp_transport(held.transport)
+                return
+            await self._outbound.carry(held, app, SocketAddr(unmap(orig.ip), orig.port))
+
+    async def _plaintext(self, held: HeldTcp) -> None:
+        """A non-HBONE connection to the pod (:15006), its destination untouched by sk_lookup."""
+        with self.services.telemetry.socket("destination"):
+            assert held.transport is not None
+            sock = held.transport.get_extra_info("socket")
+            target = from_sockaddr(sock.getsockname())
+            source = from_sockaddr(sock.getpeername())
+            await self._inbound.plaintext(held, Arrival(source, target, target, None))
+
+    async def _socks5_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.services.count_connection("socks5")
+        with self.services.telemetry.socket("source"):  # ztunnel counts its socks5 sockets so too
+            task = self._track(socks5.serve(self._socks5, reader, writer))
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _hbone_connection(self, driver: HboneDriver) -> None:
+        """A TLS connection on :15008 whose client passed the peer check."""
+        self.services.count_connection("hbone")
+        self.services.telemetry.hbone_socket(driver, driver.closed)
 
     def _current_cert(self) -> WorkloadCert:
         """The pod's certificate now (the manager renews it at half-life; each handshake asks)."""

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from zt.addr import SocketAddr
 from zt.errors import UsageError, ZtError
+from zt.proxy.tcpside import HeldTcp
 from zt.sockopt import KEEPALIVE, Keepalive, set_keepalive
 from zt.telemetry.metrics import Registry
 from zt.telemetry.ratelog import RateLimitedLogger
@@ -662,6 +663,32 @@ def serve_streams(handle: StreamHandler, *, limit: int = 64 * 1024) -> Serve:
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         try:
             await handle(reader, writer)
+        except BaseException:
+            if not transport.is_closing():
+                transport.abort()
+            raise
+        if not transport.is_closing():
+            transport.close()
+
+    return serve
+
+
+HeldHandler = Callable[[HeldTcp], Awaitable[None]]
+
+
+def serve_held(handle: HeldHandler) -> Serve:
+    """A plaintext listener's connections held by a TCP-side protocol from accept on (no
+    StreamReader): `handle` decides where each goes and its relay adopts the transport, with what
+    arrived meanwhile (zt/proxy/tcpside.py). A transport left open when `handle` ends is closed
+    (reset when it raised)."""
+
+    async def serve(sock: socket.socket, ticket: Ticket) -> None:
+        loop = asyncio.get_running_loop()
+        held = HeldTcp()
+        ticket.handed_over = True
+        transport, _ = await loop.connect_accepted_socket(lambda: held, sock)
+        try:
+            await handle(held)
         except BaseException:
             if not transport.is_closing():
                 transport.abort()

@@ -4,7 +4,7 @@
 could make it dial itself (a CONNECT to its own listener nests without end: each level costs two
 sockets and a TLS connection) or a local service no peer should reach (127.0.0.1:15000, the node's
 admin). The decision is `StandaloneGuard.check` (zt/state/loopguard.py, pure); this module is its
-`AdmissionHook` adapter: it knows the bound address only once the server listens, and answers
+`admit` function for the inbound flow (zt/proxy/inbound.py): it knows the bound address only once the server listens, and answers
 "is this address one of this host's?" with a bind probe.
 """
 
@@ -18,9 +18,8 @@ from collections import Counter
 from zt.addr import IpAddress, SocketAddr, unmap
 from zt.errors import ZtError
 from zt.hbone.errors import UpstreamUnreachable
-from zt.hbone.request import ConnectRequest
-from zt.identity.spiffe import SpiffeId
-from zt.proxy.server import Admission
+from zt.proxy.flow import NO_ROUTE
+from zt.proxy.inbound import Admission, Arrival
 from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS, AllowList, StandaloneGuard
 
 log = logging.getLogger("zt.proxy.guard")
@@ -45,7 +44,7 @@ def is_local_address(ip: IpAddress) -> bool:
 
 
 class StandaloneAdmission:
-    """`HboneServer(admission=StandaloneAdmission(allow))`; call `bind(bound)` with what
+    """`InboundFlow(StandaloneAdmission(allow))`; call `bind(bound)` with what
     `server.start()` returned. Until then every CONNECT is refused (fail closed)."""
 
     def __init__(
@@ -59,18 +58,19 @@ class StandaloneAdmission:
     def bind(self, listening: SocketAddr) -> None:
         self.guard = StandaloneGuard(listening, self.allow, self.illegal_ports)
 
-    async def __call__(self, peer: SpiffeId, request: ConnectRequest) -> Admission:
-        ip, port = request.authority
-        destination = SocketAddr(ip, port)
+    def __call__(self, arrival: Arrival) -> Admission:
+        destination = arrival.target
         if self.guard is None:
-            return self._deny(peer, UpstreamUnreachable(f"{destination}: server not listening yet"))
+            return self._deny(
+                arrival, UpstreamUnreachable(f"{destination}: server not listening yet")
+            )
         refusal = self.guard.check(destination, is_local_address)
         if refusal is None:
             return Admission.allow()
-        return self._deny(peer, refusal.error())
+        return self._deny(arrival, refusal.error())
 
-    def _deny(self, peer: SpiffeId, error: ZtError) -> Admission:
-        # counted here; the server logs the refusal with the client's address (zt/proxy/server.py)
+    def _deny(self, arrival: Arrival, error: ZtError) -> Admission:
+        # counted here; the flow logs the refusal with the client's address (zt/proxy/inbound.py)
         self.refused[error.reason] += 1
-        log.debug("CONNECT from %s refused (%s): %s", peer, error.reason, error)
-        return Admission.deny(error)
+        log.debug("CONNECT from %s refused (%s): %s", arrival.identity, error.reason, error)
+        return Admission.deny(error, NO_ROUTE)

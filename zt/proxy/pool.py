@@ -61,7 +61,7 @@ class HbonePool:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
     async def open(
-        self, key: PoolKey, request: ConnectRequest, *, timeout: float = DIAL_TIMEOUT
+        self, key: PoolKey, request: ConnectRequest, timeout: float = DIAL_TIMEOUT
     ) -> HboneStream:
         """A stream for `request` on a connection for `key` (raises TunnelRefused / DialFailed)."""
         driver = await self.acquire(key)

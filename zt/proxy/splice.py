@@ -10,10 +10,11 @@ bounded by the transports' buffers). Both directions run in `TcpSide` callbacks:
 from __future__ import annotations
 
 import asyncio
+import socket
 from dataclasses import dataclass
 
-from zt.proxy.relay import reset_tcp, reset_tcp_transport, set_tcp_write_limits
-from zt.proxy.tcpside import TcpSide
+from zt.proxy.relay import reset_tcp_transport, set_tcp_write_limits
+from zt.proxy.tcpside import TcpSide, TcpSource, take, transport_of
 
 
 @dataclass(frozen=True)
@@ -110,38 +111,44 @@ class Splice:
             return 0, 0
         return self.b.copied, self.a.copied
 
-    async def run(
-        self,
-        a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    ) -> SpliceResult:
+    async def run(self, a: TcpSource, b: TcpSource | socket.socket) -> SpliceResult:
         """Run both directions until both ended; a reset on either side resets both (so does
-        cancelling the splice: neither side saw a complete stream)."""
-        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        cancelling the splice: neither side saw a complete stream). `b` may be a connected
+        socket (an upstream just dialed); it is closed here if it never becomes a transport."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str] = loop.create_future()
         state = _Splice(done)
         side_a, side_b = self.a, self.b = _SpliceSide(state), _SpliceSide(state)
         side_a.peer, side_b.peer = side_b, side_a
         state.sides = [side_a, side_b]
         try:
-            handovers = []
-            for side, (reader, writer) in ((side_a, a), (side_b, b)):
-                set_tcp_write_limits(writer.transport)
-                handovers.append(side.bind(reader, writer))
-            for side, handover in zip(state.sides, handovers, strict=True):
+            handover_a = take(side_a, a)
+            if isinstance(b, socket.socket):
+                try:
+                    await loop.create_connection(lambda: side_b, sock=b)
+                except BaseException:
+                    b.close()
+                    raise
+                handover_b = None
+            else:
+                handover_b = take(side_b, b)
+            for side, handover in ((side_a, handover_a), (side_b, handover_b)):
+                assert side.transport is not None
+                set_tcp_write_limits(side.transport)
                 if state.outcome is None:
                     side.start(handover)
             outcome = await done
         except BaseException:
             state.outcome = state.outcome or "cancelled"
-            reset_tcp(a[1])
-            reset_tcp(b[1])
+            for side in state.sides:
+                if side.transport is not None:
+                    reset_tcp_transport(side.transport)
+            if (transport := transport_of(a)) is not None:
+                reset_tcp_transport(transport)
             raise
         return SpliceResult(side_a.copied, side_b.copied, outcome)
 
 
-async def splice(
-    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-) -> SpliceResult:
+async def splice(a: TcpSource, b: TcpSource | socket.socket) -> SpliceResult:
     """`Splice().run(a, b)`: when nobody needs the counts before the end."""
     return await Splice().run(a, b)

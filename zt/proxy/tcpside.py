@@ -103,6 +103,18 @@ class TcpSide(asyncio.BufferedProtocol):
             transport.set_protocol(self)
         return _take_reader(reader)
 
+    def adopt(self, held: TcpSide) -> Handover:
+        """Take over the transport of `held`, a connection accepted in direct mode before its
+        relay was chosen (the route decides between an HBONE relay and a splice); return what it
+        kept."""
+        transport = held.transport
+        assert transport is not None, "adopt() a connection that was made"
+        self.transport = transport
+        if not transport.is_closing():
+            transport.pause_reading()  # restarted in start(): uvloop picks its callback then
+            transport.set_protocol(self)
+        return held._take_early()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Direct mode: the transport was created with this protocol; reads are kept until
         `start()`."""
@@ -225,3 +237,26 @@ class TcpSide(asyncio.BufferedProtocol):
     def on_drained(self) -> None:
         """Our transport's write buffer fell to its low-water mark after a pause."""
         raise NotImplementedError
+
+
+class HeldTcp(TcpSide):
+    """An accepted connection whose relay is not chosen yet: it keeps what arrives (bytes, EOF,
+    the loss) until a relay side `adopt()`s it. It never starts, so no callback runs here."""
+
+
+# An app connection before its relay: held since accept (direct mode), or asyncio streams a
+# negotiation read from first (SOCKS5).
+TcpSource = HeldTcp | tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def take(side: TcpSide, source: TcpSource) -> Handover:
+    """Make `side` the protocol of `source`'s transport; return what was read before."""
+    if isinstance(source, HeldTcp):
+        return side.adopt(source)
+    return side.bind(*source)
+
+
+def transport_of(source: TcpSource) -> asyncio.Transport | None:
+    if isinstance(source, HeldTcp):
+        return source.transport
+    return cast(asyncio.Transport, source[1].transport)

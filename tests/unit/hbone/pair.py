@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from zt.addr import SocketAddr
 from zt.hbone import ConnectRequest, HboneConnection, HboneSettings
 from zt.hbone.events import ConnectRequested, Event
 
@@ -12,7 +13,7 @@ V4 = ipaddress.IPv4Address("10.1.2.3")
 
 
 def request(port: int = 8080) -> ConnectRequest:
-    return ConnectRequest((V4, port))
+    return ConnectRequest(SocketAddr(V4, port))
 
 
 @dataclass

@@ -6,6 +6,7 @@ import ipaddress
 
 import pytest
 
+from zt.addr import SocketAddr
 from zt.errors import ZtError
 from zt.hbone.errors import BadConnectRequest
 from zt.hbone.request import (
@@ -26,12 +27,12 @@ def base(authority: bytes = b"10.0.0.7:8080") -> list[tuple[bytes, bytes]]:
 
 
 def test_headers_ipv4_minimal() -> None:
-    assert ConnectRequest((V4, 8080)).headers() == base()
+    assert ConnectRequest(SocketAddr(V4, 8080)).headers() == base()
 
 
 def test_headers_ipv6_with_context_headers() -> None:
     request = ConnectRequest(
-        (V6, 443), baggage="k=v", forwarded_for="[fd00::1]:5555", traceparent=TRACEPARENT
+        SocketAddr(V6, 443), baggage="k=v", forwarded_for="[fd00::1]:5555", traceparent=TRACEPARENT
     )
     assert request.headers() == [
         (b":method", b"CONNECT"),
@@ -45,9 +46,9 @@ def test_headers_ipv6_with_context_headers() -> None:
 @pytest.mark.parametrize(
     "request_",
     [
-        ConnectRequest((V4, 1)),
-        ConnectRequest((V6, 65535), baggage="a=1,b=2"),
-        ConnectRequest((V4, 80), forwarded_for="10.0.0.1:34567", traceparent=TRACEPARENT),
+        ConnectRequest(SocketAddr(V4, 1)),
+        ConnectRequest(SocketAddr(V6, 65535), baggage="a=1,b=2"),
+        ConnectRequest(SocketAddr(V4, 80), forwarded_for="10.0.0.1:34567", traceparent=TRACEPARENT),
     ],
 )
 def test_parse_inverts_headers(request_: ConnectRequest) -> None:
@@ -56,7 +57,7 @@ def test_parse_inverts_headers(request_: ConnectRequest) -> None:
 
 def test_parse_tolerates_envoy_minimal_request() -> None:
     # Envoy sends :method and :authority only (docs/design.md §2: Receivers must tolerate their absence).
-    assert ConnectRequest.parse(base(b"[fd00::7]:15008")) == ConnectRequest((V6, 15008))
+    assert ConnectRequest.parse(base(b"[fd00::7]:15008")) == ConnectRequest(SocketAddr(V6, 15008))
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_parse_tolerates_envoy_minimal_request() -> None:
     ],
 )
 def test_authority_accepted(authority: bytes, ip: str, port: int) -> None:
-    assert parse_authority(authority) == (ipaddress.ip_address(ip), port)
+    assert parse_authority(authority) == SocketAddr(ipaddress.ip_address(ip), port)
 
 
 @pytest.mark.parametrize(
@@ -134,7 +135,9 @@ def test_malformed_requests_name_the_field(headers: list[tuple[bytes, bytes]], f
 
 
 def test_te_trailers_allowed() -> None:
-    assert ConnectRequest.parse([*base(), (b"te", b"trailers")]) == ConnectRequest((V4, 8080))
+    assert ConnectRequest.parse([*base(), (b"te", b"trailers")]) == ConnectRequest(
+        SocketAddr(V4, 8080)
+    )
 
 
 @pytest.mark.parametrize(
@@ -181,7 +184,7 @@ def test_future_traceparent_version_may_carry_more_fields() -> None:
 def test_new_traceparent_is_valid_and_never_all_zero() -> None:
     zero = new_traceparent(bytes)
     assert zero == "00-00000000000000000000000000000001-0000000000000001-00"
-    assert ConnectRequest((V4, 1), traceparent=zero).headers()[-1] == (
+    assert ConnectRequest(SocketAddr(V4, 1), traceparent=zero).headers()[-1] == (
         b"traceparent",
         zero.encode(),
     )
@@ -193,7 +196,7 @@ def test_new_traceparent_is_valid_and_never_all_zero() -> None:
 
 def test_request_validates_its_own_port() -> None:
     with pytest.raises(BadConnectRequest) as info:
-        ConnectRequest((V4, 0))
+        ConnectRequest(SocketAddr(V4, 0))
     assert info.value.field == "authority port"
 
 
@@ -218,7 +221,7 @@ def test_response_headers_and_parse() -> None:
 )
 def test_request_refuses_header_injection(field: str, value: str) -> None:
     with pytest.raises(BadConnectRequest) as info:
-        ConnectRequest((V4, 80), **{field: value})
+        ConnectRequest(SocketAddr(V4, 80), **{field: value})
     assert info.value.field == field
 
 

@@ -79,14 +79,14 @@ def test_logging_takes_ztunnels_comma_list(admin: Admin) -> None:
     assert "\nzt.access: debug\n" in body and "\nzt.node: info\n" in body
     # a ztunnel module path sets every zt scope doing that work
     assert call(admin, "POST", "/logging", {"level": "ztunnel::proxy=warn"})[0] == 200
-    for scope in ("zt.node.inbound", "zt.node.outbound", "zt.proxy.server"):
+    for scope in ("zt.proxy.inbound", "zt.proxy.outbound", "zt.proxy.server"):
         assert logging.getLogger(scope).level == logging.WARNING
     # zt's own scope names work too; the listing names levels as ztunnel does
     assert call(admin, "POST", "/logging", {"level": "zt.config=trace,zt.node=off"})[0] == 200
     assert logging.getLogger("zt.config").level == logsetup.TRACE < logging.DEBUG
     assert logging.getLogger("zt.node").level == logsetup.OFF > logging.CRITICAL
     status, body = call(admin, "GET", "/logging")
-    assert status == 200 and "\nzt.config: trace\n" in body and "\nzt.node.inbound: warn\n" in body
+    assert status == 200 and "\nzt.config: trace\n" in body and "\nzt.proxy.inbound: warn\n" in body
     assert "\nzt.node: off\n" in body
 
 

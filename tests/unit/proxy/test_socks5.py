@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from zt.addr import SocketAddr
-from zt.node.socks5 import (
+from zt.proxy.socks5 import (
     REP_ATYP_UNSUPPORTED,
     REP_CMD_UNSUPPORTED,
     SocksError,

@@ -12,16 +12,14 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from zt.addr import SocketAddr, from_sockaddr
 from zt.errors import UsageError
-from zt.node import outbound
+from zt.proxy.flow import Outcome
+from zt.proxy.outbound import OutboundFlow
 
-if TYPE_CHECKING:
-    from zt.node.pod import PodProxy
-
-log = logging.getLogger("zt.node.socks5")
+log = logging.getLogger("zt.proxy.socks5")
 T = TypeVar("T")
 SOCKS_PORT = 15080
 
@@ -119,15 +117,11 @@ async def _read_until(
     return parsed
 
 
-async def handle(pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A SOCKS5 client in the pod: negotiate, then forward like a captured connection."""
-    with pod.services.telemetry.socket("source"):  # ztunnel counts its socks5 sockets so too
-        await _negotiated(pod, reader, writer)
-
-
-async def _negotiated(
-    pod: PodProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
+async def serve(
+    flow: OutboundFlow, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> Outcome | None:
+    """A SOCKS5 client: negotiate, then the outbound flow carries it like a captured connection
+    (None: refused during the negotiation, answered with its reply code)."""
     app = from_sockaddr(writer.get_extra_info("peername"))
     buf = bytearray()
     try:
@@ -138,17 +132,15 @@ async def _negotiated(
         del buf[: greeting.consumed]
         command = await _read_until(reader, buf, parse_connect)
     except SocksError as exc:
-        log.info("pod %s: SOCKS5 from %s refused: %s", pod.uid, app, exc)
+        log.info("SOCKS5 from %s refused: %s", app, exc)
         writer.write(reply(exc.reply))
         writer.close()
-        return
+        return None
     except (TimeoutError, OSError):
         writer.close()
-        return
+        return None
 
     def announce(ok: bool) -> None:
         writer.write(reply(REP_OK if ok else REP_HOST_UNREACHABLE))
 
-    await outbound.forward(
-        pod, reader, writer, app, command.destination, announce=announce, listener="socks5"
-    )
+    return await flow.carry((reader, writer), app, command.destination, announce)

@@ -1,0 +1,326 @@
+"""The inbound flow: a CONNECT (HBONE) or a plaintext connection → `admit` → dial → relay.
+
+One flow for every caller: the node (a pod's :15008 and :15006), `zt hbone serve`, the tests and
+the bench. What differs is injected: the decision (`admit`, pure: loop guard, authority, policy),
+the socket maker (inside the pod's netns, or the host's), the observer (telemetry) and `track`
+(the node's live connections, so that a policy change can revoke them).
+
+docs/design.md §2: Responses: 200 once policy passed **and** the upstream socket is connected; 400
+malformed request [...]; 401 policy denied; 503 unknown destination or upstream unreachable (10 s
+dial timeout). After 200, failures become RST_STREAM. Malformed requests are answered by the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zt.addr import SocketAddr, from_sockaddr, unmap
+from zt.errors import H2_CONNECT_ERROR, ZtError
+from zt.hbone.errors import UpstreamUnreachable
+from zt.hbone.request import ConnectRequest
+from zt.identity.spiffe import SpiffeId
+from zt.proxy.client import DIAL_TIMEOUT
+from zt.proxy.errors import InternalError, StreamResetError
+from zt.proxy.flow import (
+    DENIED,
+    DRAINED,
+    OK,
+    UNOBSERVED,
+    UPSTREAM_FAILURE,
+    Connector,
+    Observer,
+    Outcome,
+    connect_direct,
+)
+from zt.proxy.relay import TcpRelay, reset_tcp_transport
+from zt.proxy.splice import Splice
+from zt.proxy.stream import HboneStream
+from zt.proxy.tcpside import TcpSource, transport_of
+from zt.state.authz import Connection
+from zt.telemetry.ratelog import RateLimitedLogger
+
+log = logging.getLogger("zt.proxy.inbound")
+# Each refused client is one line naming its address and the reason; keyed by reason and client
+# IP, so a client repeating the same refused request costs one line per interval (with a count).
+refusal_log = RateLimitedLogger(log)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A connection as it reached zt's inbound side."""
+
+    source: SocketAddr | None  # the client's address (an HBONE peer node, a plaintext client)
+    target: SocketAddr  # where it goes: the CONNECT authority, or the plaintext destination
+    local: SocketAddr | None  # where it reached zt (a pod's :15008 for HBONE)
+    identity: SpiffeId | None  # the HBONE peer's proven identity; None for plaintext
+    request: ConnectRequest | None = None  # the CONNECT with its context headers (HBONE)
+
+    @property
+    def hbone(self) -> bool:
+        return self.identity is not None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """`admit`'s answer. A refusal carries its typed error (its class holds the CONNECT status)
+    and the flag it is recorded with; `connection` is what a policy change re-checks later."""
+
+    allowed: bool
+    error: ZtError | None = None
+    flags: str = OK
+    policy: str = ""
+    connection: Connection | None = None
+
+    @classmethod
+    def allow(cls, policy: str = "", connection: Connection | None = None) -> Admission:
+        return cls(True, policy=policy, connection=connection)
+
+    @classmethod
+    def deny(cls, error: ZtError, flags: str = DENIED, policy: str = "") -> Admission:
+        """Deny with the status and reason the error class carries (e.g. PolicyDenied → 401)."""
+        return cls(False, error, flags, policy)
+
+
+Admit = Callable[[Arrival], Admission]
+# Registers a live connection with its revoke(reason) callback; returns the function that
+# forgets it (the node's conntrack: a policy change re-checks `Admission.connection`).
+Track = Callable[[Admission, Callable[[str], None]], Callable[[], None]]
+
+
+def allow_all(arrival: Arrival) -> Admission:
+    return Admission.allow()
+
+
+def _unobserved(arrival: Arrival) -> Observer:
+    return UNOBSERVED
+
+
+def _untracked(admission: Admission, revoke: Callable[[str], None]) -> Callable[[], None]:
+    return lambda: None
+
+
+def _ending(outcome: str) -> str:
+    return "" if outcome == "closed" else outcome
+
+
+class _Revocation:
+    """Set when a policy change revoked the live connection (its relay was reset for it)."""
+
+    def __init__(self, *resets: Callable[[], object]) -> None:
+        self.reason: str | None = None
+        self._resets = resets
+
+    def __call__(self, reason: str) -> None:
+        self.reason = reason
+        for reset in self._resets:
+            reset()
+
+    def outcome(self, relayed: str, policy: str, to_client: int, from_client: int) -> Outcome:
+        if self.reason is not None:
+            error = f"revoked by policy change: {self.reason}"
+            return Outcome(DENIED, error, policy, to_client, from_client)
+        return Outcome(OK, _ending(relayed), policy, to_client, from_client)
+
+
+class InboundFlow:
+    """Serves CONNECTs (`tunnel`) and plaintext connections (`plaintext`). `statuses` counts the
+    CONNECT answers given, `tunnels` the 200s."""
+
+    def __init__(
+        self,
+        admit: Admit = allow_all,
+        *,
+        connect: Connector = connect_direct,
+        dial_timeout: float = DIAL_TIMEOUT,
+        observe: Callable[[Arrival], Observer] = _unobserved,
+        track: Track = _untracked,
+    ) -> None:
+        self.admit = admit
+        self.connect = connect
+        self.dial_timeout = dial_timeout
+        self.observe = observe
+        self.track = track
+        self.statuses: Counter[int] = Counter()
+        self.tunnels = 0
+
+    # -- HBONE ---------------------------------------------------------------------------------
+    async def tunnel(self, stream: HboneStream) -> Outcome:
+        """One CONNECT: admit, dial, answer 200 once the upstream socket is connected, relay.
+        A failure before the answer becomes its status; after the 200 it becomes RST_STREAM."""
+        arrival = _arrival(stream)
+        observer = self.observe(arrival)
+        outcome = await self._tunnel(stream, arrival, observer)
+        observer.ended(outcome)
+        return outcome
+
+    async def _tunnel(self, stream: HboneStream, arrival: Arrival, observer: Observer) -> Outcome:
+        admission = self._admit(arrival)
+        if not admission.allowed:
+            assert admission.error is not None
+            self._refuse(stream, arrival, admission.error)
+            return Outcome(admission.flags, str(admission.error), admission.policy)
+        try:
+            tcp = await self._dial(arrival.target)
+        except Exception as exc:
+            error = _dial_error(arrival.target, exc)
+            self._refuse(stream, arrival, error)
+            return Outcome(UPSTREAM_FAILURE, str(error), admission.policy)
+        except asyncio.CancelledError:  # the client reset the stream before our answer
+            observer.ended(Outcome(DRAINED, "client reset the stream during the dial"))
+            raise
+        driver = stream.driver
+        corked = driver.cork()  # the 200 and what the target already sent: one TLS record
+        try:
+            self._respond(stream, 200)  # only now: the upstream socket is connected
+        except (StreamResetError, ZtError):  # the client gave up while we dialed
+            if tcp.transport is not None:
+                tcp.transport.close()
+            return Outcome(DRAINED, "client went away during the dial", admission.policy)
+        else:
+            self.tunnels += 1
+            tcp.begin(stream)
+        finally:
+            if corked:
+                driver.uncork()
+        return await self._relayed(tcp, stream, admission, observer)
+
+    async def _relayed(
+        self, tcp: TcpRelay, stream: HboneStream, admission: Admission, observer: Observer
+    ) -> Outcome:
+        revocation = _Revocation(lambda: stream.reset(H2_CONNECT_ERROR), tcp.cancel)
+        forget = self.track(admission, revocation)
+        # originator = the HBONE peer: towards it is what the stream carried, from it what it
+        # delivered to the app
+        observer.opened(lambda: (stream.bytes_out, stream.bytes_in))
+        try:
+            relayed = await asyncio.shield(tcp.done)
+        except asyncio.CancelledError:
+            if not tcp.done.done():  # zt stops or drains; a revocation cancels `done` too
+                tcp.cancel()
+                observer.ended(
+                    Outcome(DRAINED, "closed from drain", "", stream.bytes_out, stream.bytes_in)
+                )
+                raise
+            relayed = "revoked"
+        finally:
+            forget()
+        return revocation.outcome(relayed, admission.policy, stream.bytes_out, stream.bytes_in)
+
+    async def _dial(self, target: SocketAddr) -> TcpRelay:
+        """The upstream as a transport whose protocol is the relay's TCP side (no StreamReader in
+        between); it keeps what the target sends before the 200."""
+        async with asyncio.timeout(self.dial_timeout):
+            sock = await self.connect(target, self.dial_timeout)
+        tcp = TcpRelay()
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: tcp, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return tcp
+
+    def _admit(self, arrival: Arrival) -> Admission:
+        try:
+            return self.admit(arrival)
+        except ZtError as exc:
+            return Admission.deny(exc, UPSTREAM_FAILURE)
+        except Exception as exc:  # the decision of another room failed: answer, don't hang
+            log.exception("admission of %s failed", arrival.target)
+            return Admission.deny(InternalError(repr(exc)), UPSTREAM_FAILURE)
+
+    def _refuse(self, stream: HboneStream, arrival: Arrival, error: ZtError) -> None:
+        source = str(arrival.source) if arrival.source is not None else "?"
+        refusal_log.info(
+            f"connect:{error.reason}:{source.rpartition(':')[0]}",
+            "CONNECT %s from %s (%s) refused: %d %s: %s",
+            arrival.target, source, arrival.identity, error.http_status, error.reason, error,
+        )  # fmt: skip
+        if stream.was_reset is None and not stream.driver.closed.done():
+            with contextlib.suppress(StreamResetError, ZtError):  # the client gave up already
+                self._respond(stream, error.http_status, error.reason)
+
+    def _respond(self, stream: HboneStream, status: int, reason: str = "") -> None:
+        stream.driver.respond(stream, status, reason)
+        self.statuses[status] += 1
+
+    # -- plaintext -----------------------------------------------------------------------------
+    async def plaintext(self, client: TcpSource, arrival: Arrival) -> Outcome:
+        """A non-HBONE connection to `arrival.target`: admit (a deny resets it), dial, splice."""
+        observer = self.observe(arrival)
+        outcome = await self._plaintext(client, arrival, observer)
+        observer.ended(outcome)
+        return outcome
+
+    async def _plaintext(self, client: TcpSource, arrival: Arrival, observer: Observer) -> Outcome:
+        admission = self._admit(arrival)
+        if not admission.allowed:
+            assert admission.error is not None
+            _reset(client)
+            return Outcome(admission.flags, str(admission.error), admission.policy)
+        try:
+            async with asyncio.timeout(self.dial_timeout):
+                upstream = await self.connect(arrival.target, self.dial_timeout)
+        except Exception as exc:
+            _reset(client)
+            return Outcome(
+                UPSTREAM_FAILURE, str(_dial_error(arrival.target, exc)), admission.policy
+            )
+        except asyncio.CancelledError:
+            _reset(client)
+            observer.ended(Outcome(DRAINED, "closed from drain"))
+            raise
+        spliced = Splice()
+        task = asyncio.ensure_future(spliced.run(client, upstream))
+        revocation = _Revocation(task.cancel)
+        forget = self.track(admission, revocation)
+        observer.opened(spliced.progress)
+        try:
+            result = await asyncio.shield(task)
+            relayed = result.outcome
+        except asyncio.CancelledError:
+            if revocation.reason is None:
+                task.cancel()
+                to_client, from_client = spliced.progress()
+                observer.ended(Outcome(DRAINED, "closed from drain", "", to_client, from_client))
+                raise
+            relayed = "revoked"
+        finally:
+            forget()
+        to_client, from_client = spliced.progress()
+        return revocation.outcome(relayed, admission.policy, to_client, from_client)
+
+
+def _dial_error(target: SocketAddr, exc: Exception) -> ZtError:
+    """The typed failure of a dial: unreachable (503), the connector's own ZtError (its status),
+    or a bug in another room's connector (500)."""
+    if isinstance(exc, ZtError):
+        return exc
+    if isinstance(exc, OSError | TimeoutError):
+        return UpstreamUnreachable(f"{target}: {exc}")
+    log.error("connector failed for %s: %r", target, exc)
+    return InternalError(repr(exc))
+
+
+def _arrival(stream: HboneStream) -> Arrival:
+    transport = stream.driver.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    authority = stream.request.authority
+    return Arrival(
+        source=from_sockaddr(peer) if isinstance(peer, tuple) else None,
+        target=SocketAddr(unmap(authority.ip), authority.port),
+        local=from_sockaddr(local) if isinstance(local, tuple) else None,
+        identity=stream.driver.peer,
+        request=stream.request,
+    )
+
+
+def _reset(client: TcpSource) -> None:
+    transport = transport_of(client)
+    if transport is not None:
+        reset_tcp_transport(transport)

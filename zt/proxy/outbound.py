@@ -1,0 +1,166 @@
+"""The outbound flow: an app's connection and its destination → `route` → a pooled HBONE tunnel,
+a plain TCP connection, or a refusal.
+
+One flow for every caller: the node (a connection captured on a pod's :15001, or a SOCKS5 client),
+`zt hbone connect` and the bench's client (a fixed route to one HBONE server). What differs is
+injected: the decision (`route`, pure), the tunnel opener (a pool), the socket maker (inside the
+pod's netns) and the observer (the node's telemetry).
+
+docs/design.md §2 on the relay: "TCP FIN → DATA with END_STREAM; END_STREAM → `shutdown(SHUT_WR)`;
+a TCP reset → RST_STREAM". A tunnel that is refused, or a TCP dial that fails, resets the app's
+connection: never a clean (empty) FIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from zt.addr import SocketAddr
+from zt.errors import ZtError
+from zt.hbone.request import ConnectRequest, new_traceparent
+from zt.identity.spiffe import SpiffeId
+from zt.proxy.client import DIAL_TIMEOUT
+from zt.proxy.errors import TunnelRefused
+from zt.proxy.flow import (
+    DRAINED,
+    NO_ROUTE,
+    OK,
+    STATUS_FLAGS,
+    UNOBSERVED,
+    UPSTREAM_FAILURE,
+    Connector,
+    Observer,
+    Outcome,
+    connect_direct,
+)
+from zt.proxy.pool import PoolKey
+from zt.proxy.relay import TcpRelay, reset_tcp_transport
+from zt.proxy.splice import Splice
+from zt.proxy.stream import HboneStream
+from zt.proxy.tcpside import TcpSource, take, transport_of
+from zt.state.route import Route, RouteKind
+from zt.telemetry.connections import failure_flag
+
+# (app address, destination) -> how the connection leaves (zt/state/route.py `route`).
+Router = Callable[[SocketAddr, SocketAddr], Route]
+# A stream on a pooled HBONE connection (`HbonePool.open`); raises TunnelRefused or a ZtError.
+TunnelOpener = Callable[[PoolKey, ConnectRequest, float], Awaitable[HboneStream]]
+# SOCKS5 answers its client once the upstream works (True) or has failed (False).
+Announce = Callable[[bool], None]
+
+
+def _silent(ok: bool) -> None:
+    pass
+
+
+def _unobserved(app: SocketAddr, destination: SocketAddr, decided: Route) -> Observer:
+    return UNOBSERVED
+
+
+def _ending(outcome: str) -> str:
+    return "" if outcome == "closed" else outcome
+
+
+@dataclass(frozen=True)
+class OutboundFlow:
+    """`identity` is the source's: the pool keys its HBONE connections by it (its certificate)."""
+
+    route: Router
+    identity: SpiffeId
+    open_tunnel: TunnelOpener
+    connect: Connector = connect_direct
+    dial_timeout: float = DIAL_TIMEOUT
+    observe: Callable[[SocketAddr, SocketAddr, Route], Observer] = field(default=_unobserved)
+
+    async def carry(
+        self,
+        app: TcpSource,
+        peer: SocketAddr,
+        destination: SocketAddr,
+        announce: Announce = _silent,
+    ) -> Outcome:
+        """Carry `app` (from `peer`) to `destination` until the connection ends; its observer
+        hears of it once. Cancelling resets both sides (zt stops or drains)."""
+        decided = self.route(peer, destination)
+        observer = self.observe(peer, destination, decided)
+        if decided.kind is RouteKind.REFUSED:
+            outcome = _refuse(app, announce, NO_ROUTE, decided.reason)
+        elif decided.kind is RouteKind.HBONE:
+            outcome = await self._via_hbone(app, peer, decided, observer, announce)
+        else:
+            outcome = await self._via_tcp(app, decided, observer, announce)
+        observer.ended(outcome)
+        return outcome
+
+    async def _via_hbone(
+        self, app: TcpSource, peer: SocketAddr, decided: Route, observer: Observer,
+        announce: Announce,
+    ) -> Outcome:  # fmt: skip
+        assert decided.next_hop is not None and decided.authority is not None
+        expected = frozenset(SpiffeId.parse(i) for i in decided.expected_identities)
+        key = PoolKey(self.identity, expected, decided.next_hop)
+        request = ConnectRequest(
+            decided.authority, forwarded_for=str(peer), traceparent=new_traceparent()
+        )
+        try:
+            stream = await self.open_tunnel(key, request, self.dial_timeout)
+        except TunnelRefused as exc:
+            return _refuse(app, announce, STATUS_FLAGS.get(exc.status, UPSTREAM_FAILURE), str(exc))
+        except ZtError as exc:  # dial, TLS or peer identity failure
+            return _refuse(app, announce, failure_flag(exc), str(exc))
+        except asyncio.CancelledError:
+            _reset(app)
+            observer.ended(Outcome(DRAINED, "closed from drain"))
+            raise
+        announce(True)
+        tcp = TcpRelay()
+        # originator = the app: towards it is what the stream delivered, from it what it carried
+        observer.opened(lambda: (stream.bytes_in, stream.bytes_out))
+        tcp.begin(stream, take(tcp, app))  # what the app sent meanwhile goes out first
+        try:
+            ended = await asyncio.shield(tcp.done)
+        except asyncio.CancelledError:
+            tcp.cancel()
+            observer.ended(
+                Outcome(DRAINED, "closed from drain", "", stream.bytes_in, stream.bytes_out)
+            )
+            raise
+        return Outcome(OK, _ending(ended), "", stream.bytes_in, stream.bytes_out)
+
+    async def _via_tcp(
+        self, app: TcpSource, decided: Route, observer: Observer, announce: Announce
+    ) -> Outcome:
+        hop = decided.next_hop
+        assert hop is not None
+        try:
+            upstream = await self.connect(hop, self.dial_timeout)
+        except (OSError, TimeoutError) as exc:
+            return _refuse(app, announce, UPSTREAM_FAILURE, f"{hop}: {exc}")
+        except asyncio.CancelledError:
+            _reset(app)
+            observer.ended(Outcome(DRAINED, "closed from drain"))
+            raise
+        announce(True)
+        spliced = Splice()
+        observer.opened(spliced.progress)
+        try:
+            result = await spliced.run(app, upstream)
+        except asyncio.CancelledError:
+            to_app, from_app = spliced.progress()
+            observer.ended(Outcome(DRAINED, "closed from drain", "", to_app, from_app))
+            raise
+        return Outcome(OK, _ending(result.outcome), "", result.b_to_a, result.a_to_b)
+
+
+def _reset(app: TcpSource) -> None:
+    transport = transport_of(app)
+    if transport is not None:
+        reset_tcp_transport(transport)
+
+
+def _refuse(app: TcpSource, announce: Announce, flags: str, error: str) -> Outcome:
+    announce(False)
+    _reset(app)
+    return Outcome(flags, error)
