@@ -132,12 +132,13 @@ def test_idle_connection_closes_after_idle_timeout(pki: Pki) -> None:
             key = _key(pki, addr)
             stream = await pool.open(key, ConnectRequest(SocketAddr(echo.ip, echo.port)))
             assert await _echo_once(stream, b"x") == b"x"
-            driver = stream.driver
+            [driver] = pool.connections(key)
             started = time.monotonic()
             await asyncio.wait_for(driver.closed, 3)
             assert time.monotonic() - started >= 0.25
             assert driver.close_reason == "idle_timeout"
             assert pool.connections(key) == []
+            assert stream.driver is driver
             for _ in range(100):  # the server sees the close too
                 if not server.drivers:
                     break
@@ -155,7 +156,7 @@ def test_busy_connection_is_not_reaped(pki: Pki) -> None:
             key = _key(pki, addr)
             stream = await pool.open(key, ConnectRequest(SocketAddr(echo.ip, echo.port)))
             await asyncio.sleep(0.6)
-            assert stream.driver.alive
+            assert [d.alive for d in pool.connections(key)] == [True]
             assert await _echo_once(stream, b"still here") == b"still here"
             await pool.close()
 

@@ -1,4 +1,5 @@
-"""The asyncio HBONE data plane: the driver of one TLS connection ↔ one sans-IO core, the TCP ↔
+"""The asyncio HBONE data plane: the two flows every caller uses (outbound: route → tunnel or TCP;
+inbound: admit → dial → relay), the driver of one TLS connection ↔ one sans-IO core, the TCP ↔
 stream relay, the client pool and the HBONE server.
 
 Public API (what other rooms use):
@@ -18,25 +19,40 @@ Public API (what other rooms use):
         HbonePool(connector: async (PoolKey) -> HboneDriver, *, idle_timeout=300.0, clock=None)
         await pool.open(key, request) -> HboneStream ; await pool.acquire(key) -> HboneDriver
         pool.reap(now) -> int ; pool.connections(key) ; pool.dials ; await pool.close()
-    from zt.proxy.server import HboneServer, Admission, AdmissionHook, Dialer, Upstream
-        HboneServer(ctx, *, peer_check: PeerCheck, admission: AdmissionHook = allow_all,
-                    dialer: Dialer = dial_authority, settings=None, dial_timeout=10.0)
+    from zt.proxy.outbound import OutboundFlow            -- one outbound flow for every caller
+        OutboundFlow(route: (app, destination) -> Route, identity: SpiffeId,
+                     open_tunnel: HbonePool.open, connect: Connector = connect_direct,
+                     dial_timeout=10.0, observe: (app, destination, Route) -> Observer)
+        await flow.carry(app: TcpSource, peer, destination, announce=...) -> Outcome
+            # route (pure) → pooled HBONE tunnel / TCP splice / refusal (the app is reset)
+    from zt.proxy.inbound import InboundFlow, Arrival, Admission  -- one inbound flow
+        InboundFlow(admit: (Arrival) -> Admission = allow_all, *, connect: Connector,
+                    dial_timeout=10.0, observe: (Arrival) -> Observer, track: Track)
+        await flow.tunnel(stream) -> Outcome      # a CONNECT: admit, dial, 200, relay
+        await flow.plaintext(client, arrival) -> Outcome   # admit, dial, splice
+        Admission.allow(policy, connection) | Admission.deny(error: ZtError, flags, policy):
+            the status comes from the error's class (PolicyDenied → 401, loop guard → 400, ...)
+    from zt.proxy.flow import Outcome, Observer, Connector, connect_direct
+        Outcome(flags, error, policy, to_client, from_client): one connection's end, in
+        ztunnel's response flags; Observer.opened(progress) / ended(outcome) (exactly once)
+        Connector = async (SocketAddr, timeout) -> connected non-blocking socket (the node makes
+        it inside the pod's netns, marked)
+    from zt.proxy.server import HboneServer
+        HboneServer(ctx, *, peer_check: PeerCheck, flow: InboundFlow | None = None,
+                    settings=None, on_limit=None, on_connection=None)
         await server.start(listen: SocketAddr, *, limits: AcceptLimits) -> SocketAddr
         await server.start_on(sock, *, group: ConnectionGroup) ; await server.shutdown(deadline)
         server.connections_accepted / peer_refusals / statuses (Counter) / tunnels / drivers
         server.limit_hits (Counter: HTTP/2 limits peers went past, zt/hbone/limits.py)
-    from zt.proxy.accept import AcceptLoop, AcceptLimits, ConnectionGroup, serve_tls, serve_streams
+    from zt.proxy.accept import AcceptLoop, AcceptLimits, ConnectionGroup, serve_tls, serve_held
         zt's accept loop for every listener: handshake deadline (TLS made after the first
         byte), half-open caps per source and in total, per-group connection cap, EMFILE
         back-off with a reserve fd, keepalive, handler exceptions counted (never raised)
     from zt.proxy.guard import StandaloneAdmission
-        the `zt hbone serve` AdmissionHook: no CONNECT aimed at the server itself or at zt's
+        the `zt hbone serve` admit function: no CONNECT aimed at the server itself or at zt's
         ports on this host (400), only destinations an --allow list names (401)
-        AdmissionHook = async (peer: SpiffeId, request: ConnectRequest) -> Admission
-            Admission.allow() | Admission.deny(PolicyDenied("...")) (status/reason from the error)
-        Dialer = async (request: ConnectRequest) -> socket.socket (connected, non-blocking;
-            e.g. made inside a pod netns). Raise OSError/TimeoutError → 503 upstream_unreachable;
-            raise a ZtError → its status. `dial_authority` is the standalone default.
+    from zt.proxy.socks5 import serve
+        await serve(flow: OutboundFlow, reader, writer): RFC 1928 CONNECT, then the flow
     from zt.proxy.relay import relay, reset_tcp, TcpRelay
         await relay(stream, reader, writer) -> RelayResult(tcp_to_stream, stream_to_tcp, outcome)
         TcpRelay(): the relay's TCP side as a transport's protocol from the start (no
@@ -44,7 +60,8 @@ Public API (what other rooms use):
             factory; it keeps early bytes/EOF/loss until tcp.begin(stream); tcp.done (future:
             outcome), tcp.result() -> RelayResult, tcp.cancel() (reset both sides)
     from zt.proxy.forward import TcpToHbone
-        TcpToHbone(opener: async () -> HboneStream); await start(listen) -> SocketAddr; close()
+        TcpToHbone.via(pool, key, authority) (the outbound flow with a fixed route);
+        await start(listen) -> SocketAddr; close()
     from zt.proxy.splice import splice
         await splice((reader, writer), (reader, writer)) -> SpliceResult(a_to_b, b_to_a, outcome)
     HboneStream: await read() (b"" = END_STREAM) / acknowledge() (after the socket took the

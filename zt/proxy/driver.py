@@ -205,7 +205,7 @@ class HboneDriver(asyncio.Protocol):
         streams = list(self.streams.values())
         self._wake_turn = (self._wake_turn + 1) % max(len(streams), 1)
         for stream in streams[self._wake_turn :] + streams[: self._wake_turn]:
-            stream._wake_writer()
+            stream.wake_writer()
 
     def _check_write_buffer(self) -> None:
         """Stop reading while the peer does not read what it asked for (see WRITE_HIGH): its
@@ -330,7 +330,7 @@ class HboneDriver(asyncio.Protocol):
         stream.answered = True
         if status != 200:
             stream.local_ended = True
-            stream._feed_eof()
+            stream.deliver_eof()
             self._forget(stream.stream_id)
         self._flush()
         self._arm_timer()
@@ -437,7 +437,7 @@ class HboneDriver(asyncio.Protocol):
         if stream is None:
             self.acknowledge(stream_id, flow_controlled)  # nobody will read it: don't leak window
             return
-        stream._feed(data, flow_controlled)
+        stream.deliver(data, flow_controlled)
 
     def _on_window(self, stream_id: int | None, all_streams: bool = False) -> None:
         """Wake the writers that can now send, and only those: the work per WINDOW_UPDATE or
@@ -446,7 +446,7 @@ class HboneDriver(asyncio.Protocol):
             self._conn_blocked.pop(stream_id, None)
             self._stream_blocked.discard(stream_id)
             if (one := self.streams.get(stream_id)) is not None:
-                one._wake_writer()
+                one.wake_writer()
             return
         if all_streams:  # a SETTINGS change (rate-limited by the core)
             waiting, self._stream_blocked = self._stream_blocked, set()
@@ -463,7 +463,7 @@ class HboneDriver(asyncio.Protocol):
             if stream is None:
                 continue
             if core.send_window(stream_id) > 0:
-                stream._wake_writer()  # a callback writer sends now, spending the window
+                stream.wake_writer()  # a callback writer sends now, spending the window
             else:
                 self._stream_blocked.add(stream_id)  # its own window is the limit now
 
@@ -487,7 +487,7 @@ class HboneDriver(asyncio.Protocol):
     def _on_ended(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is not None:
-            stream._feed_eof()
+            stream.deliver_eof()
             self.forget_if_finished(stream_id)
 
     def _on_reset(self, event: ev.StreamReset) -> None:
@@ -497,17 +497,17 @@ class HboneDriver(asyncio.Protocol):
         if not stream.answered:
             # Reset before we answered (by the peer, or with its connection): stop the admission
             # and dial serving it (CVE-2023-44487: a reset CONNECT must not keep costing a dial).
-            stream._cancel_service()
+            stream.cancel_service()
         if event.is_eof:
-            stream._feed_eof()  # RST(NO_ERROR/CANCEL) after END_STREAM is EOF (docs/design.md §2)
+            stream.deliver_eof()  # RST(NO_ERROR/CANCEL) after END_STREAM is EOF (docs/design.md §2)
             stream.local_ended = True
         else:
-            stream._feed_reset(event.error_code)
+            stream.deliver_reset(event.error_code)
         self._forget(event.stream_id)
         if event.is_eof:
             # The peer takes no more DATA (RFC 9113 §8.1): a writer waiting for window must learn
             # it now (its next write reports the reset); no WINDOW_UPDATE will ever wake it.
-            stream._wake_writer()
+            stream.wake_writer()
 
     def _reset_local(self, stream_id: int, code: int) -> None:
         stream = self.streams.get(stream_id)
@@ -534,8 +534,8 @@ class HboneDriver(asyncio.Protocol):
         lost = ConnectionLost(reason)
         for stream in list(self.streams.values()):
             if not stream.answered:
-                stream._cancel_service()  # nobody is left to answer
-            stream._feed_reset(H2_CONNECT_ERROR, lost)
+                stream.cancel_service()  # nobody is left to answer
+            stream.deliver_reset(H2_CONNECT_ERROR, lost)
         self.streams.clear()
         self._conn_blocked.clear()
         self._stream_blocked.clear()

@@ -15,14 +15,46 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from zt.errors import H2_CANCEL
 from zt.hbone.request import ConnectRequest
+from zt.identity.spiffe import SpiffeId
 from zt.proxy.errors import StreamResetError
 
-if TYPE_CHECKING:
-    from zt.proxy.driver import HboneDriver
+
+class StreamHost(Protocol):
+    """The connection a stream lives on, as the stream and its users see it (zt/proxy/driver.py
+    `HboneDriver` is the one implementation). The driver calls the stream's `deliver*`,
+    `wake_writer` and `cancel_service`; the stream calls these."""
+
+    loop: asyncio.AbstractEventLoop
+    peer: SpiffeId | None  # the peer's identity, checked after the handshake
+    transport: asyncio.Transport | None
+    closed: asyncio.Future[None]
+
+    @property
+    def write_paused(self) -> bool: ...
+
+    async def writable(self) -> None: ...
+
+    def send_data(self, stream_id: int, data: bytes | memoryview) -> int: ...
+
+    def blocked(self, stream_id: int) -> None: ...
+
+    def acknowledge(self, stream_id: int, n: int) -> None: ...
+
+    def end_stream(self, stream_id: int) -> None: ...
+
+    def reset_stream(self, stream_id: int, code: int) -> None: ...
+
+    def forget_if_finished(self, stream_id: int) -> None: ...
+
+    def respond(self, stream: HboneStream, status: int, reason: str = "") -> None: ...
+
+    def cork(self) -> bool: ...
+
+    def uncork(self) -> None: ...
 
 
 class StreamSink(Protocol):
@@ -45,7 +77,7 @@ class StreamSink(Protocol):
 class HboneStream:
     """The asyncio face of one stream id on one `HboneDriver`."""
 
-    def __init__(self, driver: HboneDriver, stream_id: int, request: ConnectRequest) -> None:
+    def __init__(self, driver: StreamHost, stream_id: int, request: ConnectRequest) -> None:
         self.driver = driver
         self.stream_id = stream_id
         self.request = request
@@ -71,13 +103,13 @@ class HboneStream:
         if self._reset is not None and not self.answered:
             task.cancel()
 
-    def _cancel_service(self) -> None:
+    def cancel_service(self) -> None:
         if self._service is not None:
             self._service.cancel()
             self._service = None
 
     # -- called by the driver ---------------------------------------------------------------
-    def _feed(self, data: bytes | memoryview, flow_controlled: int) -> None:
+    def deliver(self, data: bytes | memoryview, flow_controlled: int) -> None:
         sink = self._sink
         if sink is not None:
             self._unacked += flow_controlled
@@ -92,7 +124,7 @@ class HboneStream:
         self._chunks.append((data, flow_controlled))
         self._readable.set()
 
-    def _feed_eof(self) -> None:
+    def deliver_eof(self) -> None:
         if self._eof:
             return
         self._eof = True
@@ -100,7 +132,7 @@ class HboneStream:
         if self._sink is not None:
             self._sink.stream_eof()
 
-    def _feed_reset(self, code: int, error: StreamResetError | None = None) -> None:
+    def deliver_reset(self, code: int, error: StreamResetError | None = None) -> None:
         first = self._reset is None
         if self._reset is None:
             self._reset = error or StreamResetError(self.stream_id, code)
@@ -112,7 +144,7 @@ class HboneStream:
         if first and self._sink is not None:
             self._sink.stream_reset(self._reset)
 
-    def _wake_writer(self) -> None:
+    def wake_writer(self) -> None:
         self._writable.set()
         if self._sink is not None:
             self._sink.stream_writable()
@@ -129,11 +161,11 @@ class HboneStream:
         self._sink = sink
         while self._chunks and self._sink is sink:
             data, flow_controlled = self._chunks.popleft()
-            self._feed(data, flow_controlled)
+            self.deliver(data, flow_controlled)
         if self._eof:
             sink.stream_eof()
             self.driver.forget_if_finished(self.stream_id)
-        if self._reset is not None:  # also after EOF, as a later `_feed_reset` would report it
+        if self._reset is not None:  # also after EOF, as a later `deliver_reset` would report it
             sink.stream_reset(self._reset)
 
     def try_write(self, data: bytes | memoryview) -> int:
@@ -150,7 +182,7 @@ class HboneStream:
         try:
             sent = self.driver.send_data(self.stream_id, data)
         except StreamResetError as exc:
-            self._feed_reset(exc.code, exc)
+            self.deliver_reset(exc.code, exc)
             raise
         self.bytes_out += sent
         if sent < len(data) and not self.driver.write_paused:
@@ -200,7 +232,7 @@ class HboneStream:
             try:
                 sent = self.driver.send_data(self.stream_id, view)
             except StreamResetError as exc:
-                self._feed_reset(exc.code, exc)
+                self.deliver_reset(exc.code, exc)
                 raise
             view = view[sent:]
             self.bytes_out += sent
@@ -221,7 +253,7 @@ class HboneStream:
         """Abort the stream with RST_STREAM(code); pending reads and writes fail."""
         if self._reset is None:
             self.driver.reset_stream(self.stream_id, code)
-            self._feed_reset(code)
+            self.deliver_reset(code)
 
     @property
     def buffered(self) -> int:
