@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from zt.addr import SocketAddr
 from zt.errors import UsageError, ZtError
@@ -661,16 +661,21 @@ def serve_streams(handle: StreamHandler, *, limit: int = 64 * 1024) -> Serve:
         ticket.handed_over = True
         transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        try:
-            await handle(reader, writer)
-        except BaseException:
-            if not transport.is_closing():
-                transport.abort()
-            raise
-        if not transport.is_closing():
-            transport.close()
+        await _closing_after(transport, handle(reader, writer))
 
     return serve
+
+
+async def _closing_after(transport: asyncio.BaseTransport, handled: Awaitable[None]) -> None:
+    """Run a connection's handler; close what it left open (reset it when the handler raised)."""
+    try:
+        await handled
+    except BaseException:
+        if not transport.is_closing():
+            cast(asyncio.Transport, transport).abort()
+        raise
+    if not transport.is_closing():
+        transport.close()
 
 
 HeldHandler = Callable[[HeldTcp], Awaitable[None]]
@@ -687,14 +692,7 @@ def serve_held(handle: HeldHandler) -> Serve:
         held = HeldTcp()
         ticket.handed_over = True
         transport, _ = await loop.connect_accepted_socket(lambda: held, sock)
-        try:
-            await handle(held)
-        except BaseException:
-            if not transport.is_closing():
-                transport.abort()
-            raise
-        if not transport.is_closing():
-            transport.close()
+        await _closing_after(transport, handle(held))
 
     return serve
 
