@@ -38,19 +38,18 @@ from zt.config import SnapshotStore
 from zt.config.dump import document
 from zt.config.watcher import ReloadFailure
 from zt.errors import NotFoundError, UsageError, ZtError
+from zt.node.core import NodeCore
 from zt.node.options import NodeOptions
 from zt.node.pod import PodProxy, capture_name
 from zt.node.podapi import PodAdd, PodList, PodRemove
 from zt.node.podapi import serve as serve_pod_api
 from zt.node.reconcile import RETRY_AFTER, LatestOnly, RemovalGrace, Spec
 from zt.node.sdnotify import notify_stopping, notify_when_ready
-from zt.node.services import NodeServices, renew_loop
+from zt.node.services import NodeServices
 from zt.node.sources import ConfigFeed, open_certs, open_config
 from zt.node.workers import WorkerSupervisor
-from zt.proxy.accept import install_exception_handler
 from zt.state import Protocol, Snapshot, Workload
 from zt.telemetry import http, logsetup
-from zt.telemetry.connections import ConnectionTelemetry
 from zt.telemetry.endpoints import (
     Admin,
     Readiness,
@@ -87,11 +86,11 @@ class NodeDaemon:
         # with worker processes, a multiprocess directory every worker writes into (removed at
         # exit); switched before the first metric exists (zt/telemetry/metrics.py)
         self.registry = Registry.leader() if options.workers > 1 else Registry()
-        self.pods: dict[str, PodProxy] = {}
+        self.core = NodeCore(options, self.registry, worker=0, who=f"node {options.node}")
+        self.pods = self.core.pods
         self._api_pods: dict[str, str] = {}  # uid -> netns, pods added through the pod API
         self._stop = asyncio.Event()
         self._servers: list[asyncio.Server] = []
-        self._background: list[asyncio.Task[None]] = []
         self._levels_task: asyncio.Future[None] | None = None
         self._pod_lock = asyncio.Lock()
         self.services: NodeServices | None = None
@@ -131,39 +130,22 @@ class NodeDaemon:
         await self._endpoints(store)
         certs = await open_certs(opts, self.registry)
         capture = await asyncio.to_thread(Capture.open, opts.capture, pin_dir=opts.pin_dir)
-        self.services = NodeServices(
-            node=opts.node,
-            store=store,
-            certs=certs.manager,
-            capture=capture,
-            registry=self.registry,
-            telemetry=ConnectionTelemetry(self.registry, log_format=opts.log_format),
-            socks5=opts.socks5,
-            illegal_ports=opts.illegal_ports,  # zt's ports plus where the node moved its own
-            accept_limits=opts.accept_limits,
-            reuse_port=opts.workers > 1,
-        )
-        # what escapes a callback is counted and logged rate-limited, not one traceback each
-        install_exception_handler(metrics=self.services.accept_metrics())
+        self.services = self.core.open(store, certs.manager, capture)
         self._collectors()
         self.readiness.set("capture")
-        store.retain(lambda: [pod.workload for pod in self.pods.values()])
         self._hold_enrolled()
         await self._reconcile()
         self.readiness.set("certificates")
         store.subscribe(self._on_swap)
         store.on_reject(self._on_reject)
         self._start_workers()
-        self._background += [
-            *(asyncio.ensure_future(run()) for run in (*feed.runners(), *certs.runners)),
-            asyncio.ensure_future(self._sync.run()),
-            asyncio.ensure_future(renew_loop(self.services.certs, f"node {opts.node}")),
-            asyncio.ensure_future(self._note_config()),
-        ]
+        self.core.run_in_background(
+            *feed.runners(), *certs.runners, self._sync.run, self.core.renewal, self._note_config
+        )
         self._sync.request()  # a pass under the loop: it keeps the first pass's retries going
         self._servers.append(await serve_pod_api(opts.pod_socket, self._pod_api))
         # under systemd's Type=notify, READY=1 once readiness holds (after the pod API is up)
-        self._background.append(asyncio.ensure_future(notify_when_ready(self.readiness)))
+        self.core.run_in_background(lambda: notify_when_ready(self.readiness))
 
     def _hold_enrolled(self) -> None:
         """Pods the previous `zt run` left enrolled in the pinned capture are held: should their
@@ -259,7 +241,6 @@ class NodeDaemon:
 
         self.registry.add_collector(capture_counters)
         self.registry.add_collector(node_gauges)
-        services.add_worker_collectors()
 
     # -- pods -----------------------------------------------------------------------------------
     def _desired(self, snapshot: Snapshot) -> dict[str, tuple[Workload, str]]:
@@ -378,15 +359,10 @@ class NodeDaemon:
         async with self._pod_lock:
             if workload.uid in self.pods:
                 return self.pods[workload.uid]
-            pod = PodProxy(self.services, workload, netns)
-            try:
-                await pod.start()
-            except BaseException:
-                # a pod held in capture stays held (fail closed until a retry serves it)
-                await pod.stop(0.0, unenroll=self._held.get(workload.uid) != netns)
-                raise
+            # a pod held in capture stays held (fail closed until a retry serves it)
+            held = self._held.get(workload.uid) == netns
+            pod = await self.core.start_pod(workload, netns, unenroll_failed=not held)
             self._held.pop(workload.uid, None)
-            self.pods[workload.uid] = pod
             return pod
 
     async def remove_pod(self, uid: str, *, forget: bool = True) -> None:
@@ -464,10 +440,7 @@ class NodeDaemon:
         }
 
     def _on_swap(self, old: Snapshot, new: Snapshot) -> None:
-        assert self.services is not None
-        revoked = self.services.tracker.apply(new)
-        if revoked:
-            log.info("policy change closed %d live connection(s)", revoked)
+        self.core.revoke(new)
         self.readiness.note("config", self._feed.describe() if self._feed else None)
         self._sync.request()  # however many swaps come, one pass at a time, on the newest
 
@@ -510,19 +483,10 @@ class NodeDaemon:
             self.readiness.set(condition, False)
         notify_stopping()
         log.info("node %s draining (deadline %g s)", self.options.node, self.options.drain_deadline)
-        for task in self._background:
-            task.cancel()
-        pods = list(self.pods.values())
-        self.pods.clear()
         followers = [self.workers.stop(self.options.drain_deadline)] if self.workers else []
-        await asyncio.gather(
-            *(p.stop(self.options.drain_deadline, unenroll=False) for p in pods),
-            *followers,  # every follower drains too, and none is left behind
-            return_exceptions=True,
-        )
+        # every follower drains too, and none is left behind. Pinned: leave capture in place
+        # (fail closed until the next zt). Unpinned: detach.
+        await self.core.shutdown(detach=self.options.pin_dir is None, also=followers)
         for server in self._servers:
             server.close()
-        if self.services is not None:
-            # Pinned: leave capture in place (fail closed until the next zt). Unpinned: detach.
-            self.services.capture.close(detach=self.options.pin_dir is None)
         log.info("node %s stopped", self.options.node)

@@ -30,15 +30,13 @@ from zt.capture import Capture
 from zt.config import FileWatcher
 from zt.errors import UsageError, ZtError
 from zt.node.control import MAX_LINE, Channel
+from zt.node.core import NodeCore
 from zt.node.options import NodeOptions
-from zt.node.pod import PodProxy
 from zt.node.reconcile import LatestOnly, same_listeners
-from zt.node.services import NodeServices, renew_loop
+from zt.node.services import NodeServices
 from zt.node.sources import open_certs, open_follower_config
-from zt.proxy.accept import install_exception_handler
 from zt.state import Snapshot
 from zt.telemetry import logsetup
-from zt.telemetry.connections import ConnectionTelemetry
 from zt.telemetry.logsetup import configure
 from zt.telemetry.metrics import Registry
 
@@ -60,11 +58,11 @@ class Follower:
         self.worker = worker
         self.channel = channel
         self.registry = registry  # Registry.follower(): the leader's directory
-        self.pods: dict[str, PodProxy] = {}
+        self.core = NodeCore(options, registry, worker=worker, who=f"worker {worker}")
+        self.pods = self.core.pods
         self._wanted: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
-        self._background: list[asyncio.Task[None]] = []
         self.services: NodeServices | None = None
         self.watcher: FileWatcher | None = None
         self._resync = LatestOnly(self._reconverge)  # own swaps: one pass at a time, newest
@@ -99,32 +97,12 @@ class Follower:
             raise FollowerMisconfigured(
                 f"capture: got {capture.mode!r} pinned under {opts.pin_dir}, expected {opts.capture!r}"
             )
-        self.services = NodeServices(
-            node=opts.node,
-            store=store,
-            certs=certs.manager,
-            capture=capture,
-            registry=self.registry,
-            telemetry=ConnectionTelemetry(self.registry, log_format=opts.log_format),
-            socks5=opts.socks5,
-            illegal_ports=opts.illegal_ports,  # zt's ports plus where the node moved its own
-            accept_limits=opts.accept_limits,
-            worker=self.worker,
-            reuse_port=True,
-            enrolls=False,
-        )
-        install_exception_handler(metrics=self.services.accept_metrics())
-        self.services.add_worker_collectors()
-        # pods the leader still wants (in their removal grace) are served as the workload they were
-        store.retain(lambda: [pod.workload for pod in self.pods.values()])
+        self.services = self.core.open(store, certs.manager, capture)
         self.watcher = feed.watcher
         store.subscribe(self._on_swap)
-        self._background += [
-            *(asyncio.ensure_future(run()) for run in (*feed.runners(), *certs.runners)),
-            asyncio.ensure_future(self._resync.run()),
-            asyncio.ensure_future(renew_loop(self.services.certs, f"worker {self.worker}")),
-            asyncio.ensure_future(self._publish()),
-        ]
+        self.core.run_in_background(
+            *feed.runners(), *certs.runners, self._resync.run, self.core.renewal, self._publish
+        )
 
     # -- the leader's requests --------------------------------------------------------------
     async def _handle(self, msg: dict[str, object]) -> dict[str, object]:
@@ -171,10 +149,7 @@ class Follower:
         for pod in leaving:
             del self.pods[pod.uid]
         services.store.refresh()
-        await asyncio.gather(
-            *(p.stop(self.options.drain_deadline, unenroll=False) for p in leaving),
-            return_exceptions=True,
-        )
+        await self.core.stop_pods(leaving, unenroll=False)
         failed: dict[str, str] = {}
         for uid, netns in self._wanted.items():
             workload = snapshot.by_uid.get(uid)
@@ -183,25 +158,17 @@ class Follower:
             if workload is None:
                 failed[uid] = f"uid {uid!r} is not in worker {self.worker}'s config"
                 continue
-            pod = PodProxy(services, workload, netns)
             try:
-                await pod.start()
+                await self.core.start_pod(workload, netns, unenroll_failed=False)
             except (ZtError, OSError) as exc:
-                await pod.stop(0.0, unenroll=False)
                 failed[uid] = str(exc)
                 log.error("worker %d: pod %s not served: %s", self.worker, uid, exc)
-                continue
-            self.pods[uid] = pod
         return failed
 
     def _on_swap(self, old: Snapshot, new: Snapshot) -> None:
-        assert self.services is not None
-        revoked = self.services.tracker.apply(new)
-        if revoked:
-            log.info("worker %d: policy change closed %d connection(s)", self.worker, revoked)
+        self.core.revoke(new)
         self._resync.request()
-        self._background = [t for t in self._background if not t.done()]
-        self._background.append(asyncio.ensure_future(self._tell_leader()))
+        self.core.run_in_background(self._tell_leader)
 
     async def _tell_leader(self) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
@@ -223,17 +190,8 @@ class Follower:
     async def _shutdown(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().remove_signal_handler(sig)
-        for task in self._background:
-            task.cancel()
-        pods = list(self.pods.values())
-        self.pods.clear()
-        await asyncio.gather(
-            *(p.stop(self.options.drain_deadline, unenroll=False) for p in pods),
-            return_exceptions=True,
-        )
+        await self.core.shutdown(detach=False)
         self.channel.close()
-        if self.services is not None:
-            self.services.capture.close(detach=False)
         # the final figures (revoked connections...) stay in the node's; the files themselves
         # stay open until exit (a late callback may still count)
         self.registry.publish()
