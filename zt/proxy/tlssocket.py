@@ -46,6 +46,13 @@ _DEFAULT_HIGH = 64 * 1024
 _P = TypeVar("_P", bound=asyncio.Protocol)
 
 
+def _address(get: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except OSError:
+        return None
+
+
 class TlsSocketTransport(asyncio.Transport):
     """One TLS connection whose handshake is done (`handshake()`), serving `protocol`."""
 
@@ -79,8 +86,10 @@ class TlsSocketTransport(asyncio.Transport):
         self._lost = False
         self._deadline: asyncio.TimerHandle | None = None
         self._extra: dict[str, Any] = {
-            "peername": sock.getpeername(),
-            "sockname": sock.getsockname(),
+            # A peer that refused our certificate may have reset the connection already (TLS 1.3
+            # clients finish first): then the first read reports it, not this constructor.
+            "peername": _address(sock.getpeername),
+            "sockname": _address(sock.getsockname),
             "socket": sock,
             "ssl_object": sock,
             "sslcontext": sock.context,
