@@ -34,6 +34,8 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from zt.proxy import _openssl
+
 # Module switch between this transport and asyncio/uvloop's SSL protocol (zt/proxy/client.py
 # `dial`, zt/proxy/accept.py `serve_tls`); a per-call `tls_on_socket` argument overrides it.
 ENABLED = True
@@ -41,6 +43,9 @@ ENABLED = True
 READ_SIZE = 256 * 1024  # docs/PERFORMANCE.md: 256 KiB reads paid, 1 MiB did not
 # Buffer fills per readiness callback before other callbacks get a turn (call_soon continues).
 READ_ROUNDS = 4
+# OpenSSL's read-ahead buffer (0: off). Without it SSL_read reads a record's 5-byte header, then
+# its body: two recv(2) per 16 KiB record. With it, one recv(2) fills this many bytes of records.
+READ_AHEAD = 256 * 1024
 CLOSE_TIMEOUT = 5.0  # seconds for flush + close_notify + the peer's FIN before an abort
 _DEFAULT_HIGH = 64 * 1024
 _P = TypeVar("_P", bound=asyncio.Protocol)
@@ -449,9 +454,16 @@ def wrap(context: ssl.SSLContext, sock: socket.socket, *, server_side: bool) -> 
     # As asyncio's and uvloop's TCP transports do: a small record (a PING ack, a 64-byte echo)
     # must not wait for Nagle's ACK.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return context.wrap_socket(
+    tls = context.wrap_socket(
         sock, server_side=server_side, do_handshake_on_connect=False, server_hostname=None
     )
+    if READ_AHEAD:
+        try:
+            _openssl.read_ahead(tls, READ_AHEAD)
+        except BaseException:
+            tls.close()
+            raise
+    return tls
 
 
 async def connect(
