@@ -5,7 +5,7 @@ the socket by the loop, copied into OpenSSL's memory BIO, decrypted, and the enc
 copied back out before the loop sends it. Here OpenSSL reads and writes the connection's fd itself,
 driven by the loop's `add_reader` / `add_writer` readiness callbacks:
 
-- reads: `recv_into` one reused 256 KiB buffer until OpenSSL wants more input (each call returns
+- reads: `recv_into` one reused 256 KiB buffer (one per process) until OpenSSL wants more input (each call returns
   at most one TLS record, so the buffer collects many records per `data_received`);
 - writes: what is queued is joined and written with one non-blocking `send` (SSL_write); a write
   OpenSSL could not finish (SSLWantWriteError) is retried with the same bytes once the socket is
@@ -49,6 +49,10 @@ READ_AHEAD = 256 * 1024
 CLOSE_TIMEOUT = 5.0  # seconds for flush + close_notify + the peer's FIN before an abort
 _DEFAULT_HIGH = 64 * 1024
 _P = TypeVar("_P", bound=asyncio.Protocol)
+# One read buffer for every connection of the process: a read fills it and hands a copy of what
+# it got to `data_received` before the next read starts (reads run only from loop callbacks,
+# never nested), so no connection holds 256 KiB while idle.
+_READ_VIEW = memoryview(bytearray(READ_SIZE))
 
 
 def _address(get: Callable[[], Any]) -> Any:
@@ -56,6 +60,9 @@ def _address(get: Callable[[], Any]) -> Any:
         return get()
     except OSError:
         return None
+
+
+_TLS_INFO = {"peercert": "getpeercert", "cipher": "cipher", "compression": "compression"}
 
 
 class TlsSocketTransport(asyncio.Transport):
@@ -72,8 +79,6 @@ class TlsSocketTransport(asyncio.Transport):
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol = protocol
-        self._buf = bytearray(READ_SIZE)
-        self._view = memoryview(self._buf)
         self._out: list[bytes] = []  # queued after `_unfinished`
         self._out_size = 0
         self._unfinished: bytes | None = None  # an SSL_write OpenSSL must be given again
@@ -98,9 +103,6 @@ class TlsSocketTransport(asyncio.Transport):
             "socket": sock,
             "ssl_object": sock,
             "sslcontext": sock.context,
-            "peercert": sock.getpeercert(),
-            "cipher": sock.cipher(),
-            "compression": sock.compression(),
         }
 
     def start(self) -> None:
@@ -112,6 +114,8 @@ class TlsSocketTransport(asyncio.Transport):
 
     # -- asyncio.BaseTransport -------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in _TLS_INFO and not self._lost:  # asyncio's SSL extras, made when asked for
+            return getattr(self._sock, _TLS_INFO[name])()
         return self._extra.get(name, default)
 
     def is_closing(self) -> bool:
@@ -216,7 +220,7 @@ class TlsSocketTransport(asyncio.Transport):
     def _read(self) -> None:
         """Up to READ_ROUNDS buffers of decrypted bytes, one `data_received` per buffer."""
         self._read_soon = None
-        sock, view, size = self._sock, self._view, READ_SIZE
+        sock, view, size = self._sock, _READ_VIEW, READ_SIZE
         for _ in range(READ_ROUNDS):
             got, eof, error = 0, False, None
             while got < size:
@@ -358,7 +362,7 @@ class TlsSocketTransport(asyncio.Transport):
     def _drain_after_close(self) -> None:
         for _ in range(READ_ROUNDS):
             try:
-                n = socket.socket.recv_into(self._sock, self._view)
+                n = socket.socket.recv_into(self._sock, _READ_VIEW)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
