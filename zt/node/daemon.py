@@ -47,6 +47,7 @@ from zt.node.sdnotify import notify_stopping, notify_when_ready
 from zt.node.services import NodeServices, renew_loop
 from zt.node.sources import ConfigFeed, open_certs, open_config
 from zt.node.workers import WorkerSupervisor
+from zt.proxy import ktls, tlssocket
 from zt.proxy.accept import install_exception_handler
 from zt.state import Protocol, Snapshot, Workload
 from zt.telemetry import http, logsetup
@@ -259,6 +260,7 @@ class NodeDaemon:
 
         self.registry.add_collector(capture_counters)
         self.registry.add_collector(node_gauges)
+        self.registry.add_collector(ktls.samples)
         services.add_worker_collectors()
 
     # -- pods -----------------------------------------------------------------------------------
@@ -489,6 +491,7 @@ class NodeDaemon:
             **document(store.current),
             "certificates": certificate_dump(services.certs.held()) if services else [],
             "version": build_info(),
+            "tls": tlssocket.dump(),
             "node": self.options.node,
             "ready": self.readiness.ready,
             "config_source": self._feed.status() if self._feed else None,

@@ -28,6 +28,8 @@ def _lib() -> ctypes.CDLL:
     lib.SSL_get_SSL_CTX.argtypes = [ctypes.c_void_p]
     lib.SSL_ctrl.restype = ctypes.c_long
     lib.SSL_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    lib.SSL_set_options.restype = ctypes.c_uint64
+    lib.SSL_set_options.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.SSL_set_default_read_buffer_len.restype = None
     lib.SSL_set_default_read_buffer_len.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     return lib
@@ -55,3 +57,10 @@ def read_ahead(tls: ssl.SSLSocket, size: int) -> None:
     ptr = _ssl_pointer(tls, lib)
     lib.SSL_set_default_read_buffer_len(ptr, size)
     lib.SSL_ctrl(ptr, SSL_CTRL_SET_READ_AHEAD, 1, None)
+
+
+def set_options(tls: ssl.SSLSocket, options: int) -> None:
+    """SSL_set_options on `tls` alone (e.g. SSL_OP_ENABLE_KTLS, which `ssl` has no name for)."""
+    lib = _lib()
+    if lib.SSL_set_options(_ssl_pointer(tls, lib), options) & options != options:
+        raise CipherSuiteSetupError(f"SSL_set_options did not keep {options:#x}")

@@ -34,7 +34,7 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from zt.proxy import _openssl
+from zt.proxy import _openssl, ktls
 
 # Module switch between this transport and asyncio/uvloop's SSL protocol (zt/proxy/client.py
 # `dial`, zt/proxy/accept.py `serve_tls`); a per-call `tls_on_socket` argument overrides it.
@@ -414,6 +414,11 @@ class TlsSocketTransport(asyncio.Transport):
             self._writing = False
 
 
+def dump() -> dict[str, object]:
+    """`tls` of the node's /config_dump: where TLS runs and what kTLS does (zt/proxy/ktls.py)."""
+    return {"onSocket": ENABLED, "ktls": ktls.status().to_dict()}
+
+
 # -- handshakes --------------------------------------------------------------------------------
 async def wait_fd(sock: socket.socket, *, writable: bool) -> None:
     loop = asyncio.get_running_loop()
@@ -444,6 +449,8 @@ async def handshake(sock: ssl.SSLSocket) -> None:
     while True:
         try:
             sock.do_handshake()
+            if ktls.enabled():
+                ktls.count(sock)
             return
         except ssl.SSLWantReadError:
             await wait_fd(sock, writable=False)
@@ -461,12 +468,14 @@ def wrap(context: ssl.SSLContext, sock: socket.socket, *, server_side: bool) -> 
     tls = context.wrap_socket(
         sock, server_side=server_side, do_handshake_on_connect=False, server_hostname=None
     )
-    if READ_AHEAD:
-        try:
+    try:
+        if READ_AHEAD:
             _openssl.read_ahead(tls, READ_AHEAD)
-        except BaseException:
-            tls.close()
-            raise
+        if ktls.enabled():
+            _openssl.set_options(tls, ktls.SSL_OP_ENABLE_KTLS)
+    except BaseException:
+        tls.close()
+        raise
     return tls
 
 
