@@ -77,6 +77,9 @@ class TlsSocketTransport(asyncio.Transport):
         super().__init__()
         self._loop = loop
         self._sock = sock
+        # The `_ssl._SSLSocket` under `sock`: its read/write skip two Python layers per record
+        # (SSLSocket.recv_into -> read -> _sslobj.read), which the per-record loops below feel.
+        self._ssl: Any = sock._sslobj  # type: ignore[attr-defined]
         self._fd = sock.fileno()
         self._protocol = protocol
         self._out: list[bytes] = []  # queued after `_unfinished`
@@ -128,7 +131,8 @@ class TlsSocketTransport(asyncio.Transport):
             return
         self._closing = True
         self._cancel_read_soon()
-        self._want_read(False)
+        if not self._write_wants_read:  # else the queued write still needs its readiness
+            self._want_read(False)
         self._deadline = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
         if self._unfinished is None and not self._out:
             self._shutdown()
@@ -220,13 +224,16 @@ class TlsSocketTransport(asyncio.Transport):
     def _read(self) -> None:
         """Up to READ_ROUNDS buffers of decrypted bytes, one `data_received` per buffer."""
         self._read_soon = None
-        sock, view, size = self._sock, _READ_VIEW, READ_SIZE
+        read, view, size = self._ssl.read, _READ_VIEW, READ_SIZE
         for _ in range(READ_ROUNDS):
             got, eof, error = 0, False, None
             while got < size:
                 try:
-                    n = sock.recv_into(view[got:], size - got)
+                    n = read(size - got, view[got:])
                 except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLEOFError:  # a bare FIN: an EOF as with suppress_ragged_eofs
+                    eof = True
                     break
                 except ssl.SSLWantWriteError:
                     self._read_wants_write = True
@@ -237,7 +244,7 @@ class TlsSocketTransport(asyncio.Transport):
                 except (OSError, ssl.SSLError) as exc:
                     error = exc
                     break
-                if n == 0:  # close_notify, or a bare FIN (suppress_ragged_eofs)
+                if n == 0:  # close_notify
                     eof = True
                     break
                 got += n
@@ -277,7 +284,7 @@ class TlsSocketTransport(asyncio.Transport):
     def _send(self, data: bytes | bytearray | memoryview) -> None:
         """One SSL_write of `data`; what OpenSSL could not finish stays `_unfinished`."""
         try:
-            sent = self._sock.send(data)
+            sent = self._ssl.write(data)
         except ssl.SSLWantWriteError:
             self._unfinished = bytes(data)
             self._want_write(True)
