@@ -5,8 +5,9 @@ the socket by the loop, copied into OpenSSL's memory BIO, decrypted, and the enc
 copied back out before the loop sends it. Here OpenSSL reads and writes the connection's fd itself,
 driven by the loop's `add_reader` / `add_writer` readiness callbacks:
 
-- reads: `recv_into` one reused 256 KiB buffer (one per process) until OpenSSL wants more input (each call returns
-  at most one TLS record, so the buffer collects many records per `data_received`);
+- reads: SSL_read into one reused 256 KiB buffer (one per process) until OpenSSL wants more
+  input; each call returns at most one TLS record, so the buffer collects many records per
+  `data_received`, and OpenSSL's read-ahead lets one recv(2) carry many records;
 - writes: what is queued is joined and written with one non-blocking `send` (SSL_write); a write
   OpenSSL could not finish (SSLWantWriteError) is retried with the same bytes once the socket is
   writable (OpenSSL's rule for an unfinished SSL_write; `_ssl` sets
@@ -14,7 +15,8 @@ driven by the loop's `add_reader` / `add_writer` readiness callbacks:
 - a read that must write first (SSLWantWriteError from SSL_read, e.g. the answer to a TLS 1.3
   KeyUpdate) or a write that must read first (SSLWantReadError from SSL_write) waits for the
   readiness OpenSSL asked for, then retries;
-- the only place OpenSSL can use kTLS (zt/proxy/ktls.py): its socket BIO.
+- OpenSSL can hand record encryption to the kernel (kTLS, zt/proxy/ktls.py) only here, where it
+  owns the socket; never through a MemoryBIO.
 
 A later splice(2) path fits this shape: `write()` a frame header (SSL_write, or kTLS TX through the
 same SSL object), wait until `get_write_buffer_size()` is 0 (OpenSSL holds no unfinished record),
