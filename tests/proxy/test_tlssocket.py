@@ -4,6 +4,7 @@ handshake rules of dial/serve_tls on that path."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import os
 import socket
@@ -102,16 +103,31 @@ async def _tls_pair(
     return ends[0], ends[1]
 
 
+def _key_update(transport: asyncio.Transport) -> None:
+    """TLS 1.3 KeyUpdate with update_requested (RFC 8446 §4.6.3): our next record carries it and
+    the peer must answer with its own, from inside its reads."""
+    tls = transport.get_extra_info("ssl_object")
+    lib = _openssl._lib()
+    lib.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    assert lib.SSL_key_update(_openssl._ssl_pointer(tls, lib), 1) == 1  # SSL_KEY_UPDATE_REQUESTED
+
+
 async def _send(transport: asyncio.Transport, peer: Peer, data: bytes, chunk: int) -> None:
     view = memoryview(data)
     for at in range(0, len(data), chunk):
+        if at == len(data) // 2:
+            for _ in range(1000):  # OpenSSL refuses a KeyUpdate while a write is unfinished
+                if transport.get_write_buffer_size() == 0:
+                    break
+                await asyncio.sleep(0.001)
+            _key_update(transport)  # new keys both ways in the middle of the bulk
         await peer.writable.wait()
         # writelines: the driver's way (a frame header and its payload by reference)
         transport.writelines([view[at : at + 9], view[at + 9 : at + chunk]])
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_bulk_both_ways_is_byte_exact_with_pauses_on_both_sides(pki: Pki, loop: str) -> None:
+def test_bulk_both_ways_is_byte_exact_with_pauses_and_key_updates(pki: Pki, loop: str) -> None:
     size = 8 << 20
     up, down = os.urandom(size), os.urandom(size)
 
