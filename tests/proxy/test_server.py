@@ -195,7 +195,7 @@ def test_client_from_foreign_trust_domain_is_refused(pki: Pki, tmp_path: Path) -
     server_cert = WorkloadCert.from_pem(pki.server.cert_pem, pki.server.key_pem, roots)
     refused: list[BaseException] = []
 
-    def check(obj: ssl.SSLObject | None) -> SpiffeId:
+    def check(obj: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId:
         try:
             return client_peer_check(TD)(obj)
         except ForeignTrustDomain as exc:
@@ -426,7 +426,7 @@ def test_dialer_zt_error_is_answered_with_its_status(pki: Pki) -> None:
 
 
 def test_broken_peer_check_refuses_the_connection(pki: Pki) -> None:
-    def broken(obj: ssl.SSLObject | None) -> SpiffeId:
+    def broken(obj: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId:
         raise RuntimeError("identity bug")
 
     async def body() -> None:

@@ -48,6 +48,7 @@ from zt.node.sdnotify import notify_stopping, notify_when_ready
 from zt.node.services import NodeServices
 from zt.node.sources import ConfigFeed, open_certs, open_config
 from zt.node.workers import WorkerSupervisor
+from zt.proxy import ktls, tlssocket
 from zt.state import Protocol, Snapshot, Workload
 from zt.telemetry import http, logsetup
 from zt.telemetry.endpoints import (
@@ -241,6 +242,7 @@ class NodeDaemon:
 
         self.registry.add_collector(capture_counters)
         self.registry.add_collector(node_gauges)
+        self.registry.add_collector(ktls.samples)
 
     # -- pods -----------------------------------------------------------------------------------
     def _desired(self, snapshot: Snapshot) -> dict[str, tuple[Workload, str]]:
@@ -462,6 +464,7 @@ class NodeDaemon:
             **document(store.current),
             "certificates": certificate_dump(services.certs.held()) if services else [],
             "version": build_info(),
+            "tls": tlssocket.dump(),
             "node": self.options.node,
             "ready": self.readiness.ready,
             "config_source": self._feed.status() if self._feed else None,

@@ -44,6 +44,7 @@ from typing import Any, TypeVar, cast
 
 from zt.addr import SocketAddr
 from zt.errors import UsageError, ZtError
+from zt.proxy import tlssocket
 from zt.proxy.tcpside import HeldTcp
 from zt.sockopt import KEEPALIVE, Keepalive, set_keepalive
 from zt.telemetry.metrics import Registry
@@ -605,10 +606,15 @@ def serve_tls(
     *,
     ended: Callable[[_P], Awaitable[None]],
     limits: AcceptLimits = DEFAULT_LIMITS,
+    tls_on_socket: bool | None = None,
 ) -> Serve:
     """A TLS listener's connections: wait for the first byte, then the TLS handshake (the
     protocol's `connection_made` checks the peer), all within `limits.handshake_timeout`; then
-    serve until `ended(protocol)` (e.g. `HboneDriver.closed`) is done."""
+    serve until `ended(protocol)` (e.g. `HboneDriver.closed`) is done. `tls_on_socket`: OpenSSL
+    on the fd (zt/proxy/tlssocket.py) or asyncio's SSL protocol; None follows
+    `tlssocket.ENABLED`."""
+    if tlssocket.ENABLED if tls_on_socket is None else tls_on_socket:
+        return _serve_tls_on_socket(factory, context, ended=ended, limits=limits)
 
     async def serve(sock: socket.socket, ticket: Ticket) -> None:
         loop = asyncio.get_running_loop()
@@ -640,6 +646,46 @@ def serve_tls(
             if "handshake" in str(exc).lower():
                 raise PreAuthTimeout(str(exc)) from None
             raise
+        ticket.authenticated()
+        await ended(protocol)
+
+    return serve
+
+
+def _serve_tls_on_socket(
+    factory: Callable[[], _P],
+    context: ssl.SSLContext,
+    *,
+    ended: Callable[[_P], Awaitable[None]],
+    limits: AcceptLimits,
+) -> Serve:
+    """`serve_tls` with the TLS of zt/proxy/tlssocket.py: same stages, same deadline."""
+
+    async def serve(sock: socket.socket, ticket: Ticket) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.handshake_timeout
+        tls: ssl.SSLSocket | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                await wait_readable(sock)
+                tls = tlssocket.wrap(context, sock, server_side=True)  # `sock` is detached now
+                await tlssocket.handshake(tls)
+        except TimeoutError:
+            _close_quietly(tls if tls is not None else sock)
+            raise PreAuthTimeout(
+                f"not authenticated within {limits.handshake_timeout:g} s"
+            ) from None
+        except BaseException:  # the peer's TLS refusal goes up raw: _run counts it as "peer"
+            _close_quietly(tls if tls is not None else sock)
+            raise
+        # The protocol's connection_made checks the peer (and aborts on a refusal) right here,
+        # within the deadline: no await between the handshake and the check.
+        protocol = factory()
+        if not isinstance(protocol, asyncio.Protocol):  # _P's bound is BaseProtocol
+            tls.close()
+            raise TypeError(f"TLS on the socket serves an asyncio.Protocol, got {protocol!r}")
+        ticket.handed_over = True
+        tlssocket.TlsSocketTransport(loop, tls, protocol).start()
         ticket.authenticated()
         await ended(protocol)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from zt.addr import SocketAddr
 from zt.hbone.request import ConnectRequest
 from zt.hbone.settings import HboneSettings
 from zt.identity.handshake import tls_error
+from zt.proxy import tlssocket
 from zt.proxy.driver import HboneDriver, PeerCheck
 from zt.proxy.errors import DialFailed, TunnelRefused
 from zt.proxy.stream import HboneStream
@@ -28,18 +31,27 @@ async def dial(
     timeout: float = DIAL_TIMEOUT,
     clock: Callable[[], float] | None = None,
     sock: socket.socket | None = None,
+    tls_on_socket: bool | None = None,
 ) -> HboneDriver:
     """Open one HBONE connection; raises DialFailed or the peer check's typed error. With `sock`
-    (already connected to `target`, e.g. made inside a pod's netns) only TLS runs on it."""
+    (already connected to `target`, e.g. made inside a pod's netns) only TLS runs on it.
+    `tls_on_socket`: OpenSSL on the fd (zt/proxy/tlssocket.py) or asyncio's SSL protocol; None
+    follows `tlssocket.ENABLED`."""
     loop = asyncio.get_running_loop()
 
     def factory() -> HboneDriver:
         return HboneDriver("client", settings=settings, peer_check=peer_check, clock=clock)
 
+    on_socket = tlssocket.ENABLED if tls_on_socket is None else tls_on_socket
     try:
         async with asyncio.timeout(timeout):
+            if on_socket:
+                if sock is None:
+                    sock = await _connect_tcp(target)
+                    set_keepalive(sock)  # a socket made for us (`sock`) has it already
+                _, driver = await tlssocket.connect(context, sock, factory, server_side=False)
             # docs/design.md §2: no SNI is relied upon — server_hostname="" sends none.
-            if sock is not None:
+            elif sock is not None:
                 _, driver = await loop.create_connection(
                     factory, sock=sock, ssl=context, server_hostname=""
                 )
@@ -59,6 +71,24 @@ async def dial(
     except OSError as exc:
         raise DialFailed(str(target), exc.strerror or str(exc)) from None
     return driver
+
+
+async def _connect_tcp(target: SocketAddr) -> socket.socket:
+    """A non-blocking TCP connect to `target` (no resolver pass: it is an address)."""
+    family = socket.AF_INET6 if target.ip.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex((str(target.ip), target.port))
+        if code == errno.EINPROGRESS:
+            await tlssocket.wait_fd(sock, writable=True)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code != 0:
+            raise OSError(code, os.strerror(code))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def open_tunnel(

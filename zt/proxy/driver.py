@@ -47,7 +47,7 @@ CLOSE_GRACE = 1.0  # seconds a closing connection gets to flush its GOAWAY befor
 # Connections ended for abuse (a limit, no preface) are aborted at once, with no CLOSE_GRACE.
 _NO_GRACE = frozenset({ev.REASON_LIMIT, ev.REASON_PREFACE_TIMEOUT})
 # Checks the TLS peer once the handshake is done; returns its identity or raises a ZtError.
-PeerCheck = Callable[[ssl.SSLObject | None], SpiffeId]
+PeerCheck = Callable[[ssl.SSLObject | ssl.SSLSocket | None], SpiffeId]
 
 
 class HboneDriver(asyncio.Protocol):

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Sequence
 
 from zt.identity.errors import PeerCertificateMissing
 from zt.identity.spiffe import SpiffeId
-from zt.identity.tls import verify_client_peer, verify_server_peer
+from zt.identity.tls import SslConn, verify_client_peer, verify_server_peer
 from zt.proxy.driver import PeerCheck
 
 
-def _require(obj: ssl.SSLObject | None) -> ssl.SSLObject:
+def _require(obj: SslConn | None) -> SslConn:
     if obj is None:
         raise PeerCertificateMissing("not a TLS connection: no peer certificate")
     return obj
