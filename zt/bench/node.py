@@ -195,7 +195,46 @@ class _Lab:
 
 def _variant_program(tree: Path) -> tuple[str, ...]:
     # -P: no current directory on sys.path, so the tree's zt and cli win over this checkout's
-    return ("env", f"PYTHONPATH={tree}", sys.executable, "-P", "-m", "cli")
+    # and no .pyc written into that tree (it may be another engineer's checkout)
+    return (
+        "env",
+        f"PYTHONPATH={tree}",
+        "PYTHONDONTWRITEBYTECODE=1",
+        sys.executable,
+        "-P",
+        "-m",
+        "cli",
+    )
+
+
+def _start_zt(built: _Lab, variants: tuple[Variant, ...]) -> dict[str, list[runner.NodeProcess]]:
+    """`zt run` on node1 and node2 (mode zt), and on two more nodes per variant (zt_<name>)."""
+    plan = built.state.plan
+    programs: dict[str, tuple[str, ...]] = {"zt": (str(runner.ZT),)}
+    programs |= {f"zt_{v.name}": _variant_program(v.tree) for v in variants}
+    return {
+        mode: [built.zt_node(plan.node(f"node{2 * k + 1 + i}"), program) for i in (0, 1)]
+        for k, (mode, program) in enumerate(programs.items())
+    }
+
+
+def _start_envoys(built: _Lab, envoy: Path) -> dict[str, envoy_node.EnvoyNode]:
+    """An Envoy node proxy in pod<n>-2 of node1 and node2."""
+    plan = built.state.plan
+    envoys = {}
+    for i in (1, 2):
+        pod = _pod(plan, i, 2)
+        en = envoy_node.start(
+            envoy,
+            pod.name,
+            pod.netns,
+            config=envoy_node.node_config(built.tls(pod), "cluster.local"),
+            workdir=built.state.dir,
+            base_id=os.getpid() * 10 + i,
+        )
+        built.record(f"envoy:{pod.name}", en.pid, en.log)
+        envoys[f"node{i}"] = en
+    return envoys
 
 
 @contextlib.contextmanager
@@ -204,57 +243,34 @@ def lab(
 ) -> Iterator[Bench]:
     """Build the bench lab; remove all of it when the block ends, however it ends."""
     name = name or f"bn{os.getpid()}"
-    nodes = 2 + 2 * len(variants)
-    state = LabState(name, nodes, 3, "connect", str(state_dir(name)))
+    state = LabState(name, 2 + 2 * len(variants), 3, "connect", str(state_dir(name)))
     built = _Lab(state, progress)
-    bench: Bench | None = None
+    capture: Capture | None = None
     owner = os.getpid()
     try:
         started = time.monotonic()
         control.down(name)
         built.build()
         plan = built.state.plan
-        pairs = {"zt": 1, **{f"zt_{v.name}": 3 + 2 * i for i, v in enumerate(variants)}}
-        zt_nodes: dict[str, list[runner.NodeProcess]] = {}
-        programs: dict[str, tuple[str, ...]] = {"zt": (str(runner.ZT),)}
-        programs |= {f"zt_{v.name}": _variant_program(v.tree) for v in variants}
-        for mode, first in pairs.items():
-            zt_nodes[mode] = [
-                built.zt_node(plan.node(f"node{first + i}"), programs[mode]) for i in (0, 1)
-            ]
-        dst_pods = [_pod(plan, 2, 2), _pod(plan, 2, 3)]
-        dst_pods += [_pod(plan, first + 1, 1) for first in pairs.values()]
-        built.servers(dst_pods)
-        envoys = {}
-        for i, node in enumerate(("node1", "node2")):
-            pod = _pod(plan, i + 1, 2)
-            config = envoy_node.node_config(built.tls(pod), "cluster.local")
-            en = envoy_node.start(
-                envoy,
-                pod.name,
-                pod.netns,
-                config=config,
-                workdir=built.state.dir,
-                base_id=os.getpid() * 10 + i,
-            )
-            built.record(f"envoy:{pod.name}", en.pid, en.log)
-            envoys[node] = en
+        zt_nodes = _start_zt(built, variants)
+        servers = [_pod(plan, 2, 2), _pod(plan, 2, 3)]
+        servers += [_pod(plan, 2 * k + 2, 1) for k in range(len(zt_nodes))]
+        built.servers(servers)
+        envoys = _start_envoys(built, envoy)
         capture = Capture.open("connect", pin_dir=None)  # unpinned: it dies with this process
-        bench = Bench(built.state, {}, envoys, zt_nodes, capture)
         for i, en in enumerate(envoys.values()):
             envoy_node.enroll(capture, en, str(_pod(plan, i + 1, 2).ipv4))
-        for nodes_ in zt_nodes.values():
-            for proc in nodes_:
+        for procs in zt_nodes.values():
+            for proc in procs:
                 runner.wait_ready(proc, 120.0)
-        bench.state = built.state
-        bench.routes = _routes(plan, envoys, zt_nodes, pairs)
+        routes = _routes(plan, envoys, zt_nodes)
         progress(f"lab {name} ready: {len(plan.nodes)} nodes ({time.monotonic() - started:.1f} s)")
-        yield bench
+        yield Bench(built.state, routes, envoys, zt_nodes, capture)
     finally:
         if os.getpid() != owner:  # a child pyroute2 forked: the lab is its parent's to remove
             os._exit(70)
-        if bench is not None and bench.capture is not None:
-            bench.capture.close()
+        if capture is not None:
+            capture.close()
         removed = control.down(name)
         progress(f"lab {name} removed ({len(removed)} items)")
 
@@ -263,10 +279,10 @@ def _routes(
     plan: topology.LabPlan,
     envoys: dict[str, envoy_node.EnvoyNode],
     zt_nodes: dict[str, list[runner.NodeProcess]],
-    pairs: dict[str, int],
 ) -> dict[str, Route]:
-    def route(mode: str, src: topology.PodPlan, dst: topology.PodPlan, pids: object) -> Route:
-        assert isinstance(pids, tuple)
+    def route(
+        mode: str, src: topology.PodPlan, dst: topology.PodPlan, pids: tuple[tuple[int, ...], ...]
+    ) -> Route:
         return Route(mode, src.netns, str(src.ipv4), dst.netns, str(dst.ipv4), pids)
 
     out = {
@@ -278,9 +294,9 @@ def _routes(
             tuple((e.pid,) for e in envoys.values()),
         ),
     }
-    for mode, first in pairs.items():
-        pids = tuple(tuple(_zt_pids(p)) for p in zt_nodes[mode])
-        out[mode] = route(mode, _pod(plan, first, 1), _pod(plan, first + 1, 1), pids)
+    for k, (mode, procs) in enumerate(zt_nodes.items()):
+        pids = tuple(tuple(_zt_pids(p)) for p in procs)
+        out[mode] = route(mode, _pod(plan, 2 * k + 1, 1), _pod(plan, 2 * k + 2, 1), pids)
     return out
 
 
