@@ -569,6 +569,7 @@ def bench_node(opts: Options, progress: Progress) -> Outcome:
         )
     envoy = envoy_node.find_envoy(opts.envoy)
     sizes = opts.sizes
+    started = time.monotonic()
     with lab(envoy, opts.variants, progress) as bench:
         before = counters(bench)
         results = run(bench, sizes, progress)
@@ -578,6 +579,7 @@ def bench_node(opts: Options, progress: Progress) -> Outcome:
             f" (proxy pids {[list(p) for p in r.proxies]})"
             for r in bench.routes.values()
         ]
+    progress(f"done in {time.monotonic() - started:.0f} s")
     header = (
         f"zt bench node: {sizes.reps} reps, bulk {sizes.bulk // MiB} MiB each way, {sizes.pings}"
         f" pings, new connections {sizes.conn_seconds:g} s (1 and {CONCURRENT} clients),"
