@@ -523,8 +523,9 @@ def prove(bench: Bench, before: dict[str, float], after: dict[str, float]) -> li
         else:
             got = delta[f"{mode}:in_app_bytes"]
             ok = got >= up > 0
+            node = bench.zt_nodes[mode][1].node
             evidence = (
-                f"node2's istio_tcp_received_bytes_total grew {got:.0f} B for {up} B uploaded"
+                f"{node}'s istio_tcp_received_bytes_total grew {got:.0f} B for {up} B uploaded"
             )
         out.append(Carried(mode, ok, evidence))
     return out
