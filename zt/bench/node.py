@@ -409,6 +409,7 @@ def run(bench: Bench, sizes: Sizes, progress: Progress) -> Results:
             add(mode, fn(bench.routes[mode]))
         except (loadgen.LoadError, OSError, TimeoutError) as exc:
             progress(f"  {mode}: a sample failed ({exc}); counted in `failures`")
+            # NaN in every list the step fills: repetition i stays index i of each list
             add(mode, dict.fromkeys(keys, math.nan) | {"failures": 1.0})
 
     def bulk(r: Route) -> Sample:
@@ -427,7 +428,7 @@ def run(bench: Bench, sizes: Sizes, progress: Progress) -> Results:
         return measure_idle(r, sizes)
 
     steps: list[tuple[tuple[str, ...], Callable[[Route], Sample]]] = [
-        (("up_MB/s", "down_MB/s"), bulk),
+        (("up_MB/s", "down_MB/s", "cpu_node1_s/GB", "cpu_node2_s/GB", "cpu_s/GB"), bulk),
         (("p50_us", "p99_us"), latency),
         (("conn/s",), sequential),
         (("conn/s_c8",), concurrent),
