@@ -65,13 +65,13 @@ def node(
 
     Example: zt bench node --quick
     """
-    from zt.bench import envoy_node, report  # noqa: PLC0415
+    from zt.bench import benchlab, envoy_node, measure, report  # noqa: PLC0415
     from zt.bench import node as bench  # noqa: PLC0415
 
-    sizes = bench.SMOKE if smoke else bench.QUICK if quick else bench.FULL
+    sizes = measure.SMOKE if smoke else measure.QUICK if quick else measure.FULL
     if reps is not None:
         sizes = dataclasses.replace(sizes, reps=reps)
-    variants = tuple(bench.Variant.parse(v) for v in variant or ())
+    variants = tuple(benchlab.Variant.parse(v) for v in variant or ())
     binary = envoy_node.find_envoy(envoy)  # every bad flag is refused before anything is built
     signal.signal(signal.SIGTERM, _stop)
     outcome = bench.bench_node(bench.Options(sizes, binary, variants), _say)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from zt.bench import envoy_node, report
-from zt.bench.node import Variant
+from zt.bench.benchlab import Variant
 from zt.capture.maps import ZT_MARK
 from zt.errors import UsageError
 from zt.identity.ca import CertificateAuthority
