@@ -169,7 +169,10 @@ def test_a_tiny_real_run_proves_every_mode_and_prints_the_ratios() -> None:
     for mode in ("direct", "envoy", "zt"):
         assert any(line.startswith(f"carried {mode}: yes - ") for line in lines), done.stdout
     assert [line.split()[1] for line in lines[-5:]] == RATIO_NAMES
-    assert all(re.fullmatch(r"RATIO \w+ \d+\.\d{3}", line) for line in lines[-5:]), lines[-5:]
+    # CPU is counted in clock ticks (/proc/<pid>/stat): 2 x 16 MiB may pass under one on a fast host
+    numbers = [line for line in lines[-5:] if "node_cpu_per_gb" not in line]
+    assert all(re.fullmatch(r"RATIO \w+ \d+\.\d{3}", line) for line in numbers), lines[-5:]
+    assert re.fullmatch(r"RATIO node_cpu_per_gb (\d+\.\d{3}|nan)", lines[-1]), lines[-1]
     name = re.search(r"zt-(bn\d+)-pod", done.stdout)
     assert name is not None
     prefix = f"zt-{name.group(1)}-"

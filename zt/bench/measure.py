@@ -30,7 +30,7 @@ class Sizes:
 
 FULL = Sizes(reps=5, bulk=256 * MiB, pings=3000, conn_seconds=3.0, conn_limit=30000, idle=1000)
 QUICK = Sizes(reps=3, bulk=32 * MiB, pings=500, conn_seconds=0.5, conn_limit=5000, idle=1000)
-SMOKE = Sizes(reps=1, bulk=1 * MiB, pings=20, conn_seconds=0.2, conn_limit=100, idle=20)
+SMOKE = Sizes(reps=1, bulk=16 * MiB, pings=20, conn_seconds=0.2, conn_limit=100, idle=20)
 
 
 def cpu_seconds(pids: tuple[int, ...]) -> float:
