@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := .stamps
 
-.PHONY: setup test lint typecheck unit bench bench-fleet clean
+.PHONY: setup test lint typecheck unit bench bench-node bench-fleet clean
 
 setup: $(STAMP)/venv
 	@scripts/setup-host.sh
@@ -28,6 +28,11 @@ test: setup lint typecheck
 # Not a test: direct TCP vs an Envoy pair vs a zt pair on loopback (BENCH_ARGS=--quick: < 2 min).
 bench: setup
 	$(PY) -m bench.hbone_bench $(BENCH_ARGS)
+
+# Not a test, as root: pod to pod across two captured nodes, direct vs Envoy vs zt as the node
+# proxy (`zt bench node`; BENCH_NODE_ARGS=--quick: < 3 min, a full run ~10 min).
+bench-node: setup
+	$(VENV)/bin/zt bench node $(BENCH_NODE_ARGS)
 
 # Not a test: 100 simulated fleet nodes against one etcd, 5,000 workloads (docs/fleet.md; <= 5 min).
 bench-fleet: setup

@@ -8,6 +8,7 @@ from zt import __version__
 
 from . import (
     authz_cmd,
+    bench_cmd,
     ca_cmd,
     capture_cmd,
     config_cmd,
@@ -60,6 +61,7 @@ app.add_typer(node_cmd.app, name="node")
 app.add_typer(capture_cmd.app, name="capture")
 app.add_typer(hbone_cmd.app, name="hbone")
 app.add_typer(lab_cmd.app, name="lab")
+app.add_typer(bench_cmd.app, name="bench")
 
 
 def main() -> None:

@@ -60,15 +60,17 @@ def start_node(
     capture: str = "connect",
     log_format: str = "text",
     extra: tuple[str, ...] = (),
+    program: tuple[str, ...] = (),
 ) -> NodeProcess:
     """Spawn `zt run` for one node in its namespace; output goes to `<state>/<node>.log`.
-    `source` says where its mesh and certificates come from (file_source or fleet_source)."""
+    `source` says where its mesh and certificates come from (file_source or fleet_source);
+    `program` replaces the `zt` of this venv (the node bench runs another tree's zt with it)."""
     state.mkdir(parents=True, exist_ok=True)
     log = state / f"{node.name}.log"
     pod_socket = state / f"{node.name}.sock"
     pins = pin_dir(lab, node)
     argv = [
-        str(ZT), "run", *source, "--node", node.name, "--pod-socket", str(pod_socket),
+        *(program or (str(ZT),)), "run", *source, "--node", node.name, "--pod-socket", str(pod_socket),
         "--pin-dir", str(pins), "--capture", capture, "--log-format", log_format,
         *extra,
     ]  # fmt: skip

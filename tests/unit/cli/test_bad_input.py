@@ -77,6 +77,7 @@ def _base(p: dict[str, str]) -> dict[str, list[str]]:
         "lab demo": [],
         "lab config get": [],
         "lab config push": [EXAMPLE],
+        "bench node": [],  # every bad value below is refused before anything is built
     }
 
 
@@ -140,6 +141,9 @@ def _bad(p: dict[str, str]) -> dict[str, list[str]]:
         "--control": ["k8s"],
         "--name": ["bad_name!", "x" * 13],
         "POD": ["Pod1/../x"],
+        "--reps": ["0", "x"],
+        "--envoy": [not_a_file, missing],
+        "--variant": ["before", f"before={p['dir']}"],
     }
 
 

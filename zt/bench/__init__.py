@@ -1,0 +1,1 @@
+"""Benchmarks shipped with zt: `zt bench node` (docs/PERFORMANCE.md)."""
