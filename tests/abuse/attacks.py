@@ -2,10 +2,11 @@
 authenticate. Frames are written by hand (hyperframe, hpack) on a blocking TLS socket that carries a
 certificate of the server's own CA, so every attack reaches the server's HTTP/2 code.
 
-Each attack is bounded in count AND in time (its `seconds`, at most `MAX_SECONDS`). The tests run
-an attack in a process of its own (`python -m tests.abuse.attacks attack NAME SPEC`): the attacker
-then competes with the server for the CPU but not with the test's probe for the GIL. The process
-prints `attacking` once the attack is under way, then one JSON line of figures.
+Each attack is bounded in count AND in time (its `seconds`, at most `MAX_SECONDS`); connections
+are held open to that deadline unless the server closed them first. The tests run an attack in a
+process of its own (`python -m tests.abuse.attacks attack NAME SPEC`): the attacker then competes
+with the server for the CPU but not with the test's probe for the GIL. The process prints
+`attacking` once the attack is under way, then one JSON line of figures.
 
 `python -m tests.abuse.attacks echo` is the echo target behind `zt hbone serve`: it prints its port.
 """
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import resource
+import select
 import socket
 import ssl
 import struct
@@ -343,9 +345,11 @@ def _deadline(seconds: float) -> float:
     return time.monotonic() + min(seconds, MAX_SECONDS)
 
 
-def _hold(deadline: float) -> None:
-    """Keep the attack's connections open (reading nothing) until deadline."""
-    time.sleep(max(0.0, deadline - time.monotonic()))
+def _hold(deadline: float, conn: Conn) -> None:
+    """Keep the attack's connection open (reading nothing) until deadline, or until the server
+    closed or reset it: after that nothing is left to hold, the rest would be idle time. Polled
+    without reading (POLLRDHUP), so a never-reading attacker stays one."""
+    _until_all_closed([conn.sock], deadline)
 
 
 def _parallel(n: int, fn: Callable[[int], None]) -> None:
@@ -422,7 +426,7 @@ def continuation_flood(
 ) -> Tally:
     """HEADERS without END_HEADERS, then CONTINUATION frames as large as the server allows
     (CVE-2024-27316 class), on several connections at once; each is held open until the
-    deadline."""
+    deadline (or until the server closes it)."""
     tally = Tally("continuation_flood")
     start, deadline = time.monotonic(), _deadline(seconds)
     # a valid HPACK stream: literal without indexing, new name "a", value "b" (RFC 7541 §6.2.2)
@@ -447,7 +451,7 @@ def continuation_flood(
             if ok:
                 sent += len(filler)
                 frames += 1
-        _hold(deadline)
+        _hold(deadline, conn)
         tally.notes["frame_size"] = size
         tally.finished(conn, frames=frames, bytes_out=sent)
 
@@ -485,7 +489,7 @@ def oversized_frame(
             conn.pump(0)
             ok = ok and not conn.closed and conn.goaway is None
             time.sleep(pause)
-        _hold(deadline)
+        _hold(deadline, conn)
         tally.finished(conn, frames=1, bytes_out=sent)
 
     _parallel(conns, one)
@@ -498,7 +502,8 @@ def tiny_data(
     seconds: float = 6.0,
 ) -> Tally:  # fmt: skip
     """1-byte DATA frames interleaved with WINDOW_UPDATE (connection and stream), in batches of
-    ~240 KB of frames, on one tunnel to the echo target; `echo_seconds`: until all came back."""
+    ~240 KB of frames, on one tunnel to the echo target; `echo_seconds`: until all came back (the
+    tunnel is held to the deadline only while some have not)."""
     tally = Tally("tiny_data")
     start, deadline = time.monotonic(), _deadline(seconds)
     conn = Conn(peer)
@@ -518,11 +523,14 @@ def tiny_data(
         tally.frames += 4 * pairs
         tally.bytes_out += len(unit) * pairs
         conn.pump(0)
-    conn.wait_for(lambda: len(conn.received.get(1, b"")) >= sent, deadline - time.monotonic())
+    back = conn.wait_for(
+        lambda: len(conn.received.get(1, b"")) >= sent, deadline - time.monotonic()
+    )
     tally.notes["sent_bytes"] = sent
     tally.notes["echoed_bytes"] = len(conn.received.get(1, b""))
     tally.notes["echo_seconds"] = time.monotonic() - start
-    _hold(deadline)
+    if not back:  # once every byte came back the attack is over: an idle tunnel adds nothing
+        _hold(deadline, conn)
     tally.end(conn)
     tally.seconds = time.monotonic() - start
     return tally
@@ -569,7 +577,7 @@ def settings_flood(
         if conn.closed or conn.goaway is not None:
             break
     tally.notes["settings_acks"] = conn.settings_acks
-    _hold(deadline)
+    _hold(deadline, conn)
     tally.end(conn)
     tally.seconds = time.monotonic() - start
     return tally
@@ -593,7 +601,7 @@ def ping_flood(
     while tally.frames < count and conn.send(burst, deadline):  # never reads: conn.pump unused
         tally.frames += batch + len(guesses)
         tally.bytes_out += len(burst)
-    _hold(deadline)
+    _hold(deadline, conn)
     tally.end(conn)
     tally.seconds = time.monotonic() - start
     return tally
@@ -665,10 +673,11 @@ def pre_auth(
     peer: Peer, started: Started, *, idle: int = 300, half: int = 300, no_preface: int = 0,
     seconds: float = 4.0,
 ) -> Tally:  # fmt: skip
-    """Connections that never authenticate, all held until the deadline: `no_preface` finish
-    the TLS handshake and never send the HTTP/2 preface, `idle` never send a byte, `half` send a
-    ClientHello and never finish the handshake. Notes: per group, how many were opened and how
-    many the server had closed by the deadline (its pre-authentication deadlines and caps)."""
+    """Connections that never authenticate, all held until the deadline (or until the server has
+    closed every one, which may come sooner): `no_preface` finish the TLS handshake and never send
+    the HTTP/2 preface, `idle` never send a byte, `half` send a ClientHello and never finish the
+    handshake. Notes: per group, how many were opened and how many the server had closed by the
+    deadline (its pre-authentication deadlines and caps)."""
     tally = Tally("pre_auth")
     start, deadline = time.monotonic(), _deadline(seconds)
     hello = client_hello(peer)
@@ -684,7 +693,7 @@ def pre_auth(
         tally.conns = len(socks)
         tally.notes["opened_seconds"] = time.monotonic() - start
         started()
-        time.sleep(max(0.0, deadline - time.monotonic()))
+        _until_all_closed([sock for _, sock in socks], deadline)
         for group, sock in socks:
             if _server_closed(sock):
                 tally.refused += 1
@@ -694,6 +703,20 @@ def pre_auth(
             sock.close()
     tally.seconds = time.monotonic() - start
     return tally
+
+
+def _until_all_closed(socks: list[socket.socket], deadline: float) -> None:
+    """Wait until the server closed or reset every one of socks, or until deadline: once all are
+    closed nothing can change, the rest would be idle time. Polled without reading (POLLRDHUP),
+    so connections that never read stay so."""
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock.fileno(), select.POLLRDHUP)
+    left = len(socks)
+    while left and (remaining := deadline - time.monotonic()) > 0:
+        for fd, _ in poller.poll(min(remaining, 0.2) * 1000):  # POLLHUP / POLLERR always come
+            poller.unregister(fd)
+            left -= 1
 
 
 def _pre_auth_conn(peer: Peer, group: str, hello: bytes) -> socket.socket:

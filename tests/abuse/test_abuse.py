@@ -159,9 +159,10 @@ def test_huffman_coded_megabyte_header(target: Target, tmp_path: Path) -> None:
 
 def test_connections_that_never_authenticate(target: Target, tmp_path: Path) -> None:
     """50 TLS connections that never send the HTTP/2 preface, 500 TCP connections that never send
-    a ClientHello and 500 that send one and stop, from one source, held 8 s. Beyond the four
-    properties: the server has closed (nearly) every one of them by then, because its deadlines
-    for the handshake and the preface are a few seconds (PRE_AUTH_DEADLINE_S at most)."""
+    a ClientHello and 500 that send one and stop, from one source, held 8 s (the attack ends
+    sooner once the server has closed every one). Beyond the four properties: the server has
+    closed (nearly) every one of them by then, because its deadlines for the handshake and the
+    preface are a few seconds (PRE_AUTH_DEADLINE_S at most)."""
     o = attack(
         target, "pre_auth", int(RSS_BOUND_MIB * 1024), FD_SLACK, tmp_path,
         no_preface=50, idle=500, half=500, seconds=PRE_AUTH_DEADLINE_S + 3.0,

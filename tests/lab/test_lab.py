@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.node.lab import GENERATION, metric
 from zt.errors import UsageError
 from zt.lab import control, demo, runner, topology
 from zt.lab.apps import wait_listening
 from zt.lab.state import LabState, state_dir
+from zt.timescale import scaled
 
 pytestmark = pytest.mark.root
 
@@ -39,6 +41,22 @@ def assert_nothing_left(name: str, pids: tuple[int, ...] = ()) -> None:
     assert sorted(Path("/sys/fs/bpf").glob(f"{prefix}*")) == []
     assert not state_dir(name).exists()
     assert [p for p in pids if runner.alive(p)] == []
+
+
+def config_generations(state: LabState) -> dict[str, float]:
+    """zt_config_generation of each node: the config snapshots it loaded so far."""
+    return {
+        n.name: metric(runner.http_get(n.netns, runner.METRICS_PORT, "/metrics")[1], GENERATION)
+        for n in state.plan.nodes
+    }
+
+
+def wait_loaded(state: LabState, before: dict[str, float], timeout: float = 10.0) -> None:
+    """Until every node loaded a config snapshot newer than `before`."""
+    deadline = time.monotonic() + scaled(timeout)
+    while any(now <= before[n] for n, now in config_generations(state).items()):
+        assert time.monotonic() < deadline, f"no new config loaded in {timeout:g} s"
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -114,9 +132,10 @@ def test_up_status_exec_then_crash_then_up_again_then_down_twice(lab_name: str) 
     config = state_dir(lab_name) / "mesh.yaml"
     doc = yaml.safe_load(config.read_text())
     doc["policies"] = []
+    loaded = config_generations(first)
     config.with_suffix(".new").write_text(yaml.safe_dump(doc))
     config.with_suffix(".new").rename(config)
-    time.sleep(2.5)  # the daemons poll their config about every second
+    wait_loaded(first, loaded)  # the daemons poll their config about every second
     shown = zt("lab", "demo", "--name", lab_name)
     assert shown.returncode == 1, shown.stdout + shown.stderr
     assert "not as expected: DENY policy (HBONE), DENY policy (plaintext)" in shown.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -57,9 +58,14 @@ def test_inbound_fails_closed_after_zt_closes_listeners(pod: Pod, family: int) -
     expected: type[Exception] = ConnectionRefusedError if pod.mode == "connect" else TimeoutError
     try:
         pod.close_listeners()
-        for port in (8080, 15008):
+        with ThreadPoolExecutor(2) as pool:  # both ports at once: a timeout is waited for once
+            dials = [
+                pool.submit(connect_from, pod.topo.peer, pod_ip, port, timeout=1.5)
+                for port in (8080, 15008)
+            ]
+        for dial in dials:
             with pytest.raises(expected):
-                connect_from(pod.topo.peer, pod_ip, port, timeout=1.5).close()
+                dial.result().close()
         assert nothing_pending(app), "with zt gone a connection reached the app"
         assert pod.capture.counters()["lookup_no_listener"] >= 2
     finally:

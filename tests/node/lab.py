@@ -32,6 +32,7 @@ from zt.timescale import scaled
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+GENERATION = "zt_config_generation"  # config snapshots a node loaded
 
 
 def identity(pod: PodPlan) -> str:
@@ -141,6 +142,37 @@ def running_lab(tag: str, node_args: tuple[str, ...] = ()) -> Iterator[Lab]:
         assert control.down(name) == []
 
 
+@contextmanager
+def handed_on(lab: Lab) -> Iterator[Lab]:
+    """A module's turn on the shared lab (tests/node/conftest.py): it starts with both daemons
+    alive and passes the lab on with them alive and ready on the mesh file it found (a module
+    that killed a daemon or left a mesh edit behind gets them restored here)."""
+    original = lab.state.config.read_text()
+    _restore(lab, original)
+    try:
+        yield lab
+    finally:
+        _restore(lab, original)
+
+
+def _restore(lab: Lab, config: str) -> None:
+    nodes = [node.name for node in lab.plan.nodes]
+    for node in nodes:
+        if not runner.alive(lab.pid(node)):
+            lab.restart(node)  # waits until ready
+    if lab.state.config.read_text() == config:
+        return
+    loaded = {node: metric(lab.metrics(node), GENERATION) for node in nodes}
+    lab.write_config(config)
+    deadline = time.monotonic() + scaled(15)
+    for node in nodes:  # each loads it (the daemons poll ~1 s), else starts afresh on it
+        while metric(lab.metrics(node), GENERATION) <= loaded[node]:
+            if time.monotonic() > deadline:
+                lab.restart(node)
+                break
+            time.sleep(0.1)
+
+
 def hbone_status(lab: Lab, src: PodPlan, dst: PodPlan, authority_ip: str, port: int) -> int:
     """CONNECT from `src`'s identity (a certificate of the lab CA) straight to `dst`'s :15008, on
     a marked socket from inside src (so capture leaves it alone); the response status."""
@@ -171,4 +203,4 @@ def hbone_status(lab: Lab, src: PodPlan, dst: PodPlan, authority_ip: str, port: 
     return asyncio.run(ask())
 
 
-__all__ = ["Lab", "hbone_status", "identity", "metric", "running_lab"]
+__all__ = ["Lab", "handed_on", "hbone_status", "identity", "metric", "running_lab"]

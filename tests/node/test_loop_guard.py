@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.node.lab import Lab, hbone_status, metric, running_lab
+from tests.node.lab import Lab, handed_on, hbone_status, metric
 from zt.errors import UsageError
 from zt.lab.apps import connect_only, exchange
 
@@ -29,8 +29,8 @@ RSS_BOUND_KIB = 10 * 1024
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with running_lab("lg") as lab:
+def lab(node_lab: Lab) -> Iterator[Lab]:
+    with handed_on(node_lab) as lab:
         yield lab
 
 

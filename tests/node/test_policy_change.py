@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from tests.node.lab import Lab, running_lab
+from tests.node.lab import Lab, handed_on
 from zt.lab import logs, mesh
 from zt.lab.apps import connect_only, exchange
 
@@ -26,8 +26,8 @@ DENY_APP_PORT = {
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with running_lab("np") as lab:
+def lab(node_lab: Lab) -> Iterator[Lab]:
+    with handed_on(node_lab) as lab:
         yield lab
 
 

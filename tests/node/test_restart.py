@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.node.lab import Lab, running_lab
+from tests.node.lab import Lab, handed_on
 from zt.lab import logs, mesh, runner
 from zt.lab.apps import connect_only, exchange
 
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with running_lab("nr") as lab:
+def lab(node_lab: Lab) -> Iterator[Lab]:
+    with handed_on(node_lab) as lab:
         yield lab
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.node.lab import Lab, metric, running_lab
+from tests.node.lab import Lab, handed_on, metric
 from zt.capture.netns import run_in_netns
 from zt.lab import mesh
 
@@ -25,8 +25,8 @@ MAP_SLACK = 8
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with running_lab("ns") as lab:
+def lab(node_lab: Lab) -> Iterator[Lab]:
+    with handed_on(node_lab) as lab:
         yield lab
 
 

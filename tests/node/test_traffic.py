@@ -1,6 +1,7 @@
 """The node tier, traffic: two nodes, two pods each, real capture and real HBONE between them.
 
-One lab for the module: these tests only send traffic (no policy change, no daemon killed)."""
+These tests only send traffic (no policy change, no daemon killed), on the lab the node modules
+share (tests/node/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.node.lab import Lab, hbone_status, identity, metric, running_lab
+from tests.node.lab import Lab, handed_on, hbone_status, identity, metric
 from zt.lab import demo, logs, mesh, runner, wire
 from zt.lab.apps import exchange
 
@@ -21,8 +22,8 @@ RECEIVED = "istio_tcp_received_bytes_total"
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with running_lab("nt") as lab:
+def lab(node_lab: Lab) -> Iterator[Lab]:
+    with handed_on(node_lab) as lab:
         yield lab
 
 

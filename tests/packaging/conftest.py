@@ -35,6 +35,14 @@ class Dist:
     log: str  # the build's output (tests check it holds no warning)
 
 
+def install_env() -> dict[str, str]:
+    """The environment for the installed zt, as an operator's shell has it: no PYTHONPATH (nothing
+    from the checkout), and the install keeps its bytecode in its own venv (not this suite's
+    PYTHONDONTWRITEBYTECODE or its bytecode cache, tests/conftest.py)."""
+    drop = ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def _run(argv: list[str], what: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=180, check=False, env=env, cwd=cwd
@@ -83,9 +91,7 @@ def installed_zt(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Rather than compiling everything: one `zt --help` writes the bytecode of what the CLI and
     # the daemon import (~2 s), so that every later zt command starts in ~0.7 s instead of ~1.8 s.
     # It runs in the venv, never in the checkout: `python -c` puts its cwd first on sys.path.
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")
-    }
+    env = install_env()
     warm = "import sys, zt.capture.loader, zt.cli.main as m; sys.argv = ['zt', '--help']; m.main()"
     _run([str(python), "-c", warm], "zt --help from the install", root, env)
     return zt

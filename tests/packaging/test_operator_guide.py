@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.packaging.conftest import install_env
 from zt.lab import topology
 from zt.lab.topology import LabPlan
 
@@ -224,9 +225,7 @@ def host_env(lab: LabPlan, zt: Path) -> dict[str, dict[str, str]]:
     admin = str(lab.control_ipv4)
     # an operator's shell: without this suite's PYTHONDONTWRITEBYTECODE, the installed zt keeps
     # its bytecode after the first command instead of compiling its imports on every command
-    shell = {
-        k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")
-    }
+    shell = install_env()
     common = {
         **shell,
         "PATH": f"{zt.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",

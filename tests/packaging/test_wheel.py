@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 
 import zt
 from tests.node.lab import identity, running_lab
-from tests.packaging.conftest import ROOT, Dist, venv_python
+from tests.packaging.conftest import ROOT, Dist, install_env, venv_python
 from zt.capture import hostcheck, loader
 from zt.lab import mesh, runner
 from zt.lab.apps import exchange
@@ -79,7 +79,7 @@ def test_the_wheel_file_list(dist: Dist) -> None:
 
 def _outside(cwd: Path, *argv: str | Path) -> subprocess.CompletedProcess[str]:
     """Run argv in cwd (outside the checkout) without PYTHONPATH: nothing from the checkout."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = install_env()
     return subprocess.run(
         [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
         check=False,
@@ -166,6 +166,9 @@ def test_a_node_run_from_the_install_confined_like_the_unit_carries_hbone(
     monkeypatch.setattr(runner, "ZT", _confined_like_the_unit(installed_zt, tmp_path))
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PYTHONPATH", raising=False)
+    if "PYTHONPYCACHEPREFIX" in os.environ:  # the suite's bytecode cache (tests/conftest.py)
+        monkeypatch.delenv("PYTHONPYCACHEPREFIX")  # the install reads its own bytecode
+        monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # the pod apps write none here
     bounding = sum(1 << CAP_BITS[c] for c in _unit_capabilities())
     # Type=notify: each node sends READY=1 to the socket systemd would name, once it is ready
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

@@ -314,13 +314,14 @@ def down(name: str, progress: Progress = _quiet) -> list[str]:
     state = load_or_none(name)
     prefix = f"zt-{name}-"
     if state is not None:
-        for proc in reversed(state.procs):  # nodes first (they drain), then apps
-            if start_time(proc.pid) == proc.start_time:
-                runner.stop(proc.pid)
-                removed.append(f"process {proc.pid} ({proc.role})")
-    for pid in processes_in(topology.leftovers(prefix)):
-        runner.stop(pid, deadline=5.0)
-        removed.append(f"process {pid} (left in a lab namespace)")
+        live = [p for p in reversed(state.procs) if start_time(p.pid) == p.start_time]
+        nodes = [p for p in live if p.role.startswith("node:")]
+        for group in (nodes, [p for p in live if p not in nodes]):  # nodes first (they drain)
+            runner.stop_all([p.pid for p in group])
+        removed += [f"process {p.pid} ({p.role})" for p in live]
+    left = processes_in(topology.leftovers(prefix))
+    runner.stop_all(left, deadline=5.0)
+    removed += [f"process {pid} (left in a lab namespace)" for pid in left]
     for pins in sorted(Path("/sys/fs/bpf").glob(f"{prefix}*")):
         _remove_pins(pins)
         removed.append(f"pins {pins}")

@@ -161,18 +161,29 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def stop(pid: int, deadline: float = 15.0) -> bool:
     """SIGTERM (drain), then SIGKILL after `deadline` s. True if it had to be killed."""
-    _signal(pid, signal.SIGTERM)
+    return stop_all([pid], deadline) == [pid]
+
+
+def stop_all(pids: list[int], deadline: float = 15.0) -> list[int]:
+    """`stop` for several processes side by side: SIGTERM to each, then one wait for all (a lab's
+    down waits for the slowest to exit, not for the sum of them); SIGKILL to those still there
+    after `deadline` s. Returns those it had to kill."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
     end = time.monotonic() + deadline
-    while time.monotonic() < end:
+    left = list(pids)
+    while left and time.monotonic() < end:
+        for pid in left:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        left = [pid for pid in left if alive(pid)]
+        if left:
+            time.sleep(0.05)
+    for pid in left:
+        _signal(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not alive(pid):
-            return False
-        time.sleep(0.05)
-    _signal(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-    return True
+            os.waitpid(pid, 0)
+    return left
 
 
 def tail(path: Path, lines: int = 40) -> str:
