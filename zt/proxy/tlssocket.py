@@ -40,7 +40,12 @@ from zt.proxy import _openssl, ktls
 
 # Module switch between this transport and asyncio/uvloop's SSL protocol (zt/proxy/client.py
 # `dial`, zt/proxy/accept.py `serve_tls`); a per-call `tls_on_socket` argument overrides it.
-ENABLED = True
+# Off by default, measured on the node path (`zt bench node`, docs/PERFORMANCE.md): OpenSSL sends
+# one TLS record (16 KiB) per send(2) where asyncio's SSL protocol sends a whole batch of records
+# at once, so bulk throughput was x0.66-0.90 and CPU per GB x1.24 of the protocol path. What it
+# saves is memory (78 KiB against 2.5 MiB per connection after a bulk transfer), and it is the
+# only path on which the kernel can take the records over (kTLS, zt/proxy/ktls.py).
+ENABLED = False
 
 READ_SIZE = 256 * 1024  # docs/PERFORMANCE.md: 256 KiB reads paid, 1 MiB did not
 # Buffer fills per readiness callback before other callbacks get a turn (call_soon continues).
