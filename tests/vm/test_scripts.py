@@ -47,7 +47,9 @@ def test_kernel_knob_rejects_a_value_that_is_no_version() -> None:
     assert "KERNEL='6.1; rm -rf /'" in out.stderr
 
 
-def test_node_requirements_follow_pyproject_minus_host_only_tools_keeping_envoy(tmp_path: Path) -> None:
+def test_node_requirements_follow_pyproject_minus_host_only_tools_keeping_envoy(
+    tmp_path: Path,
+) -> None:
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(
         '[project]\nname = "x"\ndependencies = ["h2>=4.1,<5", "PyYAML>=6"]\n'

@@ -91,25 +91,32 @@ def ktls_status(
     `ulp_errno` (setsockopt TCP_ULP "tls" on a connected loopback socket: 0 worked, else its
     errno; None when it could not be tried) and `available_ulps` (the text of
     /proc/sys/net/ipv4/tcp_available_ulp read after that attempt, None when unreadable)."""
-    counts = {"tx_connections": tx_connections, "rx_connections": rx_connections}
     if openssl_version < OPENSSL_3:
         reason = f"OpenSSL {openssl_version:#x} has no SSL_OP_ENABLE_KTLS (3.0 or newer needed)"
-        return KtlsStatus(False, False, reason, **counts)
+        return KtlsStatus(False, False, reason, tx_connections, rx_connections)
     ulps = (available_ulps or "").split()
     if ulp_errno == 0 or (ulp_errno is None and "tls" in ulps):
         if not wanted:
-            return KtlsStatus(True, False, "available, not enabled", **counts)
-        return KtlsStatus(True, True, "enabled (TLS 1.3: transmit only, OpenSSL 3.0)", **counts)
+            return KtlsStatus(True, False, "available, not enabled", tx_connections, rx_connections)
+        return KtlsStatus(
+            True,
+            True,
+            "enabled (TLS 1.3: transmit only, OpenSSL 3.0)",
+            tx_connections,
+            rx_connections,
+        )
     if ulp_errno is None:
         where = f"tcp_available_ulp: {' '.join(ulps) or 'unreadable'}"
-        return KtlsStatus(False, False, f"no tls ULP in the kernel ({where})", **counts)
+        return KtlsStatus(
+            False, False, f"no tls ULP in the kernel ({where})", tx_connections, rx_connections
+        )
     if ulp_errno == errno.ENOENT:
         reason = "the kernel has no tls ULP (CONFIG_TLS unset and no tls module)"
     elif ulp_errno == errno.EPERM:
         reason = "loading the tls module needs CAP_NET_ADMIN (or modprobe tls beforehand)"
     else:
         reason = f"setsockopt TCP_ULP tls failed: {errno.errorcode.get(ulp_errno, ulp_errno)}"
-    return KtlsStatus(False, False, reason, **counts)
+    return KtlsStatus(False, False, reason, tx_connections, rx_connections)
 
 
 def resolve(mode: str, *, openssl_version: int, available: bool, why: str) -> bool:
