@@ -8,6 +8,7 @@ owner's value.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 CA_DIR = Path("/var/lib/zt/ca")  # zt/identity/ca.py DEFAULT_DIR
 TRUST_DOMAIN = "cluster.local"  # zt/identity/ca.py DEFAULT_TRUST_DOMAIN
@@ -18,6 +19,7 @@ PIN_DIR = Path("/sys/fs/bpf/zt")  # zt/capture/capture.py DEFAULT_PIN_DIR
 POD_SOCKET = Path("/run/zt/pods.sock")  # zt/node/podapi.py DEFAULT_SOCKET
 HANDSHAKE_TIMEOUT = 5.0  # zt/proxy/accept.py DEFAULT_LIMITS.handshake_timeout
 POD_GRACE = 5.0  # zt/node/reconcile.py DEFAULT_GRACE
+KTLS: Literal["auto", "on", "off"] = "auto"  # zt/node/options.py NodeOptions.ktls
 MAX_WORKERS = 64  # zt/node/options.py MAX_WORKERS
 ALLOW_FORM = (  # zt/state/loopguard.py ALLOW_FORM
     "CIDR[:PORTS] with PORTS as 80, 8000-8100 or 80,443 "

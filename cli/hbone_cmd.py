@@ -2,7 +2,7 @@
 
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -11,7 +11,7 @@ from zt.errors import UsageError
 
 from . import _values
 from ._common import reports_errors, sub_app
-from ._defaults import ALLOW_FORM, HANDSHAKE_TIMEOUT
+from ._defaults import ALLOW_FORM, HANDSHAKE_TIMEOUT, KTLS
 
 if TYPE_CHECKING:  # the command bodies import these: `zt --help` loads no TLS, h2 or asyncio code
     from zt.identity.certs import WorkloadCert
@@ -26,6 +26,10 @@ EXIT_BY_STATUS = {400: 3, 401: 4, 403: 4, 503: 5}
 EXIT_OTHER_STATUS = 6
 EXIT_RESET = 8
 
+KtlsOpt = Annotated[
+    Literal["auto", "on", "off"],
+    typer.Option(help="kernel TLS (kTLS) for the transmit side, as `zt run --ktls`"),
+]
 CertOpt = Annotated[
     Path,
     typer.Option(help="PEM certificate (leaf, then intermediates)", exists=True, dir_okay=False),
@@ -88,6 +92,7 @@ def serve(
         float,
         typer.Option(help="seconds a new connection has to complete TLS, s", min=0.001),
     ] = HANDSHAKE_TIMEOUT,
+    ktls: KtlsOpt = KTLS,
 ) -> None:
     """Forward each tunnel to its `:authority`. Prints `listening on ADDR` to stderr, and one
     line for each client it refuses (TLS handshake, peer identity, loop guard, limits).
@@ -104,10 +109,12 @@ def serve(
     import asyncio  # noqa: PLC0415
     import dataclasses  # noqa: PLC0415
 
+    from zt.proxy import ktls as ktls_mode  # noqa: PLC0415
     from zt.proxy.accept import DEFAULT_LIMITS  # noqa: PLC0415
     from zt.proxy.guard import StandaloneAdmission  # noqa: PLC0415
     from zt.state.loopguard import AllowList  # noqa: PLC0415
 
+    ktls_mode.configure(ktls)
     admission = StandaloneAdmission(AllowList.parse(allow or [], flag="--allow"))
     workload = _load_cert(cert, key, bundle)
     td = trust_domain or workload.identity.trust_domain
@@ -197,6 +204,7 @@ def connect(
             metavar="SPIFFE_ID",
         ),
     ],
+    ktls: KtlsOpt = KTLS,
 ) -> None:
     """Carry stdin/stdout through one tunnel (like nc). Exit 0 when the CONNECT got 200 and the
     tunnel closed cleanly; 3/4/5/6 for CONNECT 400/401/503/other; 8 when the tunnel was reset.
@@ -210,7 +218,9 @@ def connect(
     import asyncio  # noqa: PLC0415
 
     from zt.identity.spiffe import SpiffeId  # noqa: PLC0415
+    from zt.proxy import ktls as ktls_mode  # noqa: PLC0415
 
+    ktls_mode.configure(ktls)
     expected = [SpiffeId.parse(s) for s in expect_san]
     workload = _load_cert(cert, key, bundle)
     code = asyncio.run(_connect(workload, via, authority, expected))

@@ -12,6 +12,7 @@ from ._common import reports_errors
 from ._defaults import (
     CA_DIR,
     HANDSHAKE_TIMEOUT,
+    KTLS,
     MAX_WORKERS,
     PIN_DIR,
     POD_GRACE,
@@ -152,6 +153,14 @@ def command(
             max=MAX_WORKERS,
         ),
     ] = 1,
+    ktls: Annotated[
+        Literal["auto", "on", "off"],
+        typer.Option(
+            help="kernel TLS (kTLS) for HBONE's transmit side: on needs the kernel's tls module; "
+            "auto stays off with OpenSSL 3.0 (a peer's TLS 1.3 KeyUpdate request would break "
+            "the connection)"
+        ),
+    ] = KTLS,
 ) -> None:
     """Run the node proxy: capture, HBONE, policy, metrics, readiness and admin endpoints.
 
@@ -165,6 +174,7 @@ def command(
     from zt.fleet.connect import parse_endpoints  # noqa: PLC0415
     from zt.node.daemon import NodeDaemon, NodeOptions  # noqa: PLC0415
     from zt.node.sources import preflight  # noqa: PLC0415
+    from zt.proxy import ktls as ktls_mode  # noqa: PLC0415
     from zt.telemetry.logsetup import configure  # noqa: PLC0415
     from zt.telemetry.logsetup import shutdown as shutdown_logging  # noqa: PLC0415
 
@@ -192,8 +202,10 @@ def command(
         handshake_timeout=handshake_timeout,
         socks5=socks5,
         workers=workers,
+        ktls=ktls,
     )
     preflight(options)  # a missing CA or state dir: one line, before any BPF or socket
+    ktls_mode.configure(ktls)  # --ktls on without the kernel's tls module: one line, too
     configure(log_format)  # after the options: a refused option starts no logging thread
     try:
         uvloop.run(NodeDaemon(options).run())

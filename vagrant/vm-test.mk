@@ -1,7 +1,7 @@
 # The VM lab on real kernels, included by the top-level Makefile. Not part of `make test`:
 # under software emulation a run takes minutes per kernel.
 #
-#   make vm-test [KERNEL=6.1|6.12|all] [VM_TIERS="tests/netns tests/packets tests/node"]
+#   make vm-test [KERNEL=6.1|6.12|all] [VM_TIERS="tests/netns tests/packets tests/node tests/ktls"]
 #       build (or reuse) the image of each kernel, boot two QEMU nodes, sync the project, make pods,
 #       run the node smoke tier and zt's test tiers inside, print results per kernel, stop by PID
 #   make vm-image [KERNEL=…]   build or reuse the cached images (vagrant/.cache/images/<kernel>)
@@ -13,7 +13,7 @@
 KERNEL ?= all
 VM_KERNELS_ALL := 6.1 6.12
 VM_KERNELS = $(if $(filter all,$(KERNEL)),$(VM_KERNELS_ALL),$(KERNEL))
-VM_TIERS ?= tests/netns tests/packets tests/node
+VM_TIERS ?= tests/netns tests/packets tests/node tests/ktls
 VM_PY = $(or $(VENV),.venv)/bin/python
 VM_VAGRANT = VAGRANT_DOTFILE_PATH=vagrant/.cache/dotvagrant vagrant
 

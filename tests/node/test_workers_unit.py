@@ -34,12 +34,17 @@ def test_workers_need_a_pinned_capture_and_a_sane_count() -> None:
     assert NodeOptions(config=Path("m.yaml"), node="n", pin_dir=None).workers == 1
 
 
+def test_ktls_setting_is_checked() -> None:
+    with pytest.raises(UsageError, match=r"--ktls: got 'yes', expected one of auto, on, off"):
+        NodeOptions(config=Path("m.yaml"), node="n", ktls="yes")
+
+
 def test_follower_options_round_trip() -> None:
     opts = NodeOptions(config=Path("/m.yaml"), node="n1", capture="sklookup", workers=3,
-                       drain_deadline=2.5, socks5=True)  # fmt: skip
+                       drain_deadline=2.5, socks5=True, ktls="on")  # fmt: skip
     back = NodeOptions.from_follower_json(opts.follower_json())
     for name in ("config", "node", "ca_dir", "capture", "pin_dir", "drain_deadline", "socks5",
-                 "workers", "log_format", "trust_domain", "config_poll"):  # fmt: skip
+                 "workers", "log_format", "trust_domain", "config_poll", "ktls"):  # fmt: skip
         assert getattr(back, name) == getattr(opts, name), name
     with pytest.raises(UsageError, match="capture"):
         NodeOptions.from_follower_json(opts.follower_json().replace("sklookup", "iptables"))

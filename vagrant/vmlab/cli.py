@@ -21,7 +21,7 @@ from zt.errors import ZtError
 
 HERE = Path(__file__).resolve().parents[1]
 PROJECT = HERE.parent
-DEFAULT_TIERS = "tests/netns tests/packets tests/node"
+DEFAULT_TIERS = "tests/netns tests/packets tests/node tests/ktls"
 
 
 def env_int(name: str, default: int) -> int:

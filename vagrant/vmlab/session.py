@@ -120,7 +120,8 @@ def provision(paths: Paths, lab: Lab, project: Path) -> None:
 
 # Under software emulation a bcc compile takes 3-8 s and Python starts slowly: stretch the tests'
 # patience deadlines (zt.timescale), and keep the soak to a size that ends within minutes.
-SLOW_GUEST_ENV = {"ZT_TIME_SCALE": "10", "ZT_SOAK_TUNNELS": "500"}
+# ZT_REQUIRE_KTLS: the kTLS tier (tests/ktls) fails instead of skipping: these kernels have it.
+SLOW_GUEST_ENV = {"ZT_TIME_SCALE": "10", "ZT_SOAK_TUNNELS": "500", "ZT_REQUIRE_KTLS": "1"}
 
 
 def _pytest(

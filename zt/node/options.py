@@ -18,6 +18,7 @@ from zt.capture import Mode
 from zt.errors import UsageError
 from zt.node.reconcile import DEFAULT_GRACE
 from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits
+from zt.proxy.ktls import MODES as KTLS_MODES
 from zt.state.loopguard import illegal_ports as loopguard_ports
 
 MAX_WORKERS = 64
@@ -79,9 +80,11 @@ class NodeOptions:
     handshake_timeout: float = DEFAULT_LIMITS.handshake_timeout
     socks5: bool = False
     workers: int = 1  # data-plane processes: this one (the leader) plus workers - 1 followers
+    ktls: str = "auto"  # kernel TLS for HBONE: auto | on | off (zt/proxy/ktls.py says why auto)
 
     def __post_init__(self) -> None:
         self._check_mode()
+        self._check_ktls()
         if not is_loopback(self.admin) and not self.admin_allow_remote:
             # The admin API has no authentication (as Envoy's and ztunnel's): anyone who reaches
             # it can POST /quitquitquit. ztunnel binds it to localhost only.
@@ -104,6 +107,10 @@ class NodeOptions:
                 f"--workers: got {self.workers} with --no-pin, expected 1 (follower workers "
                 "open the pinned capture maps: drop --no-pin)"
             )
+
+    def _check_ktls(self) -> None:
+        if self.ktls not in KTLS_MODES:
+            raise UsageError(f"--ktls: got {self.ktls!r}, expected one of {', '.join(KTLS_MODES)}")
 
     def _check_mode(self) -> None:
         if (self.config is None) == (not self.etcd):
@@ -159,6 +166,7 @@ class NodeOptions:
                 "socks5": self.socks5,
                 "workers": self.workers,
                 "handshake_timeout": self.handshake_timeout,
+                "ktls": self.ktls,
                 # not served by followers, but guarded by them (the loop guard's ports)
                 "metrics": str(self.metrics),
                 "readiness": str(self.readiness),
@@ -192,6 +200,7 @@ class NodeOptions:
                 socks5=bool(doc["socks5"]),
                 workers=int(doc["workers"]),
                 handshake_timeout=float(doc["handshake_timeout"]),
+                ktls=str(doc["ktls"]),
                 metrics=SocketAddr.parse(str(doc["metrics"])),
                 readiness=SocketAddr.parse(str(doc["readiness"])),
                 admin=SocketAddr.parse(str(doc["admin"])),

@@ -16,6 +16,7 @@ from zt.identity import _suites
 from zt.identity.errors import CipherSuiteSetupError
 
 SSL_CTRL_SET_READ_AHEAD = 41  # openssl/ssl.h
+SSL_KEY_UPDATE_NOT_REQUESTED, SSL_KEY_UPDATE_REQUESTED = 0, 1  # openssl/ssl.h
 
 
 @cache
@@ -32,6 +33,8 @@ def _lib() -> ctypes.CDLL:
     lib.SSL_set_options.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
     lib.SSL_set_default_read_buffer_len.restype = None
     lib.SSL_set_default_read_buffer_len.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    lib.SSL_key_update.restype = ctypes.c_int
+    lib.SSL_key_update.argtypes = [ctypes.c_void_p, ctypes.c_int]
     return lib
 
 
@@ -64,3 +67,13 @@ def set_options(tls: ssl.SSLSocket, options: int) -> None:
     lib = _lib()
     if lib.SSL_set_options(_ssl_pointer(tls, lib), options) & options != options:
         raise CipherSuiteSetupError(f"SSL_set_options did not keep {options:#x}")
+
+
+def key_update(tls: ssl.SSLSocket, *, requested: bool) -> None:
+    """Schedule a TLS 1.3 KeyUpdate on `tls` (SSL_key_update), sent with its next write; with
+    `requested` the peer must answer with its own (RFC 8446 §4.6.3). zt itself never calls this:
+    the kTLS tests play a peer that does (zt/proxy/ktls.py explains why it matters)."""
+    lib = _lib()
+    kind = SSL_KEY_UPDATE_REQUESTED if requested else SSL_KEY_UPDATE_NOT_REQUESTED
+    if lib.SSL_key_update(_ssl_pointer(tls, lib), kind) != 1:
+        raise CipherSuiteSetupError("SSL_key_update refused (not TLS 1.3, or a handshake runs)")

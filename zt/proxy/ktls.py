@@ -14,7 +14,18 @@ only on the socket path (zt/proxy/tlssocket.py), never through a MemoryBIO. What
 
 Everything here fails soft: a kernel without the `tls` ULP (`CONFIG_TLS` unset, as on the
 machine this was written on) gives "unavailable" with the reason, and TLS runs in user space.
-`ktls_status` is the pure decision; `probe()` and `connection_ktls()` are the syscalls.
+`ktls_status` and `resolve` are the pure decisions; `probe()` and `connection_ktls()` the syscalls.
+
+The setting (`zt run --ktls`, `zt hbone serve|connect --ktls`): `off`; `on` (refused at start on a
+machine without kTLS: asked for, it must be there); `auto`, which is off with OpenSSL 3.0. Why:
+RFC 8446 §4.6.3 "If the request_update field is set to "update_requested", then the receiver MUST
+send a KeyUpdate of its own [...] prior to sending its next Application Data record." OpenSSL 3.0
+sends that KeyUpdate through the kernel and re-keys only its own user-space state
+(tls13_update_key has no kTLS branch; openssl/openssl#16307), and Linux before 6.14 cannot re-key a
+TLS_TX state at all: every record after it is sealed with the old key and the peer fails the
+connection (bad_record_mac). tests/ktls/test_keyupdate.py shows this on Debian's 6.1 and 6.12. A
+peer that never requests a key update (zt never calls SSL_key_update) is safe: `on` is for meshes
+that know their peers.
 """
 
 from __future__ import annotations
@@ -26,6 +37,9 @@ import ssl
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal, get_args
+
+from zt.errors import UsageError
 
 # openssl/ssl.h (3.0): "#define SSL_OP_ENABLE_KTLS SSL_OP_BIT(3)"; Python's ssl has no name for it.
 SSL_OP_ENABLE_KTLS = 1 << 3
@@ -35,10 +49,22 @@ TLS_TX, TLS_RX = 1, 2  # linux/tls.h
 TCP_ULP = 31  # linux/tcp.h
 ULP_LIST = Path("/proc/sys/net/ipv4/tcp_available_ulp")
 
+Mode = Literal["auto", "on", "off"]
+MODES: tuple[str, ...] = get_args(Mode)
+AUTO_OFF = (
+    "auto: off with OpenSSL 3.0 (a peer's KeyUpdate with update_requested would break a kTLS "
+    "connection: OpenSSL never re-keys the kernel's TLS_TX state); --ktls on for peers that never "
+    "request one"
+)
+
+
+class KtlsUnavailable(UsageError):
+    """--ktls on, on a machine (kernel or OpenSSL) that cannot offload TLS records."""
+
 
 @dataclass(frozen=True)
 class KtlsStatus:
-    """`available`: kernel and OpenSSL can offload; `enabled`: and zt asks OpenSSL to;
+    """`available`: kernel and OpenSSL can offload; `enabled`: and zt asks OpenSSL to (`mode`);
     `tx_connections` / `rx_connections`: connections OpenSSL offloaded, per direction."""
 
     available: bool
@@ -46,6 +72,7 @@ class KtlsStatus:
     reason: str
     tx_connections: int = 0
     rx_connections: int = 0
+    mode: str = "off"  # the setting that decided `enabled` (--ktls)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -64,25 +91,45 @@ def ktls_status(
     `ulp_errno` (setsockopt TCP_ULP "tls" on a connected loopback socket: 0 worked, else its
     errno; None when it could not be tried) and `available_ulps` (the text of
     /proc/sys/net/ipv4/tcp_available_ulp read after that attempt, None when unreadable)."""
-    counts = {"tx_connections": tx_connections, "rx_connections": rx_connections}
     if openssl_version < OPENSSL_3:
         reason = f"OpenSSL {openssl_version:#x} has no SSL_OP_ENABLE_KTLS (3.0 or newer needed)"
-        return KtlsStatus(False, False, reason, **counts)
+        return KtlsStatus(False, False, reason, tx_connections, rx_connections)
     ulps = (available_ulps or "").split()
     if ulp_errno == 0 or (ulp_errno is None and "tls" in ulps):
         if not wanted:
-            return KtlsStatus(True, False, "available, not enabled", **counts)
-        return KtlsStatus(True, True, "enabled (TLS 1.3: transmit only, OpenSSL 3.0)", **counts)
+            return KtlsStatus(True, False, "available, not enabled", tx_connections, rx_connections)
+        return KtlsStatus(
+            True,
+            True,
+            "enabled (TLS 1.3: transmit only, OpenSSL 3.0)",
+            tx_connections,
+            rx_connections,
+        )
     if ulp_errno is None:
         where = f"tcp_available_ulp: {' '.join(ulps) or 'unreadable'}"
-        return KtlsStatus(False, False, f"no tls ULP in the kernel ({where})", **counts)
+        return KtlsStatus(
+            False, False, f"no tls ULP in the kernel ({where})", tx_connections, rx_connections
+        )
     if ulp_errno == errno.ENOENT:
         reason = "the kernel has no tls ULP (CONFIG_TLS unset and no tls module)"
     elif ulp_errno == errno.EPERM:
         reason = "loading the tls module needs CAP_NET_ADMIN (or modprobe tls beforehand)"
     else:
         reason = f"setsockopt TCP_ULP tls failed: {errno.errorcode.get(ulp_errno, ulp_errno)}"
-    return KtlsStatus(False, False, reason, **counts)
+    return KtlsStatus(False, False, reason, tx_connections, rx_connections)
+
+
+def resolve(mode: str, *, openssl_version: int, available: bool, why: str) -> bool:
+    """Whether zt asks OpenSSL for kTLS under the setting `mode`, on a machine where it is
+    `available` (else `why` not). Raises UsageError for a mode that is not one of MODES, and
+    KtlsUnavailable for `on` where kTLS cannot run."""
+    if mode not in MODES:
+        raise UsageError(f"--ktls: got {mode!r}, expected one of {', '.join(MODES)}")
+    if mode == "on" and not available:
+        raise KtlsUnavailable(f"--ktls on: this machine cannot offload TLS ({why})")
+    # auto: no OpenSSL zt runs with re-keys kTLS TX on a TLS 1.3 KeyUpdate (module docstring).
+    del openssl_version  # kept in the signature: a release that re-keys turns auto on here
+    return mode == "on"
 
 
 # -- the syscalls ------------------------------------------------------------------------------
@@ -145,23 +192,38 @@ def _direction(sock: socket.socket, which: int) -> bool:
 
 # -- this process --------------------------------------------------------------------------------
 class _Counts:
-    # Off unless asked for: OpenSSL 3.0 does not re-key the kernel's TX state on a TLS 1.3
-    # KeyUpdate (tls13_update_key has no kTLS branch), which could not be tried here.
+    # Off unless asked for (`configure`): see the module docstring on TLS 1.3 KeyUpdate.
+    mode: str = "off"
     wanted = False
     tx = 0
     rx = 0
 
 
 def want(enabled: bool) -> KtlsStatus:
-    """Ask for kTLS on new socket-path connections when the machine has it; returns the status
-    (the node calls this once at start with its setting)."""
+    """Ask for kTLS on new socket-path connections when the machine has it; returns the status."""
     _Counts.wanted = enabled
+    _Counts.mode = "on" if enabled else "off"
+    return status()
+
+
+def configure(mode: str) -> KtlsStatus:
+    """Apply the setting `mode` (MODES) for this process, once at start; raises UsageError /
+    KtlsUnavailable as `resolve` does, before any connection exists."""
+    now = status()
+    wanted = resolve(
+        mode,
+        openssl_version=ssl.OPENSSL_VERSION_NUMBER,
+        available=now.available,
+        why=now.reason,
+    )
+    _Counts.wanted = wanted
+    _Counts.mode = mode
     return status()
 
 
 def status() -> KtlsStatus:
     ulp_errno, ulps = probe()
-    return ktls_status(
+    found = ktls_status(
         wanted=_Counts.wanted,
         openssl_version=ssl.OPENSSL_VERSION_NUMBER,
         ulp_errno=ulp_errno,
@@ -169,6 +231,13 @@ def status() -> KtlsStatus:
         tx_connections=_Counts.tx,
         rx_connections=_Counts.rx,
     )
+    reason = found.reason
+    if _Counts.mode == "auto" and found.available:
+        reason = AUTO_OFF
+    return KtlsStatus(
+        found.available, found.enabled, reason, found.tx_connections, found.rx_connections,
+        _Counts.mode,
+    )  # fmt: skip
 
 
 def enabled() -> bool:
@@ -189,6 +258,8 @@ def samples() -> list[tuple[str, str, str, float]]:
     return [
         ("zt_ktls_available", "1 when the kernel and OpenSSL can offload TLS records (kTLS)",
          "gauge", float(now.available)),
+        ("zt_ktls_enabled", "1 when new TLS connections ask OpenSSL for kTLS (--ktls)",
+         "gauge", float(now.enabled)),
         ("zt_ktls_tx_connections_total", "TLS connections whose transmit side OpenSSL handed "
          "to the kernel", "counter", float(now.tx_connections)),
         ("zt_ktls_rx_connections_total", "TLS connections whose receive side OpenSSL handed to "

@@ -106,6 +106,7 @@ def _bad(p: dict[str, str]) -> dict[str, list[str]]:
         "--readiness-addr": addr,
         "--admin-addr": addr,
         "--log-format": ["xml"],
+        "--ktls": ["yes"],
         "--drain-deadline": ["-1", "soon"],
         "--handshake-timeout": ["0", "x"],
         "--pod-grace": ["-1"],
