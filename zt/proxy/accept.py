@@ -612,8 +612,8 @@ def serve_tls(
     protocol's `connection_made` checks the peer), all within `limits.handshake_timeout`; then
     serve until `ended(protocol)` (e.g. `HboneDriver.closed`) is done. `tls_on_socket`: OpenSSL
     on the fd (zt/proxy/tlssocket.py) or asyncio's SSL protocol; None follows
-    `tlssocket.ENABLED`."""
-    if tlssocket.ENABLED if tls_on_socket is None else tls_on_socket:
+    `tlssocket.used()`."""
+    if tlssocket.used(tls_on_socket):
         return _serve_tls_on_socket(factory, context, ended=ended, limits=limits)
 
     async def serve(sock: socket.socket, ticket: Ticket) -> None:

@@ -36,13 +36,13 @@ async def dial(
     """Open one HBONE connection; raises DialFailed or the peer check's typed error. With `sock`
     (already connected to `target`, e.g. made inside a pod's netns) only TLS runs on it.
     `tls_on_socket`: OpenSSL on the fd (zt/proxy/tlssocket.py) or asyncio's SSL protocol; None
-    follows `tlssocket.ENABLED`."""
+    follows `tlssocket.used()` (on for kTLS)."""
     loop = asyncio.get_running_loop()
 
     def factory() -> HboneDriver:
         return HboneDriver("client", settings=settings, peer_check=peer_check, clock=clock)
 
-    on_socket = tlssocket.ENABLED if tls_on_socket is None else tls_on_socket
+    on_socket = tlssocket.used(tls_on_socket)
     try:
         async with asyncio.timeout(timeout):
             if on_socket:

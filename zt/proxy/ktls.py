@@ -199,6 +199,11 @@ class _Counts:
     rx = 0
 
 
+def wanted() -> bool:
+    """Whether new connections ask OpenSSL for kTLS (then they must run TLS on the socket)."""
+    return _Counts.wanted
+
+
 def want(enabled: bool) -> KtlsStatus:
     """Ask for kTLS on new socket-path connections when the machine has it; returns the status."""
     _Counts.wanted = enabled

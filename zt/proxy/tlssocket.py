@@ -47,6 +47,13 @@ from zt.proxy import _openssl, ktls
 # only path on which the kernel can take the records over (kTLS, zt/proxy/ktls.py).
 ENABLED = False
 
+
+def used(override: bool | None = None) -> bool:
+    """Whether a new connection runs TLS on the socket: `override` if given, else `ENABLED` or
+    kTLS wanted (only this path can hand records to the kernel)."""
+    return override if override is not None else ENABLED or ktls.wanted()
+
+
 READ_SIZE = 256 * 1024  # docs/PERFORMANCE.md: 256 KiB reads paid, 1 MiB did not
 # Buffer fills per readiness callback before other callbacks get a turn (call_soon continues).
 READ_ROUNDS = 4
@@ -430,7 +437,7 @@ class TlsSocketTransport(asyncio.Transport):
 
 def dump() -> dict[str, object]:
     """`tls` of the node's /config_dump: where TLS runs and what kTLS does (zt/proxy/ktls.py)."""
-    return {"onSocket": ENABLED, "ktls": ktls.status().to_dict()}
+    return {"onSocket": used(), "ktls": ktls.status().to_dict()}
 
 
 # -- handshakes --------------------------------------------------------------------------------
