@@ -29,6 +29,7 @@ from zt.state.loopguard import ALLOW_FORM
 DATA_COMMANDS = {
     "route", "pod add", "pod remove", "pod list", "config dump", "config get", "authz check",
     "ca show", "node show", "capture status", "lab up", "lab status", "lab config get",
+    "bench node",
 }  # fmt: skip
 
 # One spelling per concept; the others must not come back.
