@@ -9,7 +9,8 @@ core's time per tunnel. This encoder writes each field as RFC 7541 allows withou
   (`:status 200` is; `:method CONNECT` is a literal with the static name `:method`);
 - §6.2.2 "Literal Header Field without Indexing" otherwise, with the static table's index for
   the name when it has one, and the value's octets as they are (H = 0: no Huffman coding);
-- §6.2.3 "Literal Header Field Never Indexed" for a field h2 marks sensitive.
+- §6.2.3 "Literal Header Field Never Indexed" for a field passed as `NeverIndexedHeaderTuple`
+  (none of zt's own blocks today; h2's normalisation, which would mark some, is off).
 
 Nothing enters the dynamic table, so the peer's decoder does no table work and no Huffman decoding
 either; a table size change (§6.3) is still announced first, as §4.2 requires.

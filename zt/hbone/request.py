@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from zt.addr import SocketAddr
-from zt.hbone.errors import BadConnectRequest
+from zt.hbone.errors import BadConnectRequest, HboneUsageError
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Headers = list[tuple[bytes, bytes]]
@@ -147,6 +147,8 @@ def new_traceparent(
 
 def response_headers(status: int, reason: str = "") -> Headers:
     """`:status` plus, for failures, our short reason."""
+    if not 200 <= status <= 599:  # RFC 9110 §15: a final status; zt sends no 1xx
+        raise HboneUsageError(f"status: got {status!r}, expected a final status 200..599")
     out: Headers = [(b":status", str(status).encode())]
     # Only visible ASCII and inner spaces, at most 128 bytes: a reason must never break the header.
     text = "".join(c if " " <= c <= "~" else "?" for c in reason[:128]).strip()

@@ -16,6 +16,7 @@ before any dial, on every path. Without it, a connection to `<pod ip>:15006` wou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
@@ -111,6 +112,7 @@ class PodFlows:
         source = snapshot.by_uid.get(self.workload.uid)
         if source is None:
             reason = f"pod {self.workload.uid} left the config"
+            log.warning("%s; dropping its connection to %s", reason, destination)
             return Route(RouteKind.REFUSED, None, None, (), reason)
         return route(
             destination,
@@ -172,8 +174,9 @@ class PodFlows:
         conn = Connection(arrival.source.ip, arrival.target, identity, self.workload.network)
         decision = authorize(conn, self.services.store.current)
         if not decision.allowed:
-            self._deny_log(conn, decision)
-            return Admission.deny(PolicyDenied(decision.reason), policy=decision.policy or "")
+            self._deny_log(conn, decision)  # the node's DENY line: the flow logs no other
+            denied = Admission.deny(PolicyDenied(decision.reason), policy=decision.policy or "")
+            return dataclasses.replace(denied, logged=True)
         return Admission.allow(decision.policy or "", conn)
 
     def _deny_log(self, conn: Connection, decision: Decision) -> None:

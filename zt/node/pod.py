@@ -31,6 +31,7 @@ from zt.proxy.inbound import Arrival
 from zt.proxy.pool import HbonePool, PoolKey
 from zt.proxy.relay import reset_tcp_transport
 from zt.proxy.server import HboneServer
+from zt.proxy.socks5 import SOCKS_PORT
 from zt.proxy.tcpside import HeldTcp
 from zt.proxy.tls import client_peer_check, server_peer_check
 from zt.state import Workload
@@ -38,7 +39,6 @@ from zt.state import Workload
 log = logging.getLogger("zt.node.pod")
 
 OUTBOUND_PORT, PLAINTEXT_PORT, HBONE_PORT = 15001, 15006, 15008
-SOCKS_PORT = 15080  # docs/design.md §1: SOCKS5 outbound (optional, off by default, 127.0.0.1)
 
 
 def capture_name(uid: str) -> str:
@@ -172,7 +172,8 @@ class PodProxy:
 
     @property
     def connections(self) -> int:
-        return len(self._tasks)
+        """Connections being served: outbound, plaintext, SOCKS5 and inbound HBONE tunnels."""
+        return len(self._tasks) + (self._hbone.live_tunnels if self._hbone is not None else 0)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _track(self, coro: Awaitable[object]) -> asyncio.Future[object]:
@@ -227,7 +228,7 @@ class PodProxy:
                 await task
 
     def _hbone_connection(self, driver: HboneDriver) -> None:
-        """A TLS connection on :15008 whose client passed the peer check."""
+        """A TLS connection on :15008 carried its first CONNECT."""
         self.services.count_connection("hbone")
         self.services.telemetry.hbone_socket(driver, driver.closed)
 

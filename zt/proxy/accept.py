@@ -684,8 +684,13 @@ def _serve_tls_on_socket(
         if not isinstance(protocol, asyncio.Protocol):  # _P's bound is BaseProtocol
             tls.close()
             raise TypeError(f"TLS on the socket serves an asyncio.Protocol, got {protocol!r}")
+        try:
+            transport = tlssocket.TlsSocketTransport(loop, tls, protocol)
+        except BaseException:
+            tls.close()
+            raise
         ticket.handed_over = True
-        tlssocket.TlsSocketTransport(loop, tls, protocol).start()
+        transport.start()
         ticket.authenticated()
         await ended(protocol)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -16,6 +14,7 @@ from zt.identity.handshake import tls_error
 from zt.proxy import tlssocket
 from zt.proxy.driver import HboneDriver, PeerCheck
 from zt.proxy.errors import DialFailed, TunnelRefused
+from zt.proxy.flow import connect_direct
 from zt.proxy.stream import HboneStream
 from zt.sockopt import set_keepalive
 
@@ -47,8 +46,7 @@ async def dial(
         async with asyncio.timeout(timeout):
             if on_socket:
                 if sock is None:
-                    sock = await _connect_tcp(target)
-                    set_keepalive(sock)  # a socket made for us (`sock`) has it already
+                    sock = await connect_direct(target, timeout)  # with keepalive
                 _, driver = await tlssocket.connect(context, sock, factory, server_side=False)
             # docs/design.md §2: no SNI is relied upon — server_hostname="" sends none.
             elif sock is not None:
@@ -71,24 +69,6 @@ async def dial(
     except OSError as exc:
         raise DialFailed(str(target), exc.strerror or str(exc)) from None
     return driver
-
-
-async def _connect_tcp(target: SocketAddr) -> socket.socket:
-    """A non-blocking TCP connect to `target` (no resolver pass: it is an address)."""
-    family = socket.AF_INET6 if target.ip.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        code = sock.connect_ex((str(target.ip), target.port))
-        if code == errno.EINPROGRESS:
-            await tlssocket.wait_fd(sock, writable=True)
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code != 0:
-            raise OSError(code, os.strerror(code))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 async def open_tunnel(

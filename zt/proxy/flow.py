@@ -79,6 +79,35 @@ class Unobserved:
 
 UNOBSERVED = Unobserved()
 
+
+class Report:
+    """A flow's hold on its observer: `ended` reaches it exactly once, and a flow that raises
+    (zt stops or drains: cancelled; a bug: any other exception) still ends it with the bytes
+    moved so far, as ztunnel records a dropped connection (a CONNECT failure)."""
+
+    __slots__ = ("_progress", "ended_once", "observer")
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+        self.ended_once = False
+        self._progress: Progress | None = None
+
+    def opened(self, progress: Progress) -> None:
+        self._progress = progress
+        self.observer.opened(progress)
+
+    def ended(self, outcome: Outcome) -> None:
+        if not self.ended_once:
+            self.ended_once = True
+            self.observer.ended(outcome)
+
+    def failed(self, exc: BaseException) -> None:
+        to_client, from_client = self._progress() if self._progress is not None else (0, 0)
+        drained = isinstance(exc, asyncio.CancelledError)
+        error = "closed from drain" if drained else f"relay failed: {exc!r}"
+        self.ended(Outcome(DRAINED, error, "", to_client, from_client))
+
+
 # A connected, non-blocking TCP socket to `target` within `timeout` seconds (raises OSError or
 # TimeoutError). The node makes it inside the pod's netns, marked so capture leaves it alone.
 Connector = Callable[[SocketAddr, float], Awaitable[socket.socket]]

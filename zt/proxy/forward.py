@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 
 from zt.addr import SocketAddr, from_sockaddr
@@ -19,6 +20,7 @@ from zt.proxy.pool import HbonePool, PoolKey
 from zt.proxy.tcpside import HeldTcp
 from zt.state.route import Route, RouteKind
 
+log = logging.getLogger("zt.proxy.forward")
 RECENT = 1024
 
 
@@ -80,7 +82,11 @@ class TcpToHbone:
     async def _carry(self, app: HeldTcp) -> None:
         assert app.transport is not None
         peer = from_sockaddr(app.transport.get_extra_info("peername"))
-        outcome = await self.flow.carry(app, peer, self.destination)
+        try:
+            outcome = await self.flow.carry(app, peer, self.destination)
+        except Exception:  # a bug in the opener: the flow reset the app; say where, once
+            log.exception("forwarding a connection from %s failed", peer)
+            return
         if outcome.flags != OK:
             self.refused.append(outcome)
         self.results.append(outcome)

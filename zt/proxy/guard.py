@@ -4,8 +4,8 @@
 could make it dial itself (a CONNECT to its own listener nests without end: each level costs two
 sockets and a TLS connection) or a local service no peer should reach (127.0.0.1:15000, the node's
 admin). The decision is `StandaloneGuard.check` (zt/state/loopguard.py, pure); this module is its
-`admit` function for the inbound flow (zt/proxy/inbound.py): it knows the bound address only once the server listens, and answers
-"is this address one of this host's?" with a bind probe.
+`admit` function for the inbound flow (zt/proxy/inbound.py): it knows the bound address only once
+the server listens, and answers "is this address one of this host's?" with a bind probe.
 """
 
 from __future__ import annotations

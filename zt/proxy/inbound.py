@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zt.addr import SocketAddr, from_sockaddr, unmap
-from zt.errors import H2_CONNECT_ERROR, ZtError
+from zt.errors import ZtError
 from zt.hbone.errors import UpstreamUnreachable
 from zt.hbone.request import ConnectRequest
 from zt.identity.spiffe import SpiffeId
@@ -35,6 +35,7 @@ from zt.proxy.flow import (
     Connector,
     Observer,
     Outcome,
+    Report,
     connect_direct,
 )
 from zt.proxy.relay import TcpRelay, reset_tcp_transport
@@ -75,6 +76,7 @@ class Admission:
     flags: str = OK
     policy: str = ""
     connection: Connection | None = None
+    logged: bool = False  # `admit` logged the refusal itself: the flow adds no line of its own
 
     @classmethod
     def allow(cls, policy: str = "", connection: Connection | None = None) -> Admission:
@@ -111,14 +113,13 @@ def _ending(outcome: str) -> str:
 class _Revocation:
     """Set when a policy change revoked the live connection (its relay was reset for it)."""
 
-    def __init__(self, *resets: Callable[[], object]) -> None:
+    def __init__(self, reset: Callable[[], None]) -> None:
         self.reason: str | None = None
-        self._resets = resets
+        self._reset = reset
 
     def __call__(self, reason: str) -> None:
         self.reason = reason
-        for reset in self._resets:
-            reset()
+        self._reset()
 
     def outcome(self, relayed: str, policy: str, to_client: int, from_client: int) -> Outcome:
         if self.reason is not None:
@@ -153,16 +154,20 @@ class InboundFlow:
         """One CONNECT: admit, dial, answer 200 once the upstream socket is connected, relay.
         A failure before the answer becomes its status; after the 200 it becomes RST_STREAM."""
         arrival = _arrival(stream)
-        observer = self.observe(arrival)
-        outcome = await self._tunnel(stream, arrival, observer)
-        observer.ended(outcome)
+        report = Report(self.observe(arrival))
+        try:
+            outcome = await self._tunnel(stream, arrival, report)
+        except BaseException as exc:
+            report.failed(exc)
+            raise
+        report.ended(outcome)
         return outcome
 
-    async def _tunnel(self, stream: HboneStream, arrival: Arrival, observer: Observer) -> Outcome:
+    async def _tunnel(self, stream: HboneStream, arrival: Arrival, report: Report) -> Outcome:
         admission = self._admit(arrival)
         if not admission.allowed:
             assert admission.error is not None
-            self._refuse(stream, arrival, admission.error)
+            self._refuse(stream, arrival, admission.error, logged=admission.logged)
             return Outcome(admission.flags, str(admission.error), admission.policy)
         try:
             tcp = await self._dial(arrival.target)
@@ -171,7 +176,7 @@ class InboundFlow:
             self._refuse(stream, arrival, error)
             return Outcome(UPSTREAM_FAILURE, str(error), admission.policy)
         except asyncio.CancelledError:  # the client reset the stream before our answer
-            observer.ended(Outcome(DRAINED, "client reset the stream during the dial"))
+            report.ended(Outcome(DRAINED, "client reset the stream during the dial"))
             raise
         driver = stream.driver
         corked = driver.cork()  # the 200 and what the target already sent: one TLS record
@@ -187,26 +192,21 @@ class InboundFlow:
         finally:
             if corked:
                 driver.uncork()
-        return await self._relayed(tcp, stream, admission, observer)
+        return await self._relayed(tcp, stream, admission, report)
 
     async def _relayed(
-        self, tcp: TcpRelay, stream: HboneStream, admission: Admission, observer: Observer
+        self, tcp: TcpRelay, stream: HboneStream, admission: Admission, report: Report
     ) -> Outcome:
-        revocation = _Revocation(lambda: stream.reset(H2_CONNECT_ERROR), tcp.cancel)
+        revocation = _Revocation(tcp.reset)  # RST_STREAM(CONNECT_ERROR) and a TCP RST
         forget = self.track(admission, revocation)
         # originator = the HBONE peer: towards it is what the stream carried, from it what it
         # delivered to the app
-        observer.opened(lambda: (stream.bytes_out, stream.bytes_in))
+        report.opened(lambda: (stream.bytes_out, stream.bytes_in))
         try:
             relayed = await asyncio.shield(tcp.done)
-        except asyncio.CancelledError:
-            if not tcp.done.done():  # zt stops or drains; a revocation cancels `done` too
-                tcp.cancel()
-                observer.ended(
-                    Outcome(DRAINED, "closed from drain", "", stream.bytes_out, stream.bytes_in)
-                )
-                raise
-            relayed = "revoked"
+        except asyncio.CancelledError:  # zt stops or drains: neither side saw a whole stream
+            tcp.cancel()
+            raise
         finally:
             forget()
         return revocation.outcome(relayed, admission.policy, stream.bytes_out, stream.bytes_in)
@@ -233,16 +233,23 @@ class InboundFlow:
             log.exception("admission of %s failed", arrival.target)
             return Admission.deny(InternalError(repr(exc)), UPSTREAM_FAILURE)
 
-    def _refuse(self, stream: HboneStream, arrival: Arrival, error: ZtError) -> None:
+    def _refuse(
+        self, stream: HboneStream, arrival: Arrival, error: ZtError, *, logged: bool = False
+    ) -> None:
         source = str(arrival.source) if arrival.source is not None else "?"
+        if not logged:
+            self._log_refusal(arrival, source, error)
+        if stream.was_reset is None and not stream.driver.closed.done():
+            with contextlib.suppress(StreamResetError, ZtError):  # the client gave up already
+                self._respond(stream, error.http_status, error.reason)
+
+    @staticmethod
+    def _log_refusal(arrival: Arrival, source: str, error: ZtError) -> None:
         refusal_log.info(
             f"connect:{error.reason}:{source.rpartition(':')[0]}",
             "CONNECT %s from %s (%s) refused: %d %s: %s",
             arrival.target, source, arrival.identity, error.http_status, error.reason, error,
         )  # fmt: skip
-        if stream.was_reset is None and not stream.driver.closed.done():
-            with contextlib.suppress(StreamResetError, ZtError):  # the client gave up already
-                self._respond(stream, error.http_status, error.reason)
 
     def _respond(self, stream: HboneStream, status: int, reason: str = "") -> None:
         stream.driver.respond(stream, status, reason)
@@ -251,12 +258,17 @@ class InboundFlow:
     # -- plaintext -----------------------------------------------------------------------------
     async def plaintext(self, client: TcpSource, arrival: Arrival) -> Outcome:
         """A non-HBONE connection to `arrival.target`: admit (a deny resets it), dial, splice."""
-        observer = self.observe(arrival)
-        outcome = await self._plaintext(client, arrival, observer)
-        observer.ended(outcome)
+        report = Report(self.observe(arrival))
+        try:
+            outcome = await self._plaintext(client, arrival, report)
+        except BaseException as exc:
+            _reset(client)
+            report.failed(exc)
+            raise
+        report.ended(outcome)
         return outcome
 
-    async def _plaintext(self, client: TcpSource, arrival: Arrival, observer: Observer) -> Outcome:
+    async def _plaintext(self, client: TcpSource, arrival: Arrival, report: Report) -> Outcome:
         admission = self._admit(arrival)
         if not admission.allowed:
             assert admission.error is not None
@@ -270,29 +282,16 @@ class InboundFlow:
             return Outcome(
                 UPSTREAM_FAILURE, str(_dial_error(arrival.target, exc)), admission.policy
             )
-        except asyncio.CancelledError:
-            _reset(client)
-            observer.ended(Outcome(DRAINED, "closed from drain"))
-            raise
         spliced = Splice()
-        task = asyncio.ensure_future(spliced.run(client, upstream))
-        revocation = _Revocation(task.cancel)
+        revocation = _Revocation(spliced.reset)
         forget = self.track(admission, revocation)
-        observer.opened(spliced.progress)
+        report.opened(spliced.progress)
         try:
-            result = await asyncio.shield(task)
-            relayed = result.outcome
-        except asyncio.CancelledError:
-            if revocation.reason is None:
-                task.cancel()
-                to_client, from_client = spliced.progress()
-                observer.ended(Outcome(DRAINED, "closed from drain", "", to_client, from_client))
-                raise
-            relayed = "revoked"
+            result = await spliced.run(client, upstream)  # cancelled: it resets both sides
         finally:
             forget()
         to_client, from_client = spliced.progress()
-        return revocation.outcome(relayed, admission.policy, to_client, from_client)
+        return revocation.outcome(result.outcome, admission.policy, to_client, from_client)
 
 
 def _dial_error(target: SocketAddr, exc: Exception) -> ZtError:

@@ -21,7 +21,7 @@ machine without kTLS: asked for, it must be there); `auto`, which is off with Op
 RFC 8446 §4.6.3 "If the request_update field is set to "update_requested", then the receiver MUST
 send a KeyUpdate of its own [...] prior to sending its next Application Data record." OpenSSL 3.0
 sends that KeyUpdate through the kernel and re-keys only its own user-space state
-(tls13_update_key has no kTLS branch; openssl/openssl#16307), and Linux before 6.14 cannot re-key a
+(tls13_update_key has no kTLS branch), and Linux before 6.14 cannot re-key a
 TLS_TX state at all: every record after it is sealed with the old key and the peer fails the
 connection (bad_record_mac). tests/ktls/test_keyupdate.py shows this on Debian's 6.1 and 6.12. A
 peer that never requests a key update (zt never calls SSL_key_update) is safe: `on` is for meshes
@@ -52,9 +52,8 @@ ULP_LIST = Path("/proc/sys/net/ipv4/tcp_available_ulp")
 Mode = Literal["auto", "on", "off"]
 MODES: tuple[str, ...] = get_args(Mode)
 AUTO_OFF = (
-    "auto: off with OpenSSL 3.0 (a peer's KeyUpdate with update_requested would break a kTLS "
-    "connection: OpenSSL never re-keys the kernel's TLS_TX state); --ktls on for peers that never "
-    "request one"
+    "auto: off (a peer's KeyUpdate with update_requested would break a kTLS connection: OpenSSL "
+    "never re-keys the kernel's TLS_TX state); --ktls on for peers that never request one"
 )
 
 
@@ -164,9 +163,11 @@ def read_ulps() -> str | None:
 
 
 @cache
-def probe() -> tuple[int | None, str | None]:
-    """(ulp_errno, available_ulps) of this machine, probed once per process."""
-    found = try_ulp()
+def probe(load: bool = True) -> tuple[int | None, str | None]:
+    """(ulp_errno, available_ulps) of this machine, probed once per process. Only `load` tries
+    the ULP, which makes the kernel load the tls module: a node told `--ktls off` or `auto`
+    reads what is loaded and loads nothing (ulp_errno None)."""
+    found = try_ulp() if load else None
     return found, read_ulps()
 
 
@@ -194,9 +195,9 @@ def _direction(sock: socket.socket, which: int) -> bool:
 class _Counts:
     # Off unless asked for (`configure`): see the module docstring on TLS 1.3 KeyUpdate.
     mode: str = "off"
-    wanted = False
-    tx = 0
-    rx = 0
+    wanted: bool = False
+    tx: int = 0
+    rx: int = 0
 
 
 def wanted() -> bool:
@@ -214,7 +215,7 @@ def want(enabled: bool) -> KtlsStatus:
 def configure(mode: str) -> KtlsStatus:
     """Apply the setting `mode` (MODES) for this process, once at start; raises UsageError /
     KtlsUnavailable as `resolve` does, before any connection exists."""
-    now = status()
+    now = status(load=mode == "on")
     wanted = resolve(
         mode,
         openssl_version=ssl.OPENSSL_VERSION_NUMBER,
@@ -226,8 +227,11 @@ def configure(mode: str) -> KtlsStatus:
     return status()
 
 
-def status() -> KtlsStatus:
-    ulp_errno, ulps = probe()
+def status(*, load: bool | None = None) -> KtlsStatus:
+    """This process's kTLS: what the machine offers, what was asked, connections offloaded.
+    The kernel is probed by trying the ULP only when kTLS is asked for (`load`, default: the
+    configured mode is `on`)."""
+    ulp_errno, ulps = probe(_Counts.mode == "on" if load is None else load)
     found = ktls_status(
         wanted=_Counts.wanted,
         openssl_version=ssl.OPENSSL_VERSION_NUMBER,

@@ -24,7 +24,6 @@ from zt.identity.spiffe import SpiffeId
 from zt.proxy.client import DIAL_TIMEOUT
 from zt.proxy.errors import TunnelRefused
 from zt.proxy.flow import (
-    DRAINED,
     NO_ROUTE,
     OK,
     STATUS_FLAGS,
@@ -33,6 +32,7 @@ from zt.proxy.flow import (
     Connector,
     Observer,
     Outcome,
+    Report,
     connect_direct,
 )
 from zt.proxy.pool import PoolKey
@@ -84,20 +84,24 @@ class OutboundFlow:
         """Carry `app` (from `peer`) to `destination` until the connection ends; its observer
         hears of it once. Cancelling resets both sides (zt stops or drains)."""
         decided = self.route(peer, destination)
-        observer = self.observe(peer, destination, decided)
-        if decided.kind is RouteKind.REFUSED:
-            outcome = _refuse(app, announce, NO_ROUTE, decided.reason)
-        elif decided.kind is RouteKind.HBONE:
-            outcome = await self._via_hbone(app, peer, decided, observer, announce)
-        else:
-            outcome = await self._via_tcp(app, decided, observer, announce)
-        observer.ended(outcome)
+        report = Report(self.observe(peer, destination, decided))
+        try:
+            if decided.kind is RouteKind.REFUSED:
+                outcome = _refuse(app, announce, NO_ROUTE, decided.reason)
+            elif decided.kind is RouteKind.HBONE:
+                outcome = await self._via_hbone(app, peer, decided, report, announce)
+            else:
+                outcome = await self._via_tcp(app, decided, report, announce)
+        except BaseException as exc:  # cancelled (zt stops or drains), or a bug: reset, report
+            _reset(app)
+            report.failed(exc)
+            raise
+        report.ended(outcome)
         return outcome
 
     async def _via_hbone(
-        self, app: TcpSource, peer: SocketAddr, decided: Route, observer: Observer,
-        announce: Announce,
-    ) -> Outcome:  # fmt: skip
+        self, app: TcpSource, peer: SocketAddr, decided: Route, report: Report, announce: Announce
+    ) -> Outcome:
         assert decided.next_hop is not None and decided.authority is not None
         expected = frozenset(SpiffeId.parse(i) for i in decided.expected_identities)
         key = PoolKey(self.identity, expected, decided.next_hop)
@@ -110,27 +114,20 @@ class OutboundFlow:
             return _refuse(app, announce, STATUS_FLAGS.get(exc.status, UPSTREAM_FAILURE), str(exc))
         except ZtError as exc:  # dial, TLS or peer identity failure
             return _refuse(app, announce, failure_flag(exc), str(exc))
-        except asyncio.CancelledError:
-            _reset(app)
-            observer.ended(Outcome(DRAINED, "closed from drain"))
-            raise
         announce(True)
         tcp = TcpRelay()
         # originator = the app: towards it is what the stream delivered, from it what it carried
-        observer.opened(lambda: (stream.bytes_in, stream.bytes_out))
+        report.opened(lambda: (stream.bytes_in, stream.bytes_out))
         tcp.begin(stream, take(tcp, app))  # what the app sent meanwhile goes out first
         try:
             ended = await asyncio.shield(tcp.done)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # neither side saw a whole stream: reset both
             tcp.cancel()
-            observer.ended(
-                Outcome(DRAINED, "closed from drain", "", stream.bytes_in, stream.bytes_out)
-            )
             raise
         return Outcome(OK, _ending(ended), "", stream.bytes_in, stream.bytes_out)
 
     async def _via_tcp(
-        self, app: TcpSource, decided: Route, observer: Observer, announce: Announce
+        self, app: TcpSource, decided: Route, report: Report, announce: Announce
     ) -> Outcome:
         hop = decided.next_hop
         assert hop is not None
@@ -138,19 +135,10 @@ class OutboundFlow:
             upstream = await self.connect(hop, self.dial_timeout)
         except (OSError, TimeoutError) as exc:
             return _refuse(app, announce, UPSTREAM_FAILURE, f"{hop}: {exc}")
-        except asyncio.CancelledError:
-            _reset(app)
-            observer.ended(Outcome(DRAINED, "closed from drain"))
-            raise
         announce(True)
         spliced = Splice()
-        observer.opened(spliced.progress)
-        try:
-            result = await spliced.run(app, upstream)
-        except asyncio.CancelledError:
-            to_app, from_app = spliced.progress()
-            observer.ended(Outcome(DRAINED, "closed from drain", "", to_app, from_app))
-            raise
+        report.opened(spliced.progress)
+        result = await spliced.run(app, upstream)  # cancelled: it resets both sides
         return Outcome(OK, _ending(result.outcome), "", result.b_to_a, result.a_to_b)
 
 

@@ -97,6 +97,8 @@ class TcpRelay(TcpSide):
     def begin(self, stream: HboneStream, handover: Handover | None = None) -> None:
         """Relay between this TCP side and `stream`: what the peer sent before goes out first."""
         self._stream = stream
+        if self.transport is not None:  # adopted or bound: connection_made did not set them
+            set_tcp_write_limits(self.transport)
         corked = stream.driver.cork()  # replayed bytes and FIN leave in one record
         try:
             stream.attach(self)
@@ -109,6 +111,11 @@ class TcpRelay(TcpSide):
     def result(self) -> RelayResult:
         stream = self.stream
         return RelayResult(stream.bytes_out, stream.bytes_in, self.outcome or "cancelled")
+
+    def reset(self) -> None:
+        """End the relay with resets on both sides (RST_STREAM(CONNECT_ERROR), TCP RST), as a
+        TCP error would: e.g. a policy change revoked the connection. `done` says "tcp_reset"."""
+        self._finish("tcp_reset")
 
     def cancel(self) -> None:
         """Shutdown: neither side saw a complete stream, so both are reset."""

@@ -9,8 +9,10 @@ import contextlib
 import logging
 import socket
 import ssl
+import weakref
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from zt.addr import SocketAddr, from_sockaddr
 from zt.errors import ZtError
@@ -60,8 +62,8 @@ class HboneServer:
     ) -> None:
         """`flow` serves every CONNECT (default: admit all, dial the authority from this host).
         `on_limit(name)` is called for every limit a peer goes past (zt/hbone/limits.py names;
-        e.g. a node's metric); `on_connection(driver)` for every connection whose peer passed
-        the check."""
+        e.g. a node's metric); `on_connection(driver)` once per connection, at its first CONNECT
+        (a pool's spare connection or a probe that never tunnels is not counted)."""
         self._context = context
         self.flow = flow or InboundFlow()
         self._peer_check = peer_check
@@ -76,6 +78,7 @@ class HboneServer:
         self.limit_hits: Counter[str] = Counter()
         self._on_limit = on_limit
         self._on_connection = on_connection
+        self._tunnelled: weakref.WeakSet[object] = weakref.WeakSet()
 
     @property
     def statuses(self) -> Counter[int]:
@@ -149,8 +152,6 @@ class HboneServer:
         self.connections_accepted += 1
         self.drivers.add(driver)
         driver.closed.add_done_callback(lambda _: self.drivers.discard(driver))
-        if self._on_connection is not None:
-            self._on_connection(driver)
 
     def _limit_hit(self, limit: str) -> None:
         self.limit_hits[limit] += 1
@@ -158,8 +159,17 @@ class HboneServer:
             self._on_limit(limit)
 
     def _serve_stream(self, stream: HboneStream) -> None:
+        driver = stream.driver
+        if self._on_connection is not None and driver not in self._tunnelled:
+            self._tunnelled.add(driver)  # weak: a closed connection leaves on its own
+            self._on_connection(cast(HboneDriver, driver))
         # The driver cancels this task if the peer resets the stream before it is answered.
         stream.serve_with(self._spawn(self.flow.tunnel(stream)))
+
+    @property
+    def live_tunnels(self) -> int:
+        """CONNECTs being served: admitted, dialing or relaying."""
+        return len(self._tasks)
 
     def _spawn(self, coro: Awaitable[object]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(_discard(coro))

@@ -104,6 +104,13 @@ class Splice:
     def __init__(self) -> None:
         self.a: _SpliceSide | None = None
         self.b: _SpliceSide | None = None
+        self._state: _Splice | None = None
+
+    def reset(self) -> None:
+        """Reset both sides now (e.g. a policy change revoked the connection): `run` returns
+        with outcome "reset"."""
+        if self._state is not None:
+            self._state.finish("reset")
 
     def progress(self) -> tuple[int, int]:
         """(b_to_a, a_to_b) so far: towards `a`'s peer and from it."""
@@ -117,7 +124,7 @@ class Splice:
         socket (an upstream just dialed); it is closed here if it never becomes a transport."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
-        state = _Splice(done)
+        state = self._state = _Splice(done)
         side_a, side_b = self.a, self.b = _SpliceSide(state), _SpliceSide(state)
         side_a.peer, side_b.peer = side_b, side_a
         state.sides = [side_a, side_b]
@@ -132,6 +139,10 @@ class Splice:
                 handover_b = None
             else:
                 handover_b = take(side_b, b)
+            if state.outcome is not None:  # reset() while the upstream became a transport
+                for side in state.sides:
+                    if side.transport is not None:
+                        reset_tcp_transport(side.transport)
             for side, handover in ((side_a, handover_a), (side_b, handover_b)):
                 assert side.transport is not None
                 set_tcp_write_limits(side.transport)

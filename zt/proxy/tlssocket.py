@@ -36,6 +36,7 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from zt.errors import UsageError
 from zt.proxy import _openssl, ktls
 
 # Module switch between this transport and asyncio/uvloop's SSL protocol (zt/proxy/client.py
@@ -51,7 +52,11 @@ ENABLED = False
 def used(override: bool | None = None) -> bool:
     """Whether a new connection runs TLS on the socket: `override` if given, else `ENABLED` or
     kTLS wanted (only this path can hand records to the kernel)."""
-    return override if override is not None else ENABLED or ktls.wanted()
+    if override is None:
+        return ENABLED or ktls.wanted()
+    if not override and ktls.wanted():
+        raise UsageError("tls_on_socket: got False while kTLS is wanted, expected True or None")
+    return override
 
 
 READ_SIZE = 256 * 1024  # docs/PERFORMANCE.md: 256 KiB reads paid, 1 MiB did not
@@ -482,13 +487,17 @@ async def handshake(sock: ssl.SSLSocket) -> None:
 def wrap(context: ssl.SSLContext, sock: socket.socket, *, server_side: bool) -> ssl.SSLSocket:
     """`sock` (connected, non-blocking) as an SSLSocket that has not shaken hands yet. The SSLSocket
     takes over the fd: `sock` is detached (its fileno() becomes -1). docs/design.md §2: no SNI."""
-    sock.setblocking(False)
-    # As asyncio's and uvloop's TCP transports do: a small record (a PING ack, a 64-byte echo)
-    # must not wait for Nagle's ACK.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    tls = context.wrap_socket(
-        sock, server_side=server_side, do_handshake_on_connect=False, server_hostname=None
-    )
+    try:
+        sock.setblocking(False)
+        # As asyncio's and uvloop's TCP transports do: a small record (a PING ack, a 64-byte
+        # echo) must not wait for Nagle's ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tls = context.wrap_socket(
+            sock, server_side=server_side, do_handshake_on_connect=False, server_hostname=None
+        )
+    except BaseException:
+        sock.close()  # never wrapped: still ours to close
+        raise
     try:
         if READ_AHEAD:
             _openssl.read_ahead(tls, READ_AHEAD)
