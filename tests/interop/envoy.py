@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zt.bench.envoy_node import common_tls_context
+
 ENVOY = Path(sys.executable).parent / "envoy"
 _base_ids = itertools.count(1)
 RUNNING: list[Envoy] = []  # for the conftest hook that prints their logs when a test fails
@@ -61,26 +63,8 @@ class Envoy:
 
 
 def _tls_context(files: TlsFiles, san_matchers: list[dict[str, str]]) -> dict[str, Any]:
-    """CommonTlsContext: TLS 1.3 only, ALPN h2, our cert, the mesh roots, a URI SAN matcher."""
-    validation: dict[str, Any] = {"trusted_ca": {"filename": str(files.ca)}}
-    if san_matchers:
-        validation["match_typed_subject_alt_names"] = [
-            {"san_type": "URI", "matcher": m} for m in san_matchers
-        ]
-    return {
-        "tls_params": {
-            "tls_minimum_protocol_version": "TLSv1_3",
-            "tls_maximum_protocol_version": "TLSv1_3",
-        },
-        "alpn_protocols": ["h2"],
-        "tls_certificates": [
-            {
-                "certificate_chain": {"filename": str(files.cert)},
-                "private_key": {"filename": str(files.key)},
-            }
-        ],
-        "validation_context": validation,
-    }
+    """CommonTlsContext: the one `zt bench node` gives Envoy (zt/bench/envoy_node.py)."""
+    return common_tls_context(files.cert, files.key, files.ca, san_matchers)
 
 
 def _socket_address(port: int) -> dict[str, Any]:

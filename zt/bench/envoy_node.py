@@ -100,7 +100,16 @@ def _address(port: int, host: str = "0.0.0.0") -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _common_tls(tls: TlsFiles, trust_domain: str) -> dict[str, Any]:
+def common_tls_context(
+    cert: Path, key: Path, roots: Path, san_matchers: list[dict[str, str]]
+) -> dict[str, Any]:
+    """Envoy's CommonTlsContext for HBONE: TLS 1.3 only, ALPN h2, this side's certificate, the
+    mesh roots, and the peer's URI SAN matched by `san_matchers` (Envoy StringMatchers)."""
+    validation: dict[str, Any] = {"trusted_ca": {"filename": str(roots)}}
+    if san_matchers:
+        validation["match_typed_subject_alt_names"] = [
+            {"san_type": "URI", "matcher": m} for m in san_matchers
+        ]
     return {
         "tls_params": {
             "tls_minimum_protocol_version": "TLSv1_3",
@@ -109,17 +118,18 @@ def _common_tls(tls: TlsFiles, trust_domain: str) -> dict[str, Any]:
         "alpn_protocols": ["h2"],
         "tls_certificates": [
             {
-                "certificate_chain": {"filename": str(tls.cert)},
-                "private_key": {"filename": str(tls.key)},
+                "certificate_chain": {"filename": str(cert)},
+                "private_key": {"filename": str(key)},
             }
         ],
-        "validation_context": {
-            "trusted_ca": {"filename": str(tls.roots)},
-            "match_typed_subject_alt_names": [
-                {"san_type": "URI", "matcher": {"prefix": f"spiffe://{trust_domain}/"}}
-            ],
-        },
+        "validation_context": validation,
     }
+
+
+def _common_tls(tls: TlsFiles, trust_domain: str) -> dict[str, Any]:
+    return common_tls_context(
+        tls.cert, tls.key, tls.roots, [{"prefix": f"spiffe://{trust_domain}/"}]
+    )
 
 
 def _tcp_proxy(stat_prefix: str, cluster: str, **extra: Any) -> dict[str, Any]:
