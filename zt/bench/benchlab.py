@@ -139,7 +139,8 @@ class _Lab:
     def servers(self, pods: list[topology.PodPlan]) -> None:
         for pod in pods:
             log = self.state.dir / f"loadgen-{pod.name}.log"
-            argv = [sys.executable, "-m", "zt.bench.loadgen", "--port", str(loadgen.PORT)]
+            # -P: a directory named zt in the cwd (a checkout's parent) must not shadow the package
+            argv = [sys.executable, "-P", "-m", "zt.bench.loadgen", "--port", str(loadgen.PORT)]
             self.record(f"app:{pod.name}", runner.spawn(pod.netns, argv, log), log)
         for pod in pods:
             wait_listening(pod.netns, loadgen.PORT)

@@ -92,7 +92,7 @@ def spawn(netns: str, argv: list[str], log: Path) -> int:
 
 def start_app(netns: str, ports: tuple[int, ...], log: Path) -> int:
     """The lab's echo server (zt.lab.apps) inside a pod (or the outside host)."""
-    argv = [sys.executable, "-m", "zt.lab.apps", "echo"]
+    argv = [sys.executable, "-P", "-m", "zt.lab.apps", "echo"]  # -P: the cwd shadows nothing
     for port in ports:
         argv += ["--port", str(port)]
     return spawn(netns, argv, log)
