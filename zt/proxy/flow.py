@@ -101,6 +101,21 @@ class Report:
             self.ended_once = True
             self.observer.ended(outcome)
 
+    async def around(
+        self, flow: Awaitable[Outcome], undo: Callable[[], None] | None = None
+    ) -> Outcome:
+        """Await one connection's flow and tell the observer how it ended; if it raises, `undo`
+        (e.g. reset the client) runs first and the observer hears of the failure."""
+        try:
+            outcome = await flow
+        except BaseException as exc:
+            if undo is not None:
+                undo()
+            self.failed(exc)
+            raise
+        self.ended(outcome)
+        return outcome
+
     def failed(self, exc: BaseException) -> None:
         to_client, from_client = self._progress() if self._progress is not None else (0, 0)
         drained = isinstance(exc, asyncio.CancelledError)

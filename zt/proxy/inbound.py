@@ -155,13 +155,7 @@ class InboundFlow:
         A failure before the answer becomes its status; after the 200 it becomes RST_STREAM."""
         arrival = _arrival(stream)
         report = Report(self.observe(arrival))
-        try:
-            outcome = await self._tunnel(stream, arrival, report)
-        except BaseException as exc:
-            report.failed(exc)
-            raise
-        report.ended(outcome)
-        return outcome
+        return await report.around(self._tunnel(stream, arrival, report))
 
     async def _tunnel(self, stream: HboneStream, arrival: Arrival, report: Report) -> Outcome:
         admission = self._admit(arrival)
@@ -259,14 +253,7 @@ class InboundFlow:
     async def plaintext(self, client: TcpSource, arrival: Arrival) -> Outcome:
         """A non-HBONE connection to `arrival.target`: admit (a deny resets it), dial, splice."""
         report = Report(self.observe(arrival))
-        try:
-            outcome = await self._plaintext(client, arrival, report)
-        except BaseException as exc:
-            _reset(client)
-            report.failed(exc)
-            raise
-        report.ended(outcome)
-        return outcome
+        return await report.around(self._plaintext(client, arrival, report), lambda: _reset(client))
 
     async def _plaintext(self, client: TcpSource, arrival: Arrival, report: Report) -> Outcome:
         admission = self._admit(arrival)

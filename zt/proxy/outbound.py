@@ -85,19 +85,19 @@ class OutboundFlow:
         hears of it once. Cancelling resets both sides (zt stops or drains)."""
         decided = self.route(peer, destination)
         report = Report(self.observe(peer, destination, decided))
-        try:
-            if decided.kind is RouteKind.REFUSED:
-                outcome = _refuse(app, announce, NO_ROUTE, decided.reason)
-            elif decided.kind is RouteKind.HBONE:
-                outcome = await self._via_hbone(app, peer, decided, report, announce)
-            else:
-                outcome = await self._via_tcp(app, decided, report, announce)
-        except BaseException as exc:  # cancelled (zt stops or drains), or a bug: reset, report
-            _reset(app)
-            report.failed(exc)
-            raise
-        report.ended(outcome)
-        return outcome
+        # cancelled (zt stops or drains), or a bug: the app is reset and the report says so
+        return await report.around(
+            self._via(app, peer, decided, report, announce), lambda: _reset(app)
+        )
+
+    async def _via(
+        self, app: TcpSource, peer: SocketAddr, decided: Route, report: Report, announce: Announce
+    ) -> Outcome:
+        if decided.kind is RouteKind.REFUSED:
+            return _refuse(app, announce, NO_ROUTE, decided.reason)
+        if decided.kind is RouteKind.HBONE:
+            return await self._via_hbone(app, peer, decided, report, announce)
+        return await self._via_tcp(app, decided, report, announce)
 
     async def _via_hbone(
         self, app: TcpSource, peer: SocketAddr, decided: Route, report: Report, announce: Announce
