@@ -18,7 +18,7 @@ int zt_sockops(struct bpf_sock_ops *skops)
     if (!sk)
         return 1;
     struct zt_addr *orig = zt_orig_app.sk_storage_get(sk, 0, 0);
-    if (!orig)
+    if (!orig || (orig->kind & ZT_ORIG_DNS)) /* DNS went to the DNS proxy, which never asks */
         return 1;
     struct zt_addr app = {};
     if (skops->family == AF_INET) {

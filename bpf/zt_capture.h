@@ -17,7 +17,16 @@
  *                                                         written by connect4/6, read by sockops
  *                                                         and getpeername4/6; freed with the socket
  *                                                         (no close callback, no LRU eviction of
- *                                                         live connections)
+ *                                                         live connections). kind ZT_ORIG_DNS: a
+ *                                                         DNS connect sent to the DNS proxy, which
+ *                                                         sockops does not re-key
+ *   zt_orig_dns    SK_STORAGE on the app's UDP socket  -> struct zt_dns_orig: the DNS server the
+ *                                                         app last addressed, one per proxy address
+ *                                                         it was sent to instead (127.0.0.1 or ::1);
+ *                                                         written by sendmsg4/6 and UDP connect4/6,
+ *                                                         read by recvmsg4/6 to show the reply as
+ *                                                         coming from that server; freed with the
+ *                                                         socket
  *   zt_orig_addr   LRU_HASH  struct zt_addr (app ip, port) -> struct zt_addr: the same, keyed as
  *                                                         the proxy sees its 15001 peer (sockops)
  *   zt_orig_proxy  SK_STORAGE on the proxy's accepted socket -> struct zt_addr: the same, moved
@@ -49,6 +58,12 @@
 #ifndef ZT_PORT_HBONE
 #define ZT_PORT_HBONE 15008
 #endif
+#ifndef ZT_PORT_DNS
+#define ZT_PORT_DNS 53 /* what DNS capture steers (RFC 1035 4.2: UDP and TCP port 53) */
+#endif
+#ifndef ZT_PORT_DNS_PROXY
+#define ZT_PORT_DNS_PROXY 15053 /* zt's DNS proxy, in the pod netns on 127.0.0.1 and ::1 */
+#endif
 #ifndef ZT_MAX_PODS
 #define ZT_MAX_PODS 256
 #endif
@@ -69,6 +84,10 @@
 #define ZT_POD_HAS_IP4 1
 #define ZT_POD_HAS_IP6 2
 #define ZT_POD_OUT_SKLOOKUP 4 /* outbound by policy routing + sk_lookup, not by connect4/6 */
+#define ZT_POD_DNS 8          /* the pod's DNS (UDP and TCP port 53) goes to its DNS proxy */
+
+/* struct zt_addr.kind */
+#define ZT_ORIG_DNS 1 /* zt_orig_app: a DNS connect sent to the DNS proxy, not to 15001 */
 
 /* Counters: one per-CPU slot each; names in zt/capture/maps.py COUNTERS, same order. */
 #define ZT_C_LOOKUP_HBONE 0         /* sk_lookup: pod ip:15008 -> hbone listener */
@@ -87,13 +106,30 @@
 #define ZT_C_PEERNAME_REWRITE 13    /* getpeername4/6: original peer shown to the app */
 #define ZT_C_BIND_DENIED 14         /* bind4/6: unmarked bind of a zt port in an enrolled pod */
 #define ZT_C_SOCKOPT_ORIG 15        /* getsockopt: SO_ORIGINAL_DST moved from zt_orig_addr */
-#define ZT_C_MAX 16
+#define ZT_C_DNS_REDIRECT_UDP4 16   /* sendmsg4, UDP connect4/6: v4 server -> 127.0.0.1:15053 */
+#define ZT_C_DNS_REDIRECT_UDP6 17   /* sendmsg6, UDP connect6: v6 server -> [::1]:15053 */
+#define ZT_C_DNS_REDIRECT_TCP4 18   /* connect4/6: TCP to a v4 server -> 127.0.0.1:15053 */
+#define ZT_C_DNS_REDIRECT_TCP6 19   /* connect6: TCP to a v6 server -> [::1]:15053 */
+#define ZT_C_DNS_REPLY_REWRITE 20   /* recvmsg4/6: proxy reply shown from the app's server */
+#define ZT_C_DNS_SKIP_MARK 21       /* sendmsg, connect: zt's own (marked) socket to port 53 */
+#define ZT_C_DNS_SKIP_LOCAL 22      /* sendmsg, connect: port 53 on loopback or the pod's IP */
+#define ZT_C_DNS_MAP_ERROR 23       /* sendmsg, connect: store failed -> EPERM */
+#define ZT_C_MAX 24
 
 struct zt_addr {
     __u8 ip[16];   /* IPv6, or IPv4-mapped ::ffff:a.b.c.d */
     __u16 port;    /* network order; 0 in zt_ips keys */
     __u16 family;  /* AF_INET or AF_INET6 of the original destination; 0 in keys */
-    __u32 pad;     /* zero */
+    __u32 kind;    /* ZT_ORIG_* in zt_orig_app values; zero everywhere else */
+};
+
+/* zt_orig_dns: the last DNS server the app addressed, per proxy address the datagram went to
+ * instead. Two slots because one dual-stack socket (musl's resolver) may query an IPv4 server
+ * (sent to 127.0.0.1, the reply comes from ::ffff:127.0.0.1) and an IPv6 one (sent to ::1) at
+ * once; family 0 = slot empty. */
+struct zt_dns_orig {
+    struct zt_addr via4; /* sent to 127.0.0.1:15053 */
+    struct zt_addr via6; /* sent to [::1]:15053 */
 };
 
 struct zt_pod {
@@ -126,6 +162,7 @@ BPF_TABLE("sockmap", __u32, __u64, zt_listeners, ZT_MAX_PODS * ZT_L_COUNT);
 BPF_SK_STORAGE(zt_orig_app, struct zt_addr);
 BPF_TABLE("lru_hash", struct zt_addr, struct zt_addr, zt_orig_addr, ZT_MAX_ORIG);
 BPF_SK_STORAGE(zt_orig_proxy, struct zt_addr);
+BPF_SK_STORAGE(zt_orig_dns, struct zt_dns_orig);
 BPF_PERCPU_ARRAY(zt_counters, __u64, ZT_C_MAX);
 BPF_HASH(zt_pod_meta, __u64, struct zt_pod_meta, ZT_MAX_PODS);
 
@@ -158,6 +195,56 @@ static __always_inline int zt_is_mapped(const __u32 w[4])
 static __always_inline int zt_is_loop4(__u32 a)
 {
     return (bpf_ntohl(a) >> 24) == 127;
+}
+
+/* ::1, ::, and for IPv4-mapped addresses 127/8 and 0.0.0.0 */
+static __always_inline int zt_is_loop6(const __u32 d[4])
+{
+    if (zt_is_mapped(d))
+        return zt_is_loop4(d[3]) || d[3] == 0;
+    return d[0] == 0 && d[1] == 0 && d[2] == 0 && (d[3] == bpf_htonl(1) || d[3] == 0);
+}
+
+/* d (IPv6 or IPv4-mapped) is one of the pod's own addresses */
+static __always_inline int zt_is_own6(const struct zt_pod *pod, const __u32 d[4])
+{
+    if (zt_is_mapped(d))
+        return d[3] == pod->ip4;
+    return d[0] == pod->ip6[0] && d[1] == pod->ip6[1] && d[2] == pod->ip6[2] &&
+           d[3] == pod->ip6[3];
+}
+
+/* DNS capture (docs/design.md §6, DNS): shared by connect.c, dns_sendmsg.c, dns_recvmsg.c */
+
+/* The DNS proxy's addresses in the pod netns: loopback, so it is reachable from every socket of
+ * the pod (whatever IPs the pod has) and from nothing outside it. */
+#define ZT_DNS_PROXY4 bpf_htonl(0x7f000001) /* 127.0.0.1 */
+
+/* An enrolled pod whose DNS is captured: port 53 (network order in ctx) in a ZT_POD_DNS pod. */
+static __always_inline struct zt_pod *zt_dns_pod(struct bpf_sock_addr *ctx)
+{
+    if (ctx->user_port != bpf_htons(ZT_PORT_DNS))
+        return NULL;
+    __u64 netns = bpf_get_netns_cookie(ctx);
+    struct zt_pod *pod = zt_pods.lookup(&netns);
+    if (!pod || !(pod->flags & ZT_POD_DNS))
+        return NULL;
+    return pod;
+}
+
+/* Remember where a UDP DNS datagram was meant to go, in the slot of the proxy address it is sent
+ * to instead (via6: [::1], else 127.0.0.1); 0 when there is no memory for it. */
+static __always_inline int zt_dns_remember_udp(struct bpf_sock *sk, struct zt_addr *orig, int via6)
+{
+    struct zt_dns_orig *stored =
+        sk ? zt_orig_dns.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE) : NULL;
+    if (!stored)
+        return 0;
+    if (via6)
+        stored->via6 = *orig;
+    else
+        stored->via4 = *orig;
+    return 1;
 }
 
 #endif /* ZT_CAPTURE_H */

@@ -21,12 +21,18 @@ PinDir = Annotated[
 
 
 def _render(st: "CaptureStatus") -> str:
-    lines = [f"mode: {st.mode}", f"pinned under: {st.pin_dir}", f"pods: {len(st.pods)}"]
+    dns = "on (port 53 -> 127.0.0.1/::1:15053 in each pod)" if st.dns else "off"
+    lines = [
+        f"mode: {st.mode}",
+        f"dns capture: {dns}",
+        f"pinned under: {st.pin_dir}",
+        f"pods: {len(st.pods)}",
+    ]
     for pod in st.pods:
         listeners = ",".join(pod.listeners) or "NONE (fail-closed until zt re-registers)"
         lines.append(
             f"  {pod.name}  ips={','.join(pod.ips)}  netns={pod.netns}"
-            f"  cookie={pod.netns_cookie}  listeners={listeners}"
+            f"  cookie={pod.netns_cookie}  listeners={listeners}  dns={'on' if pod.dns else 'off'}"
         )
     lines.append(f"links: {len(st.links)}")
     for link in st.links:
@@ -43,7 +49,7 @@ def status(
     pin_dir: PinDir = PIN_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
 ) -> None:
-    """Mode, enrolled pods (IPs, netns), BPF links and per-verdict counters.
+    """Mode, DNS capture, enrolled pods (IPs, netns), BPF links and per-verdict counters.
 
     \b
     Example:

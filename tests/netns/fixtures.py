@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 import socket
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -73,7 +73,7 @@ def open_listeners(topo: Topology, mode: Mode) -> ListenerSockets:
     return ListenerSockets(*made)
 
 
-def enrolled_pod(topo: Topology, mode: Mode) -> Iterator[Pod]:
+def enrolled_pod(topo: Topology, mode: Mode) -> Generator[Pod, None, None]:
     cap = Capture.open(mode)
     listeners: ListenerSockets | None = None
     try:

@@ -122,8 +122,10 @@ def test_capture_survives_restart_fail_closed(topo: Topology, pin_dir: Path, mod
         assert f"mode: {mode}" in human.stdout
         assert "pod-pinned" in human.stdout and "listeners=outbound,inbound,hbone" in human.stdout
         # connect: 8 cgroup links (connect4/6, sockops, getpeername4/6, getsockopt, bind4/6);
-        # sk_lookup mode: the bind guard only; both: the pod's sk_lookup netns link
-        assert len(links) == (9 if mode == "connect" else 3)
+        # sk_lookup mode: the bind guard only; DNS capture (on by default): sendmsg4/6,
+        # recvmsg4/6, and connect4/6, getpeername4/6 in sk_lookup mode; both: the pod's
+        # sk_lookup netns link
+        assert len(links) == (13 if mode == "connect" else 11)
         assert links <= _link_ids()
 
         with connect_from(topo.peer, topo.pod_ip4, 8080):
@@ -189,9 +191,11 @@ def test_reopen_checks_the_mode(pin_dir: Path) -> None:
     assert (pin_dir / "link_zt_connect4").exists()
     with pytest.raises(CaptureError, match="runs 'connect'"):
         Capture.open("sklookup", pin_dir=pin_dir)
+    with pytest.raises(CaptureError, match=r"dns: got False, but .* runs with dns=True"):
+        Capture.open("connect", pin_dir=pin_dir, dns=False)
     again = Capture.open("connect", pin_dir=pin_dir)  # re-opened, not compiled again
     try:
-        assert again.mode == "connect"
+        assert again.mode == "connect" and again.dns
         assert {link.program for link in again.status().links} == {
             "zt_connect4",
             "zt_connect6",
@@ -201,6 +205,10 @@ def test_reopen_checks_the_mode(pin_dir: Path) -> None:
             "zt_getsockopt",
             "zt_bind4",
             "zt_bind6",
+            "zt_sendmsg4",
+            "zt_sendmsg6",
+            "zt_recvmsg4",
+            "zt_recvmsg6",
         }
     finally:
         again.close(detach=True)
@@ -223,6 +231,6 @@ def test_pins_of_another_build_are_refused_and_removable(pin_dir: Path) -> None:
     assert not pin_dir.exists()
     fresh = Capture.open("connect", pin_dir=pin_dir)  # compiled and attached anew
     try:
-        assert len(fresh.status().links) == 8
+        assert len(fresh.status().links) == 12  # 8 + DNS capture's sendmsg4/6, recvmsg4/6
     finally:
         fresh.close(detach=True)

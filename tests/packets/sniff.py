@@ -4,7 +4,7 @@ the netns, promisc=False). The sniffer's own thread inherits the netns of the th
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,8 +15,11 @@ from zt.capture.netns import run_in_netns
 
 
 @contextmanager
-def sniffing(netns: str, iface: str) -> Iterator[list[Any]]:
-    """Collect TCP packets seen on iface in netns; the list fills when the block exits."""
+def sniffing(
+    netns: str, iface: str, keep: Callable[[Any], bool] = lambda p: p.haslayer(TCP)
+) -> Iterator[list[Any]]:
+    """Collect the packets `keep` accepts (TCP by default) seen on iface in netns; the list fills
+    when the block exits."""
     started = threading.Event()
     packets: list[Any] = []
 
@@ -25,7 +28,7 @@ def sniffing(netns: str, iface: str) -> Iterator[list[Any]]:
             iface=iface,
             promisc=False,
             store=True,
-            lfilter=lambda p: p.haslayer(TCP),
+            lfilter=keep,
             started_callback=started.set,
         )
         sniffer.start()

@@ -6,7 +6,11 @@ vanishes with the process; pinned (the daemon), maps, links and the sk_lookup pr
 bpffs, so capture survives a restart fail-closed until the new process re-registers listeners.
 
 Pin layout under pin_dir: one file per map (its name), `prog_zt_sk_lookup`, `link_<program>` per
-cgroup link, `link_sk_lookup_<netns cookie>` per pod.
+cgroup link, `link_sk_lookup_<netns cookie>` per pod. The cgroup links say what a pinned capture
+does: `link_zt_sockops` only in connect mode, `link_zt_sendmsg4` only with DNS capture.
+
+DNS capture (`dns=True`, the default) steers every enrolled pod's UDP and TCP to port 53 to its DNS
+proxy on 127.0.0.1:15053 / [::1]:15053 in the pod netns (docs/design.md §6, DNS).
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ from zt.errors import UsageError
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/zt")
 _SK_LOOKUP_PIN = "prog_zt_sk_lookup"
+_CONNECT_MODE_PIN = "link_zt_sockops"  # connect4/6 are linked in both modes when DNS is captured
+_DNS_PIN = "link_zt_sendmsg4"
+
+
+def _pinned_mode(pin_dir: Path) -> Mode:
+    return "connect" if (pin_dir / _CONNECT_MODE_PIN).exists() else "sklookup"
 
 
 @dataclass(frozen=True)
@@ -62,8 +72,10 @@ class Capture:
         sk_lookup_fd: int,
         owned_fds: list[int],
         uses_compiled: bool,
+        dns: bool = True,
     ) -> None:
         self.mode: Mode = mode
+        self.dns = dns  # enrolled pods' DNS goes to their DNS proxy (ZT_POD_DNS)
         self.cgroup = cgroup
         self.pin_dir = pin_dir
         self._tables = Tables(map_fds)
@@ -77,22 +89,26 @@ class Capture:
     # ---- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, mode: Mode = "connect", *, pin_dir: Path | None = None) -> Capture:
+    def open(
+        cls, mode: Mode = "connect", *, pin_dir: Path | None = None, dns: bool = True
+    ) -> Capture:
         """Host checks, then compile/load once per process (or re-open pins) and attach.
 
         pin_dir=None: unpinned (tests). Otherwise pins live there (the daemon uses
         DEFAULT_PIN_DIR); when it already holds a capture (zt restarted) that one is re-opened
-        without compiling, and enroll() re-registers each pod's new listeners."""
+        without compiling, and enroll() re-registers each pod's new listeners.
+        dns: capture enrolled pods' DNS (port 53) into their DNS proxy on :15053; False leaves
+        it alone (the node's `--no-dns`)."""
         if mode not in MODES:
             raise UsageError(f"mode: got {mode!r}, expected one of {list(MODES)}")
         hostcheck.check_mode(mode)
         existing = pin_dir is not None and (pin_dir / "zt_pods").exists()
         cgroup = hostcheck.check(need_compile=not existing)
         if pin_dir is None:
-            return cls._fresh(mode, cgroup, None)
+            return cls._fresh(mode, cgroup, None, dns)
         hostcheck.ensure_bpffs()
         if not existing:
-            return cls._fresh(mode, cgroup, pin_dir)
+            return cls._fresh(mode, cgroup, pin_dir, dns)
         missing = _missing_pins(pin_dir)
         if missing:  # e.g. pins left by an older zt across an upgrade
             raise CaptureIncompatibleError(
@@ -101,16 +117,21 @@ class Capture:
                 " and start zt again"
             )
         cap = cls._reopen(pin_dir)
-        if cap.mode != mode:
+        if cap.mode != mode or cap.dns != dns:
             cap.close(detach=False)
+            field, got, runs = (
+                ("mode", repr(mode), repr(cap.mode))
+                if cap.mode != mode
+                else ("dns", str(dns), f"with dns={cap.dns}")
+            )
             raise CaptureError(
-                f"mode: got {mode!r}, but the capture pinned under {pin_dir} runs {cap.mode!r};"
+                f"{field}: got {got}, but the capture pinned under {pin_dir} runs {runs};"
                 " remove it first (`zt capture remove`)"
             )
         return cap
 
     @classmethod
-    def _fresh(cls, mode: Mode, cgroup: Path, pin_dir: Path | None) -> Capture:
+    def _fresh(cls, mode: Mode, cgroup: Path, pin_dir: Path | None, dns: bool) -> Capture:
         with cls._class_lock:
             if cls._compiled_in_use:
                 raise CaptureBusyError(
@@ -127,6 +148,7 @@ class Capture:
             sk_lookup_fd=loaded.prog_fds["zt_sk_lookup"],
             owned_fds=[],
             uses_compiled=True,
+            dns=dns,
         )
         try:
             cap._tables.reset()
@@ -160,15 +182,15 @@ class Capture:
             for fd in owned:
                 os.close(fd)
             raise
-        mode: Mode = "connect" if "link_zt_connect4" in links else "sklookup"
         cap = cls(
-            mode,
+            _pinned_mode(pin_dir),
             cgroup=hostcheck.find_cgroup2() or hostcheck.CGROUP2_ROOT,
             pin_dir=pin_dir,
             map_fds=map_fds,
             sk_lookup_fd=prog,
             owned_fds=owned,
             uses_compiled=False,
+            dns=_DNS_PIN in links,
         )
         for pin, fd in links.items():
             cap._links[pin] = _Link(fd, *cap._describe_pin(pin))
@@ -183,15 +205,15 @@ class Capture:
             raise CaptureNotRunningError(f"no capture pinned under {pin_dir}")
         map_fds = _open_pinned_maps(pin_dir)
         owned = list(map_fds.values())
-        mode: Mode = "connect" if (pin_dir / "link_zt_connect4").exists() else "sklookup"
         return cls(
-            mode,
+            _pinned_mode(pin_dir),
             cgroup=hostcheck.find_cgroup2() or hostcheck.CGROUP2_ROOT,
             pin_dir=pin_dir,
             map_fds=map_fds,
             sk_lookup_fd=-1,  # enroll() is the leader's: a follower has no program to link
             owned_fds=owned,
             uses_compiled=False,
+            dns=(pin_dir / _DNS_PIN).exists(),
         )
 
     def _describe_pin(self, pin: str) -> tuple[str, str]:
@@ -205,7 +227,7 @@ class Capture:
     def _attach_cgroup(self, prog_fds: dict[str, int]) -> None:
         cg = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for prog in loader.CGROUP_PROGRAMS[self.mode]:
+            for prog in loader.cgroup_programs(self.mode, self.dns):
                 fd = bpfsys.link_create(prog_fds[prog], cg, loader.PROGRAMS[prog][1])
                 self._add_link(f"link_{prog}", _Link(fd, prog, f"cgroup:{self.cgroup}"))
         finally:
@@ -246,6 +268,8 @@ class Capture:
             flags = (maps.POD_HAS_IP4 if pod.ip4 else 0) | (maps.POD_HAS_IP6 if pod.ip6 else 0)
             if self.mode == "sklookup":
                 flags |= maps.POD_OUT_SKLOOKUP
+            if self.dns:
+                flags |= maps.POD_DNS
             self._tables.put_pod(cookie, slot, flags, pod, path)
             pin = f"link_sk_lookup_{cookie}"
             if pin not in self._links:
@@ -315,6 +339,7 @@ class Capture:
                     slot=p.slot,
                     ips=tuple(sorted(str(ip) for ip, c in ips.items() if c == p.cookie)),
                     listeners=self._tables.listeners(p.slot),
+                    dns=bool(p.flags & maps.POD_DNS),
                 )
                 for p in self._tables.pods()
             )
@@ -328,6 +353,7 @@ class Capture:
                 pods=pods,
                 links=links,
                 counters=self._tables.counters(),
+                dns=self.dns,
             )
 
     # ---- closing -------------------------------------------------------------------------

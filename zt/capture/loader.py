@@ -30,6 +30,8 @@ SOURCES: Final = (
     "getpeername.c",
     "getsockopt.c",
     "bind_guard.c",
+    "dns_sendmsg.c",
+    "dns_recvmsg.c",
 )
 
 _PROG_SK_LOOKUP: Final = 30  # enum bpf_prog_type
@@ -48,6 +50,10 @@ PROGRAMS: Final = {
     "zt_getsockopt": (_PROG_CGROUP_SOCKOPT, "cgroup_getsockopt"),
     "zt_bind4": (_PROG_SOCK_ADDR, "cgroup_inet4_bind"),
     "zt_bind6": (_PROG_SOCK_ADDR, "cgroup_inet6_bind"),
+    "zt_sendmsg4": (_PROG_SOCK_ADDR, "cgroup_udp4_sendmsg"),
+    "zt_sendmsg6": (_PROG_SOCK_ADDR, "cgroup_udp6_sendmsg"),
+    "zt_recvmsg4": (_PROG_SOCK_ADDR, "cgroup_udp4_recvmsg"),
+    "zt_recvmsg6": (_PROG_SOCK_ADDR, "cgroup_udp6_recvmsg"),
 }
 # The cgroup programs of each outbound mode (sk_lookup is per pod netns in both).
 CGROUP_PROGRAMS: Final = {
@@ -63,6 +69,24 @@ CGROUP_PROGRAMS: Final = {
     ),
     "sklookup": ("zt_bind4", "zt_bind6"),
 }
+# DNS capture adds these in either mode (sk_lookup mode needs connect4/6 and getpeername4/6 for
+# DNS over TCP and connected UDP; their other rules skip its pods: ZT_POD_OUT_SKLOOKUP).
+DNS_PROGRAMS: Final = (
+    "zt_sendmsg4",
+    "zt_sendmsg6",
+    "zt_recvmsg4",
+    "zt_recvmsg6",
+    "zt_connect4",
+    "zt_connect6",
+    "zt_getpeername4",
+    "zt_getpeername6",
+)
+
+
+def cgroup_programs(mode: str, dns: bool) -> tuple[str, ...]:
+    """The cgroup programs a capture in `mode` links, without duplicates, in a stable order."""
+    names = CGROUP_PROGRAMS[mode] + (DNS_PROGRAMS if dns else ())
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,8 @@ def cflags() -> list[str]:
         f"-DZT_PORT_OUTBOUND={maps.PORT_OUTBOUND}",
         f"-DZT_PORT_INBOUND={maps.PORT_INBOUND}",
         f"-DZT_PORT_HBONE={maps.PORT_HBONE}",
+        f"-DZT_PORT_DNS={maps.PORT_DNS}",
+        f"-DZT_PORT_DNS_PROXY={maps.PORT_DNS_PROXY}",
         f"-DZT_MAX_PODS={maps.MAX_PODS}",
         "-DZT_LOOPBACK_IFINDEX=1",
         *(["-DZT_HAVE_INGRESS_IFINDEX"] if hostcheck.supports_sklookup_outbound() else []),

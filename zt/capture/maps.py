@@ -18,6 +18,13 @@ ZT_MARK: Final = 0x539
 PORT_OUTBOUND: Final = 15001
 PORT_INBOUND: Final = 15006
 PORT_HBONE: Final = 15008
+# DNS capture (bpf/dns_sendmsg.c, dns_recvmsg.c, connect.c): a captured pod's UDP and TCP to port
+# 53 goes to its DNS proxy on loopback in the pod netns, where the proxy must listen (UDP and TCP,
+# marked sockets: zt.capture.netns.open_dns_sockets). Loopback, not the pod IP: reachable from
+# every socket of the pod whatever IPs it has, never from outside it (docs/design.md §6, DNS).
+PORT_DNS: Final = 53
+PORT_DNS_PROXY: Final = 15053
+DNS_PROXY_ADDRS: Final = ("127.0.0.1", "::1")
 # getsockopt(SOL_IP, SO_ORIGINAL_DST) / (SOL_IPV6, IP6T_SO_ORIGINAL_DST): linux/netfilter_ipv4.h,
 # linux/netfilter_ipv6/ip6_tables.h; bpf/getsockopt.c answers both like netfilter.
 SO_ORIGINAL_DST: Final = 80
@@ -34,6 +41,7 @@ L_COUNT: Final = 3
 POD_HAS_IP4: Final = 1
 POD_HAS_IP6: Final = 2
 POD_OUT_SKLOOKUP: Final = 4
+POD_DNS: Final = 8
 
 # ZT_C_* in order: the index is the per-CPU array slot.
 COUNTERS: Final = (
@@ -53,11 +61,19 @@ COUNTERS: Final = (
     "peername_rewrite",
     "bind_denied",
     "sockopt_orig",
+    "dns_redirect_udp4",
+    "dns_redirect_udp6",
+    "dns_redirect_tcp4",
+    "dns_redirect_tcp6",
+    "dns_reply_rewrite",
+    "dns_skip_mark",
+    "dns_skip_local",
+    "dns_map_error",
 )
 
 # name -> (key size, value size) of every map. zt_listeners: a socket fd on update, the socket
-# cookie on lookup. zt_orig_app, zt_orig_proxy: socket storage, keyed by a socket fd from user
-# space (no iteration: tables.reset() skips them, they go with their sockets).
+# cookie on lookup. zt_orig_app, zt_orig_proxy, zt_orig_dns: socket storage, keyed by a socket fd
+# from user space (no iteration: tables.reset() skips them, they go with their sockets).
 MAPS: Final = {
     "zt_pods": (8, 28),
     "zt_ips": (24, 16),
@@ -65,11 +81,12 @@ MAPS: Final = {
     "zt_orig_app": (4, 24),
     "zt_orig_addr": (24, 24),
     "zt_orig_proxy": (4, 24),
+    "zt_orig_dns": (4, 48),
     "zt_counters": (4, 8),
     "zt_pod_meta": (8, 256),
 }
 
-_ADDR = struct.Struct("<16sHHI")  # ip, port (bytes already big-endian), family, pad
+_ADDR = struct.Struct("<16sHHI")  # ip, port (bytes already big-endian), family, kind
 _POD = struct.Struct("<4s16sII")
 _IPVAL = struct.Struct("<IIQ")
 _META = struct.Struct("<64s192s")

@@ -8,6 +8,7 @@ A socket keeps the netns it was created in, so callers use the returned sockets 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import struct
@@ -18,6 +19,7 @@ from typing import TypeVar
 
 from pyroute2 import IPRoute
 
+from zt.capture import maps
 from zt.capture.bpfsys import setns
 from zt.capture.errors import PodSpecError
 from zt.capture.maps import ZT_MARK
@@ -180,3 +182,40 @@ def netns_cookie(netns: str | Path) -> int:
 def socket_netns_cookie(sock: socket.socket) -> int:
     raw = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
     return int(struct.unpack("<Q", raw)[0])
+
+
+def open_dns_sockets(
+    netns: str | Path, *, backlog: int = 128, reuse_port: bool = False
+) -> list[socket.socket]:
+    """The DNS proxy's marked sockets inside netns, where DNS capture sends the pod's port-53
+    traffic (maps.DNS_PROXY_ADDRS, maps.PORT_DNS_PROXY): UDP then TCP (listening) on 127.0.0.1,
+    then on ::1 unless the pod has no IPv6 loopback (IPv6 off: its apps cannot send to an IPv6
+    server either). The caller owns and closes them."""
+
+    def make() -> list[socket.socket]:
+        made: list[socket.socket] = []
+        try:
+            for host in maps.DNS_PROXY_ADDRS:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    sock = marked_socket(family, kind=kind)
+                    made.append(sock)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if reuse_port:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    try:
+                        sock.bind((host, maps.PORT_DNS_PROXY))
+                    except OSError as exc:
+                        if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                            made.pop().close()
+                            continue
+                        raise
+                    if kind == socket.SOCK_STREAM:
+                        sock.listen(backlog)
+        except BaseException:
+            for sock in made:
+                sock.close()
+            raise
+        return made
+
+    return run_in_netns(netns, make)

@@ -94,6 +94,7 @@ class PodStatus:
     slot: int
     ips: tuple[str, ...]
     listeners: tuple[str, ...]  # kinds registered in the sockmap: outbound/inbound/hbone
+    dns: bool = False  # its DNS (port 53) goes to its DNS proxy on :15053
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +104,7 @@ class PodStatus:
             "slot": self.slot,
             "ips": list(self.ips),
             "listeners": list(self.listeners),
+            "dns": self.dns,
         }
 
 
@@ -129,10 +131,12 @@ class CaptureStatus:
     pods: tuple[PodStatus, ...]
     links: tuple[LinkStatus, ...]
     counters: dict[str, int] = field(default_factory=dict)
+    dns: bool = False  # DNS capture linked: enrolled pods' port 53 goes to :15053
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "dns": self.dns,
             "pin_dir": self.pin_dir,
             "pods": [p.to_dict() for p in self.pods],
             "links": [link.to_dict() for link in self.links],

@@ -130,7 +130,11 @@ class NodeDaemon:
         self.readiness.set("config")
         await self._endpoints(store)
         certs = await open_certs(opts, self.registry)
-        capture = await asyncio.to_thread(Capture.open, opts.capture, pin_dir=opts.pin_dir)
+        # dns=False until the node serves each pod's DNS proxy on :15053 (then `--dns/--no-dns`)
+        open_capture = functools.partial(
+            Capture.open, opts.capture, pin_dir=opts.pin_dir, dns=False
+        )
+        capture = await asyncio.to_thread(open_capture)
         self.services = self.core.open(store, certs.manager, capture)
         self._collectors()
         self.readiness.set("capture")
