@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=(python3-bpfcc linux-headers-amd64 iproute2 bpftool python3-venv openssl
-      iptables nftables iputils-ping etcd-server etcd-client prometheus)
+      iptables nftables iputils-ping etcd-server etcd-client prometheus bind9-dnsutils)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

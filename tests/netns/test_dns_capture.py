@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -159,7 +159,7 @@ def test_glibc_resolves_through_the_proxy(dns: DnsPod) -> None:
         "print(' '.join(sorted({a[4][0] for a in socket.getaddrinfo('api.zt.test', 80,"
         " proto=socket.IPPROTO_TCP)})))"
     )
-    out = _run([*exec_in_pod, "python3", "-c", script])
+    out = _run([*exec_in_pod, sys.executable, "-c", script])
     assert out.split() == sorted([ANSWER_A, ANSWER_AAAA])
     delta = _delta(before, dns.counters())
     assert delta["dns_redirect_udp4"] >= 1 and delta["dns_redirect_udp6"] >= 1
@@ -294,4 +294,3 @@ def test_status_reports_dns_capture(dns: DnsPod) -> None:
     assert {"zt_sendmsg4", "zt_sendmsg6", "zt_recvmsg4", "zt_recvmsg6"} <= programs
     assert {"zt_connect4", "zt_connect6", "zt_getpeername4", "zt_getpeername6"} <= programs
     assert st.to_dict()["dns"] is True and st.to_dict()["pods"][0]["dns"] is True
-    assert os.path.exists(f"/run/netns/{dns.ns}")
