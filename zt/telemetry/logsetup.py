@@ -37,6 +37,7 @@ LOGGER_SCOPES: tuple[str, ...] = (
     "zt",
     "zt.access",
     "zt.config",
+    "zt.dns",
     "zt.fleet.certsource",
     "zt.fleet.join",
     "zt.fleet.mesh",
