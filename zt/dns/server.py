@@ -108,7 +108,8 @@ class DnsServer:
                 raise
             self._udp = transport
             self.udp_address = udp.getsockname()[:2]
-            tcp = self._bound(socket.SOCK_STREAM)
+            # the same port for TCP (port 0: the one UDP got), as clients expect (RFC 7766 §5)
+            tcp = self._bound(socket.SOCK_STREAM, self.udp_address[1])
             self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
             self.tcp_address = tcp.getsockname()[:2]
         except BaseException:
@@ -116,8 +117,8 @@ class DnsServer:
             raise
         log.info("dns proxy for %s on %s udp+tcp", self.client_uid, self.udp_address)
 
-    def _bound(self, kind: int) -> socket.socket:
-        s = self.settings
+    def _bound(self, kind: int, port: int | None = None) -> socket.socket:
+        s = dataclasses.replace(self.settings, port=port) if port is not None else self.settings
         family = socket.AF_INET6 if ":" in s.address else socket.AF_INET
         try:
             sock = self._make(family, kind)

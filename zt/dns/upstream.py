@@ -76,7 +76,7 @@ def parse_resolv_conf(text: str) -> tuple[Upstream, ...]:
     out: list[Upstream] = []
     for line in text.splitlines():
         words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver":
+        if len(words) >= 2 and words[0] == "nameserver" and "%" not in words[1]:
             try:
                 out.append(Upstream(ipaddress.ip_address(words[1])))
             except ValueError:
