@@ -410,3 +410,26 @@ def test_random_bytes_never_raise(snapshot: Snapshot) -> None:
             wire[rng.randrange(len(wire))] = rng.randrange(256)
         command = core.handle(bytes(wire[: rng.randint(0, len(wire))]), UDP, 0.0)
         assert isinstance(command, Reply | Forward | Drop)
+
+
+def test_repeated_queries_reuse_the_answer_only_while_it_is_still_true(snapshot: Snapshot) -> None:
+    """The memo of rendered answers: a new snapshot or one more second of cache age renders
+    anew; only the id differs between two answers to the same bytes."""
+    current = [snapshot]
+    core = DnsCore(lambda: current[0], CLIENT, Cache())
+    q = query("reviews.default.svc.cluster.local.")
+    first, second = answer(core, q), answer(core, q)
+    assert first.to_wire() == second.to_wire()
+    q.id = (q.id + 1) % 65536
+    assert answer(core, q).id == q.id
+    moved = [
+        {**s, "vips": ["10.96.9.9"]} if s["name"] == "reviews" else s for s in MESH["services"]
+    ]
+    current[0] = mesh_snapshot({**MESH, "services": moved})
+    assert addresses(answer(core, q)) == {"10.96.9.9"}
+
+    web = query("www.example.org.")
+    forward = forward_of(core, web, now=100.0)
+    core.forwarded(forward, upstream_answer(forward, ttl=60), now=100.0)
+    ttls = [answer(core, web, now=t).answer[0].ttl for t in (100.1, 100.9, 101.0, 102.5)]
+    assert ttls == [60, 60, 59, 58]

@@ -55,6 +55,7 @@ class Dnsmasq:
         address: str = "127.0.0.1",
         local_domains: Sequence[str] = ("example.org",),
         ttl: int = 300,
+        log_queries: bool = True,
         extra: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
@@ -64,6 +65,7 @@ class Dnsmasq:
         self._hosts = hosts
         self._local = local_domains
         self._ttl = ttl
+        self._log_queries = log_queries  # off in benchmarks: a log line per query costs dnsmasq
         self._extra = extra
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -86,7 +88,7 @@ class Dnsmasq:
             f"--addn-hosts={hosts}",
             f"--local-ttl={self._ttl}",
             *(f"--local=/{d}/" for d in self._local),
-            "--log-queries",
+            *(["--log-queries"] if self._log_queries else []),
             f"--log-facility={self.log}",
             "--pid-file=",
             "--user=root",

@@ -44,6 +44,10 @@ class Upstream:
     def family(self) -> int:
         return socket.AF_INET if self.ip.version == 4 else socket.AF_INET6
 
+    @property
+    def address(self) -> tuple[str, int]:
+        return (str(self.ip), self.port)
+
     def __str__(self) -> str:
         host = str(self.ip) if self.ip.version == 4 else f"[{self.ip}]"
         return f"{host}:{self.port}"
@@ -147,10 +151,11 @@ class UpstreamClient:
         with sock:
             sock.setblocking(False)
             try:
-                # connected: the kernel drops datagrams from any other source (RFC 5452 §9.1)
-                await loop.sock_connect(sock, (str(upstream.ip), upstream.port))
+                # connected: the kernel drops datagrams from any other source (RFC 5452 §9.1).
+                # A UDP connect and a send of one datagram do not block: no loop round trips.
+                sock.connect(upstream.address)
                 self._counted("udp")
-                await loop.sock_sendall(sock, forward.wire)
+                sock.send(forward.wire)
                 async with asyncio.timeout(self.udp_timeout):
                     while True:  # anything that is not the answer is ignored until the deadline
                         answer = forward.accept(await loop.sock_recv(sock, 65535))
@@ -171,7 +176,7 @@ class UpstreamClient:
             sock.setblocking(False)
             try:
                 async with asyncio.timeout(self.tcp_timeout):
-                    await loop.sock_connect(sock, (str(upstream.ip), upstream.port))
+                    await loop.sock_connect(sock, upstream.address)
                     self._counted("tcp")
                     await loop.sock_sendall(sock, LENGTH.pack(len(forward.wire)) + forward.wire)
                     (size,) = LENGTH.unpack(await _read_exactly(loop, sock, LENGTH.size))
