@@ -5,6 +5,7 @@ upstream answers are fetched over TCP; bad input never stops the next query."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -83,8 +84,9 @@ def q(name: str, rdtype: str = "A", **kw: object) -> dns.message.Message:
 
 @pytest.mark.root
 def test_mesh_names_stay_local_and_repeated_names_reach_dnsmasq_once(
-    snapshot: Snapshot, upstream: Dnsmasq
+    snapshot: Snapshot, upstream: Dnsmasq, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="zt.dns")
     registry = Registry()
     metrics = DnsMetrics(registry)
 
@@ -114,6 +116,30 @@ def test_mesh_names_stay_local_and_repeated_names_reach_dnsmasq_once(
     assert value("zt_dns_upstream_requests_total", transport="udp") == 2
     text = registry.render()
     assert 'zt_dns_request_duration_seconds_count{result="cached"} 3.0' in text
+    access = [r.getMessage() for r in caplog.records if r.name == "zt.dns"]
+    assert (
+        f"dns src={CLIENT} type=A name=reviews.default.svc.cluster.local. result=mesh records=1"
+        in "\n".join(access)
+    )
+    assert sum("result=cached" in line for line in access) == 3
+
+
+@pytest.mark.root
+def test_past_the_forward_cap_queries_get_servfail_at_once(
+    snapshot: Snapshot, upstream: Dnsmasq
+) -> None:
+    registry = Registry()
+
+    async def go() -> None:
+        ups = [upstream_of(upstream)]
+        async with running(snapshot, ups, DnsMetrics(registry), max_forwards=0) as server:
+            reply = await ask_udp(server, q("capped.example.org."))
+            assert reply.rcode() == dns.rcode.SERVFAIL
+            assert addresses(await ask_udp(server, q("reviews."))) == {"10.96.0.20"}
+
+    asyncio.run(go())
+    assert registry.value("zt_dns_requests_total", type="A", result="overloaded") == 1
+    assert upstream.queries("capped.example.org") == 0
 
 
 @pytest.mark.root
