@@ -1,4 +1,5 @@
-"""`zt bench node`: the path pods take (captured, HBONE between nodes) through zt and Envoy."""
+"""`zt bench node`: the path pods take (captured, HBONE between nodes) through zt and Envoy.
+`zt bench dns`: zt's DNS proxy against dnsmasq on this machine."""
 
 import dataclasses
 import json
@@ -90,3 +91,29 @@ def node(
             "zt: a mode did not carry its traffic the way it claims (see `carried`)", err=True
         )
         sys.exit(1)
+
+
+@app.command()
+@reports_errors
+def dns(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="2 reps of 0.7 s samples (about 12 s)")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    smoke: Annotated[bool, typer.Option("--smoke", hidden=True)] = False,
+) -> None:
+    """zt's DNS proxy vs dnsmasq over loopback UDP: queries/s and p50 for cached, mesh and
+    forwarded names, interleaved; prints medians, then RATIO lines (zt/dnsmasq; for p50,
+    dnsmasq/zt). Bounded to 60 s.
+
+    Example: zt bench dns --quick
+    """
+    from zt.bench import dns as bench  # noqa: PLC0415
+
+    sizes = bench.SMOKE if smoke else bench.QUICK if quick else bench.FULL
+    signal.signal(signal.SIGTERM, _stop)
+    result = bench.bench_dns(sizes, _say)
+    if as_json:
+        typer.echo(json.dumps(bench.document(result), indent=2))
+    else:
+        typer.echo(bench.render(result))

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Host set-up for zt on Debian 12 (idempotent). Installs what bcc and the tests need and links
+# Host set-up for zt on Debian 12 (idempotent). Installs what bcc and the tests need (dnsmasq-base:
+# the DNS tests' and bench's real upstream, the binary without the system service the `dnsmasq`
+# package starts on port 53; bind9-dnsutils: dig) and links
 # kernel headers when the running kernel has no headers package of its own (docs/design.md §6).
 set -euo pipefail
 
 need=(python3-bpfcc linux-headers-amd64 iproute2 bpftool python3-venv openssl
-      iptables nftables iputils-ping etcd-server etcd-client prometheus bind9-dnsutils)
+      iptables nftables iputils-ping etcd-server etcd-client prometheus
+      dnsmasq-base bind9-dnsutils)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -54,6 +54,7 @@ def workload(m: WorkloadModel) -> Workload:
         canonical_revision=m.canonical_revision or DEFAULT_CANONICAL_REVISION,
         cluster_id=m.cluster_id,
         locality=Locality(m.locality.region, m.locality.zone, m.locality.subzone),
+        hostname=m.hostname,
     )
 
 

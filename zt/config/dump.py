@@ -33,6 +33,7 @@ def workload(w: Workload) -> dict[str, object]:
             "zone": w.locality.zone,
             "subzone": w.locality.subzone,
         },
+        "hostname": w.hostname,
         "identity": w.identity,
     }
 

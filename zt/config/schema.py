@@ -78,7 +78,26 @@ def _service_key(value: str) -> str:
     return value
 
 
+# RFC 1035 §2.3.4: labels of 63 octets or less, names of 255 octets or less on the wire (253
+# characters written out); RFC 1123 §2.1 host names: letters, digits, '-' (and '_', which
+# Kubernetes pod subdomains never hold but DNS itself allows).
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def _dns_name(value: str) -> str:
+    if not value:
+        return value  # unset
+    labels = value.removesuffix(".").split(".")
+    if len(value) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        raise ValueError(
+            "empty, or a DNS name: dot-separated labels of letters, digits, '-' or '_' (1 to 63 each, "
+            "253 characters in all)"
+        )
+    return value.removesuffix(".").lower()
+
+
 Name = Annotated[str, AfterValidator(_name)]
+DnsName = Annotated[str, AfterValidator(_dns_name)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
 TrustDomain = Annotated[str, AfterValidator(_trust_domain)]
 SpiffeUri = Annotated[str, AfterValidator(_spiffe)]
@@ -133,6 +152,7 @@ class WorkloadModel(_Model):
     canonical_revision: LabelValue = ""
     cluster_id: LabelValue = ""
     locality: LocalityModel = LocalityModel()
+    hostname: DnsName = ""
 
 
 class ServiceModel(_Model):

@@ -76,6 +76,9 @@ class Workload:
     canonical_revision: str = ""
     cluster_id: str = ""
     locality: Locality = field(default_factory=Locality)
+    # A DNS name resolving to this workload's addresses (ztunnel's Workload.hostname; "": none),
+    # served by the DNS proxy (docs/dns.md).
+    hostname: str = ""
 
     @property
     def identity(self) -> str:

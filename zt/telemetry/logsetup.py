@@ -37,6 +37,7 @@ LOGGER_SCOPES: tuple[str, ...] = (
     "zt",
     "zt.access",
     "zt.config",
+    "zt.dns",
     "zt.fleet.certsource",
     "zt.fleet.join",
     "zt.fleet.mesh",
@@ -111,6 +112,9 @@ ZTUNNEL_SCOPES: dict[str, tuple[str, ...]] = {
     "ztunnel::xds": ("zt.config", "zt.fleet.mesh"),
     "ztunnel::inpod": ("zt.node.pod", "zt.node.podapi"),
     "ztunnel::admin": ("zt.telemetry.http",),
+    # ztunnel's DNS access log is target `dns`, its DNS proxy module `ztunnel::dns`
+    "dns": ("zt.dns",),
+    "ztunnel::dns": ("zt.dns",),
     "ztunnel::hyper_util": ("zt.telemetry.http",),
 }
 

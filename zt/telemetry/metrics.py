@@ -118,7 +118,7 @@ def _check_shared(directory: Path) -> None:
 
 
 # -- families --------------------------------------------------------------------------------------
-M = TypeVar("M", prometheus_client.Counter, prometheus_client.Gauge)
+M = TypeVar("M", prometheus_client.Counter, prometheus_client.Gauge, prometheus_client.Histogram)
 
 
 class _Family(Generic[M]):
@@ -163,6 +163,16 @@ class Gauge(_Family[prometheus_client.Gauge]):
         self.series(labels).dec(amount)
 
 
+class Histogram(_Family[prometheus_client.Histogram]):
+    """Observations in fixed buckets (exposed as `<name>_bucket{le}`, `_sum`, `_count`)."""
+
+    def observe(self, value: float, labels: Mapping[str, str] | None = None) -> None:
+        self.series(labels).observe(value)
+
+
+Family = Counter | Gauge | Histogram
+
+
 # -- collectors ------------------------------------------------------------------------------------
 def _as_metrics(collect: Collect) -> Iterator[Metric]:
     """An `add_collector` callable's samples now, as prometheus_client metric families."""
@@ -193,8 +203,8 @@ def _family_name(name: str, kind: str) -> str:
         if not name.endswith("_total"):
             raise ValueError(f"counter name: got {name!r}, expected a name ending in _total")
         return name[: -len("_total")]
-    if kind != "gauge":
-        raise ValueError(f"{name}: got kind {kind!r}, expected 'counter' or 'gauge'")
+    if kind not in ("gauge", "histogram"):
+        raise ValueError(f"{name}: got kind {kind!r}, expected 'counter', 'gauge' or 'histogram'")
     return name
 
 
@@ -241,9 +251,9 @@ class Registry:
     def __init__(self, *, shared: Path | None = None, owns_dir: bool = False) -> None:
         self.directory = shared
         self._owns_dir = owns_dir
-        self._families: dict[str, Counter | Gauge] = {}
+        self._families: dict[str, Family] = {}
         self._collectors: list[Collect] = []
-        self._published: dict[str, tuple[Counter | Gauge, float]] = {}
+        self._published: dict[str, tuple[Family, float]] = {}
         self._lock = threading.Lock()
         self._files_lock = threading.Lock()
         self._exposition = CollectorRegistry(auto_describe=False)
@@ -299,11 +309,25 @@ class Registry:
         assert isinstance(family, Gauge)
         return family
 
-    def _family(self, name: str, help_: str, kind: str, labels: tuple[str, ...]) -> Counter | Gauge:
+    def histogram(
+        self, name: str, help_: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> Histogram:
+        family = self._family(name, help_, "histogram", labels, buckets)
+        assert isinstance(family, Histogram)
+        return family
+
+    def _family(
+        self,
+        name: str,
+        help_: str,
+        kind: str,
+        labels: tuple[str, ...],
+        buckets: tuple[float, ...] = (),
+    ) -> Family:
         with self._lock:
             family = self._families.get(name)
             if family is None:
-                family = self._new(name, help_, kind, labels, register=True)
+                family = self._new(name, help_, kind, labels, register=True, buckets=buckets)
                 self._families[name] = family
             elif family.labels != labels or _kind(family) != kind:
                 raise ValueError(
@@ -313,14 +337,26 @@ class Registry:
             return family
 
     def _new(
-        self, name: str, help_: str, kind: str, labels: tuple[str, ...], *, register: bool
-    ) -> Counter | Gauge:
+        self,
+        name: str,
+        help_: str,
+        kind: str,
+        labels: tuple[str, ...],
+        *,
+        register: bool,
+        buckets: tuple[float, ...] = (),
+    ) -> Family:
         # With shared files the exposition reads them (_SharedFiles), not the objects.
         into = self._exposition if register and self.directory is None else None
         family_name = _family_name(name, kind)
         if kind == "counter":
             counter = prometheus_client.Counter(family_name, help_, labels, registry=into)
             return Counter(name, counter, labels)
+        if kind == "histogram":
+            histogram = prometheus_client.Histogram(
+                name, help_, labels, registry=into, buckets=buckets
+            )
+            return Histogram(name, histogram, labels)
         # livesum: a gauge is this process's share (open connections, ...) and the node's value
         # is the sum over live processes; node-wide gauges are set by the leader alone.
         gauge = prometheus_client.Gauge(
@@ -393,7 +429,7 @@ class Registry:
             family, last = entry
             if isinstance(family, Counter):
                 family.inc(value - last if value >= last else value)
-            else:
+            elif isinstance(family, Gauge):
                 family.set(value)
             self._published[name] = (family, value)
 
@@ -416,7 +452,9 @@ class Registry:
         self.directory = None
 
 
-def _kind(family: Counter | Gauge) -> str:
+def _kind(family: Family) -> str:
+    if isinstance(family, Histogram):
+        return "histogram"
     return "counter" if isinstance(family, Counter) else "gauge"
 
 
@@ -472,6 +510,7 @@ __all__ = [
     "CONTENT_TYPE",
     "Counter",
     "Gauge",
+    "Histogram",
     "MetricsModeError",
     "Registry",
 ]

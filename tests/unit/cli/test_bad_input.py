@@ -78,6 +78,7 @@ def _base(p: dict[str, str]) -> dict[str, list[str]]:
         "lab config get": [],
         "lab config push": [EXAMPLE],
         "bench node": [],  # every bad value below is refused before anything is built
+        "bench dns": [],  # only flags: nothing to feed a bad value
     }
 
 

@@ -1,0 +1,200 @@
+"""Upstream resolvers: where they are (resolv.conf or a list) and the asyncio client asking them.
+
+Each upstream is asked in turn over UDP; a truncated answer is asked again over TCP (RFC 7766
+§5: "a stub resolver ... MUST use TCP when it receives a truncated response"). An upstream that
+times out, cannot be reached, or answers SERVFAIL, REFUSED, NOTIMP or FORMERR is skipped for the
+next; when none answers, the caller gets None (and answers SERVFAIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rcode
+
+from zt.addr import IpAddress
+from zt.dns.core import Forward
+from zt.dns.errors import UpstreamConfigError, UpstreamError
+from zt.dns.metrics import DnsMetrics
+
+SocketMaker = Callable[[int, int], socket.socket]  # (family, type) -> a new socket
+RESOLV_CONF = Path("/etc/resolv.conf")
+DNS_PORT = 53
+UDP_TIMEOUT = 2.0  # per upstream; glibc's default is 5 s per try, and clients retry on their own
+TCP_TIMEOUT = 5.0
+LENGTH = struct.Struct("!H")  # RFC 7766 §8: the two-byte length before each TCP message
+# rcodes that say "this upstream cannot answer", not "the name is so": try the next one
+UNUSABLE = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.NOTIMP, dns.rcode.FORMERR})
+
+
+@dataclass(frozen=True)
+class Upstream:
+    ip: IpAddress
+    port: int = DNS_PORT
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET if self.ip.version == 4 else socket.AF_INET6
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (str(self.ip), self.port)
+
+    def __str__(self) -> str:
+        host = str(self.ip) if self.ip.version == 4 else f"[{self.ip}]"
+        return f"{host}:{self.port}"
+
+
+def parse_upstream(text: str) -> Upstream:
+    """`10.96.0.10`, `10.96.0.10:5353`, `fd00::a`, `[fd00::a]:5353` (the `--dns-upstream` form)."""
+    host, port = text, str(DNS_PORT)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ip = ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = -1
+    if number < 1 or number > 65535:
+        raise UpstreamConfigError(
+            f"DNS upstream: got {text!r}, expected an IP address with an optional port "
+            "(10.96.0.10, 10.96.0.10:5353, [fd00::a]:53)"
+        )
+    return Upstream(ip, number)
+
+
+def parse_resolv_conf(text: str) -> tuple[Upstream, ...]:
+    """The `nameserver` lines of a resolv.conf (resolv.conf(5)); scoped IPv6 (`fe80::1%eth0`)
+    and malformed lines are skipped, as glibc skips them."""
+    out: list[Upstream] = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver" and "%" not in words[1]:
+            try:
+                out.append(Upstream(ipaddress.ip_address(words[1])))
+            except ValueError:
+                continue
+    return tuple(out)
+
+
+def system_upstreams(path: Path = RESOLV_CONF) -> tuple[Upstream, ...]:
+    """The node's resolvers. resolv.conf(5): "If no nameserver entries are present, the default
+    is to use the name server on the local machine"."""
+    try:
+        found = parse_resolv_conf(path.read_text())
+    except OSError as exc:
+        raise UpstreamConfigError(f"DNS upstreams: cannot read {path}: {exc.strerror}") from None
+    return found or (Upstream(ipaddress.ip_address("127.0.0.1")),)
+
+
+class UpstreamClient:
+    """Asks upstreams for a `Forward`. Sockets come from `socket_maker` (the node's namespace
+    by default: the node's resolv.conf names servers reachable from there)."""
+
+    def __init__(
+        self,
+        upstreams: Sequence[Upstream],
+        socket_maker: SocketMaker = socket.socket,
+        metrics: DnsMetrics | None = None,
+        *,
+        udp_timeout: float = UDP_TIMEOUT,
+        tcp_timeout: float = TCP_TIMEOUT,
+    ) -> None:
+        if not upstreams:
+            raise UpstreamConfigError("DNS upstreams: got none, expected at least one")
+        self.upstreams = tuple(upstreams)
+        self._make = socket_maker
+        self._metrics = metrics
+        self.udp_timeout = udp_timeout
+        self.tcp_timeout = tcp_timeout
+
+    async def resolve(self, forward: Forward) -> dns.message.Message | None:
+        for upstream in self.upstreams:
+            try:
+                answer = await self._ask(upstream, forward)
+            except UpstreamError as exc:
+                if self._metrics is not None:
+                    self._metrics.upstream_failed(exc.why.split(":")[0])
+                continue
+            return answer
+        return None
+
+    async def _ask(self, upstream: Upstream, forward: Forward) -> dns.message.Message:
+        answer = await self._udp(upstream, forward)
+        if answer.flags & dns.flags.TC:
+            answer = await self._tcp(upstream, forward)
+        if answer.rcode() in UNUSABLE:
+            raise UpstreamError(str(upstream), f"rcode: {dns.rcode.to_text(answer.rcode())}")
+        return answer
+
+    def _counted(self, transport: str) -> None:
+        if self._metrics is not None:
+            self._metrics.sent_upstream(transport)
+
+    async def _udp(self, upstream: Upstream, forward: Forward) -> dns.message.Message:
+        loop = asyncio.get_running_loop()
+        try:
+            sock = self._make(upstream.family, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise UpstreamError(str(upstream), f"socket: {exc.strerror}") from None
+        with sock:
+            sock.setblocking(False)
+            try:
+                # connected: the kernel drops datagrams from any other source (RFC 5452 §9.1).
+                # A UDP connect and a send of one datagram do not block: no loop round trips.
+                sock.connect(upstream.address)
+                self._counted("udp")
+                sock.send(forward.wire)
+                async with asyncio.timeout(self.udp_timeout):
+                    while True:  # anything that is not the answer is ignored until the deadline
+                        answer = forward.accept(await loop.sock_recv(sock, 65535))
+                        if answer is not None:
+                            return answer
+            except TimeoutError:
+                raise UpstreamError(str(upstream), "timeout: udp") from None
+            except OSError as exc:
+                raise UpstreamError(str(upstream), f"error: udp {exc.strerror}") from None
+
+    async def _tcp(self, upstream: Upstream, forward: Forward) -> dns.message.Message:
+        loop = asyncio.get_running_loop()
+        try:
+            sock = self._make(upstream.family, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise UpstreamError(str(upstream), f"socket: {exc.strerror}") from None
+        with sock:
+            sock.setblocking(False)
+            try:
+                async with asyncio.timeout(self.tcp_timeout):
+                    await loop.sock_connect(sock, upstream.address)
+                    self._counted("tcp")
+                    await loop.sock_sendall(sock, LENGTH.pack(len(forward.wire)) + forward.wire)
+                    (size,) = LENGTH.unpack(await _read_exactly(loop, sock, LENGTH.size))
+                    answer = forward.accept(await _read_exactly(loop, sock, size))
+            except TimeoutError:
+                raise UpstreamError(str(upstream), "timeout: tcp") from None
+            except OSError as exc:
+                raise UpstreamError(str(upstream), f"error: tcp {exc.strerror}") from None
+        if answer is None:
+            raise UpstreamError(str(upstream), "mismatch: tcp answer to another query")
+        return answer
+
+
+async def _read_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, size - len(data))
+        if not chunk:
+            raise ConnectionResetError(0, "closed before a whole message")
+        data += chunk
+    return bytes(data)

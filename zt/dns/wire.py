@@ -1,0 +1,155 @@
+"""DNS messages in and out, on dnspython: parse a query, build and size an answer.
+
+dnspython's exceptions stop here: `parse_query` turns every malformed packet into a `Rejected`.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+# RFC 1035 §4.2.1: "Messages carried by UDP are restricted to 512 bytes"; RFC 6891 §6.2.5:
+# "Values lower than 512 MUST be treated as equal to 512".
+CLASSIC_UDP = 512
+# RFC 7766 §8: a TCP message is preceded by a two-byte length: 65535 bytes at most.
+MAX_MESSAGE = 65535
+# What zt advertises as its own EDNS UDP size, to clients and upstreams: DNS flag day 2020's
+# 1232 bytes, which fits an IPv6 minimum MTU of 1280 without fragmentation.
+OUR_PAYLOAD = 1232
+HEADER = struct.Struct("!HHHHHH")  # RFC 1035 §4.1.1: id, flags, qd/an/ns/ar counts
+QR = 0x8000
+OPCODE_MASK = 0x7800
+RD = 0x0100
+# the query types counted by name in metrics; every other is "other" (bounded label values)
+NAMED_TYPES = frozenset(
+    {"A", "AAAA", "CNAME", "MX", "TXT", "SRV", "PTR", "NS", "SOA", "HTTPS", "SVCB", "ANY", "CAA"}
+)
+
+
+class Transport(enum.Enum):
+    UDP = "udp"
+    TCP = "tcp"
+
+
+@dataclass(frozen=True)
+class Query:
+    """A well-formed query with one question."""
+
+    message: dns.message.Message
+    limit: int  # the largest answer this client takes over its transport
+
+    @property
+    def question(self) -> dns.rrset.RRset:
+        return self.message.question[0]
+
+    @property
+    def qtype(self) -> int:
+        return int(self.question.rdtype)
+
+    @property
+    def type_label(self) -> str:
+        return type_label(self.qtype)
+
+    @property
+    def dnssec_ok(self) -> bool:
+        return bool(self.message.ednsflags & dns.flags.DO)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A packet that is no query we answer: `reply` (FORMERR, NOTIMP, BADVERS) or None (drop)."""
+
+    reason: str
+    reply: bytes | None
+    qtype: str = "none"
+
+
+def type_label(qtype: int) -> str:
+    text = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype))
+    return text if text in NAMED_TYPES else "other"
+
+
+def client_limit(message: dns.message.Message, transport: Transport) -> int:
+    """RFC 6891 §6.2.3/§6.2.5: a UDP answer may be as large as the requester's payload size (512
+    if it sent no OPT or a smaller one); over TCP, the framing's limit."""
+    if transport is Transport.TCP:
+        return MAX_MESSAGE
+    if message.edns < 0:
+        return CLASSIC_UDP
+    return max(CLASSIC_UDP, min(message.payload, MAX_MESSAGE))
+
+
+def _error_header(qid: int, flags: int, rcode: int) -> bytes:
+    """A bare answer: the query's id, opcode and RD, QR set, no records (RFC 1035 §4.1.1)."""
+    out_flags = QR | (flags & (OPCODE_MASK | RD)) | dns.flags.RA | rcode
+    return HEADER.pack(qid, out_flags, 0, 0, 0, 0)
+
+
+def parse_query(wire: bytes, transport: Transport) -> Query | Rejected:
+    """A query, or why not. RFC 1035 §4.1.1 RCODE 1, "Format error - The name server was unable
+    to interpret the query": sent whenever the 12-byte header could be read; shorter packets
+    and responses are dropped (answering a response could start an endless exchange between
+    two servers doing the same)."""
+    if len(wire) < HEADER.size:
+        return Rejected("short", None)
+    qid, flags, *_ = HEADER.unpack_from(wire)
+    if flags & QR:
+        return Rejected("response", None)
+    try:
+        message = dns.message.from_wire(wire)
+    except (dns.exception.DNSException, ValueError, UnicodeError):
+        # FormError, BadPointer (compression loops: RFC 1035 §4.1.4 pointers must point back),
+        # TrailingJunk, ShortHeader, bad rdata; a value error from a label (RFC 1035 §2.3.4)
+        return Rejected("malformed", _error_header(qid, flags, dns.rcode.FORMERR))
+    if message.opcode() != dns.opcode.QUERY:
+        # RFC 1035 §4.1.1 RCODE 4: "The name server does not support the requested kind of query"
+        return Rejected("not_implemented", _error_header(qid, flags, dns.rcode.NOTIMP))
+    if len(message.question) != 1:
+        # RFC 9619 §3: a QUERY with a QDCOUNT other than 1 is malformed
+        return Rejected("question_count", _error_header(qid, flags, dns.rcode.FORMERR))
+    query = Query(message, client_limit(message, transport))
+    if message.edns > 0:
+        # RFC 6891 §6.1.3: "If a responder does not implement the VERSION level of the request,
+        # then it MUST respond with RCODE=BADVERS" (with an OPT of the version it does speak)
+        response = respond(query, authoritative=False)
+        response.set_rcode(dns.rcode.BADVERS)
+        return Rejected("bad_edns_version", render(response, query.limit), query.type_label)
+    return query
+
+
+def respond(query: Query, *, authoritative: bool) -> dns.message.Message:
+    """An empty answer to `query`: its id, question, RD and CD; RA set; an OPT of ours if the
+    client sent one, with its DO bit (RFC 3225 §3: "the DO bit of the query MUST be copied in
+    the response")."""
+    response = dns.message.make_response(
+        query.message, recursion_available=True, our_payload=OUR_PAYLOAD
+    )
+    if authoritative:
+        response.flags |= dns.flags.AA
+    if query.message.edns >= 0 and query.dnssec_ok:
+        response.use_edns(0, dns.flags.DO, OUR_PAYLOAD)
+    return response
+
+
+def render(response: dns.message.Message, limit: int) -> bytes:
+    """The answer as bytes of at most `limit`. One that does not fit goes out as its header,
+    question and OPT with TC set (RFC 2181 §9: the client then asks again over TCP; RFC 1035
+    §4.2.1 "longer messages are truncated and the TC bit is set")."""
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        response.answer.clear()
+        response.authority.clear()
+        response.additional.clear()
+        response.flags |= dns.flags.TC
+        return response.to_wire(max_size=limit)
