@@ -49,9 +49,8 @@ def command(
     own = own_ips(snapshot, source.node)
     shown: dict[str, object] = {}
     destination = parse_destination(dst)
-    if isinstance(
-        destination, HostPort
-    ):  # as the source pod's DNS would answer it (zt/state/hostnames.py)
+    # a name: first the address the source pod's DNS would answer (zt/state/hostnames.py)
+    if isinstance(destination, HostPort):
         resolved = resolve(snapshot, destination, source, seed=seed, field="--dst")
         shown["resolved"] = {
             "name": str(destination),

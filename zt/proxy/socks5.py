@@ -126,7 +126,8 @@ def _domain(raw: bytes, port: int) -> Destination:
     hostname to resolve; anything else is a host zt cannot reach (0x04)."""
     text = raw.decode("ascii", "replace")
     try:
-        return SocketAddr(ipaddress.ip_address(text), port)
+        if "%" not in text:  # a zone id means nothing beyond this host (ATYP 4 cannot carry one)
+            return SocketAddr(ipaddress.ip_address(text), port)
     except ValueError:
         pass
     try:

@@ -81,6 +81,7 @@ def test_connect_domain_name(name: bytes, destination: object) -> None:
         (_domain(b""), REP_HOST_UNREACHABLE),
         (_domain(b"bad_name"), REP_HOST_UNREACHABLE),
         (_domain(b"a..b"), REP_HOST_UNREACHABLE),
+        (_domain(b"fe80::1%eth0"), REP_HOST_UNREACHABLE),
         (_domain(b"x" * 64), REP_HOST_UNREACHABLE),
         (_domain("caf\u00e9".encode()), REP_HOST_UNREACHABLE),
         (_domain(b"echo", 0), REP_NOT_ALLOWED),
