@@ -48,6 +48,18 @@ def address(text: str | SocketAddr) -> SocketAddr:
         raise typer.BadParameter(f"got {text!r}, expected {expected}") from None
 
 
+def destination(text: str) -> str:
+    """`ip:port`, `[ipv6]:port` or `hostname:port`, a mesh name the command resolves (returned as
+    written: typer takes no union type; the command parses it again)."""
+    from zt.addr import parse_destination  # noqa: PLC0415
+
+    try:
+        parse_destination(text, field="address")
+    except ZtError as exc:
+        raise _bad(exc) from None
+    return text
+
+
 def listen_address(text: str) -> SocketAddr:
     """`ip:port` or `[ipv6]:port` to listen on, where port 0 (unlike in a destination) means
     "pick one"."""

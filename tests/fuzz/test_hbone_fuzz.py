@@ -24,7 +24,7 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zt.addr import SocketAddr
+from zt.addr import HostPort, SocketAddr
 from zt.hbone import ConnectRequest, HboneConnection, StreamState, parse_authority
 from zt.hbone.errors import BadConnectRequest, HboneError, PeerProtocolError
 from zt.hbone.events import (
@@ -298,3 +298,33 @@ def test_authority_round_trip(
     assert ConnectRequest.parse(request.headers()).authority == SocketAddr(ip, port)
     assert isinstance(HboneError(), Exception)
     del baggage
+
+
+_ALNUM = "abcxyzABCXYZ0189"
+# RFC 1123 labels: alphanumeric ends, hyphens only inside, 1..63 characters
+_LABELS = st.one_of(
+    st.sampled_from(_ALNUM),
+    st.builds(
+        lambda head, inner, tail: head + inner + tail,
+        st.sampled_from(_ALNUM),
+        st.text(_ALNUM + "-", max_size=61),
+        st.sampled_from(_ALNUM),
+    ),
+)
+
+
+@FUZZ
+@given(st.lists(_LABELS, min_size=1, max_size=6), st.integers(1, 65535))
+def test_hostname_authority_round_trip_or_400(labels: list[str], port: int) -> None:
+    """Any name made of RFC 1123 labels parses to the lowercased name (or, over 253 characters or
+    with a numeric last label, is a 400) and survives headers() -> parse()."""
+    raw = f"{'.'.join(labels)}:{port}".encode()
+    try:
+        authority = parse_authority(raw)
+    except BadConnectRequest as err:
+        assert err.field == ":authority"
+        assert len(raw) - len(str(port)) - 1 > 253 or labels[-1].isdigit()
+        return
+    assert authority == HostPort(".".join(labels).lower(), port)
+    request = ConnectRequest(authority)
+    assert ConnectRequest.parse(request.headers()) == request

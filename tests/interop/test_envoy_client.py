@@ -21,7 +21,7 @@ import pytest
 from tests.interop import targets
 from tests.interop.conftest import CLIENT_ID, SERVER_ID, TD, InteropPki
 from tests.interop.envoy import ClientRoute, Envoy, hbone_client_config, run_envoy
-from zt.addr import SocketAddr
+from zt.addr import HostPort, SocketAddr
 from zt.identity.errors import ForeignTrustDomain
 from zt.identity.tls import server_context
 from zt.proxy.inbound import Admission, Arrival, InboundFlow
@@ -30,7 +30,9 @@ from zt.proxy.tls import client_peer_check
 
 pytestmark = pytest.mark.envoy
 
-ROUTES = ("echo", "hello", "reply", "closed", "nocert", "rogue", "foreign", "wrongsan")
+ROUTES = ("echo", "hello", "reply", "closed", "nocert", "rogue", "foreign", "wrongsan", "byname")
+# the `byname` route's :authority: a service hostname, as gateways and waypoints send it
+BY_NAME = HostPort("echo.interop.svc.cluster.local", 80)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Setup:
     listen: dict[str, int]
     hello_got: queue.Queue[bytes]
     reply_got: queue.Queue[bytes]
+    echo_port: int
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def setup(interop_pki: InteropPki) -> Iterator[Setup]:
                 name=name,
                 listen_port=listen[name],
                 server_port=zt_port,
-                authority=f"127.0.0.1:{dest.get(name, echo)}",
+                authority=str(BY_NAME) if name == "byname" else f"127.0.0.1:{dest.get(name, echo)}",
                 tls=certs.get(name, good),
                 expect_san=str(SERVER_ID)
                 if name != "wrongsan"
@@ -78,7 +81,7 @@ def setup(interop_pki: InteropPki) -> Iterator[Setup]:
         envoy = stack.enter_context(
             run_envoy(hbone_client_config(routes), pki.directory / "envoy-cli")
         )
-        yield Setup(envoy, zt_port, listen, hello_q, reply_q)
+        yield Setup(envoy, zt_port, listen, hello_q, reply_q, echo)
 
 
 @contextlib.asynccontextmanager
@@ -137,6 +140,30 @@ def test_echo_byte_exact(setup: Setup, interop_pki: InteropPki, size: int) -> No
         request = arrival.request
         assert arrival.identity == CLIENT_ID and request is not None
         assert (request.baggage, request.forwarded_for, request.traceparent) == (None, None, None)
+
+    run(body())
+
+
+def test_envoy_hostname_authority_is_parsed_and_resolved_by_admit(
+    setup: Setup, interop_pki: InteropPki
+) -> None:
+    """Envoy's CONNECT with `:authority <hostname>:<port>` reaches admit as a HostPort; the
+    address admit resolves it to is what zt dials (docs/design.md §2)."""
+    seen: list[Arrival] = []
+
+    def admit(arrival: Arrival) -> Admission:
+        seen.append(arrival)
+        return Admission.allow(target=SocketAddr.parse(f"127.0.0.1:{setup.echo_port}"))
+
+    async def body() -> None:
+        async with zt_server(setup, interop_pki, flow=InboundFlow(admit)) as server:
+            reader, writer = await _connect(setup, "byname")
+            writer.write(b"to a service by its name")
+            writer.write_eof()
+            assert await _read_all(reader) == b"to a service by its name"
+            writer.close()
+            assert server.statuses[200] == 1
+        assert [arrival.target for arrival in seen] == [BY_NAME]
 
     run(body())
 

@@ -4,7 +4,6 @@ probes of what the daemons expose (access logs, metrics, fds, BPF maps)."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import re
@@ -15,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from zt.addr import SocketAddr
+from zt.addr import parse_destination
 from zt.capture.netns import dial_marked
 from zt.hbone.request import ConnectRequest
 from zt.identity.ca import CertificateAuthority
@@ -173,9 +172,10 @@ def _restore(lab: Lab, config: str) -> None:
             time.sleep(0.1)
 
 
-def hbone_status(lab: Lab, src: PodPlan, dst: PodPlan, authority_ip: str, port: int) -> int:
+def hbone_status(lab: Lab, src: PodPlan, dst: PodPlan, authority_host: str, port: int) -> int:
     """CONNECT from `src`'s identity (a certificate of the lab CA) straight to `dst`'s :15008, on
-    a marked socket from inside src (so capture leaves it alone); the response status."""
+    a marked socket from inside src (so capture leaves it alone); the response status.
+    `authority_host`: an IP, or a service hostname (`:authority name:port`)."""
     ca = CertificateAuthority.load(lab.state.ca_dir)
     cert = ca.issue(SpiffeId.parse(identity(src)), now=time.time())
     sock = dial_marked(src.netns, (str(dst.ipv4), 15008))
@@ -190,7 +190,7 @@ def hbone_status(lab: Lab, src: PodPlan, dst: PodPlan, authority_ip: str, port: 
             server_hostname="",
         )
         await driver.ready
-        request = ConnectRequest(authority=SocketAddr(ipaddress.ip_address(authority_ip), port))
+        request = ConnectRequest(parse_destination(f"{authority_host}:{port}"))
         try:
             stream = await open_tunnel(driver, request, timeout=10)
             stream.reset(0x8)  # CANCEL: we only wanted the status

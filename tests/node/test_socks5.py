@@ -22,13 +22,18 @@ def lab() -> Iterator[Lab]:
 
 
 def _socks(netns: str, ip: str, port: int, payload: bytes) -> tuple[bytes, bytes]:
-    """(the SOCKS5 reply, what came back after sending `payload` and half-closing)."""
+    """(the SOCKS5 reply, what came back after sending `payload` and half-closing). `ip` may be
+    a name: it goes as a domain name (ATYP 3, RFC 1928 §4)."""
+    try:
+        address = b"\x01" + socket.inet_aton(ip)
+    except OSError:
+        address = b"\x03" + bytes([len(ip)]) + ip.encode()
 
     def talk() -> tuple[bytes, bytes]:
         with socket.create_connection(("127.0.0.1", 15080), timeout=10) as sock:
             sock.sendall(b"\x05\x01\x00")
             assert sock.recv(2) == b"\x05\x00"
-            sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(ip) + port.to_bytes(2, "big"))
+            sock.sendall(b"\x05\x01\x00" + address + port.to_bytes(2, "big"))
             answer = b""
             while len(answer) < 10:
                 chunk = sock.recv(10 - len(answer))
@@ -60,3 +65,17 @@ def test_socks5_denied_destination_gets_a_failure_reply(lab: Lab) -> None:
     a, b = lab.pod("pod1-1"), lab.pod("pod2-1")
     answer, _ = _socks(a.netns, str(b.ipv4), mesh.DENIED_PORT, b"x")
     assert answer[:2] == b"\x05\x04"  # host unreachable: the tunnel was refused (401)
+
+
+def test_socks5_domain_name_of_a_service_reaches_an_endpoint(lab: Lab) -> None:
+    """A service's short name from the pod's namespace resolves to its VIP (as the pod's DNS
+    would answer), then routes to an endpoint; a name outside the mesh is 0x04."""
+    a = lab.pod("pod1-1")
+    offset = lab.offsets()["node1"]
+    short = mesh.SERVICE_HOST.split(".", 1)[0]  # `echo`, from namespace lab
+    answer, echoed = _socks(a.netns, short, mesh.SERVICE_PORT, b"socks by name")
+    assert answer[:2] == b"\x05\x00" and echoed == b"socks by name"
+    rec = lab.wait_record("node1", offset, direction="outbound", dst__service=mesh.SERVICE_HOST)
+    assert rec.get("protocol") == "hbone"
+    answer, _ = _socks(a.netns, "elsewhere.example", 80, b"x")
+    assert answer[:2] == b"\x05\x04"

@@ -100,6 +100,20 @@ def test_deny_policy_answers_401_to_hbone_and_400_to_a_wrong_authority(lab: Lab)
     assert hbone_status(lab, a, b, str(b2.ipv4), mesh.APP_PORT) == 400  # b2's IP on b's :15008
 
 
+def test_hostname_authority_reaches_the_pod_at_the_target_port(lab: Lab) -> None:
+    """`:authority <service hostname>:<service port>` (as ztunnel accepts): the node resolves it to
+    the pod the connection reached, at the target port; names and ports it cannot map are 503."""
+    a, b = lab.pod("pod1-1"), lab.pod("pod2-1")
+    offset = logs.size(lab.log("node2"))
+    assert hbone_status(lab, a, b, mesh.SERVICE_HOST, mesh.SERVICE_PORT) == 200
+    rec = lab.wait_record(
+        "node2", offset, direction="inbound", dst__hbone_addr=f"{mesh.SERVICE_HOST}:80"
+    )
+    assert (rec.get("src.identity"), rec.get("dst.service")) == (identity(a), mesh.SERVICE_HOST)
+    assert hbone_status(lab, a, b, "nope.lab.svc.cluster.local", mesh.SERVICE_PORT) == 503
+    assert hbone_status(lab, a, b, mesh.SERVICE_HOST, mesh.SERVICE_PORT + 1) == 503
+
+
 def test_node_link_carries_only_tls_to_15008(lab: Lab) -> None:
     marker = b"ZT-WIRE-MARKER-7f3a-"
     node = lab.plan.nodes[0]

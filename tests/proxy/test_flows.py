@@ -22,10 +22,12 @@ from tests.proxy.helpers import (
     zt_dial,
     zt_server,
 )
-from zt.addr import SocketAddr, from_sockaddr
+from zt.addr import HostPort, SocketAddr, from_sockaddr
+from zt.config import load_document
 from zt.errors import ZtError
 from zt.hbone.errors import PolicyDenied
 from zt.hbone.request import ConnectRequest
+from zt.proxy import socks5
 from zt.proxy.client import open_tunnel
 from zt.proxy.errors import TunnelRefused
 from zt.proxy.flow import DENIED, NO_ROUTE, OK, UPSTREAM_FAILURE, Outcome, Progress
@@ -34,6 +36,7 @@ from zt.proxy.outbound import OutboundFlow
 from zt.proxy.pool import PoolKey
 from zt.proxy.stream import HboneStream
 from zt.proxy.tcpside import HeldTcp
+from zt.state import Snapshot, UnknownHostname, resolve_inbound
 from zt.state.route import Route, RouteKind
 
 
@@ -219,5 +222,138 @@ def test_a_connector_error_is_answered_with_its_own_status(pki: Pki) -> None:
             driver.close()
         [outcome] = recorder.outcomes
         assert outcome.flags == UPSTREAM_FAILURE and "not served here" in outcome.error
+
+    run(body())
+
+
+# -- mesh hostnames: an HBONE `:authority` naming a service, a SOCKS5 domain name ---------------
+
+ECHO_HOST = "echo.test.svc.cluster.local"
+
+
+def _one_pod_mesh(target_port: int) -> Snapshot:
+    """The server pod at 127.0.0.1 behind service echo, port 80 -> the echo server's port."""
+    return load_document(
+        {
+            "workloads": [
+                {
+                    "uid": "test/server",
+                    "name": "server",
+                    "namespace": "test",
+                    "workloadIps": ["127.0.0.1"],
+                    "services": {f"test/{ECHO_HOST}": {80: target_port}},
+                }
+            ],
+            "services": [
+                {"name": "echo", "namespace": "test", "hostname": ECHO_HOST, "ports": {80: 1}}
+            ],
+        },
+        "test",
+    )
+
+
+def test_inbound_hostname_authority_is_resolved_by_admit_and_dialed(pki: Pki) -> None:
+    """`:authority echo...:80` over a real HBONE connection: admit resolves it to this pod's
+    target port (as ztunnel); unknown names and unmapped ports are 503, never a dial."""
+    recorder = Recorder()
+    arrivals: list[Arrival] = []
+
+    async def body() -> None:
+        async with tcp_server() as echo, zt_server(pki) as (server, addr):
+            snapshot = _one_pod_mesh(echo.port)
+            pod = snapshot.by_uid["test/server"]
+
+            def admit(arrival: Arrival) -> Admission:
+                arrivals.append(arrival)
+                assert isinstance(arrival.target, HostPort)
+                reached = arrival.local.ip if arrival.local is not None else None
+                resolved = resolve_inbound(snapshot, arrival.target, pod, reached)
+                return Admission.allow(target=resolved.destination)
+
+            flow = InboundFlow(admit, observe=recorder)
+            server.flow = flow
+            driver = await zt_dial(pki, addr)
+            stream = await open_tunnel(driver, ConnectRequest(HostPort(ECHO_HOST, 80)))
+            await stream.write(b"by name")
+            stream.write_eof()
+            echoed = b""
+            while chunk := await asyncio.wait_for(stream.read(), 5):
+                echoed += chunk
+                stream.acknowledge()
+            assert echoed == b"by name"
+            for name, port in (("nope.test.svc.cluster.local", 80), (ECHO_HOST, 81)):
+                with pytest.raises(TunnelRefused) as info:
+                    await open_tunnel(driver, ConnectRequest(HostPort(name, port)))
+                assert info.value.status == 503
+            driver.close()
+            assert flow.statuses == {200: 1, 503: 2}
+        assert arrivals[0].target == HostPort(ECHO_HOST, 80)
+        ok, unknown, unmapped = recorder.outcomes
+        assert ok == Outcome(OK, "", "", 7, 7)
+        assert (
+            unknown.flags == UPSTREAM_FAILURE and "'nope.test.svc.cluster.local'" in unknown.error
+        )
+        assert unmapped.flags == UPSTREAM_FAILURE and "port 81" in unmapped.error
+
+    run(body())
+
+
+def test_inbound_hostname_nobody_resolves_is_503_not_a_dial(pki: Pki) -> None:
+    """The default admit (allow all, `zt hbone serve` without a mesh) cannot dial a name."""
+
+    async def never(target: SocketAddr, timeout: float) -> socket.socket:
+        raise AssertionError(f"dialed {target}")
+
+    async def body() -> None:
+        async with zt_server(pki) as (server, addr):
+            server.flow = InboundFlow(connect=never)
+            driver = await zt_dial(pki, addr)
+            with pytest.raises(TunnelRefused) as info:
+                await open_tunnel(driver, ConnectRequest(HostPort(ECHO_HOST, 80)))
+            assert (info.value.status, info.value.detail) == (503, "unknown_hostname")
+            driver.close()
+
+    run(body())
+
+
+def test_socks5_domain_name_is_resolved_through_the_mesh_or_refused() -> None:
+    """RFC 1928 ATYP 3: a mesh name becomes the address `resolve` gives and is carried like a
+    captured connection; a name outside the mesh gets 0x04 (host unreachable)."""
+    routed: list[SocketAddr] = []
+
+    async def body() -> None:
+        async with tcp_server() as echo:
+
+            def resolve(name: HostPort) -> SocketAddr:
+                if name.host != ECHO_HOST:
+                    raise UnknownHostname(f"hostname: got {name.host!r}")
+                return SocketAddr(echo.ip, echo.port)
+
+            def tcp_route(app: SocketAddr, dst: SocketAddr) -> Route:
+                routed.append(dst)
+                return _route(RouteKind.TCP, dst)
+
+            flow = OutboundFlow(route=tcp_route, identity=CLIENT_ID, open_tunnel=_no_tunnel)
+
+            async def client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+                await socks5.serve(flow, r, w, resolve)
+
+            server = await asyncio.start_server(client, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            for name, code in ((ECHO_HOST.upper() + ".", 0), ("elsewhere.example", 4)):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                encoded = name.encode()
+                writer.write(b"\x05\x01\x00" + b"\x05\x01\x00\x03" + bytes([len(encoded)]))
+                writer.write(encoded + (80).to_bytes(2, "big"))
+                assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\x05\x00"
+                answer = await asyncio.wait_for(reader.readexactly(10), 5)
+                assert answer[:2] == bytes([5, code])
+                if code == 0:
+                    writer.write(b"socks by name")
+                    writer.write_eof()
+                    assert await asyncio.wait_for(read_all(reader), 5) == b"socks by name"
+                writer.close()
+            server.close()
+        assert routed == [SocketAddr(echo.ip, echo.port)]
 
     run(body())

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tests.proxy.helpers import Pki, run, tcp_server, zt_dial, zt_server
-from zt.addr import SocketAddr
+from zt.addr import HostPort, SocketAddr
 from zt.hbone.request import ConnectRequest
 from zt.proxy.client import open_tunnel
 from zt.proxy.errors import TunnelRefused
@@ -113,3 +113,21 @@ def test_before_bind_everything_is_refused(pki: Pki) -> None:
 )  # fmt: skip
 def test_is_local_address(ip: str, local: bool) -> None:
     assert is_local_address(ipaddress.ip_address(ip)) is local
+
+
+def test_a_hostname_authority_is_503_the_standalone_server_resolves_no_names(pki: Pki) -> None:
+    """`zt hbone serve` has no mesh: a CONNECT to `name:port` is refused (503 unknown_hostname),
+    never looked up or dialed."""
+
+    async def body() -> None:
+        admission = StandaloneAdmission(AllowList.parse([]))
+        async with zt_server(pki, admission=admission) as (server, addr):
+            admission.bind(addr)
+            driver = await zt_dial(pki, addr)
+            with pytest.raises(TunnelRefused) as info:
+                await open_tunnel(driver, ConnectRequest(HostPort("localhost", 22)), timeout=10)
+            driver.close()
+            assert (info.value.status, info.value.detail) == (503, "unknown_hostname")
+            assert admission.refused == {"unknown_hostname": 1} and server.tunnels == 0
+
+    run(body())

@@ -27,7 +27,6 @@ from tests.proxy.helpers import (
     zt_pair,
 )
 from zt.addr import SocketAddr
-from zt.hbone.request import ConnectRequest
 from zt.proxy.flow import UPSTREAM_FAILURE
 from zt.proxy.forward import TcpToHbone
 from zt.proxy.pool import PoolKey
@@ -338,9 +337,8 @@ def test_refused_tunnel_resets_the_app_connection(pki: Pki) -> None:
     async def body() -> None:
         async with zt_pair(pki, echo_handler) as pair:
             closed = SocketAddr.parse(f"127.0.0.1:{closed_port()}")
-            request = ConnectRequest(SocketAddr(closed.ip, closed.port))
             key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), pair.hbone)
-            forwarder = TcpToHbone.via(pair.pool, key, request.authority)
+            forwarder = TcpToHbone.via(pair.pool, key, closed)
             app = await forwarder.start(LOOPBACK)
             try:
                 reader, writer = await asyncio.open_connection(str(app.ip), app.port)

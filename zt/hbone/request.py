@@ -1,8 +1,9 @@
 """Building and strictly parsing HBONE CONNECT requests and responses.
 
 docs/design.md §2: the request is `:method CONNECT` with `:authority <dst-ip>:<dst-port>` (`[v6]:port`
-for IPv6) and no `:scheme`, `:path` or `:protocol`. ztunnel adds `baggage`, `forwarded:
-for="<src>"` and `traceparent`; zt sends them and never requires them (Envoy sends none).
+for IPv6), or `<service hostname>:<service port>` as ztunnel accepts it (the inbound side resolves
+the name: zt/state/hostnames.py), and no `:scheme`, `:path` or `:protocol`. ztunnel adds `baggage`,
+`forwarded: for="<src>"` and `traceparent`; zt sends them and never requires them (Envoy sends none).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from zt.addr import SocketAddr
+from zt.addr import Destination, HostPort, SocketAddr, parse_hostname
+from zt.errors import AddressError
 from zt.hbone.errors import BadConnectRequest, HboneUsageError
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -24,6 +26,11 @@ Headers = list[tuple[bytes, bytes]]
 REASON_HEADER = b"zt-reason"
 
 _PORT = re.compile(r"[1-9][0-9]{0,4}")
+_DOTTED_DIGITS = re.compile(r"[0-9.]*")  # parsed as an IPv4 literal, never as a name
+AUTHORITY_FORM = (
+    "ip:port, [ipv6]:port or hostname:port, with an IP literal or an RFC 1123 hostname"
+    " (labels of 1..63 letters, digits, '-'; 253 characters in all) and port 1..65535"
+)
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 # RFC 9110 §5.5: field-value = *field-content; visible ASCII, SP and HTAB, no leading/trailing WS.
 _FIELD_VALUE = re.compile(rb"[\x21-\x7e\x80-\xff]([\x20-\x7e\x80-\xff\t]*[\x21-\x7e\x80-\xff])?")
@@ -41,16 +48,19 @@ _CONNECTION_SPECIFIC = frozenset(
 
 @dataclass(frozen=True)
 class ConnectRequest:
-    """One HBONE CONNECT: where to (an IP literal and a port) plus optional context headers."""
+    """One HBONE CONNECT: where to (an IP literal and a port, or a service hostname and its port)
+    plus optional context headers."""
 
-    authority: SocketAddr  # the destination, one type from the original destination to the dial
+    # the destination: an address (one type from the original destination to the dial), or a
+    # mesh name the receiving side resolves
+    authority: Destination
     baggage: str | None = None
     forwarded_for: str | None = None
     traceparent: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.authority, SocketAddr):
-            raise BadConnectRequest("authority", self.authority, "a SocketAddr")
+        if not isinstance(self.authority, SocketAddr | HostPort):
+            raise BadConnectRequest("authority", self.authority, "a SocketAddr or a HostPort")
         if not 1 <= self.authority.port <= 65535:
             raise BadConnectRequest("authority port", self.authority.port, "1..65535")
         for name in ("baggage", "forwarded_for", "traceparent"):
@@ -64,7 +74,7 @@ class ConnectRequest:
 
     @property
     def authority_text(self) -> str:
-        """`ip:port` or `[v6]:port`, as sent in `:authority`."""
+        """`ip:port`, `[v6]:port` or `hostname:port`, as sent in `:authority`."""
         return str(self.authority)
 
     def headers(self) -> Headers:
@@ -93,7 +103,7 @@ class ConnectRequest:
                 raise BadConnectRequest(name.decode(), _text(pseudo[name]), "absent in CONNECT")
         authority = pseudo.get(b":authority")
         if authority is None:
-            raise BadConnectRequest(":authority", None, "ip:port or [ipv6]:port")
+            raise BadConnectRequest(":authority", None, AUTHORITY_FORM)
         return cls(
             authority=parse_authority(authority),
             baggage=_joined(regular, b"baggage", ","),
@@ -107,25 +117,32 @@ def format_hostport(ip: IpAddress, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
-def parse_authority(raw: bytes) -> SocketAddr:
-    """Strict `:authority`: an IP literal and a port 1..65535; hostnames, zones, userinfo refused."""
-    expected = "ip:port or [ipv6]:port with an IP literal and port 1..65535"
+def parse_authority(raw: bytes) -> Destination:
+    """Strict `:authority`: an IP literal and a port 1..65535, or a hostname (RFC 1123 §2.1) and a
+    port. Zones, userinfo, non-ASCII, a trailing dot, a numeric last label (`1.2.3`: an address
+    gone wrong, not a name) and ports with leading zeros or signs are refused."""
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
-        raise BadConnectRequest(":authority", raw, expected) from None
+        raise BadConnectRequest(":authority", raw, AUTHORITY_FORM) from None
     host, sep, port = text.rpartition(":")
     if not sep or not _PORT.fullmatch(port) or int(port) > 65535:
-        raise BadConnectRequest(":authority", text, expected)
+        raise BadConnectRequest(":authority", text, AUTHORITY_FORM)
     bracketed = host.startswith("[") and host.endswith("]")
+    if not bracketed and ":" not in host and not _DOTTED_DIGITS.fullmatch(host):
+        # ztunnel (proxy.rs HboneAddress): not a socket address, so a host name and a port
+        try:
+            return HostPort(parse_hostname(host, field=":authority"), int(port))
+        except AddressError:
+            raise BadConnectRequest(":authority", text, AUTHORITY_FORM) from None
     literal = host[1:-1] if bracketed else host
     if "%" in literal or (":" in literal) != bracketed:
         # IPv6 must be bracketed and IPv4 must not be; zone ids are meaningless across nodes.
-        raise BadConnectRequest(":authority", text, expected)
+        raise BadConnectRequest(":authority", text, AUTHORITY_FORM)
     try:
         ip = ipaddress.ip_address(literal)
     except ValueError:
-        raise BadConnectRequest(":authority", text, expected) from None
+        raise BadConnectRequest(":authority", text, AUTHORITY_FORM) from None
     return SocketAddr(ip, int(port))
 
 

@@ -22,7 +22,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zt.addr import IpAddress, SocketAddr
+from zt.addr import HostPort, IpAddress, SocketAddr
+from zt.errors import ZtError
 from zt.hbone.errors import AuthorityMismatch, PolicyDenied
 from zt.identity.spiffe import SpiffeId
 from zt.node.podnet import PodNet
@@ -40,7 +41,10 @@ from zt.state import (
     Workload,
     authorize,
     check_inbound,
+    lookup_hostname,
     own_ips,
+    resolve,
+    resolve_inbound,
     route,
 )
 from zt.telemetry.connections import (
@@ -123,6 +127,13 @@ class PodFlows:
             illegal_ports=self.services.illegal_ports,
         )
 
+    def resolve(self, name: HostPort) -> SocketAddr:
+        """A name the pod's app gave SOCKS5, resolved as the mesh's DNS would answer the pod
+        (zt/state/hostnames.py); raises UnknownHostname or HostnameUnroutable."""
+        snapshot = self.services.store.current
+        source = snapshot.by_uid.get(self.workload.uid, self.workload)
+        return resolve(snapshot, name, source, seed=random.getrandbits(32)).destination
+
     def _outbound_info(
         self, app: SocketAddr, destination: SocketAddr, decided: Route
     ) -> ConnectionInfo:
@@ -157,27 +168,35 @@ class PodFlows:
         )
 
     def admit(self, arrival: Arrival) -> Admission:
-        """Loop guard, then (HBONE) the authority must be this pod's, then policy."""
+        """A hostname authority resolved to this pod (zt/state/hostnames.py), then the loop guard
+        on where it lands, then (HBONE) the authority must be this pod's, then policy."""
         path = "hbone" if arrival.hbone else "plaintext"
-        looping = check_inbound(arrival.target, self.services.illegal_ports)
+        target = arrival.target
+        if isinstance(target, HostPort):
+            reached = arrival.local.ip if arrival.local is not None else None
+            try:
+                target = resolve_inbound(
+                    self.services.store.current, target, self.workload, reached
+                ).destination
+            except ZtError as exc:
+                return Admission.deny(exc, NO_ROUTE)
+        looping = check_inbound(target, self.services.illegal_ports)
         if looping is not None:  # refuse, never dial: the dial would come straight back here
             self.services.count_loop_guard(self.workload.uid, path, str(looping))
             return Admission.deny(looping.error(), NO_ROUTE)
         if arrival.source is None:
             return Admission.deny(AuthorityMismatch("the client's address is unknown"), NO_ROUTE)
-        if arrival.hbone and arrival.target.ip not in self.workload.ips:
-            error = AuthorityMismatch(
-                f"{arrival.target} is not an address of pod {self.workload.uid}"
-            )
+        if arrival.hbone and target.ip not in self.workload.ips:
+            error = AuthorityMismatch(f"{target} is not an address of pod {self.workload.uid}")
             return Admission.deny(error, NO_ROUTE)
         identity = str(arrival.identity) if arrival.identity is not None else None
-        conn = Connection(arrival.source.ip, arrival.target, identity, self.workload.network)
+        conn = Connection(arrival.source.ip, target, identity, self.workload.network)
         decision = authorize(conn, self.services.store.current)
         if not decision.allowed:
             self._deny_log(conn, decision)  # the node's DENY line: the flow logs no other
             denied = Admission.deny(PolicyDenied(decision.reason), policy=decision.policy or "")
             return dataclasses.replace(denied, logged=True)
-        return Admission.allow(decision.policy or "", conn)
+        return Admission.allow(decision.policy or "", conn, target)
 
     def _deny_log(self, conn: Connection, decision: Decision) -> None:
         log.info(
@@ -205,7 +224,10 @@ class PodFlows:
         else:
             src = Peer(identity=identity)
         workload = self.workload
-        service = guess_inbound_service(workload, arrival.target.port, snapshot.service_by_key)
+        if isinstance(arrival.target, HostPort):  # the CONNECT named its service
+            service = lookup_hostname(snapshot, arrival.target.host, workload.namespace)
+        else:
+            service = guess_inbound_service(workload, arrival.target.port, snapshot.service_by_key)
         # dst.addr: where the connection reached zt (a :15008 for HBONE); dst.hbone_addr: the
         # CONNECT authority (ztunnel logs inbound tunnels so, "for consistency with outbound").
         local = arrival.local if arrival.hbone else arrival.target

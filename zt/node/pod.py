@@ -69,6 +69,7 @@ class PodProxy:
         flows = PodFlows(services, workload, self.net, self.pool)
         self._outbound = flows.outbound("outbound")
         self._socks5 = flows.outbound("socks5")
+        self._resolve = flows.resolve  # SOCKS5 domain names
         self._inbound = flows.inbound()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -223,7 +224,7 @@ class PodProxy:
     ) -> None:
         self.services.count_connection("socks5")
         with self.services.telemetry.socket("source"):  # ztunnel counts its socks5 sockets so too
-            task = self._track(socks5.serve(self._socks5, reader, writer))
+            task = self._track(socks5.serve(self._socks5, reader, writer, self._resolve))
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

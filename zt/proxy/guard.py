@@ -20,6 +20,7 @@ from zt.errors import ZtError
 from zt.hbone.errors import UpstreamUnreachable
 from zt.proxy.flow import NO_ROUTE
 from zt.proxy.inbound import Admission, Arrival
+from zt.state.hostnames import UnknownHostname
 from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS, AllowList, StandaloneGuard
 
 log = logging.getLogger("zt.proxy.guard")
@@ -60,6 +61,10 @@ class StandaloneAdmission:
 
     def __call__(self, arrival: Arrival) -> Admission:
         destination = arrival.target
+        if not isinstance(destination, SocketAddr):  # no mesh here to resolve a name with
+            return self._deny(
+                arrival, UnknownHostname(f"{destination}: this server dials IPs only")
+            )
         if self.guard is None:
             return self._deny(
                 arrival, UpstreamUnreachable(f"{destination}: server not listening yet")

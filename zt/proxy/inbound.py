@@ -8,6 +8,10 @@ the socket maker (inside the pod's netns, or the host's), the observer (telemetr
 docs/design.md §2: Responses: 200 once policy passed **and** the upstream socket is connected; 400
 malformed request [...]; 401 policy denied; 503 unknown destination or upstream unreachable (10 s
 dial timeout). After 200, failures become RST_STREAM. Malformed requests are answered by the core.
+
+A CONNECT may name a service hostname instead of an address (`:authority name:port`, as ztunnel
+accepts): `admit` resolves it and says where to dial (`Admission.target`); a name nobody resolved
+is a 503, as ztunnel answers a hostname it does not know.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zt.addr import SocketAddr, from_sockaddr, unmap
+from zt.addr import Destination, SocketAddr, from_sockaddr, unmap
 from zt.errors import ZtError
 from zt.hbone.errors import UpstreamUnreachable
 from zt.hbone.request import ConnectRequest
@@ -43,6 +47,7 @@ from zt.proxy.splice import Splice
 from zt.proxy.stream import HboneStream
 from zt.proxy.tcpside import TcpSource, transport_of
 from zt.state.authz import Connection
+from zt.state.hostnames import UnknownHostname
 from zt.telemetry.ratelog import RateLimitedLogger
 
 log = logging.getLogger("zt.proxy.inbound")
@@ -56,7 +61,9 @@ class Arrival:
     """A connection as it reached zt's inbound side."""
 
     source: SocketAddr | None  # the client's address (an HBONE peer node, a plaintext client)
-    target: SocketAddr  # where it goes: the CONNECT authority, or the plaintext destination
+    # where it goes: the CONNECT authority (an address, or a service hostname `admit` resolves),
+    # or the plaintext destination (always an address)
+    target: Destination
     local: SocketAddr | None  # where it reached zt (a pod's :15008 for HBONE)
     identity: SpiffeId | None  # the HBONE peer's proven identity; None for plaintext
     request: ConnectRequest | None = None  # the CONNECT with its context headers (HBONE)
@@ -77,10 +84,17 @@ class Admission:
     policy: str = ""
     connection: Connection | None = None
     logged: bool = False  # `admit` logged the refusal itself: the flow adds no line of its own
+    # where to dial when it is not the arrival's target: a hostname authority `admit` resolved
+    target: SocketAddr | None = None
 
     @classmethod
-    def allow(cls, policy: str = "", connection: Connection | None = None) -> Admission:
-        return cls(True, policy=policy, connection=connection)
+    def allow(
+        cls,
+        policy: str = "",
+        connection: Connection | None = None,
+        target: SocketAddr | None = None,
+    ) -> Admission:
+        return cls(True, policy=policy, connection=connection, target=target)
 
     @classmethod
     def deny(cls, error: ZtError, flags: str = DENIED, policy: str = "") -> Admission:
@@ -163,10 +177,14 @@ class InboundFlow:
             assert admission.error is not None
             self._refuse(stream, arrival, admission.error, logged=admission.logged)
             return Outcome(admission.flags, str(admission.error), admission.policy)
+        target = _upstream(arrival, admission)
+        if not isinstance(target, SocketAddr):
+            self._refuse(stream, arrival, target)
+            return Outcome(UPSTREAM_FAILURE, str(target), admission.policy)
         try:
-            tcp = await self._dial(arrival.target)
+            tcp = await self._dial(target)
         except Exception as exc:
-            error = _dial_error(arrival.target, exc)
+            error = _dial_error(target, exc)
             self._refuse(stream, arrival, error)
             return Outcome(UPSTREAM_FAILURE, str(error), admission.policy)
         except asyncio.CancelledError:  # the client reset the stream before our answer
@@ -261,14 +279,16 @@ class InboundFlow:
             assert admission.error is not None
             _reset(client)
             return Outcome(admission.flags, str(admission.error), admission.policy)
+        target = _upstream(arrival, admission)
+        if not isinstance(target, SocketAddr):
+            _reset(client)
+            return Outcome(UPSTREAM_FAILURE, str(target), admission.policy)
         try:
             async with asyncio.timeout(self.dial_timeout):
-                upstream = await self.connect(arrival.target, self.dial_timeout)
+                upstream = await self.connect(target, self.dial_timeout)
         except Exception as exc:
             _reset(client)
-            return Outcome(
-                UPSTREAM_FAILURE, str(_dial_error(arrival.target, exc)), admission.policy
-            )
+            return Outcome(UPSTREAM_FAILURE, str(_dial_error(target, exc)), admission.policy)
         spliced = Splice()
         revocation = _Revocation(spliced.reset)
         forget = self.track(admission, revocation)
@@ -279,6 +299,16 @@ class InboundFlow:
             forget()
         to_client, from_client = spliced.progress()
         return revocation.outcome(result.outcome, admission.policy, to_client, from_client)
+
+
+def _upstream(arrival: Arrival, admission: Admission) -> SocketAddr | ZtError:
+    """Where an admitted connection is dialed: what `admit` resolved, else the arrival's address;
+    a hostname nobody resolved (an `admit` without a mesh) is an error, never a dial."""
+    if admission.target is not None:
+        return admission.target
+    if isinstance(arrival.target, SocketAddr):
+        return arrival.target
+    return UnknownHostname(f"{arrival.target}: no mesh here resolves hostname authorities")
 
 
 def _dial_error(target: SocketAddr, exc: Exception) -> ZtError:
@@ -297,9 +327,11 @@ def _arrival(stream: HboneStream) -> Arrival:
     peer = transport.get_extra_info("peername") if transport is not None else None
     local = transport.get_extra_info("sockname") if transport is not None else None
     authority = stream.request.authority
+    if isinstance(authority, SocketAddr):
+        authority = SocketAddr(unmap(authority.ip), authority.port)
     return Arrival(
         source=from_sockaddr(peer) if isinstance(peer, tuple) else None,
-        target=SocketAddr(unmap(authority.ip), authority.port),
+        target=authority,
         local=from_sockaddr(local) if isinstance(local, tuple) else None,
         identity=stream.driver.peer,
         request=stream.request,

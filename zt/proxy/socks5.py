@@ -2,7 +2,16 @@
 15080 SOCKS5 outbound (optional, off by default, 127.0.0.1)).
 
 Only what a mesh needs: method 0x00 (no authentication), CMD 0x01 (CONNECT), IPv4 and IPv6
-addresses. Domain names are refused (0x08): zt routes by IP and has no resolver.
+addresses, and domain names (ATYP 0x03) resolved through the mesh (zt/state/hostnames.py): a
+service's hostname, or its short forms from the pod's namespace (`echo`, `echo.ns`), becomes the
+address the pod's DNS would have answered, and the connection is routed like a captured one.
+
+A name outside the mesh is refused with 0x04 (host unreachable), the code ztunnel sends when its
+lookup fails; zt does not ask the system resolver instead. That resolver is the node's, not the
+pod's (its answers, search list and split-horizon views may differ from what the app would get),
+it blocks (a thread per lookup) on the path every SOCKS client shares, and it would send the pod's
+queries out from the node. A client that wants outside names resolves them itself and sends the
+address (ATYP 0x01/0x04), which is passed through as before.
 """
 
 from __future__ import annotations
@@ -14,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from zt.addr import SocketAddr, from_sockaddr
-from zt.errors import UsageError
+from zt.addr import Destination, HostPort, SocketAddr, from_sockaddr, parse_hostname
+from zt.errors import UsageError, ZtError
 from zt.proxy.flow import Outcome
 from zt.proxy.outbound import OutboundFlow
 
@@ -55,7 +64,11 @@ class Greeting:
 @dataclass(frozen=True)
 class ConnectCommand:
     consumed: int
-    destination: SocketAddr
+    destination: Destination  # a HostPort for a domain name (ATYP 0x03), to be resolved
+
+
+# Resolves a domain name through the mesh (zt/node/flows.py PodFlows.resolve); raises a ZtError.
+Resolver = Callable[[HostPort], SocketAddr]
 
 
 def parse_greeting(buf: bytes) -> Greeting | None:
@@ -83,18 +96,44 @@ def parse_connect(buf: bytes) -> ConnectCommand | None:
         )
     atyp = buf[3]
     if atyp == ATYP_DOMAIN:
-        raise SocksError("request: domain names are not routed, send an IP", REP_ATYP_UNSUPPORTED)
-    size = {ATYP_V4: 4, ATYP_V6: 16}.get(atyp)
-    if size is None:
-        raise SocksError(f"request: got address type {atyp}, expected 1 or 4", REP_ATYP_UNSUPPORTED)
-    end = 4 + size + 2
+        # RFC 1928 §4: "the address field contains a fully-qualified domain name. The first octet
+        # of the address field contains the number of octets of name that follow, there is no
+        # terminating NUL octet."
+        if len(buf) < 5:
+            return None
+        start, size = 5, buf[4]
+    else:
+        start, size = 4, {ATYP_V4: 4, ATYP_V6: 16}.get(atyp, -1)
+        if size < 0:
+            expected = "1 (IPv4), 3 (domain name) or 4 (IPv6)"
+            raise SocksError(
+                f"request: got address type {atyp}, expected {expected}", REP_ATYP_UNSUPPORTED
+            )
+    end = start + size + 2
     if len(buf) < end:
         return None
-    ip = ipaddress.ip_address(bytes(buf[4 : 4 + size]))
-    port = int.from_bytes(buf[4 + size : end], "big")
+    port = int.from_bytes(buf[end - 2 : end], "big")
     if port == 0:
         raise SocksError("request: got port 0, expected 1..65535", REP_NOT_ALLOWED)
-    return ConnectCommand(end, SocketAddr(ip, port))
+    raw = bytes(buf[start : end - 2])
+    if atyp != ATYP_DOMAIN:
+        return ConnectCommand(end, SocketAddr(ipaddress.ip_address(raw), port))
+    return ConnectCommand(end, _domain(raw, port))
+
+
+def _domain(raw: bytes, port: int) -> Destination:
+    """A domain name as an address when it is one (clients send literals so too), else a valid
+    hostname to resolve; anything else is a host zt cannot reach (0x04)."""
+    text = raw.decode("ascii", "replace")
+    try:
+        if "%" not in text:  # a zone id means nothing beyond this host (ATYP 4 cannot carry one)
+            return SocketAddr(ipaddress.ip_address(text), port)
+    except ValueError:
+        pass
+    try:
+        return HostPort(parse_hostname(text, field="domain name", absolute=True), port)
+    except ZtError as exc:
+        raise SocksError(f"request: {exc}", REP_HOST_UNREACHABLE) from None
 
 
 def reply(code: int, bound: SocketAddr | None = None) -> bytes:
@@ -118,9 +157,13 @@ async def _read_until(
 
 
 async def serve(
-    flow: OutboundFlow, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    flow: OutboundFlow,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    resolve: Resolver | None = None,
 ) -> Outcome | None:
-    """A SOCKS5 client: negotiate, then the outbound flow carries it like a captured connection
+    """A SOCKS5 client: negotiate, resolve a domain name through the mesh (`resolve`; without
+    one, names are refused), then the outbound flow carries it like a captured connection
     (None: refused during the negotiation, answered with its reply code)."""
     app = from_sockaddr(writer.get_extra_info("peername"))
     buf = bytearray()
@@ -131,6 +174,7 @@ async def serve(
             raise SocksError("client offers no method zt accepts (no authentication)")
         del buf[: greeting.consumed]
         command = await _read_until(reader, buf, parse_connect)
+        destination = _resolved(command.destination, resolve)
     except SocksError as exc:
         log.info("SOCKS5 from %s refused: %s", app, exc)
         writer.write(reply(exc.reply))
@@ -143,4 +187,15 @@ async def serve(
     def announce(ok: bool) -> None:
         writer.write(reply(REP_OK if ok else REP_HOST_UNREACHABLE))
 
-    return await flow.carry((reader, writer), app, command.destination, announce)
+    return await flow.carry((reader, writer), app, destination, announce)
+
+
+def _resolved(destination: Destination, resolve: Resolver | None) -> SocketAddr:
+    if isinstance(destination, SocketAddr):
+        return destination
+    if resolve is None:
+        raise SocksError(f"request: {destination}: no mesh to resolve names", REP_HOST_UNREACHABLE)
+    try:
+        return resolve(destination)
+    except ZtError as exc:  # not a name of the mesh, or nothing behind it reachable from here
+        raise SocksError(f"request: {exc}", REP_HOST_UNREACHABLE) from None

@@ -1,6 +1,14 @@
 """The mesh's state: frozen domain objects, the indexed snapshot, and the pure decisions on it."""
 
 from zt.state.authz import Connection, Decision, authorize
+from zt.state.hostnames import (
+    HostnameUnroutable,
+    Resolved,
+    UnknownHostname,
+    lookup_hostname,
+    resolve,
+    resolve_inbound,
+)
 from zt.state.loopguard import (
     DEFAULT_ILLEGAL_PORTS,
     AllowList,
@@ -29,22 +37,28 @@ __all__ = [
     "Decision",
     "DestinationNotAllowed",
     "Health",
+    "HostnameUnroutable",
     "LoopGuardRefused",
     "Policy",
     "Protocol",
     "Refusal",
+    "Resolved",
     "Route",
     "RouteKind",
     "Scope",
     "Service",
     "Snapshot",
     "StandaloneGuard",
+    "UnknownHostname",
     "Workload",
     "authorize",
     "check_inbound",
     "check_outbound",
     "illegal_ports",
+    "lookup_hostname",
     "own_ips",
     "parse_allow",
+    "resolve",
+    "resolve_inbound",
     "route",
 ]

@@ -73,7 +73,7 @@ def _to_workload(
     return Route(RouteKind.TCP, target, None, (), reason, w.uid)
 
 
-def _target_port(service: Service, endpoint: Workload, service_port: int) -> int:
+def target_port(service: Service, endpoint: Workload, service_port: int) -> int:
     """The endpoint's own mapping wins; else the service's; 0 means nothing maps it."""
     own = endpoint.services.get(service.key, {}).get(service_port, 0)
     return own or service.ports.get(service_port, 0)
@@ -89,12 +89,12 @@ def _via_service(
         w
         for w in snapshot.endpoints.get(key, ())
         if w.healthy and w.ips and w.network == source.network
-        if _target_port(service, w, dst.port)
+        if target_port(service, w, dst.port)
     ]
     if not candidates:
         return _refused(f"service {key} has no healthy endpoint for port {dst.port}", key)
     endpoint = random.Random(f"{seed}/{source.uid}/{dst}").choice(candidates)
-    port = _target_port(service, endpoint, dst.port)
+    port = target_port(service, endpoint, dst.port)
     reason = f"service {key} port {dst.port} -> endpoint {endpoint.uid} port {port}"
     chosen = _to_workload(
         endpoint, _pick_ip(endpoint, dst.ip), port, reason, service.subject_alt_names

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -126,6 +127,43 @@ def test_route_kinds() -> None:
         "127.0.0.1:15000": "refused",
         "[fd00:2::2]:9": "hbone",
     }
+
+
+@pytest.mark.parametrize("name", ["echo", "echo.default", "ECHO.default.svc.cluster.local."])
+def test_route_by_mesh_hostname_prints_the_resolved_address_then_the_same_route(name: str) -> None:
+    code, out = _route("--src", "default/pod-a1", "--dst", f"{name}:80")
+    assert code == 0, out
+    by_name = json.loads(out)
+    resolved = by_name.pop("resolved")
+    assert resolved["name"] == f"{name.lower().rstrip('.')}:80"
+    assert resolved["address"] == "10.96.0.10:80"  # the service's IPv4 VIP
+    assert "default/echo.default.svc.cluster.local" in resolved["how"]
+    assert by_name == json.loads(_route("--src", "default/pod-a1", "--dst", "10.96.0.10:80")[1])
+    text = runner.invoke(
+        app, ["route", "--config", EXAMPLE, "--src", "default/pod-a1", "--dst", f"{name}:80"]
+    ).output
+    assert text.splitlines()[:2] == [
+        f"resolved: {resolved['name']} -> 10.96.0.10:80 ({resolved['how']})",
+        "kind: hbone",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("dst", "message"),
+    [
+        (
+            "nope:80",
+            "zt: --dst: got 'nope:80', expected a service hostname of the mesh and a port"
+            " (tried nope, nope.default.svc.cluster.local)",
+        ),
+        ("bad_name:80", "zt: --dst: got 'bad_name' (label 'bad_name'), expected a hostname of"),
+        ("echo:0", "zt: --dst: got port '0' in 'echo:0', expected 1..65535"),
+    ],
+)
+def test_route_unknown_or_bad_hostname_exit_2_naming_the_value(dst: str, message: str) -> None:
+    code, out = _route("--src", "default/pod-a1", "--dst", dst)
+    assert code == 2 and len(out.strip().splitlines()) == 1
+    assert out.startswith(message), out
 
 
 def test_route_unknown_source_exit_2() -> None:

@@ -123,13 +123,13 @@ def test_non_200_ends_the_stream_on_both_sides(error: Exception) -> None:
 def test_malformed_request_costs_one_stream_not_the_connection() -> None:
     pair = Pair()
     good = pair.tunnel()
-    # A raw h2 client sends what our client core never would: a hostname authority.
+    # A raw h2 client sends what our client core never would: an authority with userinfo.
     raw = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     raw.initiate_connection()
     server = HboneConnection("server", now=0.0)
     server.receive_data(raw.data_to_send(), 0.0)
     raw.receive_data(server.data_to_send())
-    raw.send_headers(1, [(":method", "CONNECT"), (":authority", "example.com:443")])
+    raw.send_headers(1, [(":method", "CONNECT"), (":authority", "user@example.com:443")])
     events = server.receive_data(raw.data_to_send(), 0.0)
     assert len(events) == 1
     rejected = events[0]

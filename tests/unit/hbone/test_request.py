@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from zt.addr import SocketAddr
+from zt.addr import HostPort, SocketAddr
 from zt.errors import ZtError
 from zt.hbone.errors import BadConnectRequest
 from zt.hbone.request import (
@@ -74,9 +74,45 @@ def test_authority_accepted(authority: bytes, ip: str, port: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("authority", "host", "port"),
+    [
+        (b"echo.default.svc.cluster.local:80", "echo.default.svc.cluster.local", 80),
+        (b"Echo.Default.SVC.cluster.local:8080", "echo.default.svc.cluster.local", 8080),
+        (b"a:1", "a", 1),
+        (b"1x.2y:65535", "1x.2y", 65535),
+        (b"x" * 63 + b".com:443", "x" * 63 + ".com", 443),
+        (b"a." * 125 + b"com:80", "a." * 125 + "com", 80),  # 253 characters
+    ],
+)
+def test_hostname_authority_accepted_lowercased(authority: bytes, host: str, port: int) -> None:
+    # ztunnel accepts a service hostname in `:authority` (its HboneAddress::SvcHostname)
+    parsed = ConnectRequest.parse(base(authority))
+    assert parsed.authority == HostPort(host, port)
+    assert ConnectRequest.parse(parsed.headers()) == parsed
+    assert parsed.authority_text == authority.decode().lower()
+
+
+@pytest.mark.parametrize(
     "authority",
     [
-        b"example.com:80",  # hostname: docs/design.md §2: a bare hostname is a 400
+        b"1.2.3:80",  # digits and dots are an IP literal or nothing: never a name
+        b"1.2.3.4.5:80",
+        b"example.com",  # a hostname without a port
+        b"example.com:0",
+        b"example.com:65536",
+        b"example.com:+80",
+        b"example..com:80",  # an empty label
+        b".example.com:80",
+        b"example.com.:80",  # a trailing dot: peers send names as the mesh has them
+        b"-example.com:80",  # a label starting or ending with '-'
+        b"example-.com:80",
+        b"exa_mple.com:80",  # characters outside RFC 1123
+        b"exa mple.com:80",
+        b"ex\xc3\xa4mple.com:80",
+        b"user@example.com:80",
+        b"example.123:80",  # a numeric last label (RFC 1123 §2.1)
+        b"x" * 64 + b".com:80",  # a label longer than 63
+        b"a." * 126 + b"com:80",  # a name longer than 253
         b"1.2.3.4",  # no port
         b"1.2.3.4:0",
         b"1.2.3.4:65536",

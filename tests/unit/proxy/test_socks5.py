@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from zt.addr import SocketAddr
+from zt.addr import HostPort, SocketAddr
 from zt.proxy.socks5 import (
     REP_ATYP_UNSUPPORTED,
     REP_CMD_UNSUPPORTED,
+    REP_HOST_UNREACHABLE,
+    REP_NOT_ALLOWED,
     SocksError,
     parse_connect,
     parse_greeting,
@@ -41,11 +43,51 @@ def test_connect_v4_and_v6() -> None:
     ("request_bytes", "code"),
     [
         (b"\x05\x02\x00\x01\x0a\x00\x00\x01\x00\x50", REP_CMD_UNSUPPORTED),
-        (b"\x05\x01\x00\x03\x07example\x00\x50", REP_ATYP_UNSUPPORTED),
         (b"\x05\x01\x00\x09", REP_ATYP_UNSUPPORTED),
     ],
 )
 def test_connect_refusals_carry_their_reply_code(request_bytes: bytes, code: int) -> None:
+    with pytest.raises(SocksError) as info:
+        parse_connect(request_bytes)
+    assert info.value.reply == code
+
+
+def _domain(name: bytes, port: int = 80) -> bytes:
+    # RFC 1928 §4: ATYP 3, one octet of length, the name (no NUL), the port
+    return b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big")
+
+
+@pytest.mark.parametrize(
+    ("name", "destination"),
+    [
+        (b"echo.default.svc.cluster.local", HostPort("echo.default.svc.cluster.local", 80)),
+        (b"Echo.", HostPort("echo", 80)),  # an FQDN's root dot; case folded
+        (b"10.2.0.2", SocketAddr.parse("10.2.0.2:80")),  # clients send literals as names too
+        (b"fd00::2", SocketAddr.parse("[fd00::2]:80")),
+    ],
+)
+def test_connect_domain_name(name: bytes, destination: object) -> None:
+    request = _domain(name) + b"first app bytes"
+    for cut in range(len(_domain(name))):
+        assert parse_connect(request[:cut]) is None  # incomplete: wait for more
+    cmd = parse_connect(request)
+    assert cmd is not None and cmd.destination == destination
+    assert cmd.consumed == len(_domain(name))
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "code"),
+    [
+        (_domain(b""), REP_HOST_UNREACHABLE),
+        (_domain(b"bad_name"), REP_HOST_UNREACHABLE),
+        (_domain(b"a..b"), REP_HOST_UNREACHABLE),
+        (_domain(b"fe80::1%eth0"), REP_HOST_UNREACHABLE),
+        (_domain(b"x" * 64), REP_HOST_UNREACHABLE),
+        (_domain("caf\u00e9".encode()), REP_HOST_UNREACHABLE),
+        (_domain(b"echo", 0), REP_NOT_ALLOWED),
+    ],
+)
+def test_connect_bad_domain_names_are_unreachable_hosts(request_bytes: bytes, code: int) -> None:
     with pytest.raises(SocksError) as info:
         parse_connect(request_bytes)
     assert info.value.reply == code
