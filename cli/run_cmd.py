@@ -161,6 +161,22 @@ def command(
             "the connection)"
         ),
     ] = KTLS,
+    dns: Annotated[
+        bool,
+        typer.Option(
+            "--dns/--no-dns",
+            help="each pod's DNS proxy on its 127.0.0.1/[::1]:15053, where capture steers the "
+            "pod's port-53 traffic: mesh names from the mesh, the rest forwarded",
+        ),
+    ] = True,
+    dns_upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="where the DNS proxy forwards what the mesh does not hold, IP[:PORT] or "
+            "[IPV6]:PORT (repeatable; default: the nameservers of /etc/resolv.conf)",
+            metavar="ADDR",
+        ),
+    ] = None,
 ) -> None:
     """Run the node proxy: capture, HBONE, policy, metrics, readiness and admin endpoints.
 
@@ -173,6 +189,7 @@ def command(
 
     from zt.fleet.connect import parse_endpoints  # noqa: PLC0415
     from zt.node.daemon import NodeDaemon, NodeOptions  # noqa: PLC0415
+    from zt.node.options import dns_upstream as parse_dns_upstream  # noqa: PLC0415
     from zt.node.sources import preflight  # noqa: PLC0415
     from zt.proxy import ktls as ktls_mode  # noqa: PLC0415
     from zt.telemetry.logsetup import configure  # noqa: PLC0415
@@ -203,6 +220,8 @@ def command(
         socks5=socks5,
         workers=workers,
         ktls=ktls,
+        dns=dns,
+        dns_upstreams=tuple(parse_dns_upstream(u) for u in dns_upstream or ()),
     )
     preflight(options)  # a missing CA or state dir: one line, before any BPF or socket
     ktls_mode.configure(ktls)  # --ktls on without the kernel's tls module: one line, too

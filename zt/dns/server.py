@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from zt.dns.cache import Cache, CacheSettings
 from zt.dns.core import CoreSettings, DnsCore, Drop, Forward, Reply
@@ -52,11 +52,19 @@ class ServerSettings:
 
 
 class _Udp(asyncio.DatagramProtocol):
+    """One UDP socket of the server: answers go out on the socket the query came in on."""
+
     def __init__(self, server: DnsServer) -> None:
         self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a datagram transport (asyncio's selector one does not subclass DatagramTransport in 3.11)
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.server.udp_query(data, addr)
+        if self.transport is not None:
+            self.server.udp_query(data, addr, self.transport)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("dns udp error: %s", exc)  # an ICMP error for an earlier answer: nothing to do
@@ -67,7 +75,7 @@ class DnsServer:
         self,
         names: Callable[[], Snapshot],
         upstreams: Sequence[Upstream],
-        socket_maker: SocketMaker,
+        socket_maker: SocketMaker = socket.socket,
         metrics: DnsMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         *,
@@ -88,8 +96,8 @@ class DnsServer:
         self._make = socket_maker
         self._metrics = metrics
         self._clock = clock
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[asyncio.StreamWriter] = set()
         self._forwards = 0  # upstream exchanges in flight
@@ -97,22 +105,34 @@ class DnsServer:
         self.tcp_address: tuple[str, int] | None = None
 
     # -- life --------------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, sockets: Sequence[socket.socket] = ()) -> None:
+        """Serve on `sockets` when given: bound UDP sockets and listening TCP sockets, such as
+        the marked ones zt.capture.netns.open_dns_sockets makes in a pod (the server owns them
+        from now on, also when start fails). Else on a UDP and a TCP socket of `socket_maker`
+        bound to `settings.address:port`."""
         loop = asyncio.get_running_loop()
+        pending = list(sockets)
         try:
-            udp = self._bound(socket.SOCK_DGRAM)
-            try:
-                transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=udp)
-            except BaseException:
-                udp.close()
-                raise
-            self._udp = transport
-            self.udp_address = udp.getsockname()[:2]
-            # the same port for TCP (port 0: the one UDP got), as clients expect (RFC 7766 §5)
-            tcp = self._bound(socket.SOCK_STREAM, self.udp_address[1])
-            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
-            self.tcp_address = tcp.getsockname()[:2]
+            if not pending:
+                udp = self._bound(socket.SOCK_DGRAM)
+                pending.append(udp)
+                # the same port for TCP (port 0: the one UDP got), as clients expect (RFC 7766 §5)
+                pending.append(self._bound(socket.SOCK_STREAM, udp.getsockname()[1]))
+            while pending:
+                sock = pending.pop(0)
+                sock.setblocking(False)
+                if sock.type == socket.SOCK_DGRAM:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        lambda: _Udp(self), sock=sock
+                    )
+                    self._udp.append(transport)
+                    self.udp_address = self.udp_address or sock.getsockname()[:2]
+                else:
+                    self._tcp.append(await asyncio.start_server(self._serve_tcp, sock=sock))
+                    self.tcp_address = self.tcp_address or sock.getsockname()[:2]
         except BaseException:
+            for sock in pending:
+                sock.close()
             await self.close()
             raise
         log.info("dns proxy for %s on %s udp+tcp", self.client_uid, self.udp_address)
@@ -140,12 +160,12 @@ class DnsServer:
 
     async def close(self) -> None:
         """Stop serving and release every socket (listeners, connections, upstream queries)."""
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
-            self._tcp = None
+        for transport in self._udp:
+            transport.close()
+        self._udp.clear()
+        for server in self._tcp:
+            server.close()
+        self._tcp.clear()
         for writer in list(self._connections):
             writer.close()
         tasks = list(self._tasks)
@@ -154,21 +174,29 @@ class DnsServer:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- queries -----------------------------------------------------------------------------------
-    def udp_query(self, data: bytes, addr: tuple[str, int]) -> None:
+    def udp_query(
+        self, data: bytes, addr: tuple[str, int], transport: asyncio.DatagramTransport
+    ) -> None:
         """One datagram: answered at once when the core can, else in a task."""
         start = self._clock()
         command = self.core.handle(data, Transport.UDP, start)
         if isinstance(command, Forward):
-            self._spawn(self._udp_forward(command, addr, start))
+            self._spawn(self._udp_forward(command, addr, start, transport))
             return
         wire = self._finish(command, start)
-        if wire is not None and self._udp is not None:
-            self._udp.sendto(wire, addr)
+        if wire is not None and not transport.is_closing():
+            transport.sendto(wire, addr)
 
-    async def _udp_forward(self, forward: Forward, addr: tuple[str, int], start: float) -> None:
+    async def _udp_forward(
+        self,
+        forward: Forward,
+        addr: tuple[str, int],
+        start: float,
+        transport: asyncio.DatagramTransport,
+    ) -> None:
         wire = self._finish(await self._forward(forward), start)
-        if wire is not None and self._udp is not None:
-            self._udp.sendto(wire, addr)
+        if wire is not None and not transport.is_closing():
+            transport.sendto(wire, addr)
 
     async def _forward(self, forward: Forward) -> Reply:
         if self._forwards >= self.settings.max_forwards:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from zt.capture import Capture
 from zt.config import SnapshotStore
 from zt.identity.manager import CertificateManager
+from zt.node.dns import NodeDns
 from zt.node.options import NodeOptions
 from zt.node.pod import PodProxy
 from zt.node.services import NodeServices, renew_loop
@@ -64,6 +65,8 @@ class NodeCore:
             worker=self.worker,
             reuse_port=opts.workers > 1 or not leader,
             enrolls=leader,
+            # the leader alone serves each pod's DNS (zt/node/dns.py says why)
+            dns=NodeDns.open(opts.dns_upstreams, self.registry) if opts.dns and leader else None,
         )
         # what escapes a callback is counted and logged rate-limited, not one traceback each
         install_exception_handler(metrics=services.accept_metrics())

@@ -130,9 +130,9 @@ class NodeDaemon:
         self.readiness.set("config")
         await self._endpoints(store)
         certs = await open_certs(opts, self.registry)
-        # dns=False until the node serves each pod's DNS proxy on :15053 (then `--dns/--no-dns`)
+        # --dns: port 53 of every enrolled pod goes to its DNS proxy on :15053 (zt/node/dns.py)
         open_capture = functools.partial(
-            Capture.open, opts.capture, pin_dir=opts.pin_dir, dns=False
+            Capture.open, opts.capture, pin_dir=opts.pin_dir, dns=opts.dns
         )
         capture = await asyncio.to_thread(open_capture)
         self.services = self.core.open(store, certs.manager, capture)
@@ -479,6 +479,7 @@ class NodeDaemon:
             "pods_held_in_capture": sorted(self._held),
             "pods": [self._pod_info(p) for p in self.pods.values()],
             "capture": services.capture.status().to_dict() if services else None,
+            "dns": services.dns.dump() if services and services.dns else {"enabled": False},
             "workers": self.workers.info() if self.workers else [],
         }  # fmt: skip
 

@@ -15,6 +15,8 @@ from typing import Literal, get_args
 
 from zt.addr import SocketAddr
 from zt.capture import Mode
+from zt.dns.errors import UpstreamConfigError
+from zt.dns.upstream import Upstream, parse_upstream
 from zt.errors import UsageError
 from zt.node.reconcile import DEFAULT_GRACE
 from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits
@@ -81,10 +83,19 @@ class NodeOptions:
     socks5: bool = False
     workers: int = 1  # data-plane processes: this one (the leader) plus workers - 1 followers
     ktls: str = "auto"  # kernel TLS for HBONE: auto | on | off (zt/proxy/ktls.py says why auto)
+    # each pod's DNS proxy (docs/dns.md "In the node"): capture steers its port-53 traffic there;
+    # no upstreams given: the node's /etc/resolv.conf
+    dns: bool = True
+    dns_upstreams: tuple[Upstream, ...] = ()
 
     def __post_init__(self) -> None:
         self._check_mode()
         self._check_ktls()
+        if self.dns_upstreams and not self.dns:
+            raise UsageError(
+                f"--dns-upstream: got {', '.join(map(str, self.dns_upstreams))} with --no-dns, "
+                "expected it only with the DNS proxy on (--dns)"
+            )
         if not is_loopback(self.admin) and not self.admin_allow_remote:
             # The admin API has no authentication (as Envoy's and ztunnel's): anyone who reaches
             # it can POST /quitquitquit. ztunnel binds it to localhost only.
@@ -167,6 +178,8 @@ class NodeOptions:
                 "workers": self.workers,
                 "handshake_timeout": self.handshake_timeout,
                 "ktls": self.ktls,
+                "dns": self.dns,
+                "dns_upstreams": [str(u) for u in self.dns_upstreams],
                 # not served by followers, but guarded by them (the loop guard's ports)
                 "metrics": str(self.metrics),
                 "readiness": str(self.readiness),
@@ -201,15 +214,28 @@ class NodeOptions:
                 workers=int(doc["workers"]),
                 handshake_timeout=float(doc["handshake_timeout"]),
                 ktls=str(doc["ktls"]),
+                dns=bool(doc["dns"]),
+                dns_upstreams=tuple(parse_upstream(str(u)) for u in doc["dns_upstreams"]),
                 metrics=SocketAddr.parse(str(doc["metrics"])),
                 readiness=SocketAddr.parse(str(doc["readiness"])),
                 admin=SocketAddr.parse(str(doc["admin"])),
                 admin_allow_remote=bool(doc["admin_allow_remote"]),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, UpstreamConfigError) as exc:
             raise UsageError(
                 f"--options: got {text!r}, expected the leader's JSON ({exc})"
             ) from None
+
+
+def dns_upstream(text: str) -> Upstream:
+    """One `--dns-upstream` value: an IP address with an optional port."""
+    try:
+        return parse_upstream(text)
+    except UpstreamConfigError:
+        raise UsageError(
+            f"--dns-upstream: got {text!r}, expected an IP address with an optional port "
+            "(10.96.0.10, 10.96.0.10:5353, fd00::a, [fd00::a]:53)"
+        ) from None
 
 
 def _opt(path: Path | None) -> str | None:

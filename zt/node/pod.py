@@ -14,6 +14,7 @@ from pathlib import Path
 
 from zt.addr import SocketAddr, from_sockaddr, unmap
 from zt.capture import ListenerSockets, PodCapture
+from zt.dns.server import DnsServer
 from zt.errors import ZtError
 from zt.identity.certs import WorkloadCert
 from zt.identity.errors import CertificateUnavailable
@@ -64,6 +65,7 @@ class PodProxy:
         self.connections_group = ConnectionGroup(self.uid, services.accept_limits)
         self._accept_metrics = services.accept_metrics()
         self._hbone: HboneServer | None = None
+        self._dns: DnsServer | None = None
         self._tasks: set[asyncio.Future[object]] = set()
         self.enrolled = False
         flows = PodFlows(services, workload, self.net, self.pool)
@@ -95,6 +97,7 @@ class PodProxy:
                 log.warning("pod %s: tcp_migrate_req not set: %s", self.uid, exc)
         socks = await asyncio.to_thread(listeners)
         try:
+            await self._start_dns()  # before enrolling: capture steers port 53 from then on
             if self.services.enrolls:  # a follower worker's sockets join the leader's groups
                 await asyncio.to_thread(self.services.capture.enroll, self._capture_spec(socks))
                 self.enrolled = True
@@ -122,6 +125,7 @@ class PodProxy:
                 )
                 self._serve(proxy, serve_streams(self._socks5_client, limit=STREAM_LIMIT), "socks5")
         except BaseException:
+            await self._stop_dns()
             self._close_servers()  # servers own their sockets; close the rest by hand
             for sock in (socks.outbound, socks.inbound_plain, socks.inbound_hbone):
                 if sock.fileno() != -1:
@@ -130,6 +134,17 @@ class PodProxy:
         log.info(
             "pod %s served in %s (%s)", self.uid, self.netns, ", ".join(map(str, self.workload.ips))
         )
+
+    async def _start_dns(self) -> None:
+        dns = self.services.dns
+        if dns is not None:
+            store = self.services.store
+            self._dns = await dns.serve(self.net.path, self.uid, lambda: store.current)
+
+    async def _stop_dns(self) -> None:
+        dns, self._dns = self._dns, None
+        if dns is not None:
+            await dns.close()
 
     def _capture_spec(self, socks: ListenerSockets) -> PodCapture:
         first = {ip.version: ip for ip in reversed(self.workload.ips)}
@@ -141,6 +156,7 @@ class PodProxy:
         then abort what remains. `unenroll=False` (node shutdown) leaves the pod captured: with
         the listeners gone its traffic is dropped (fail closed) until a new zt registers."""
         self._close_servers()
+        await self._stop_dns()  # its queries have nothing to drain: clients ask again
         if self._hbone is not None:
             await self._hbone.shutdown(deadline)
         if self._tasks:

@@ -12,6 +12,7 @@ from zt.config import SnapshotStore
 from zt.errors import ZtError
 from zt.identity.manager import CertificateManager
 from zt.node.conntrack import ConnTracker
+from zt.node.dns import NodeDns
 from zt.proxy.accept import DEFAULT_LIMITS, AcceptLimits, AcceptMetrics
 from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS
 from zt.state.loopguard import METRIC as LOOP_GUARD_METRIC
@@ -56,6 +57,8 @@ class NodeServices:
     worker: int = 0
     reuse_port: bool = False
     enrolls: bool = True
+    # each pod's DNS proxy (zt/node/dns.py): None with --no-dns and in follower workers
+    dns: NodeDns | None = None
     _accepted: Counter | None = field(default=None, init=False, repr=False)
     # Caps, deadlines and keepalive of every pod's accept loops (zt/proxy/accept.py).
     accept_limits: AcceptLimits = DEFAULT_LIMITS
