@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import ipaddress
+import json
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -79,6 +83,7 @@ class Exchange:
     received: bytes
     error: str  # "" when the peer echoed and closed cleanly
     seconds: float
+    peer: str = ""  # the address it connected to (what a name resolved to)
 
     @property
     def echoed(self) -> bool:
@@ -93,28 +98,44 @@ def _fmt(addr: tuple[object, ...]) -> str:
     return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _talk(host: str, port: int, payload: bytes, timeout: float) -> Exchange:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """`host` is an IP address or a name (resolved by the C library, as any app's)."""
     start = time.monotonic()
-    local, received, error = "", b"", ""
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
+    local, peer, received, error = "", "", b"", ""
+    sock: socket.socket | None = None
+    try:
+        if _is_ip(host):
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            sock.settimeout(timeout)
             sock.connect((host, port))
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            while chunk := sock.recv(CHUNK):
-                received += chunk
-        except OSError as exc:  # refused, reset, timeout: the verdict, not a crash
-            error = type(exc).__name__ if not exc.strerror else exc.strerror
-        # after the fact: a reset that beats connect()'s SO_ERROR check still leaves the socket
-        # bound to the port the proxy saw (and logged as src.addr)
-        with contextlib.suppress(OSError):
-            bound = sock.getsockname()
-            local = _fmt(bound) if bound[1] else ""
+        else:  # every address the name has, in the order getaddrinfo gives them
+            sock = socket.create_connection((host, port), timeout=timeout)
+        peer = _fmt(sock.getpeername())
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        while chunk := sock.recv(CHUNK):
+            received += chunk
+    except OSError as exc:  # refused, reset, timeout, no such name: the verdict, not a crash
+        error = type(exc).__name__ if not exc.strerror else exc.strerror
+    finally:
+        if sock is not None:
+            # after the fact: a reset that beats connect()'s SO_ERROR check still leaves the
+            # socket bound to the port the proxy saw (and logged as src.addr)
+            with contextlib.suppress(OSError):
+                bound = sock.getsockname()
+                local = _fmt(bound) if bound[1] else ""
+            sock.close()
     if not error and received != payload:
         error = f"echo mismatch: sent {len(payload)} bytes, got {len(received)} back"
-    return Exchange(local, len(payload), received, error, time.monotonic() - start)
+    return Exchange(local, len(payload), received, error, time.monotonic() - start, peer)
 
 
 def exchange(
@@ -122,6 +143,25 @@ def exchange(
 ) -> Exchange:
     """Connect from inside netns as an app would, send payload, half-close, read to EOF."""
     return run_in_netns(netns, lambda: _talk(host, port, payload, timeout), timeout=timeout + 10)
+
+
+def exchange_by_name(
+    netns: str, name: str, port: int, payload: bytes, *, timeout: float = 10.0
+) -> Exchange:
+    """`exchange` to a name, resolved as a pod app resolves it: a process under `ip netns exec`,
+    whose /etc/resolv.conf is the pod's (zt.lab.dns), asking through glibc."""
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-P", "-m", "zt.lab.apps", "exchange",
+            name, str(port), "--timeout", str(timeout)]  # fmt: skip
+    done = subprocess.run(
+        argv, input=payload, capture_output=True, timeout=timeout + 20, check=False
+    )
+    try:
+        doc = json.loads(done.stdout)
+    except ValueError:
+        err = done.stderr.decode(errors="replace").strip()[-300:]
+        return Exchange("", len(payload), b"", f"app failed: {err or done.returncode}", 0.0)
+    received = bytes.fromhex(doc["received"])
+    return Exchange(doc["local"], doc["sent"], received, doc["error"], doc["seconds"], doc["peer"])
 
 
 def connect_only(netns: str, host: str, port: int, *, timeout: float = 5.0) -> socket.socket:
@@ -168,7 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("host")
     send.add_argument("port", type=int)
     send.add_argument("text", nargs="?", default="hello from zt lab")
+    ex = sub.add_parser("exchange", help="send stdin to HOST PORT, print what happened as JSON")
+    ex.add_argument("host")
+    ex.add_argument("port", type=int)
+    ex.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
+    if args.app == "exchange":
+        got = _talk(args.host, args.port, sys.stdin.buffer.read(), args.timeout)
+        doc = {**dataclasses.asdict(got), "received": got.received.hex()}
+        print(json.dumps(doc))
+        return 0
     if args.app == "send":
         got = _talk(args.host, args.port, args.text.encode() + b"\n", 10.0)
         print(got.received.decode(errors="replace"), end="")

@@ -24,7 +24,7 @@ from zt.capture import remove_pins
 from zt.config import load_document
 from zt.errors import NotFoundError, UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
-from zt.lab import fleet, mesh, prometheus, runner, topology
+from zt.lab import dns, fleet, mesh, prometheus, runner, topology
 from zt.lab.apps import wait_listening
 from zt.lab.state import LabState, Proc, load, load_or_none, save, start_time, state_dir
 from zt.timescale import scaled
@@ -215,10 +215,17 @@ class _Build:
         for label, ns, ports in where:
             log = self.state.dir / f"app-{label}.log"
             self.record(_proc(f"app:{label}", runner.start_app(ns, ports, log), log))
+        # the outside host's DNS server, every node's upstream (zt.lab.dns)
+        pid, log = dns.start_dnsmasq(self.lab, self.state.dir)
+        self.record(_proc(dns.ROLE, pid, log))
+        confs = dns.write_resolv_confs(self.lab)
         for _label, ns, ports in where:
             for port in ports:
                 wait_listening(ns, port)
-        return f"echo servers on {', '.join(map(str, APP_PORTS))} in {len(where)} namespaces"
+        return (
+            f"echo servers on {', '.join(map(str, APP_PORTS))} in {len(where)} namespaces; "
+            f"dnsmasq on {EXT}:53 pid {pid}; {confs} pod resolv.conf(s)"
+        )
 
     def daemons(self) -> str:
         for node in self.lab.nodes:
@@ -229,7 +236,7 @@ class _Build:
                 self.state.dir,
                 capture=self.opts.capture,
                 log_format=self.opts.log_format,
-                extra=self.opts.node_args,
+                extra=node_args(self.state),
             )
             self.record(_proc(f"node:{node.name}", p.pid, p.log))
         return ", ".join(f"{p.role.partition(':')[2]} pid {p.pid}" for p in _nodes(self.state))
@@ -251,6 +258,13 @@ class _Build:
         prometheus.wait_scraped(self.state)
         nodes = len(self.lab.nodes)
         return f"{nodes} node(s) scraped every {prometheus.SCRAPE_INTERVAL}"
+
+
+def node_args(state: LabState) -> tuple[str, ...]:
+    """A node's extra `zt run` flags: the outside host's dnsmasq as its DNS upstream (unless
+    the lab's own flags turn DNS off), then the lab's."""
+    own = () if "--no-dns" in state.node_args else dns.upstream_args(state.plan)
+    return (*own, *state.node_args)
 
 
 def node_source(state: LabState, node: str) -> tuple[str, ...]:
@@ -298,7 +312,7 @@ def restart_node(state: LabState, node: str, timeout: float = 60.0) -> LabState:
         state.dir,
         capture=state.capture,
         log_format=state.log_format,
-        extra=state.node_args,
+        extra=node_args(state),
     )
     state = state.with_proc(_proc(f"node:{node}", p.pid, p.log))
     save(state)
@@ -326,6 +340,7 @@ def down(name: str, progress: Progress = _quiet) -> list[str]:
         _remove_pins(pins)
         removed.append(f"pins {pins}")
     removed += [f"netns {ns}" for ns in topology.destroy(prefix)]
+    removed += [f"pod resolv.conf {etc}" for etc in dns.remove_resolv_confs(prefix)]
     directory = state_dir(name)
     if directory.exists():
         shutil.rmtree(directory)
@@ -410,7 +425,17 @@ def status(name: str) -> dict[str, object]:
         "config": str(state.config),
         "fabric": {"netns": lab.fabric_netns, "bridge": "fab0"},
         "external": {"netns": lab.external_netns, "ip": str(lab.external_ipv4)},
-        "service": {"vip": mesh.SERVICE_VIP4, "vip6": mesh.SERVICE_VIP6, "port": mesh.SERVICE_PORT},
+        "service": {
+            "vip": mesh.SERVICE_VIP4,
+            "vip6": mesh.SERVICE_VIP6,
+            "port": mesh.SERVICE_PORT,
+            "hostname": mesh.SERVICE_HOST,
+        },
+        "dns": {
+            "pod_nameserver": dns.POD_NAMESERVER,
+            "upstream": str(lab.external_ipv4),
+            "outside_names": list(dns.OUTSIDE_NAMES),
+        },
         "nodes": nodes,
         "pods": pods,
         "prometheus": _prometheus_status(state),
@@ -445,11 +470,20 @@ def netns_of(state: LabState, target: str) -> str:
 
 
 def exec_in(name: str, target: str, argv: list[str]) -> int:
-    """Run argv inside a lab namespace (network only, like `kubectl exec`); its exit status."""
+    """Run argv inside a lab namespace (like `kubectl exec`); its exit status. In a pod through
+    `ip netns exec`, so the pod's resolv.conf (zt.lab.dns) is its /etc/resolv.conf; elsewhere
+    network only (`ip netns exec` would hide bpffs and the cgroup mount from node tools)."""
     if not argv:
         raise UsageError("CMD: got nothing, expected a command after `--`")
-    netns = netns_of(load(name), target)
+    state = load(name)
+    netns = netns_of(state, target)
+    pods = {p.netns for p in state.plan.pods}
+    enter = (
+        ["ip", "netns", "exec", netns]
+        if netns in pods
+        else ["nsenter", f"--net=/run/netns/{netns}"]
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        done = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", *argv], check=False)
+        done = subprocess.run([*enter, *argv], check=False)
         return done.returncode
     return 128 + signal.SIGINT

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from zt.errors import UsageError
 from zt.lab import logs, mesh, wire
-from zt.lab.apps import Exchange, exchange
+from zt.lab.apps import Exchange, exchange, exchange_by_name
 from zt.lab.logs import AccessRecord
 from zt.lab.state import LabState
 from zt.lab.topology import LabPlan, PodPlan
@@ -44,6 +44,8 @@ class Scenario:
     protocol: str  # the source node's access-log `protocol`, "" if the source is not captured
     dest_node: str | None  # node whose inbound log must show it (None: not a mesh pod)
     flags: str = "-"
+    # `host` is a name the pod resolves through its captured DNS (zt.lab.dns) to one of these
+    resolves_to: frozenset[str] = frozenset()
 
 
 def _short(identity: str) -> str:
@@ -76,7 +78,10 @@ class Driver:
         nodes = {n.name for n in self.lab.nodes}
         offsets = {n: logs.size(self.log(n)) for n in nodes}
         data = self.payload(clear_ok=not sc.protocol or sc.protocol == "passthrough")
-        ex = exchange(sc.src.netns, sc.host, sc.port, data)
+        if sc.resolves_to:
+            ex = exchange_by_name(sc.src.netns, sc.host, sc.port, data)
+        else:
+            ex = exchange(sc.src.netns, sc.host, sc.port, data)
         out = None
         if sc.protocol:
             out = logs.wait_for(
@@ -102,6 +107,9 @@ class Driver:
             problems.append(f"app: {'no echo: ' + ex.error if sc.expect_echo else 'echoed'}")
         if not sc.expect_echo and ex.received:
             problems.append(f"app got {len(ex.received)} bytes through a refused connection")
+        if sc.resolves_to and ex.peer not in sc.resolves_to:
+            problems.append(f"{sc.host} resolved to {ex.peer or 'nothing'}, expected one of "
+                            f"{', '.join(sorted(sc.resolves_to))}")  # fmt: skip
         if sc.protocol:
             problems += _check_out(sc, out, self.workload_identity(sc.src))
         if sc.dest_node is not None:
@@ -111,6 +119,8 @@ class Driver:
             f" [{out.get('protocol')}{' via ' + hop if hop else ''}]" if out is not None else ""
         )
         detail = "; ".join(problems) or _flags(out, inb)
+        if sc.resolves_to and not problems:
+            detail = f"{sc.host} -> {ex.peer} (DNS through the pod's proxy); {detail}"
         return Row(
             sc.name,
             path,
@@ -180,11 +190,23 @@ def scenarios(lab: LabPlan) -> list[Scenario]:
     a, tcp = lab.pods_of(first)[0], mesh.tcp_pod(lab)
     b, b2 = lab.pods_of(last)[0], lab.pods_of(last)[1]
     app, denied = mesh.APP_PORT, mesh.DENIED_PORT
+    vips = frozenset({f"{mesh.SERVICE_VIP4}:{mesh.SERVICE_PORT}",
+                      f"[{mesh.SERVICE_VIP6}]:{mesh.SERVICE_PORT}"})  # fmt: skip
     return [
         Scenario("cross-node HBONE", a, str(b.ipv4), app, True, "hbone", last),
         Scenario("cross-node HBONE (IPv6)", a, str(b.ipv6), app, True, "hbone", last),
         Scenario("same node", b, str(b2.ipv4), app, True, "hbone", last),
         Scenario("service VIP", a, mesh.SERVICE_VIP4, mesh.SERVICE_PORT, True, "hbone", last),
+        Scenario(
+            "DNS: service by name",
+            a,
+            mesh.SERVICE_HOST,
+            mesh.SERVICE_PORT,
+            True,
+            "hbone",
+            last,
+            resolves_to=vips,
+        ),
         Scenario("TCP workload", a, str(tcp.ipv4), app, True, "tcp", None),
         Scenario("passthrough", a, str(lab.external_ipv4), app, True, "passthrough", None),
         Scenario("DENY policy (HBONE)", a, str(b.ipv4), denied, False, "hbone", last, "DENY"),
