@@ -1,8 +1,12 @@
 """The optional SOCKS5 listener (docs/design.md §1, 127.0.0.1:15080 in each pod): a tool without capture
-reaches a pod on another node through HBONE, and a refused destination gets a SOCKS failure."""
+reaches a pod on another node through HBONE, and a refused destination gets a SOCKS failure.
+
+The same lab runs its nodes with `--no-dns` (a lab of its own costs seconds): a pod's port 53 is
+then ordinary traffic (docs/dns.md "In the node")."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 
@@ -10,14 +14,14 @@ import pytest
 
 from tests.node.lab import Lab, identity, running_lab
 from zt.capture.netns import run_in_netns
-from zt.lab import mesh
+from zt.lab import mesh, runner
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with running_lab("s5", node_args=("--socks5",)) as lab:
+    with running_lab("s5", node_args=("--socks5", "--no-dns")) as lab:
         yield lab
 
 
@@ -79,3 +83,27 @@ def test_socks5_domain_name_of_a_service_reaches_an_endpoint(lab: Lab) -> None:
     assert rec.get("protocol") == "hbone"
     answer, _ = _socks(a.netns, "elsewhere.example", 80, b"x")
     assert answer[:2] == b"\x05\x04"
+
+
+def test_no_dns_leaves_port_53_alone(lab: Lab) -> None:
+    """A query from a pod to a server outside it (on the pod's gateway, in the node's namespace)
+    reaches that server: nothing steers it to a proxy, and the node says DNS is off."""
+    pod = lab.pod("pod1-1")
+    gateway = str(lab.plan.node(pod.node).pod_net4.network_address + 1)
+
+    def server() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(5)
+        sock.bind((gateway, 53))
+        return sock
+
+    def ask() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"\x12\x34 not steered", (gateway, 53))
+
+    with run_in_netns(lab.plan.node(pod.node).netns, server) as srv:
+        run_in_netns(pod.netns, ask)
+        data, peer = srv.recvfrom(512)
+    assert data == b"\x12\x34 not steered" and peer[0] == str(pod.ipv4)
+    status, body = runner.http_get(lab.plan.node("node1").netns, runner.ADMIN_PORT, "/config_dump")
+    assert status == 200 and json.loads(body)["dns"] == {"enabled": False}

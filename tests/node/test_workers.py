@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -519,3 +520,14 @@ def test_sigterm_to_the_leader_drains_every_worker_and_leaves_nothing(lab: Lab) 
     log = lab.log("node2").read_text()
     assert "[worker 1] worker 1 stopped" in log
     assert "restarting" not in log.split("draining")[-1]
+
+
+def test_the_leader_alone_answers_each_pods_dns(lab: Lab) -> None:
+    """With workers, one DNS proxy per pod (the leader's, zt/node/dns.py): dig in a pod gets the
+    service VIP, and only the leader's families count it."""
+    before = metric(lab.metrics("node1"), "zt_dns_requests_total", result="mesh")
+    cmd = ["ip", "netns", "exec", lab.pod("pod1-1").netns, "dig", "+short", "+tries=1",
+           "+time=3", mesh.SERVICE_HOST, "A"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+    assert done.stdout.split() == [mesh.SERVICE_VIP4], done.stderr
+    assert metric(lab.metrics("node1"), "zt_dns_requests_total", result="mesh") == before + 1
