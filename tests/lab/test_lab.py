@@ -16,7 +16,8 @@ import yaml
 
 from tests.node.lab import GENERATION, metric
 from zt.errors import UsageError
-from zt.lab import control, demo, runner, topology
+from zt.lab import control, demo, mesh, runner, topology
+from zt.lab import dns as labdns
 from zt.lab.apps import wait_listening
 from zt.lab.state import LabState, state_dir
 from zt.timescale import scaled
@@ -40,6 +41,7 @@ def assert_nothing_left(name: str, pids: tuple[int, ...] = ()) -> None:
     assert topology.leftovers(prefix) == []
     assert sorted(Path("/sys/fs/bpf").glob(f"{prefix}*")) == []
     assert not state_dir(name).exists()
+    assert sorted(labdns.NETNS_ETC.glob(f"{prefix}*")) == []  # the pods' resolv.conf
     assert [p for p in pids if runner.alive(p)] == []
 
 
@@ -98,7 +100,8 @@ def test_a_failed_up_names_the_step_and_leaves_nothing(lab_name: str) -> None:
     assert [s.split(":")[0] for s in steps] == [
         "topology", "mesh config", "certificate authority", "pod apps", "node daemons",
     ]  # fmt: skip
-    assert len(failed.value.pids) == 2 * 2 + 1 + 2  # pod apps, the outside app, two daemons
+    # pod apps, the outside app and its dnsmasq, two daemons
+    assert len(failed.value.pids) == 2 * 2 + 1 + 1 + 2
     assert_nothing_left(lab_name, failed.value.pids)
 
 
@@ -125,6 +128,9 @@ def test_up_status_exec_then_crash_then_up_again_then_down_twice(lab_name: str) 
 
     shown = zt("lab", "exec", "--name", lab_name, "pod2-2", "--", "ip", "-4", "-o", "addr")
     assert shown.returncode == 0 and "10.2.0.3/24" in shown.stdout, shown
+    # a pod's commands see its kubelet-like resolv.conf: a short name through the search list
+    shown = zt("lab", "exec", "--name", lab_name, "pod2-2", "--", "getent", "ahostsv4", "echo")
+    assert shown.returncode == 0 and shown.stdout.startswith(mesh.SERVICE_VIP4), shown
     failing = zt("lab", "exec", "--name", lab_name, "pod1-1", "--", "false")
     assert failing.returncode == 1
 

@@ -13,7 +13,7 @@ import pytest
 
 from zt.errors import UsageError
 from zt.node.control import Channel, WorkerChannelError, WorkerRequestFailed, decode
-from zt.node.options import BadWorkerCount, NodeOptions
+from zt.node.options import BadWorkerCount, NodeOptions, dns_upstream
 from zt.node.workers import WorkerSupervisor
 from zt.telemetry.metrics import MetricsModeError, Registry
 
@@ -41,10 +41,12 @@ def test_ktls_setting_is_checked() -> None:
 
 def test_follower_options_round_trip() -> None:
     opts = NodeOptions(config=Path("/m.yaml"), node="n1", capture="sklookup", workers=3,
-                       drain_deadline=2.5, socks5=True, ktls="on")  # fmt: skip
+                       drain_deadline=2.5, socks5=True, ktls="on",
+                       dns_upstreams=(dns_upstream("[fd00::a]:5353"), dns_upstream("10.0.0.2")))  # fmt: skip
     back = NodeOptions.from_follower_json(opts.follower_json())
     for name in ("config", "node", "ca_dir", "capture", "pin_dir", "drain_deadline", "socks5",
-                 "workers", "log_format", "trust_domain", "config_poll", "ktls"):  # fmt: skip
+                 "workers", "log_format", "trust_domain", "config_poll", "ktls", "dns",
+                 "dns_upstreams"):  # fmt: skip
         assert getattr(back, name) == getattr(opts, name), name
     with pytest.raises(UsageError, match="capture"):
         NodeOptions.from_follower_json(opts.follower_json().replace("sklookup", "iptables"))
@@ -147,3 +149,24 @@ def test_zt_run_refuses_workers_without_pins(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "--workers: got 2 with --no-pin, expected 1" in done.stderr
+
+
+def test_dns_flags_are_checked(tmp_path: Path) -> None:
+    """`--dns-upstream` takes IP[:PORT] and only with the DNS proxy on; each refusal names the
+    flag, the value and what was expected (through `zt run`: one line, before any BPF)."""
+    with pytest.raises(UsageError, match=r"--dns-upstream: got .10\.0\.0\.2:0., expected an IP"):
+        dns_upstream("10.0.0.2:0")
+    with pytest.raises(
+        UsageError, match=r"got 10\.0\.0\.2:53 with --no-dns, expected it only with"
+    ):
+        NodeOptions(config=Path("m.yaml"), node="n", dns=False,
+                    dns_upstreams=(dns_upstream("10.0.0.2"),))  # fmt: skip
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text("workloads: []\n")
+    zt = Path(sys.executable).with_name("zt")
+    done = subprocess.run(
+        [str(zt), "run", "--config", str(mesh), "--node", "n", "--dns-upstream", "dns.example"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--dns-upstream: got 'dns.example', expected an IP address" in done.stderr

@@ -55,6 +55,7 @@ def test_scenarios_cover_the_issue_list_and_judging_uses_both_sides() -> None:
     lab = topology.plan("t", 2, 2)
     names = [s.name for s in demo.scenarios(lab)]
     assert names[0] == "cross-node HBONE" and "service VIP" in names and "passthrough" in names
+    assert "DNS: service by name" in names
     sc = demo.scenarios(lab)[0]
     driver = demo.Driver(LabState("t", 2, 2, "connect", "/tmp/none"), lab, b"M")
     ex = Exchange("10.1.0.2:5", 10, b"M" * 10, "", 0.01)
