@@ -5,10 +5,12 @@ only capture makes it answer. The nodes' upstream is dnsmasq on the outside host
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dns.flags
@@ -17,12 +19,18 @@ import dns.rcode
 import pytest
 from scapy.layers.inet import TCP, UDP
 
+from tests.dns.conftest import mesh_snapshot
 from tests.node.lab import Lab, handed_on, metric
 from tests.packets.sniff import sniffing
 from zt.capture.netns import run_in_netns
+from zt.dns.metrics import DnsMetrics
+from zt.dns.server import DnsBindError
+from zt.dns.upstream import parse_upstream
 from zt.lab import dns as labdns
 from zt.lab import mesh
 from zt.lab.apps import exchange_by_name
+from zt.node.dns import NodeDns
+from zt.telemetry.metrics import Registry
 
 pytestmark = pytest.mark.root
 
@@ -196,3 +204,15 @@ def test_bad_queries_get_formerr_or_nothing_and_the_next_query_is_answered(lab: 
     big, after = _tcp(lab, "pod2-2", junk, good)
     assert _rcode(big) == dns.rcode.FORMERR and big[:2] == b"\x10\x03"
     assert dns.message.from_wire(after).answer
+
+
+def test_a_taken_dns_port_fails_the_pod_start_with_a_message() -> None:
+    """An app that bound 15053 in the pod before it was enrolled: the pod is not served (the
+    daemon retries it), and the error says which port, where, and why."""
+    netns = Path("/proc/self/ns/net")  # this test's own namespace stands in for the pod
+    dns_node = NodeDns((parse_upstream("127.0.0.1"),), "--dns-upstream", DnsMetrics(Registry()))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 15053))
+        with pytest.raises(DnsBindError, match=r"dns proxy of pod p: cannot bind 15053 on "
+                           r"127\.0\.0\.1/\[::1\] in /proc/self/ns/net \(Address already in use\)"):  # fmt: skip
+            asyncio.run(dns_node.serve(netns, "p", mesh_snapshot))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from zt.capture.netns import open_dns_sockets
 from zt.dns.metrics import DnsMetrics
-from zt.dns.server import DnsServer
+from zt.dns.server import DNS_PROXY_PORT, DnsBindError, DnsServer
 from zt.dns.upstream import RESOLV_CONF, Upstream, system_upstreams
 from zt.state.snapshot import Snapshot
 from zt.telemetry.metrics import Registry
@@ -40,8 +40,15 @@ class NodeDns:
 
     async def serve(self, netns: Path, uid: str, names: Callable[[], Snapshot]) -> DnsServer:
         """Start the DNS proxy of pod `uid` (its netns at `netns`); the caller closes it."""
+        try:
+            sockets = await asyncio.to_thread(open_dns_sockets, netns)
+        except OSError as exc:  # e.g. an app of the pod bound 15053 before it was enrolled
+            raise DnsBindError(
+                f"dns proxy of pod {uid}: cannot bind {DNS_PROXY_PORT} on 127.0.0.1/[::1] in "
+                f"{netns} ({exc.strerror or exc}), expected the port free in the pod"
+            ) from None
         server = DnsServer(names, self.upstreams, metrics=self.metrics, client_uid=uid)
-        await server.start(await asyncio.to_thread(open_dns_sockets, netns))
+        await server.start(sockets)
         return server
 
     def dump(self) -> dict[str, object]:
