@@ -9,6 +9,7 @@ import asyncio
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def _getaddrinfo(lab: Lab, pod: str, name: str) -> set[str]:
         "print(' '.join({a[4][0] for a in socket.getaddrinfo(sys.argv[1], 80, "
         "type=socket.SOCK_STREAM)}))"
     )
-    return set(_in_pod(lab, pod, "python3", "-c", code, name).split())
+    return set(_in_pod(lab, pod, sys.executable, "-c", code, name).split())
 
 
 def test_pod_resolvers_get_the_service_vips_through_the_captured_proxy(lab: Lab) -> None:
