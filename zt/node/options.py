@@ -81,6 +81,7 @@ class NodeOptions:
     socks5: bool = False
     workers: int = 1  # data-plane processes: this one (the leader) plus workers - 1 followers
     ktls: str = "auto"  # kernel TLS for HBONE: auto | on | off (zt/proxy/ktls.py says why auto)
+    splice: bool = False  # DATA payloads spliced into kTLS sockets (zt/proxy/zerocopy.py)
 
     def __post_init__(self) -> None:
         self._check_mode()
@@ -111,6 +112,11 @@ class NodeOptions:
     def _check_ktls(self) -> None:
         if self.ktls not in KTLS_MODES:
             raise UsageError(f"--ktls: got {self.ktls!r}, expected one of {', '.join(KTLS_MODES)}")
+        if self.splice and self.ktls != "on":
+            raise UsageError(
+                f"--splice: got on with --ktls {self.ktls}, expected --ktls on (spliced bytes "
+                "bypass OpenSSL: only the kernel's TLS can seal them)"
+            )
 
     def _check_mode(self) -> None:
         if (self.config is None) == (not self.etcd):
@@ -167,6 +173,7 @@ class NodeOptions:
                 "workers": self.workers,
                 "handshake_timeout": self.handshake_timeout,
                 "ktls": self.ktls,
+                "splice": self.splice,
                 # not served by followers, but guarded by them (the loop guard's ports)
                 "metrics": str(self.metrics),
                 "readiness": str(self.readiness),
@@ -201,6 +208,7 @@ class NodeOptions:
                 workers=int(doc["workers"]),
                 handshake_timeout=float(doc["handshake_timeout"]),
                 ktls=str(doc["ktls"]),
+                splice=bool(doc["splice"]),
                 metrics=SocketAddr.parse(str(doc["metrics"])),
                 readiness=SocketAddr.parse(str(doc["readiness"])),
                 admin=SocketAddr.parse(str(doc["admin"])),
