@@ -20,6 +20,7 @@ POD_SOCKET = Path("/run/zt/pods.sock")  # zt/node/podapi.py DEFAULT_SOCKET
 HANDSHAKE_TIMEOUT = 5.0  # zt/proxy/accept.py DEFAULT_LIMITS.handshake_timeout
 POD_GRACE = 5.0  # zt/node/reconcile.py DEFAULT_GRACE
 KTLS: Literal["auto", "on", "off"] = "auto"  # zt/node/options.py NodeOptions.ktls
+SPLICE = False  # zt/node/options.py NodeOptions.splice
 MAX_WORKERS = 64  # zt/node/options.py MAX_WORKERS
 ALLOW_FORM = (  # zt/state/loopguard.py ALLOW_FORM
     "CIDR[:PORTS] with PORTS as 80, 8000-8100 or 80,443 "

@@ -11,7 +11,7 @@ from zt.errors import UsageError
 
 from . import _values
 from ._common import reports_errors, sub_app
-from ._defaults import ALLOW_FORM, HANDSHAKE_TIMEOUT, KTLS
+from ._defaults import ALLOW_FORM, HANDSHAKE_TIMEOUT, KTLS, SPLICE
 
 if TYPE_CHECKING:  # the command bodies import these: `zt --help` loads no TLS, h2 or asyncio code
     from zt.identity.certs import WorkloadCert
@@ -29,6 +29,10 @@ EXIT_RESET = 8
 KtlsOpt = Annotated[
     Literal["auto", "on", "off"],
     typer.Option(help="kernel TLS (kTLS) for the transmit side, as `zt run --ktls`"),
+]
+SpliceOpt = Annotated[
+    bool,
+    typer.Option(help="splice(2) DATA payloads into kTLS sockets, as `zt run --splice`"),
 ]
 CertOpt = Annotated[
     Path,
@@ -93,6 +97,7 @@ def serve(
         typer.Option(help="seconds a new connection has to complete TLS, s", min=0.001),
     ] = HANDSHAKE_TIMEOUT,
     ktls: KtlsOpt = KTLS,
+    splice: SpliceOpt = SPLICE,
 ) -> None:
     """Forward each tunnel to its `:authority`. Prints `listening on ADDR` to stderr, and one
     line for each client it refuses (TLS handshake, peer identity, loop guard, limits).
@@ -110,11 +115,13 @@ def serve(
     import dataclasses  # noqa: PLC0415
 
     from zt.proxy import ktls as ktls_mode  # noqa: PLC0415
+    from zt.proxy import zerocopy  # noqa: PLC0415
     from zt.proxy.accept import DEFAULT_LIMITS  # noqa: PLC0415
     from zt.proxy.guard import StandaloneAdmission  # noqa: PLC0415
     from zt.state.loopguard import AllowList  # noqa: PLC0415
 
     ktls_mode.configure(ktls)
+    zerocopy.configure(splice)
     admission = StandaloneAdmission(AllowList.parse(allow or [], flag="--allow"))
     workload = _load_cert(cert, key, bundle)
     td = trust_domain or workload.identity.trust_domain
@@ -205,6 +212,7 @@ def connect(
         ),
     ],
     ktls: KtlsOpt = KTLS,
+    splice: SpliceOpt = SPLICE,
 ) -> None:
     """Carry stdin/stdout through one tunnel (like nc). Exit 0 when the CONNECT got 200 and the
     tunnel closed cleanly; 3/4/5/6 for CONNECT 400/401/503/other; 8 when the tunnel was reset.
@@ -219,8 +227,10 @@ def connect(
 
     from zt.identity.spiffe import SpiffeId  # noqa: PLC0415
     from zt.proxy import ktls as ktls_mode  # noqa: PLC0415
+    from zt.proxy import zerocopy  # noqa: PLC0415
 
     ktls_mode.configure(ktls)
+    zerocopy.configure(splice)
     expected = [SpiffeId.parse(s) for s in expect_san]
     workload = _load_cert(cert, key, bundle)
     code = asyncio.run(_connect(workload, via, authority, expected))

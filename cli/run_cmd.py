@@ -17,6 +17,7 @@ from ._defaults import (
     PIN_DIR,
     POD_GRACE,
     POD_SOCKET,
+    SPLICE,
     STATE_DIR,
 )
 from ._defaults import TRUST_DOMAIN as DEFAULT_TRUST_DOMAIN
@@ -177,6 +178,12 @@ def command(
             metavar="ADDR",
         ),
     ] = None,
+    splice: Annotated[
+        bool,
+        typer.Option(
+            help="splice(2) DATA payloads from app sockets into kTLS sockets (needs --ktls on)"
+        ),
+    ] = SPLICE,
 ) -> None:
     """Run the node proxy: capture, HBONE, policy, metrics, readiness and admin endpoints.
 
@@ -192,6 +199,7 @@ def command(
     from zt.node.options import dns_upstream as parse_dns_upstream  # noqa: PLC0415
     from zt.node.sources import preflight  # noqa: PLC0415
     from zt.proxy import ktls as ktls_mode  # noqa: PLC0415
+    from zt.proxy import zerocopy  # noqa: PLC0415
     from zt.telemetry.logsetup import configure  # noqa: PLC0415
     from zt.telemetry.logsetup import shutdown as shutdown_logging  # noqa: PLC0415
 
@@ -222,9 +230,11 @@ def command(
         ktls=ktls,
         dns=dns,
         dns_upstreams=tuple(parse_dns_upstream(u) for u in dns_upstream or ()),
+        splice=splice,
     )
     preflight(options)  # a missing CA or state dir: one line, before any BPF or socket
     ktls_mode.configure(ktls)  # --ktls on without the kernel's tls module: one line, too
+    zerocopy.configure(splice)
     configure(log_format)  # after the options: a refused option starts no logging thread
     try:
         uvloop.run(NodeDaemon(options).run())

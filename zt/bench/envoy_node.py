@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zt import timescale
 from zt.capture import Capture
 from zt.capture.maps import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, ZT_MARK
 from zt.capture.netns import run_in_netns
@@ -337,7 +338,8 @@ def start(
         "--base-id", str(base_id), "-l", "warning",
     ]  # fmt: skip
     node = EnvoyNode(pod, netns, runner.spawn(netns, argv, log), log)
-    deadline = time.monotonic() + 30
+    wait = timescale.scaled(30)  # an emulated VM starts Envoy slowly (ZT_TIME_SCALE)
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if not runner.alive(node.pid):
             raise EnvoyNodeError(f"envoy in {netns} exited:\n{runner.tail(log)}")
@@ -345,7 +347,7 @@ def start(
             if admin_get(netns, "/ready")[0] == 200:
                 return node
         time.sleep(0.1)
-    raise EnvoyNodeError(f"envoy in {netns} not ready after 30 s:\n{runner.tail(log)}")
+    raise EnvoyNodeError(f"envoy in {netns} not ready after {wait:g} s:\n{runner.tail(log)}")
 
 
 def pidfd_getfd(pid: int, fd: int) -> int:

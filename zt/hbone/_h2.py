@@ -17,6 +17,10 @@
    `_data_to_send +=`, `bytes(...)`). Output is a list of chunks for `transport.writelines`: small
    frames are coalesced into one buffer (one TLS record, not one per frame), a large payload rides
    along with only its first `COALESCE` bytes copied.
+4. Held payloads: a DATA payload that is not in memory (`HeldPayload`, the bytes wait in a pipe for
+   splice(2), zt/proxy/zerocopy.py). h2 only needs its length (flow control, frame size); the
+   frame's 9-byte header goes out as bytes and the payload object itself takes its place in the
+   output, for the transport to move.
 """
 
 from __future__ import annotations
@@ -45,6 +49,23 @@ _END_STREAM = 0x1
 COALESCE = 16384
 
 
+class HeldPayload:
+    """`size` DATA payload bytes held outside the process by `source` (opaque here: the transport
+    that finds it among the chunks to send moves the bytes itself, zt/proxy/tlssocket.py)."""
+
+    __slots__ = ("size", "source")
+
+    def __init__(self, size: int, source: object) -> None:
+        self.size = size
+        self.source = source
+
+    def __len__(self) -> int:
+        return self.size
+
+
+Chunk = bytes | memoryview | HeldPayload
+
+
 def _data_body_repr(self: DataFrame) -> str:
     return f"<{len(self.data)} bytes>"
 
@@ -58,7 +79,7 @@ class HboneH2Connection(H2Connection):
 
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config=config)
-        self._chunks: list[bytes | memoryview] = []
+        self._chunks: list[Chunk] = []
         self._small = bytearray()
 
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
@@ -73,6 +94,12 @@ class HboneH2Connection(H2Connection):
             flags = _END_STREAM if "END_STREAM" in frame.flags else 0
             frame.body_len = size
             small += _HEADER.pack(size >> 8, size & 0xFF, _DATA_TYPE, flags, frame.stream_id)
+            held: object = payload  # h2 passed our HeldPayload on as it got it (send_held)
+            if type(held) is HeldPayload:
+                self._chunks.append(bytes(small))
+                small.clear()
+                self._chunks.append(held)
+                continue
             if size <= COALESCE:
                 small += payload
                 continue
@@ -88,14 +115,22 @@ class HboneH2Connection(H2Connection):
             self._small += self._data_to_send
             self._data_to_send = bytearray()
 
-    def chunks_to_send(self) -> list[bytes | memoryview]:
-        """Everything queued for the peer, in order, cleared (for `transport.writelines`)."""
+    def output(self) -> list[Chunk]:
+        """Everything queued for the peer, in order, cleared, held payloads included."""
         self._take_raw()
         if self._small:
             self._chunks.append(bytes(self._small))
             self._small.clear()
         chunks, self._chunks = self._chunks, []
         return chunks
+
+    def chunks_to_send(self) -> list[bytes | memoryview]:
+        """Everything queued for the peer, in order, cleared (for `transport.writelines`)."""
+        chunks = self.output()
+        held = [chunk for chunk in chunks if type(chunk) is HeldPayload]
+        if held:
+            raise HboneUsageError(f"{len(held)} held payloads queued: take them with output()")
+        return chunks  # type: ignore[return-value]  # no HeldPayload: checked above
 
     def data_to_send(self, amount: int | None = None) -> bytes:
         out = b"".join(self.chunks_to_send())

@@ -19,7 +19,7 @@ import hyperframe.exceptions
 from h2.connection import ConnectionState
 from h2.settings import SettingCodes
 
-from zt.hbone._h2 import HboneH2Connection, new_h2
+from zt.hbone._h2 import Chunk, HboneH2Connection, HeldPayload, new_h2
 from zt.hbone.errors import (
     H2_CANCEL,
     H2_CONNECT_ERROR,
@@ -225,6 +225,11 @@ class HboneConnection:
         copied: the caller must not mutate what it gave `send_data` until it is written), cleared."""
         return self._h2.chunks_to_send()
 
+    def output(self) -> list[Chunk]:
+        """`chunks_to_send` with `send_held` payloads in it: each `HeldPayload` follows the
+        bytes that end with its frame header. For a transport that can move them."""
+        return self._h2.output()
+
     # ----------------------------------------------------------------- client/server actions
 
     def open_stream(self, request: ConnectRequest) -> int:
@@ -296,6 +301,19 @@ class HboneConnection:
             record.local_ended = True
             self._retire(record)
         return accepted
+
+    def send_held(self, stream_id: int, payload: HeldPayload) -> None:
+        """Queue one DATA frame whose payload stays outside (zt/hbone/_h2.py `HeldPayload`): the
+        windows and the stream state count it as `len(payload)` bytes. The caller sized it to
+        fit: at most `send_window(stream_id)` and `max_outbound_frame_size`, at least 1."""
+        self._writable(stream_id)
+        size = len(payload)
+        if not 0 < size <= min(self.send_window(stream_id), self.max_outbound_frame_size):
+            raise HboneUsageError(
+                f"send_held: got {size} bytes, expected 1..{self.send_window(stream_id)} "
+                f"(send window) and <= {self.max_outbound_frame_size} (frame size)"
+            )
+        self._h2.send_data(stream_id, payload)  # type: ignore[arg-type]  # h2 needs only len()
 
     def end_stream(self, stream_id: int) -> None:
         """Local FIN: END_STREAM. A no-op when the stream is already ended or reset (races with the

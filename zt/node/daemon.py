@@ -48,7 +48,7 @@ from zt.node.sdnotify import notify_stopping, notify_when_ready
 from zt.node.services import NodeServices
 from zt.node.sources import ConfigFeed, open_certs, open_config
 from zt.node.workers import WorkerSupervisor
-from zt.proxy import ktls, tlssocket
+from zt.proxy import ktls, tlssocket, zerocopy
 from zt.state import Protocol, Snapshot, Workload
 from zt.telemetry import http, logsetup
 from zt.telemetry.endpoints import (
@@ -247,6 +247,7 @@ class NodeDaemon:
         self.registry.add_collector(capture_counters)
         self.registry.add_collector(node_gauges)
         self.registry.add_collector(ktls.samples)
+        self.registry.add_collector(zerocopy.samples)
 
     # -- pods -----------------------------------------------------------------------------------
     def _desired(self, snapshot: Snapshot) -> dict[str, tuple[Workload, str]]:

@@ -87,6 +87,7 @@ class NodeOptions:
     # no upstreams given: the node's /etc/resolv.conf
     dns: bool = True
     dns_upstreams: tuple[Upstream, ...] = ()
+    splice: bool = False  # DATA payloads spliced into kTLS sockets (zt/proxy/zerocopy.py)
 
     def __post_init__(self) -> None:
         self._check_mode()
@@ -122,6 +123,11 @@ class NodeOptions:
     def _check_ktls(self) -> None:
         if self.ktls not in KTLS_MODES:
             raise UsageError(f"--ktls: got {self.ktls!r}, expected one of {', '.join(KTLS_MODES)}")
+        if self.splice and self.ktls != "on":
+            raise UsageError(
+                f"--splice: got on with --ktls {self.ktls}, expected --ktls on (spliced bytes "
+                "bypass OpenSSL: only the kernel's TLS can seal them)"
+            )
 
     def _check_mode(self) -> None:
         if (self.config is None) == (not self.etcd):
@@ -180,6 +186,7 @@ class NodeOptions:
                 "ktls": self.ktls,
                 "dns": self.dns,
                 "dns_upstreams": [str(u) for u in self.dns_upstreams],
+                "splice": self.splice,
                 # not served by followers, but guarded by them (the loop guard's ports)
                 "metrics": str(self.metrics),
                 "readiness": str(self.readiness),
@@ -216,6 +223,7 @@ class NodeOptions:
                 ktls=str(doc["ktls"]),
                 dns=bool(doc["dns"]),
                 dns_upstreams=tuple(parse_upstream(str(u)) for u in doc["dns_upstreams"]),
+                splice=bool(doc["splice"]),
                 metrics=SocketAddr.parse(str(doc["metrics"])),
                 readiness=SocketAddr.parse(str(doc["readiness"])),
                 admin=SocketAddr.parse(str(doc["admin"])),

@@ -35,7 +35,7 @@ from zt.node.options import NodeOptions
 from zt.node.reconcile import LatestOnly, same_listeners
 from zt.node.services import NodeServices
 from zt.node.sources import open_certs, open_follower_config
-from zt.proxy import ktls
+from zt.proxy import ktls, zerocopy
 from zt.state import Snapshot
 from zt.telemetry import logsetup
 from zt.telemetry.logsetup import configure
@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         handler.addFilter(_WorkerTag(args.worker))
     try:
         ktls.configure(options.ktls)  # the leader's setting, for this process's connections
+        zerocopy.configure(options.splice)
         # before anything counts: every series this process creates goes into the shared files
         registry = Registry.follower(args.metrics_dir)
         uvloop.run(_main(options, args.worker, args.control_fd, registry))

@@ -16,6 +16,7 @@ from typing import Literal, cast
 
 from zt.errors import H2_CANCEL, H2_CONNECT_ERROR, ZtError
 from zt.hbone import events as ev
+from zt.hbone._h2 import HeldPayload
 from zt.hbone.connection import HboneConnection
 from zt.hbone.errors import HboneError
 from zt.hbone.limits import WRITE_BUFFER
@@ -26,6 +27,7 @@ from zt.identity.handshake import tls_error
 from zt.identity.spiffe import SpiffeId
 from zt.proxy.errors import ConnectionLost, StreamResetError
 from zt.proxy.stream import HboneStream
+from zt.proxy.tlssocket import TlsSocketTransport
 from zt.telemetry.ratelog import RateLimitedLogger
 
 log = logging.getLogger("zt.proxy.driver")
@@ -256,6 +258,26 @@ class HboneDriver(asyncio.Protocol):
     def send_window(self, stream_id: int) -> int:
         return self._core_or_raise().send_window(stream_id)
 
+    @property
+    def holds(self) -> bool:
+        """The transport takes held payloads (splice into kTLS, zt/proxy/zerocopy.py)."""
+        transport = self.transport
+        return isinstance(transport, TlsSocketTransport) and transport.holds
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._core_or_raise().max_outbound_frame_size
+
+    def send_held(self, stream_id: int, payload: HeldPayload) -> None:
+        """One DATA frame whose payload the transport splices (the caller sized it to the
+        windows and the frame size)."""
+        core = self._core_or_raise()
+        try:
+            core.send_held(stream_id, payload)
+        except HboneError:
+            raise StreamResetError(stream_id, H2_CANCEL) from None
+        self._flush()
+
     def blocked(self, stream_id: int) -> None:
         """A send on `stream_id` was cut short by flow control: wake it when it can send."""
         core = self.core
@@ -391,9 +413,15 @@ class HboneDriver(asyncio.Protocol):
         ):
             return
         # writelines: DATA payloads go to the TLS layer by reference (zt/hbone/_h2.py fast path).
+        transport = self.transport
+        if isinstance(transport, TlsSocketTransport) and transport.holds:
+            held = self.core.output()  # may hold spliced payloads (zt/proxy/zerocopy.py)
+            if held:
+                transport.write_chunks(held)
+            return
         chunks = self.core.chunks_to_send()
         if chunks:
-            self.transport.writelines(chunks)
+            transport.writelines(chunks)
 
     def _handle(self, events: list[ev.Event]) -> None:
         for event in events:

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 from dataclasses import dataclass
 
 from zt.errors import H2_CANCEL, H2_CONNECT_ERROR
+from zt.hbone._h2 import HeldPayload
+from zt.proxy import zerocopy
 from zt.proxy.errors import StreamResetError
 from zt.proxy.stream import HboneStream
 from zt.proxy.tcpside import Handover, TcpSide
@@ -82,6 +85,11 @@ class TcpRelay(TcpSide):
         self.down_ended = False  # END_STREAM passed on as shutdown(SHUT_WR)
         self.pending: bytes | memoryview = b""  # TCP bytes the windows did not take yet
         self.eof_pending = False  # TCP FIN seen while `pending` waits
+        # TCP → stream by splice(2) (zt/proxy/zerocopy.py): the pipe, a dup of the TCP socket's
+        # fd that the loop watches instead of the transport reading, and whether it does.
+        self._pipe: zerocopy.Pipe | None = None
+        self._app_fd = -1
+        self._watching = False
 
     @property
     def stream(self) -> HboneStream:
@@ -103,6 +111,8 @@ class TcpRelay(TcpSide):
         try:
             stream.attach(self)
             if self.outcome is None:
+                if zerocopy.enabled() and stream.driver.holds and self.transport is not None:
+                    self._splice_begin(self.transport)
                 self.start(handover)
         finally:
             if corked:
@@ -120,6 +130,7 @@ class TcpRelay(TcpSide):
     def cancel(self) -> None:
         """Shutdown: neither side saw a complete stream, so both are reset."""
         self.outcome = self.outcome or "cancelled"
+        self.end_splice()
         if self._stream is not None:
             self._stream.reset(H2_CANCEL)
         if self.transport is not None:
@@ -162,7 +173,11 @@ class TcpRelay(TcpSide):
         self._maybe_closed()
 
     def stream_writable(self) -> None:
-        if not self.pending or self.outcome is not None:
+        if self.outcome is not None:
+            return
+        if not self.pending:
+            if self._pipe is not None and not self.reading_wanted and not self.eof_seen:
+                self.resume_reading()  # splicing waited for a window or the TLS buffer
             return
         data, self.pending = self.pending, b""
         self._send(data)
@@ -172,6 +187,79 @@ class TcpRelay(TcpSide):
             self._end_up()
         else:
             self.resume_reading()
+
+    # -- TCP → stream by splice(2) (zt/proxy/zerocopy.py) ----------------------------------------
+    def _splice_begin(self, transport: asyncio.Transport) -> None:
+        """uvloop stops reading this socket (it refuses a watch on an fd it owns): the loop
+        watches a dup of it, and each readiness splices one DATA payload into the pipe."""
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        self._app_fd = os.dup(sock.fileno())
+        self._pipe = zerocopy.Pipe(self._splice_room)
+        transport.pause_reading()
+
+    def socket_reading(self, on: bool) -> None:
+        if self._pipe is None:
+            super().socket_reading(on)
+            return
+        loop = self.stream.driver.loop
+        if on and not self._watching and self.outcome is None:
+            loop.add_reader(self._app_fd, self._splice_once)
+            self._watching = True
+        elif not on and self._watching:
+            loop.remove_reader(self._app_fd)
+            self._watching = False
+
+    def _splice_once(self) -> None:
+        pipe, stream = self._pipe, self.stream
+        assert pipe is not None
+        room = min(stream.held_room(), pipe.room)
+        if room <= 0:
+            self._splice_wait(pipe)
+            return
+        try:
+            got = pipe.fill(self._app_fd, room)
+        except (BlockingIOError, InterruptedError):
+            if pipe.held:  # no free slot in the pipe (small fragments): wait until it drains
+                self._splice_wait(pipe)
+            return
+        except OSError:
+            self._finish("tcp_reset")  # RFC 9113 §8.5: a TCP error is a CONNECT_ERROR
+            return
+        if got == 0:
+            self.socket_reading(False)
+            self.eof_received()  # TCP FIN → END_STREAM, after the frames queued before it
+            return
+        pipe.hold()
+        try:
+            stream.send_held(HeldPayload(got, pipe))
+        except StreamResetError:
+            pipe.release()
+            self._finish("stream_reset")
+
+    def _splice_wait(self, pipe: zerocopy.Pipe) -> None:
+        """Stop reading until there is room: in the pipe (`_splice_room`), in a window or in the
+        TLS buffer (`stream_writable`)."""
+        self.pause_reading()
+        if pipe.room <= 0 or pipe.held:
+            pipe.waiting = True
+        if not self.stream.driver.write_paused:
+            self.stream.driver.blocked(self.stream.stream_id)
+
+    def _splice_room(self) -> None:
+        if self.outcome is None and not self.eof_seen and not self.reading_wanted:
+            self.resume_reading()
+
+    def end_splice(self) -> None:
+        """Stop splicing and close the dup'd fd: before the transport closes or resets the socket
+        (the socket is released, and its RST sent, only when its last fd closes)."""
+        if self._pipe is None:
+            return
+        self.socket_reading(False)
+        os.close(self._app_fd)
+        self._pipe.release()  # queued payloads keep it open until they are sent
+        self._pipe = None
 
     # -- stream → TCP ---------------------------------------------------------------------------
     def stream_data(self, data: bytes | memoryview) -> None:
@@ -223,6 +311,7 @@ class TcpRelay(TcpSide):
         if self.outcome is not None:
             return
         self.outcome = outcome
+        self.end_splice()
         if outcome == "tcp_reset":
             self.stream.reset(H2_CONNECT_ERROR)
         elif outcome == "closed":
@@ -253,6 +342,7 @@ async def relay(
         outcome = await tcp.done
     except BaseException:
         tcp.outcome = tcp.outcome or "cancelled"
+        tcp.end_splice()
         stream.reset(H2_CANCEL)
         reset_tcp(writer)
         raise

@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from zt.errors import H2_CANCEL
+from zt.hbone._h2 import HeldPayload
 from zt.hbone.request import ConnectRequest
 from zt.identity.spiffe import SpiffeId
 from zt.proxy.errors import StreamResetError
@@ -39,6 +40,16 @@ class StreamHost(Protocol):
     async def writable(self) -> None: ...
 
     def send_data(self, stream_id: int, data: bytes | memoryview) -> int: ...
+
+    def send_window(self, stream_id: int) -> int: ...
+
+    @property
+    def holds(self) -> bool: ...
+
+    @property
+    def max_frame_size(self) -> int: ...
+
+    def send_held(self, stream_id: int, payload: HeldPayload) -> None: ...
 
     def blocked(self, stream_id: int) -> None: ...
 
@@ -188,6 +199,25 @@ class HboneStream:
         if sent < len(data) and not self.driver.write_paused:
             self.driver.blocked(self.stream_id)  # flow control: `stream_writable` when it opens
         return sent
+
+    def held_room(self) -> int:
+        """How many bytes one held DATA frame may carry now: the windows and the peer's frame size
+        (0 while the TLS write buffer is above its high-water mark or a window is closed)."""
+        if self._reset is not None or self.local_ended or self.driver.write_paused:
+            return 0
+        return min(self.driver.send_window(self.stream_id), self.driver.max_frame_size)
+
+    def send_held(self, payload: HeldPayload) -> None:
+        """Send one DATA frame whose payload the transport splices (zt/proxy/zerocopy.py), sized
+        by `held_room()`. Raises StreamResetError on a reset stream."""
+        if self._reset is not None:
+            raise self._reset
+        try:
+            self.driver.send_held(self.stream_id, payload)
+        except StreamResetError as exc:
+            self.deliver_reset(exc.code, exc)
+            raise
+        self.bytes_out += len(payload)
 
     @property
     def sink(self) -> StreamSink | None:

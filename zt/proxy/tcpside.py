@@ -140,7 +140,7 @@ class TcpSide(asyncio.BufferedProtocol):
         if handover.eof:
             self.eof_received()
         elif self._reading_wanted and not self.lost:
-            self.transport.resume_reading()
+            self.socket_reading(True)
 
     @property
     def read_size(self) -> int:
@@ -151,12 +151,25 @@ class TcpSide(asyncio.BufferedProtocol):
     def pause_reading(self) -> None:
         self._reading_wanted = False
         if self.transport is not None and not self.lost:
-            self.transport.pause_reading()
+            self.socket_reading(False)
 
     def resume_reading(self) -> None:
         self._reading_wanted = True
         if self._started and self.transport is not None and not self.lost and not self.eof_seen:
+            self.socket_reading(True)
+
+    @property
+    def reading_wanted(self) -> bool:
+        return self._reading_wanted
+
+    def socket_reading(self, on: bool) -> None:
+        """Start or stop reading the socket (the transport's reads; a subclass may read it
+        another way, zt/proxy/relay.py splice)."""
+        assert self.transport is not None
+        if on:
             self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     def release_buffer(self) -> None:
         """The last view may still be referenced (a transport queued it): read into a new one."""

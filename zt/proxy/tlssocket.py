@@ -18,10 +18,11 @@ driven by the loop's `add_reader` / `add_writer` readiness callbacks:
 - OpenSSL can hand record encryption to the kernel (kTLS, zt/proxy/ktls.py) only here, where it
   owns the socket; never through a MemoryBIO.
 
-A later splice(2) path fits this shape: `write()` a frame header (SSL_write, or kTLS TX through the
-same SSL object), wait until `get_write_buffer_size()` is 0 (OpenSSL holds no unfinished record),
-then splice payload bytes into `get_extra_info("socket").fileno()`; with kTLS TX the kernel makes
-the records. `pause_reading()` first, so no SSL_read races the hand-over.
+- held payloads (`write_chunks`, zt/proxy/zerocopy.py): with kTLS transmit on this connection a
+  queued DATA payload may be a `HeldPayload` in a pipe. The bytes before it (ending with its frame
+  header) are sent with MSG_MORE, straight to the socket (the kernel seals them as SSL_write would,
+  and OpenSSL holds no unfinished write at that point: the queue is strictly in order), then the
+  payload is spliced from the pipe; the kernel makes the records.
 
 The protocol is the unchanged `HboneDriver`: connection_made / data_received / eof_received /
 connection_lost / pause_writing / resume_writing, as with asyncio's own transports.
@@ -37,7 +38,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from zt.errors import UsageError
-from zt.proxy import _openssl, ktls
+from zt.hbone._h2 import Chunk, HeldPayload
+from zt.proxy import _openssl, ktls, zerocopy
 
 # Module switch between this transport and asyncio/uvloop's SSL protocol (zt/proxy/client.py
 # `dial`, zt/proxy/accept.py `serve_tls`); a per-call `tls_on_socket` argument overrides it.
@@ -101,9 +103,15 @@ class TlsSocketTransport(asyncio.Transport):
         self._ssl: Any = sock._sslobj  # type: ignore[attr-defined]
         self._fd = sock.fileno()
         self._protocol = protocol
-        self._out: list[bytes] = []  # queued after `_unfinished`
+        self._out: list[bytes | HeldPayload] = []  # queued after `_unfinished`
         self._out_size = 0
         self._unfinished: bytes | None = None  # an SSL_write OpenSSL must be given again
+        # Held payloads (write_chunks): bytes before one, sent with MSG_MORE, not finished yet;
+        # the payload being spliced and how much of it is left.
+        self._raw: memoryview | None = None
+        self._held: HeldPayload | None = None
+        self._held_left = 0
+        self.holds = zerocopy.enabled_for(sock)  # may be given held payloads
         self._high = _DEFAULT_HIGH
         self._low = _DEFAULT_HIGH // 4
         self._protocol_paused = False
@@ -153,7 +161,7 @@ class TlsSocketTransport(asyncio.Transport):
         if not self._write_wants_read:  # else the queued write still needs its readiness
             self._want_read(False)
         self._deadline = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
-        if self._unfinished is None and not self._out:
+        if self._queue_empty():
             self._shutdown()
         # else: _flush calls _shutdown once the queue is empty
 
@@ -197,12 +205,18 @@ class TlsSocketTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         pending = len(self._unfinished) if self._unfinished is not None else 0
-        return pending + self._out_size
+        raw = len(self._raw) if self._raw is not None else 0
+        return pending + raw + self._held_left + self._out_size
+
+    def _queue_empty(self) -> bool:
+        return (
+            self._unfinished is None and self._raw is None and self._held is None and not self._out
+        )
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
             return
-        if self._unfinished is None and not self._out and not self._write_wants_read:
+        if self._queue_empty() and not self._write_wants_read:
             self._send(data)
         else:
             chunk = bytes(data)  # the caller may reuse its buffer (zt/hbone/_h2.py payload views)
@@ -217,6 +231,26 @@ class TlsSocketTransport(asyncio.Transport):
             self.write(chunks[0])
         elif chunks:
             self.write(b"".join(chunks))
+
+    def write_chunks(self, chunks: list[Chunk]) -> None:
+        """`writelines` that may hold `HeldPayload`s (only when `holds`: kTLS transmit is on)."""
+        if not any(type(chunk) is HeldPayload for chunk in chunks):
+            self.writelines(chunks)  # type: ignore[arg-type]  # no HeldPayload: checked
+            return
+        if self._closing or not self.holds:
+            for chunk in chunks:
+                if type(chunk) is HeldPayload:
+                    _release(chunk)
+            if not self._closing:
+                raise UsageError("write_chunks: a held payload on a connection without kTLS TX")
+            return
+        for chunk in chunks:
+            item = chunk if type(chunk) is HeldPayload else bytes(chunk)  # type: ignore[arg-type]
+            self._out.append(item)
+            self._out_size += len(item)
+        if not self._write_wants_read and self._unfinished is None:
+            self._flush()
+        self._maybe_pause_protocol()
 
     def write_eof(self) -> None:
         raise NotImplementedError("TLS has no half-close (HTTP/2 ends with GOAWAY)")
@@ -333,14 +367,19 @@ class TlsSocketTransport(asyncio.Transport):
 
     def _flush(self) -> None:
         while not self._lost:
-            if self._unfinished is None:
-                if not self._out:
-                    break
-                data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-                self._out.clear()
-                self._out_size = 0
-            else:
+            if self._unfinished is not None:
                 data, self._unfinished = self._unfinished, None
+            elif self._raw is not None or self._held is not None:
+                if not self._send_held():
+                    return  # waiting for the socket
+                continue
+            elif not self._out:
+                break
+            else:
+                data = self._take_bytes()
+                if self._out and type(self._out[0]) is HeldPayload:
+                    self._start_held(data)
+                    continue
             self._send(data)
             if self._unfinished is not None:
                 return  # waiting for the socket (or for OpenSSL's read)
@@ -349,6 +388,46 @@ class TlsSocketTransport(asyncio.Transport):
         self._maybe_resume_protocol()
         if self._closing and not self._shutting and not self._lost:
             self._shutdown()
+
+    def _take_bytes(self) -> bytes:
+        """The queued bytes up to the first held payload, removed from the queue."""
+        out = self._out
+        end = next((i for i, item in enumerate(out) if type(item) is HeldPayload), len(out))
+        taken: list[bytes] = out[:end]  # type: ignore[assignment]  # bytes only, before `end`
+        del out[:end]
+        data = taken[0] if len(taken) == 1 else b"".join(taken)  # b"" when a held one is first
+        self._out_size -= len(data)
+        return data
+
+    def _start_held(self, before: bytes) -> None:
+        held = self._out.pop(0)
+        assert type(held) is HeldPayload
+        self._out_size -= held.size
+        self._raw = memoryview(before) if before else None
+        self._held, self._held_left = held, held.size
+
+    def _send_held(self) -> bool:
+        """Send the bytes before the held payload (MSG_MORE: they end with its frame header, one
+        record with the payload), then splice the payload. False while the socket is full."""
+        try:
+            while self._raw is not None:
+                sent = socket.socket.send(self._sock, self._raw, socket.MSG_MORE)
+                self._raw = self._raw[sent:] if sent < len(self._raw) else None
+            held = self._held
+            assert held is not None
+            pipe: zerocopy.Pipe = held.source  # type: ignore[assignment]  # the relay's pipe
+            while self._held_left:
+                self._held_left -= pipe.drain(self._fd, self._held_left)
+        except (BlockingIOError, InterruptedError):
+            self._want_write(True)
+            return False
+        except OSError as exc:
+            self._force_close(exc)
+            return False
+        self._held = None
+        zerocopy.sent_frame()
+        pipe.release()
+        return True
 
     def _maybe_pause_protocol(self) -> None:
         if not self._protocol_paused and self.get_write_buffer_size() > self._high:
@@ -415,9 +494,15 @@ class TlsSocketTransport(asyncio.Transport):
             self._deadline = None
         self._want_read(False)
         self._want_write(False)
+        for item in self._out:
+            if type(item) is HeldPayload:
+                _release(item)
+        if self._held is not None:
+            _release(self._held)
         self._out.clear()
         self._out_size = 0
-        self._unfinished = None
+        self._unfinished = self._raw = self._held = None
+        self._held_left = 0
         with contextlib.suppress(OSError):
             self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, exc)
@@ -440,9 +525,14 @@ class TlsSocketTransport(asyncio.Transport):
             self._writing = False
 
 
+def _release(held: HeldPayload) -> None:
+    pipe: zerocopy.Pipe = held.source  # type: ignore[assignment]  # the relay's pipe
+    pipe.release()
+
+
 def dump() -> dict[str, object]:
     """`tls` of the node's /config_dump: where TLS runs and what kTLS does (zt/proxy/ktls.py)."""
-    return {"onSocket": used(), "ktls": ktls.status().to_dict()}
+    return {"onSocket": used(), "ktls": ktls.status().to_dict(), "splice": zerocopy.enabled()}
 
 
 # -- handshakes --------------------------------------------------------------------------------
