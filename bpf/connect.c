@@ -8,7 +8,7 @@
  *     IPv4-mapped server); the original server is kept in zt_orig_app (kind ZT_ORIG_DNS:
  *     getpeername4/6 shows it, sockops leaves it alone) and, for UDP, in zt_orig_dns (recvmsg4/6
  *     shows replies as coming from it: glibc, musl and dig drop replies from another source).
- *     Left alone as by connect below: zt's marked sockets (the proxy's own upstream queries) and
+ *     Left alone as by connect below: zt's marked sockets (its own sockets inside a pod) and
  *     port 53 on loopback or the pod's own IPs (a DNS server inside the pod).
  *   - TCP otherwise: loopback, the pod's own IPs and sockets marked ZT_MARK are left alone; other
  *     TCP connects are rewritten to <pod ip>:15001 and the original destination is stored in the
@@ -68,8 +68,14 @@ static __always_inline struct zt_pod *zt_capturing_pod(struct bpf_sock_addr *ctx
             zt_orig_app.sk_storage_delete(sk);
         return NULL;
     }
-    if (pod->flags & ZT_POD_OUT_SKLOOKUP)
+    if (pod->flags & ZT_POD_OUT_SKLOOKUP) {
+        /* not captured here, but a DNS connect of this socket may have stored a server before
+         * (e.g. refused while the proxy restarted): every attempt overwrites or forgets */
+        struct bpf_sock *sk = ctx->sk;
+        if (sk && (pod->flags & ZT_POD_DNS))
+            zt_orig_app.sk_storage_delete(sk);
         return NULL;
+    }
     if (zt_marked(ctx)) {
         zt_leave(ctx, ZT_C_CONNECT_SKIP_MARK);
         return NULL;

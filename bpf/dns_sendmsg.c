@@ -6,8 +6,9 @@
  * first, before any map lookup. In a ZT_POD_DNS pod, a datagram to port 53 is sent to
  * 127.0.0.1:15053 (sendmsg4) or [::1]:15053 (sendmsg6) instead, and the server it was meant for
  * is kept in the socket's zt_orig_dns slot of that proxy address; recvmsg4/6 shows the replies as
- * coming from it. Left alone, as by connect4/6: zt's marked sockets (the DNS proxy's upstream
- * queries) and port 53 on loopback or the pod's own IPs (a DNS server inside the pod).
+ * coming from it. Left alone, as by connect4/6: zt's marked sockets (its own sockets inside a pod;
+ * the proxy's upstream queries leave from zt's namespace, which no pod capture covers) and port 53
+ * on loopback or the pod's own IPs (a DNS server inside the pod).
  *
  * An IPv4-mapped destination on a dual-stack socket never reaches sendmsg6: udpv6_sendmsg() hands
  * it to udp_sendmsg(), which runs sendmsg4 with the IPv4 address (Linux 5.10 to 6.18 alike), so

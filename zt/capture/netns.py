@@ -200,7 +200,10 @@ def open_dns_sockets(
                 for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
                     sock = marked_socket(family, kind=kind)
                     made.append(sock)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if kind == socket.SOCK_STREAM:
+                        # TCP only: a restarted proxy rebinds past TIME_WAIT. On UDP it would let
+                        # another SO_REUSEADDR socket in the pod bind 15053 too and take datagrams.
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     if reuse_port:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                     try:
