@@ -57,7 +57,9 @@ def parse_upstream(text: str) -> Upstream:
     """`10.96.0.10`, `10.96.0.10:5353`, `fd00::a`, `[fd00::a]:5353` (the `--dns-upstream` form)."""
     host, port = text, str(DNS_PORT)
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            host = ""  # `[fd00::a` or `[fd00::a]x`: refused below
         port = rest.removeprefix(":") or port
     elif text.count(":") == 1:
         host, port = text.split(":")

@@ -108,6 +108,7 @@ def _bad(p: dict[str, str]) -> dict[str, list[str]]:
         "--admin-addr": addr,
         "--log-format": ["xml"],
         "--ktls": ["yes"],
+        "--dns-upstream": ["dns.example", "10.0.0.1:0", "[fe80::1"],
         "--drain-deadline": ["-1", "soon"],
         "--handshake-timeout": ["0", "x"],
         "--pod-grace": ["-1"],

@@ -164,7 +164,7 @@ def _daemon(tmp_path: Path) -> tuple[NodeDaemon, CertificateManager]:
     capture = SimpleNamespace(status=lambda: SimpleNamespace(to_dict=lambda: {"mode": "connect"}))
     daemon.services = cast(
         NodeServices,
-        SimpleNamespace(certs=manager, capture=capture, store=SnapshotStore(snapshot)),
+        SimpleNamespace(certs=manager, capture=capture, store=SnapshotStore(snapshot), dns=None),
     )
     return daemon, manager
 
