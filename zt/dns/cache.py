@@ -24,7 +24,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from zt.dns.names import Labels
+from zt.state.names import Labels
 
 Key = tuple[Labels, int, int, bool]  # (qname, qtype, qclass, DO bit)
 Section = tuple[dns.rrset.RRset, ...]

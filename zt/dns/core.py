@@ -29,7 +29,7 @@ import dns.rdtypes.IN.AAAA
 import dns.rrset
 
 from zt.dns.cache import Cache, Key
-from zt.dns.names import DEFAULT_CLUSTER_DOMAIN, Found, Labels, MeshNames
+from zt.state.names import DEFAULT_CLUSTER_DOMAIN, Found, Labels, MeshNames, mesh_names
 from zt.dns.wire import (
     OUR_PAYLOAD,
     Query,
@@ -150,7 +150,7 @@ class DnsCore:
         """The newest snapshot and its names, indexed once per snapshot."""
         snapshot = self._source()
         if snapshot is not self._snapshot:
-            self._names = MeshNames.build(snapshot, self.settings.cluster_domain)
+            self._names = mesh_names(snapshot, self.settings.cluster_domain)
             self._snapshot = snapshot
         return snapshot, self._names
 
