@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from zt.addr import SocketAddr
+from zt.addr import Destination, SocketAddr, parse_destination
 from zt.errors import UsageError
 
 from . import _values
@@ -193,10 +193,11 @@ def connect(
         ),
     ],
     authority: Annotated[
-        SocketAddr,
+        str,
         typer.Option(
-            help="tunnel destination IP:PORT or [IPV6]:PORT",
-            parser=_values.address,
+            help="tunnel destination IP:PORT, [IPV6]:PORT or a service or workload HOSTNAME:PORT"
+            " (the server resolves it)",
+            parser=_values.destination,
             metavar="ADDR:PORT",
         ),
     ],
@@ -233,12 +234,12 @@ def connect(
     zerocopy.configure(splice)
     expected = [SpiffeId.parse(s) for s in expect_san]
     workload = _load_cert(cert, key, bundle)
-    code = asyncio.run(_connect(workload, via, authority, expected))
+    code = asyncio.run(_connect(workload, via, parse_destination(authority), expected))
     raise typer.Exit(code)
 
 
 async def _connect(
-    workload: "WorkloadCert", via: SocketAddr, dst: SocketAddr, expected: list["SpiffeId"]
+    workload: "WorkloadCert", via: SocketAddr, dst: Destination, expected: list["SpiffeId"]
 ) -> int:
     from zt.hbone.request import ConnectRequest  # noqa: PLC0415
     from zt.identity.tls import client_context  # noqa: PLC0415
@@ -250,7 +251,7 @@ async def _connect(
     driver = await dial(via, client_context(workload), peer_check=server_peer_check(expected))
     try:
         try:
-            stream = await open_tunnel(driver, ConnectRequest(SocketAddr(dst.ip, dst.port)))
+            stream = await open_tunnel(driver, ConnectRequest(dst))
         except TunnelRefused as exc:
             typer.echo(f"zt: CONNECT {dst} via {via}: {exc.status} {exc.detail}", err=True)
             return EXIT_BY_STATUS.get(exc.status, EXIT_OTHER_STATUS)

@@ -20,6 +20,7 @@ import pytest
 from tests.dns.conftest import CLIENT, MESH, addresses, mesh_snapshot, rrsets
 from zt.dns.cache import Cache, CacheSettings
 from zt.dns.core import DnsCore, Drop, Forward, Reply
+from zt.dns.raw import Answer
 from zt.dns.wire import Transport
 from zt.state.snapshot import Snapshot
 
@@ -214,6 +215,13 @@ def upstream_answer(
     return reply
 
 
+def accepted(forward: Forward, reply: dns.message.Message) -> Answer:
+    """The upstream's reply as the upstream client hands it to the core."""
+    answer = forward.accept(reply.to_wire())
+    assert answer is not None
+    return answer
+
+
 def forward_of(core: DnsCore, q: dns.message.Message, now: float) -> Forward:
     command = core.handle(q.to_wire(), UDP, now)
     assert isinstance(command, Forward), command
@@ -227,7 +235,7 @@ def test_forwarded_answers_are_cached_for_their_smallest_ttl_and_served_aged(
     q = query("www.example.org.")
     forward = forward_of(core, q, now=100.0)
     assert forward.upstream.id != q.id and forward.upstream.edns == 0  # our own id and EDNS
-    reply = core.forwarded(forward, upstream_answer(forward, ttl=60), now=100.2)
+    reply = core.forwarded(forward, accepted(forward, upstream_answer(forward, ttl=60)), now=100.2)
     first = dns.message.from_wire(reply.wire)
     assert (reply.result, first.id, addresses(first)) == (
         "forwarded",
@@ -252,7 +260,9 @@ def test_negative_answers_are_cached_for_the_soa_minimum(snapshot: Snapshot) -> 
     q = query("nope.example.org.")
     forward = forward_of(core, q, now=0.0)
     reply = core.forwarded(
-        forward, upstream_answer(forward, rcode=dns.rcode.NXDOMAIN, soa=(900, 20)), 0.0
+        forward,
+        accepted(forward, upstream_answer(forward, rcode=dns.rcode.NXDOMAIN, soa=(900, 20))),
+        0.0,
     )
     assert dns.message.from_wire(reply.wire).rcode() == dns.rcode.NXDOMAIN
     hit = answer(core, q, now=19.0)
@@ -260,7 +270,9 @@ def test_negative_answers_are_cached_for_the_soa_minimum(snapshot: Snapshot) -> 
     assert isinstance(core.handle(q.to_wire(), UDP, 20.0), Forward)
 
     forward = forward_of(core, q, now=20.0)
-    core.forwarded(forward, upstream_answer(forward, rcode=dns.rcode.NXDOMAIN), 20.0)
+    core.forwarded(
+        forward, accepted(forward, upstream_answer(forward, rcode=dns.rcode.NXDOMAIN)), 20.0
+    )
     assert isinstance(core.handle(q.to_wire(), UDP, 20.1), Forward)  # no SOA: not kept
 
 
@@ -270,7 +282,7 @@ def test_zero_ttl_and_servfail_are_not_cached_and_all_upstreams_failing_is_servf
     core = core_for(snapshot)
     q = query("www.example.org.")
     forward = forward_of(core, q, now=0.0)
-    core.forwarded(forward, upstream_answer(forward, ttl=0), 0.0)
+    core.forwarded(forward, accepted(forward, upstream_answer(forward, ttl=0)), 0.0)
     forward = forward_of(core, q, now=0.0)
     reply = core.forwarded(forward, None, 0.0)
     assert reply.result == "servfail"
@@ -282,7 +294,7 @@ def test_the_cache_is_bounded_and_drops_the_least_recently_used(snapshot: Snapsh
     core = core_for(snapshot, cache=Cache(CacheSettings(max_entries=2)))
     for name in ("a.example.org.", "b.example.org.", "c.example.org."):
         forward = forward_of(core, query(name), 0.0)
-        core.forwarded(forward, upstream_answer(forward), 0.0)
+        core.forwarded(forward, accepted(forward, upstream_answer(forward)), 0.0)
     assert len(core.cache) == 2
     assert isinstance(core.handle(query("a.example.org.").to_wire(), UDP, 1.0), Forward)
     assert isinstance(core.handle(query("c.example.org.").to_wire(), UDP, 1.0), Reply)
@@ -307,7 +319,7 @@ def big_forward(core: DnsCore, q: dns.message.Message) -> Reply:
     reply = dns.message.make_response(forward.upstream)
     ips = [f"198.51.100.{i}" for i in range(1, 61)]  # 60 A records: ~980 bytes
     reply.answer.append(dns.rrset.from_text(forward.upstream.question[0].name, 60, "IN", "A", *ips))
-    return core.forwarded(forward, reply, 0.0)
+    return core.forwarded(forward, accepted(forward, reply), 0.0)
 
 
 def test_answers_are_truncated_to_the_clients_udp_size_with_tc(snapshot: Snapshot) -> None:
@@ -330,7 +342,9 @@ def test_the_do_bit_is_passed_upstream_and_copied_back(snapshot: Snapshot) -> No
     q = query("www.example.org.", use_edns=0, want_dnssec=True)
     forward = forward_of(core, q, 0.0)
     assert forward.upstream.ednsflags & dns.flags.DO
-    reply = dns.message.from_wire(core.forwarded(forward, upstream_answer(forward), 0.0).wire)
+    reply = dns.message.from_wire(
+        core.forwarded(forward, accepted(forward, upstream_answer(forward)), 0.0).wire
+    )
     assert reply.ednsflags & dns.flags.DO
     mesh = answer(core, query("reviews.", use_edns=0, payload=1400, want_dnssec=True))
     assert mesh.edns == 0 and mesh.ednsflags & dns.flags.DO
@@ -430,6 +444,6 @@ def test_repeated_queries_reuse_the_answer_only_while_it_is_still_true(snapshot:
 
     web = query("www.example.org.")
     forward = forward_of(core, web, now=100.0)
-    core.forwarded(forward, upstream_answer(forward, ttl=60), now=100.0)
+    core.forwarded(forward, accepted(forward, upstream_answer(forward, ttl=60)), now=100.0)
     ttls = [answer(core, web, now=t).answer[0].ttl for t in (100.1, 100.9, 101.0, 102.5)]
     assert ttls == [60, 60, 59, 58]

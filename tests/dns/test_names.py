@@ -10,7 +10,7 @@ from tests.dns.conftest import MESH
 from zt.config import dump
 from zt.config.convert import snapshot as to_snapshot
 from zt.config.schema import MeshFile, WorkloadModel
-from zt.dns.names import MeshNames, labels_of, mesh_domain, text_of
+from zt.state.names import MeshNames, labels_of, mesh_domain, text_of
 from zt.state.snapshot import Snapshot
 
 

@@ -133,13 +133,17 @@ def test_connect_refuses_unexpected_server_identity(
     assert b"expected one of" in done.stderr
 
 
-def test_connect_bad_authority_is_a_usage_error(
+def test_connect_bad_authority_is_a_usage_error_and_a_hostname_goes_to_the_server(
     serve: tuple[str, dict[str, list[str]]], pki: Pki
 ) -> None:
     via, files = serve
-    done = _connect(via, files, "not-an-ip:80", b"", str(pki.server.identity))
+    done = _connect(via, files, "not_a_host:80", b"", str(pki.server.identity))
     assert done.returncode == 2
     assert b"--authority" in done.stderr
+    # a name is sent as is (lowercased); `hbone serve` has no mesh to resolve it: 503
+    done = _connect(via, files, "Echo.default.svc:80", b"", str(pki.server.identity))
+    assert done.returncode == 5, done.stderr
+    assert b"CONNECT echo.default.svc:80" in done.stderr and b"503 unknown_hostname" in done.stderr
 
 
 def test_serve_answers_400_to_a_connect_aimed_at_itself(

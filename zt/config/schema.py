@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress
 from pydantic.alias_generators import to_camel
 
+from zt.addr import HOSTNAME_FORM, parse_hostname
 from zt.errors import ZtError
 from zt.identity import spiffe
 
@@ -78,26 +79,40 @@ def _service_key(value: str) -> str:
     return value
 
 
-# RFC 1035 §2.3.4: labels of 63 octets or less, names of 255 octets or less on the wire (253
-# characters written out); RFC 1123 §2.1 host names: letters, digits, '-' (and '_', which
-# Kubernetes pod subdomains never hold but DNS itself allows).
-_DNS_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+def _host(value: str) -> str:
+    """RFC 1123 §2.1 (zt.addr.parse_hostname), lowercased (RFC 4343: names compare
+    case-insensitively; the mesh's indexes compare them exactly). A trailing dot is dropped."""
+    try:
+        return parse_hostname(value, absolute=True)
+    except ZtError:
+        raise ValueError(HOSTNAME_FORM) from None
 
 
-def _dns_name(value: str) -> str:
-    if not value:
-        return value  # unset
-    labels = value.removesuffix(".").split(".")
-    if len(value) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
-        raise ValueError(
-            "empty, or a DNS name: dot-separated labels of letters, digits, '-' or '_' (1 to 63 each, "
-            "253 characters in all)"
-        )
-    return value.removesuffix(".").lower()
+def _workload_hostname(value: str) -> str:
+    return _host(value) if value else value  # "": unset
+
+
+def _service_hostname(value: str) -> str:
+    """A host name, or `*.` and one: a wildcard (Istio ServiceEntry hosts; ztunnel's DNS answers
+    every name below it, `get_wildcards`)."""
+    wildcard = value.startswith("*.")
+    try:
+        host = _host(value[2:] if wildcard else value)
+    except ValueError:
+        raise ValueError(f"{HOSTNAME_FORM}; or '*.' and one, a wildcard") from None
+    return "*." + host if wildcard else host
+
+
+def _endpoint_key(value: str) -> str:
+    """A workload's `services` key: `<namespace>/<hostname>`, the hostname lowercased as the
+    service's own (so `default/Echo...` still names service `echo...`)."""
+    ns, _, host = _service_key(value).partition("/")
+    return f"{ns}/{host.lower()}"
 
 
 Name = Annotated[str, AfterValidator(_name)]
-DnsName = Annotated[str, AfterValidator(_dns_name)]
+WorkloadHostname = Annotated[str, AfterValidator(_workload_hostname)]
+ServiceHostname = Annotated[str, AfterValidator(_service_hostname)]
 LabelValue = Annotated[str, AfterValidator(_label_value)]
 TrustDomain = Annotated[str, AfterValidator(_trust_domain)]
 SpiffeUri = Annotated[str, AfterValidator(_spiffe)]
@@ -114,6 +129,7 @@ def _principal(value: str) -> str:
 Principal = Annotated[str, AfterValidator(_principal)]
 Vip = Annotated[str, AfterValidator(_vip)]
 ServiceKey = Annotated[str, AfterValidator(_service_key)]
+EndpointKey = Annotated[str, AfterValidator(_endpoint_key)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 TargetPort = Annotated[int, Field(ge=0, le=65535)]  # 0: the endpoint's own mapping decides
 
@@ -142,7 +158,7 @@ class WorkloadModel(_Model):
     node: str = ""
     netns: str | None = None
     status: Literal["Healthy", "Unhealthy"] = "Healthy"
-    services: dict[ServiceKey, dict[Port, TargetPort]] = {}
+    services: dict[EndpointKey, dict[Port, TargetPort]] = {}
     authorization_policies: list[ServiceKey] = []
     # ztunnel's telemetry fields. Empty means what istiod sends for an unlabelled pod: the
     # workload name is `name`, the canonical name the workload name, the revision "latest"
@@ -152,13 +168,13 @@ class WorkloadModel(_Model):
     canonical_revision: LabelValue = ""
     cluster_id: LabelValue = ""
     locality: LocalityModel = LocalityModel()
-    hostname: DnsName = ""
+    hostname: WorkloadHostname = ""
 
 
 class ServiceModel(_Model):
     name: Name
     namespace: Name = "default"
-    hostname: Annotated[str, Field(min_length=1)]
+    hostname: ServiceHostname
     vips: list[Vip] = []
     ports: dict[Port, TargetPort] = {}
     subject_alt_names: list[SpiffeUri] = []

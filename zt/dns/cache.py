@@ -9,8 +9,9 @@ What is kept (RFC 2308, RFC 1035 §7.4):
 - nothing else (SERVFAIL, REFUSED, truncated answers), and no OPT: RFC 6891 §6.2.1, "The OPT
   record MUST NOT be cached".
 TTLs are capped (`max_ttl`, `max_negative_ttl`: RFC 2308 §5 finds one to three hours work well for
-negative answers), and served decremented by the entry's age. The cache holds at most
-`max_entries`, dropping the least recently used.
+negative answers), and served decremented by the entry's age. An entry is the upstream's records
+as bytes (zt/dns/raw.py) with the offsets of their TTLs: serving it rewrites those, no more. The
+cache holds at most `max_entries`, dropping the least recently used.
 """
 
 from __future__ import annotations
@@ -18,16 +19,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
-
-from zt.dns.names import Labels
+from zt.dns.raw import AD, TC, Answer, aged
+from zt.state.names import Labels
 
 Key = tuple[Labels, int, int, bool]  # (qname, qtype, qclass, DO bit)
-Section = tuple[dns.rrset.RRset, ...]
+NOERROR, NXDOMAIN = 0, 3
 
 
 @dataclass(frozen=True)
@@ -39,50 +35,35 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class Entry:
+    """An upstream answer's records as bytes (no OPT), every TTL capped to the entry's."""
+
     rcode: int
     authentic: bool  # the upstream's AD bit
-    answer: Section
-    authority: Section
-    additional: Section
+    counts: tuple[int, int, int]
+    records: bytes
+    ttl_offsets: tuple[int, ...]
     stored: float
     ttl: int
 
     def expired(self, now: float) -> bool:
         return now - self.stored >= self.ttl
 
+    def records_at(self, now: float) -> bytes:
+        """The records with every TTL lowered by the entry's age (RFC 1035 §7.4)."""
+        return aged(self.records, self.ttl_offsets, self.ttl, int(now - self.stored))
 
-def _min_ttl(section: Section) -> int:
-    return min(r.ttl for r in section)
 
-
-def cache_ttl(message: dns.message.Message, settings: CacheSettings) -> int:
+def cache_ttl(answer: Answer, settings: CacheSettings) -> int:
     """How long an upstream answer may be kept (0: not at all)."""
-    rcode = message.rcode()
-    if message.flags & dns.flags.TC or rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+    scanned = answer.scanned
+    rcode = scanned.rcode
+    if scanned.flags & TC or rcode not in (NOERROR, NXDOMAIN):
         return 0
-    if rcode == dns.rcode.NOERROR and message.answer:
-        return min(_min_ttl(tuple(message.answer)), settings.max_ttl)
-    soas = [r for r in message.authority if r.rdtype == dns.rdatatype.SOA]
-    if not soas:
+    if rcode == NOERROR and scanned.answer_ttl is not None:
+        return min(scanned.answer_ttl, settings.max_ttl)
+    if scanned.soa_ttl is None:
         return 0
-    soa = soas[0]
-    minimum: int = soa[0].minimum
-    return min(soa.ttl, minimum, settings.max_negative_ttl)
-
-
-def _with_ttl(rrset: dns.rrset.RRset, ttl: int) -> dns.rrset.RRset:
-    copy = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
-    for rdata in rrset:
-        copy.add(rdata, ttl)
-    return copy
-
-
-def _capped(section: list[dns.rrset.RRset], ttl: int) -> Section:
-    return tuple(r if r.ttl <= ttl else _with_ttl(r, ttl) for r in section)
-
-
-def _aged(section: Section, age: int) -> list[dns.rrset.RRset]:
-    return [_with_ttl(r, max(0, r.ttl - age)) for r in section]
+    return min(scanned.soa_ttl, settings.max_negative_ttl)
 
 
 class Cache:
@@ -93,20 +74,21 @@ class Cache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, key: Key, message: dns.message.Message, now: float) -> bool:
+    def put(self, key: Key, answer: Answer, now: float) -> bool:
         """Keep an upstream answer if its rcode and TTLs allow; True if kept."""
-        ttl = cache_ttl(message, self.settings)
+        ttl = cache_ttl(answer, self.settings)
         if ttl <= 0:
             return False
-        authentic = bool(message.flags & dns.flags.AD)
+        scanned = answer.scanned
         # no record is served with a TTL beyond the entry's: a negative answer's SOA counts down
         # from the negative TTL (RFC 2308 §5)
+        offsets = scanned.ttl_offsets
         entry = Entry(
-            message.rcode(),
-            authentic,
-            _capped(message.answer, ttl),
-            _capped(message.authority, ttl),
-            _capped(message.additional, ttl),
+            scanned.rcode,
+            bool(scanned.flags & AD),
+            scanned.counts,
+            aged(answer.records, offsets, ttl, 0),
+            offsets,
             now,
             ttl,
         )
@@ -125,14 +107,3 @@ class Cache:
             return None
         self._entries.move_to_end(key)
         return entry
-
-    def fill(self, entry: Entry, response: dns.message.Message, now: float) -> None:
-        """Copy a kept answer into `response`, every TTL lowered by the entry's age (RFC 1035
-        §7.4: a cached RR's TTL counts down)."""
-        age = int(now - entry.stored)
-        response.set_rcode(dns.rcode.Rcode.make(entry.rcode))
-        if entry.authentic:
-            response.flags |= dns.flags.AD
-        response.answer = _aged(entry.answer, age)
-        response.authority = _aged(entry.authority, age)
-        response.additional = _aged(entry.additional, age)

@@ -28,10 +28,11 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.rrset
 
-from zt.dns.cache import Cache, Key
-from zt.dns.names import DEFAULT_CLUSTER_DOMAIN, Found, Labels, MeshNames
+from zt.dns import raw
+from zt.dns.cache import Cache, Entry, Key
+from zt.dns.raw import Answer, Malformed, scan
 from zt.dns.wire import (
-    OUR_PAYLOAD,
+    QName,
     Query,
     Rejected,
     Transport,
@@ -40,6 +41,7 @@ from zt.dns.wire import (
     respond,
 )
 from zt.state.model import Workload
+from zt.state.names import DEFAULT_CLUSTER_DOMAIN, Found, Labels, MeshNames, mesh_names
 from zt.state.snapshot import Snapshot
 
 # ztunnel's DEFAULT_TTL_SECONDS: the TTL of every record zt answers from the mesh
@@ -54,7 +56,7 @@ class Reply:
     wire: bytes
     result: str  # metrics/log: mesh, nxdomain, cached, forwarded, servfail, formerr, ...
     qtype: str = "none"
-    qname: str = ""
+    qname: QName | str = ""
     records: int = 0
 
 
@@ -71,10 +73,15 @@ class Forward:
     question: bytes = field(repr=False)  # its question section, as sent
 
     @property
+    def qid(self) -> int:
+        """The id of the upstream query (zt's own, random)."""
+        return int.from_bytes(self.wire[:2], "big")
+
+    @property
     def upstream(self) -> dns.message.Message:
         return dns.message.from_wire(self.wire)
 
-    def accept(self, wire: bytes) -> dns.message.Message | None:
+    def accept(self, wire: bytes) -> Answer | None:
         """The upstream's answer to this query, or None for anything else (RFC 5452 §9.1: match
         the id, the question and the source; the source is the connected socket's job). Names
         compare case-insensitively (RFC 4343), types and classes exactly."""
@@ -86,9 +93,10 @@ class Forward:
         if got[-4:] != want[-4:] or got[:-4].lower() != want[:-4].lower():
             return None
         try:
-            return dns.message.from_wire(wire)
-        except Exception:  # a malformed reply is no answer; dnspython raises many kinds
+            scanned = scan(wire)
+        except Malformed:  # a malformed reply is no answer
             return None
+        return Answer(wire, scanned) if scanned.question_end == end else None
 
 
 Command = Reply | Forward | Drop
@@ -150,7 +158,7 @@ class DnsCore:
         """The newest snapshot and its names, indexed once per snapshot."""
         snapshot = self._source()
         if snapshot is not self._snapshot:
-            self._names = MeshNames.build(snapshot, self.settings.cluster_domain)
+            self._names = mesh_names(snapshot, self.settings.cluster_domain)
             self._snapshot = snapshot
         return snapshot, self._names
 
@@ -185,9 +193,8 @@ class DnsCore:
                 "unknown_client",
                 rcode=dns.rcode.SERVFAIL,
             )
-        qname = query.question.name
-        labels = tuple(label.lower() for label in qname.labels[:-1])
-        if query.question.rdclass == IN:
+        labels = tuple(label.lower() for label in query.labels)
+        if query.qclass == IN:
             found = names.find(labels, client.namespace)
             if found is not None:
                 return self._mesh(query, client, found)
@@ -238,55 +245,80 @@ class DnsCore:
         return self._reply(query, response, "nxdomain", rcode=dns.rcode.NXDOMAIN)
 
     def _upstream(self, query: Query, labels: Labels, now: float, wire: bytes) -> Command:
-        q = query.question
-        key: Key = (labels, int(q.rdtype), int(q.rdclass), query.dnssec_ok)
+        key: Key = (labels, query.qtype, query.qclass, query.dnssec_ok)
         entry = self.cache.get(key, now)
+        question = _raw_question(wire) or (
+            b"".join(bytes([len(label)]) + label for label in query.labels)
+            + b"\x00"
+            + struct.pack("!HH", query.qtype, query.qclass)
+        )
         if entry is not None:
             # the same bytes until the TTLs count down one more second, or the entry expires
             age = now - entry.stored
             self._keep_until = entry.stored + min(math.floor(age) + 1, entry.ttl)
-            response = respond(query, authoritative=False)
-            self.cache.fill(entry, response, now)
-            self._drop_ad(query, response)
-            return self._reply(query, response, "cached")
-        return Forward(query, key, *self._upstream_query(query, wire))
+            return self._cached(query, entry, question, now)
+        return Forward(query, key, self._upstream_query(query, question), question)
 
-    def _upstream_query(self, query: Query, wire: bytes) -> tuple[bytes, bytes]:
+    def _upstream_query(self, query: Query, question: bytes) -> bytes:
         """The client's question, as it sent it, under our own header and OPT (built from bytes:
         dnspython would take ~100 us): a fresh random id, RD, the client's CD; EDNS0 with our
         payload size and the client's DO bit (RFC 6891 §6.1.2)."""
-        question = _raw_question(wire) or (
-            (query.question.name.to_wire() or b"")
-            + struct.pack("!HH", query.qtype, query.question.rdclass)
-        )
-        flags = dns.flags.RD | (query.message.flags & dns.flags.CD)
+        flags = raw.RD | (query.flags & raw.CD)
         header = struct.pack("!6H", self._rng.getrandbits(16), flags, 1, 0, 0, 1)
-        opt = b"\x00" + struct.pack(
-            "!HHIH", dns.rdatatype.OPT, OUR_PAYLOAD, dns.flags.DO if query.dnssec_ok else 0, 0
-        )
-        return header + question + opt, question
+        return header + question + raw.our_opt(query.dnssec_ok)
 
-    def forwarded(self, forward: Forward, answer: dns.message.Message | None, now: float) -> Reply:
+    def forwarded(self, forward: Forward, answer: Answer | None, now: float) -> Reply:
         """The client's answer once the upstreams answered (`answer`) or all failed (None:
-        SERVFAIL, RFC 1035 §4.1.1 "Server failure")."""
+        SERVFAIL, RFC 1035 §4.1.1 "Server failure"). The upstream's records go out as they came,
+        under the client's id and question and zt's flags and OPT (zt/dns/raw.py)."""
         query = forward.query
-        response = respond(query, authoritative=False)
         if answer is None:
+            response = respond(query, authoritative=False)
             return self._reply(query, response, "servfail", rcode=dns.rcode.SERVFAIL)
         self.cache.put(forward.key, answer, now)
-        response.set_rcode(answer.rcode())
-        response.flags |= answer.flags & dns.flags.AD
-        response.answer = list(answer.answer)
-        response.authority = list(answer.authority)
-        response.additional = list(answer.additional)
-        self._drop_ad(query, response)
-        return self._reply(query, response, "forwarded")
+        scanned = answer.scanned
+        authentic = bool(scanned.flags & raw.AD)
+        wire = self._raw_reply(
+            query,
+            forward.question,
+            rcode=scanned.rcode,
+            authentic=authentic,
+            counts=scanned.counts,
+            records=answer.records,
+        )
+        return Reply(wire, "forwarded", query.type_label, query.qname, scanned.counts[0])
+
+    def _cached(self, query: Query, entry: Entry, question: bytes, now: float) -> Reply:
+        records = entry.records_at(now)
+        wire = self._raw_reply(
+            query,
+            question,
+            rcode=entry.rcode,
+            authentic=entry.authentic,
+            counts=entry.counts,
+            records=records,
+        )
+        return Reply(wire, "cached", query.type_label, query.qname, entry.counts[0])
 
     @staticmethod
-    def _drop_ad(query: Query, response: dns.message.Message) -> None:
-        # RFC 6840 §5.8: set AD in a response only if the query had AD or DO set
-        if not (query.dnssec_ok or query.message.flags & dns.flags.AD):
-            response.flags &= ~dns.flags.AD
+    def _raw_reply(
+        query: Query,
+        question: bytes,
+        *,
+        rcode: int,
+        authentic: bool,
+        counts: tuple[int, int, int],
+        records: bytes,
+    ) -> bytes:
+        """The header `respond()` would make: the query's id, RD and CD, RA, the rcode; AD only
+        if the upstream set it and the query had AD or DO (RFC 6840 §5.8); not authoritative."""
+        flags = raw.QR | raw.RA | (query.flags & (raw.RD | raw.CD)) | (rcode & 0xF)
+        if authentic and (query.dnssec_ok or query.flags & raw.AD):
+            flags |= raw.AD
+        opt = raw.our_opt(query.dnssec_ok) if query.edns >= 0 else b""
+        return raw.message(
+            query.qid, flags, question, counts=counts, records=records, opt=opt, limit=query.limit
+        )
 
     @staticmethod
     def _reply(
@@ -299,6 +331,6 @@ class DnsCore:
             render(response, query.limit),
             result,
             query.type_label,
-            query.question.name.to_text(),
+            query.qname,
             records,
         )

@@ -51,7 +51,14 @@ class DnsMetrics:
         )
 
     def answered(
-        self, *, qtype: str, result: str, seconds: float, qname: str, client: str, records: int
+        self,
+        *,
+        qtype: str,
+        result: str,
+        seconds: float,
+        qname: object,  # written with str() only if the line is logged
+        client: str,
+        records: int,
     ) -> None:
         self.requests.inc(labels={"type": qtype, "result": result})
         self.duration.observe(seconds, labels={"result": result})

@@ -22,10 +22,18 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from zt.dns.cache import Cache, CacheSettings
+from zt.dns.cache import Cache, CacheSettings, Key
 from zt.dns.core import CoreSettings, DnsCore, Drop, Forward, Reply
 from zt.dns.metrics import DnsMetrics
-from zt.dns.upstream import LENGTH, SocketMaker, Upstream, UpstreamClient
+from zt.dns.raw import CD, Answer
+from zt.dns.upstream import (
+    LENGTH,
+    POOL_SOCKETS,
+    SOCKET_USES,
+    SocketMaker,
+    Upstream,
+    UpstreamClient,
+)
 from zt.dns.wire import Transport
 from zt.errors import ZtError
 from zt.state.snapshot import Snapshot
@@ -47,6 +55,8 @@ class ServerSettings:
     max_forwards: int = 256  # upstream exchanges in flight; past it, SERVFAIL at once
     udp_timeout: float = 2.0
     tcp_timeout: float = 5.0
+    upstream_sockets: int = POOL_SOCKETS  # open UDP sockets per upstream
+    upstream_socket_uses: int = SOCKET_USES  # queries per socket before a new one replaces it
     core: CoreSettings = field(default_factory=CoreSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
 
@@ -92,6 +102,8 @@ class DnsServer:
             metrics,
             udp_timeout=self.settings.udp_timeout,
             tcp_timeout=self.settings.tcp_timeout,
+            pool=self.settings.upstream_sockets,
+            socket_uses=self.settings.upstream_socket_uses,
         )
         self._make = socket_maker
         self._metrics = metrics
@@ -101,6 +113,7 @@ class DnsServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[asyncio.StreamWriter] = set()
         self._forwards = 0  # upstream exchanges in flight
+        self._inflight: dict[tuple[Key, bool], asyncio.Future[Answer | None]] = {}
         self.udp_address: tuple[str, int] | None = None
         self.tcp_address: tuple[str, int] | None = None
 
@@ -172,6 +185,7 @@ class DnsServer:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.upstream.close()
 
     # -- queries -----------------------------------------------------------------------------------
     def udp_query(
@@ -199,14 +213,27 @@ class DnsServer:
             transport.sendto(wire, addr)
 
     async def _forward(self, forward: Forward) -> Reply:
+        """Ask the upstreams; a question already being asked (the same name, type, class and
+        DO and CD bits) waits for that exchange instead of starting another."""
+        key = (forward.key, bool(forward.wire[3] & CD))
+        pending = self._inflight.get(key)
+        if pending is not None:
+            # shielded: a waiter cancelled does not cancel the future the others wait on
+            return self.core.forwarded(forward, await asyncio.shield(pending), self._clock())
         if self._forwards >= self.settings.max_forwards:
             reply = self.core.forwarded(forward, None, self._clock())
             return dataclasses.replace(reply, result="overloaded")
         self._forwards += 1
+        # the waiters' future, settled by this exchange however it ends (cancelled: SERVFAIL)
+        exchange: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = exchange
+        answer = None
         try:
             answer = await self.upstream.resolve(forward)
         finally:
             self._forwards -= 1
+            del self._inflight[key]
+            exchange.set_result(answer)
         return self.core.forwarded(forward, answer, self._clock())
 
     def _finish(self, command: Reply | Drop, start: float) -> bytes | None:

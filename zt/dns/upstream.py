@@ -1,8 +1,8 @@
 """Upstream resolvers: where they are (resolv.conf or a list) and the asyncio client asking them.
 
-Each upstream is asked in turn over UDP; a truncated answer is asked again over TCP (RFC 7766
-§5: "a stub resolver ... MUST use TCP when it receives a truncated response"). An upstream that
-times out, cannot be reached, or answers SERVFAIL, REFUSED, NOTIMP or FORMERR is skipped for the
+Each upstream is asked in turn over UDP (a few pooled sockets, `UpstreamClient`); a truncated
+answer is asked again over TCP (RFC 7766 §5: "a stub resolver ... MUST use TCP when it receives a
+truncated response"). An upstream that times out, cannot be reached, or answers SERVFAIL, REFUSED, NOTIMP or FORMERR is skipped for the
 next; when none answers, the caller gets None (and answers SERVFAIL).
 """
 
@@ -10,26 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 import socket
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.flags
-import dns.message
 import dns.rcode
 
 from zt.addr import IpAddress
 from zt.dns.core import Forward
 from zt.dns.errors import UpstreamConfigError, UpstreamError
 from zt.dns.metrics import DnsMetrics
+from zt.dns.raw import TC, Answer
 
 SocketMaker = Callable[[int, int], socket.socket]  # (family, type) -> a new socket
 RESOLV_CONF = Path("/etc/resolv.conf")
 DNS_PORT = 53
 UDP_TIMEOUT = 2.0  # per upstream; glibc's default is 5 s per try, and clients retry on their own
 TCP_TIMEOUT = 5.0
+POOL_SOCKETS = 8  # open UDP sockets per upstream
+SOCKET_USES = 64  # queries one of them carries before a new socket (a new random port) replaces it
 LENGTH = struct.Struct("!H")  # RFC 7766 §8: the two-byte length before each TCP message
 # rcodes that say "this upstream cannot answer", not "the name is so": try the next one
 UNUSABLE = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.NOTIMP, dns.rcode.FORMERR})
@@ -100,9 +102,81 @@ def system_upstreams(path: Path = RESOLV_CONF) -> tuple[Upstream, ...]:
     return found or (Upstream(ipaddress.ip_address("127.0.0.1")),)
 
 
+class _Channel:
+    """One connected UDP socket to one upstream, shared by the queries in flight on it (told
+    apart by id) and replaced after `SOCKET_USES` queries. Connected: the kernel drops datagrams
+    from any other source (RFC 5452 §9.1)."""
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, uses: int) -> None:
+        self.sock = sock
+        self.loop = loop
+        self.max_uses = uses
+        self.waiting: dict[int, tuple[Forward, asyncio.Future[Answer]]] = {}
+        self.uses = 0
+        self.retired = False
+        self.closed = False
+        loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        for _ in range(64):  # bounded per wakeup; the loop comes back while more are queued
+            try:
+                data = self.sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # ICMP unreachable on a connected socket: every query here
+                self._fail(exc)
+                return
+            entry = self.waiting.get(int.from_bytes(data[:2], "big")) if len(data) >= 2 else None
+            if entry is None:
+                continue  # late, or not an answer to anything asked: ignored
+            forward, future = entry
+            answer = forward.accept(data)
+            if answer is not None and not future.done():
+                future.set_result(answer)
+
+    def _fail(self, exc: OSError) -> None:
+        for _, future in self.waiting.values():
+            if not future.done():
+                future.set_exception(exc)
+        self.retire()
+
+    def ask(self, forward: Forward) -> asyncio.Future[Answer]:
+        future: asyncio.Future[Answer] = self.loop.create_future()
+        self.waiting[forward.qid] = (forward, future)
+        self.uses += 1
+        if self.uses >= self.max_uses:
+            self.retired = True  # this query is its last: closed once answered (`release`)
+        try:
+            self.sock.send(forward.wire)
+        except OSError as exc:
+            future.set_exception(exc)
+        return future
+
+    def release(self, qid: int) -> None:
+        self.waiting.pop(qid, None)
+        if self.retired and not self.waiting:
+            self.close()
+
+    def retire(self) -> None:
+        self.retired = True
+        if not self.waiting:
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
 class UpstreamClient:
     """Asks upstreams for a `Forward`. Sockets come from `socket_maker` (the node's namespace
-    by default: the node's resolv.conf names servers reachable from there)."""
+    by default: the node's resolv.conf names servers reachable from there).
+
+    UDP goes through a few open sockets per upstream (as dnsmasq's pool of random ports), not a
+    new one per query (~50 us each): a query takes one of `pool` slots at random, and a socket
+    is replaced after `socket_uses` queries, so source ports stay unpredictable (RFC 5452 §9.2:
+    "use an unpredictable source port", the kernel's random ephemeral port of a new socket)."""
 
     def __init__(
         self,
@@ -112,6 +186,8 @@ class UpstreamClient:
         *,
         udp_timeout: float = UDP_TIMEOUT,
         tcp_timeout: float = TCP_TIMEOUT,
+        pool: int = POOL_SOCKETS,
+        socket_uses: int = SOCKET_USES,
     ) -> None:
         if not upstreams:
             raise UpstreamConfigError("DNS upstreams: got none, expected at least one")
@@ -120,8 +196,21 @@ class UpstreamClient:
         self._metrics = metrics
         self.udp_timeout = udp_timeout
         self.tcp_timeout = tcp_timeout
+        self._pool = pool
+        self._socket_uses = socket_uses
+        self._slots: dict[Upstream, list[_Channel | None]] = {}
+        self._rng = random.SystemRandom()
 
-    async def resolve(self, forward: Forward) -> dns.message.Message | None:
+    def close(self) -> None:
+        """Close every pooled socket (queries still waiting on them fail)."""
+        for slots in self._slots.values():
+            for channel in slots:
+                if channel is not None:
+                    channel._fail(ConnectionAbortedError(0, "closed"))
+                    channel.close()
+        self._slots.clear()
+
+    async def resolve(self, forward: Forward) -> Answer | None:
         for upstream in self.upstreams:
             try:
                 answer = await self._ask(upstream, forward)
@@ -132,43 +221,59 @@ class UpstreamClient:
             return answer
         return None
 
-    async def _ask(self, upstream: Upstream, forward: Forward) -> dns.message.Message:
+    async def _ask(self, upstream: Upstream, forward: Forward) -> Answer:
         answer = await self._udp(upstream, forward)
-        if answer.flags & dns.flags.TC:
+        if answer.scanned.flags & TC:
             answer = await self._tcp(upstream, forward)
-        if answer.rcode() in UNUSABLE:
-            raise UpstreamError(str(upstream), f"rcode: {dns.rcode.to_text(answer.rcode())}")
+        rcode = answer.scanned.rcode
+        if rcode in UNUSABLE:
+            raise UpstreamError(
+                str(upstream), f"rcode: {dns.rcode.to_text(dns.rcode.Rcode(rcode))}"
+            )
         return answer
 
     def _counted(self, transport: str) -> None:
         if self._metrics is not None:
             self._metrics.sent_upstream(transport)
 
-    async def _udp(self, upstream: Upstream, forward: Forward) -> dns.message.Message:
-        loop = asyncio.get_running_loop()
+    def _channel(self, upstream: Upstream, qid: int) -> _Channel:
+        """A pooled socket for a query with id `qid` (none already waiting with that id)."""
+        slots = self._slots.setdefault(upstream, [None] * self._pool)
+        i = self._rng.randrange(len(slots))
+        channel = slots[i]
+        if channel is None or channel.retired or qid in channel.waiting:
+            if channel is not None:
+                channel.retire()
+            channel = slots[i] = self._open(upstream)
+        return channel
+
+    def _open(self, upstream: Upstream) -> _Channel:
         try:
             sock = self._make(upstream.family, socket.SOCK_DGRAM)
         except OSError as exc:
             raise UpstreamError(str(upstream), f"socket: {exc.strerror}") from None
-        with sock:
+        try:
             sock.setblocking(False)
-            try:
-                # connected: the kernel drops datagrams from any other source (RFC 5452 §9.1).
-                # A UDP connect and a send of one datagram do not block: no loop round trips.
-                sock.connect(upstream.address)
-                self._counted("udp")
-                sock.send(forward.wire)
-                async with asyncio.timeout(self.udp_timeout):
-                    while True:  # anything that is not the answer is ignored until the deadline
-                        answer = forward.accept(await loop.sock_recv(sock, 65535))
-                        if answer is not None:
-                            return answer
-            except TimeoutError:
-                raise UpstreamError(str(upstream), "timeout: udp") from None
-            except OSError as exc:
-                raise UpstreamError(str(upstream), f"error: udp {exc.strerror}") from None
+            sock.connect(upstream.address)  # a UDP connect does not block
+            return _Channel(sock, asyncio.get_running_loop(), self._socket_uses)
+        except OSError as exc:
+            sock.close()
+            raise UpstreamError(str(upstream), f"error: udp {exc.strerror}") from None
 
-    async def _tcp(self, upstream: Upstream, forward: Forward) -> dns.message.Message:
+    async def _udp(self, upstream: Upstream, forward: Forward) -> Answer:
+        channel = self._channel(upstream, forward.qid)
+        self._counted("udp")
+        try:
+            async with asyncio.timeout(self.udp_timeout):
+                return await channel.ask(forward)
+        except TimeoutError:
+            raise UpstreamError(str(upstream), "timeout: udp") from None
+        except OSError as exc:
+            raise UpstreamError(str(upstream), f"error: udp {exc.strerror}") from None
+        finally:
+            channel.release(forward.qid)
+
+    async def _tcp(self, upstream: Upstream, forward: Forward) -> Answer:
         loop = asyncio.get_running_loop()
         try:
             sock = self._make(upstream.family, socket.SOCK_STREAM)

@@ -5,6 +5,7 @@ from zt.state.hostnames import (
     HostnameUnroutable,
     Resolved,
     UnknownHostname,
+    find_name,
     lookup_hostname,
     resolve,
     resolve_inbound,
@@ -24,6 +25,7 @@ from zt.state.loopguard import (
     parse_allow,
 )
 from zt.state.model import Action, Health, Policy, Protocol, Scope, Service, Workload
+from zt.state.names import MeshNames, mesh_names
 from zt.state.route import Route, RouteKind, route
 from zt.state.snapshot import EMPTY_SNAPSHOT, Snapshot
 
@@ -39,6 +41,7 @@ __all__ = [
     "Health",
     "HostnameUnroutable",
     "LoopGuardRefused",
+    "MeshNames",
     "Policy",
     "Protocol",
     "Refusal",
@@ -54,8 +57,10 @@ __all__ = [
     "authorize",
     "check_inbound",
     "check_outbound",
+    "find_name",
     "illegal_ports",
     "lookup_hostname",
+    "mesh_names",
     "own_ips",
     "parse_allow",
     "resolve",

@@ -1,21 +1,22 @@
 """Mesh hostnames where zt takes a destination: pure functions of the snapshot.
 
 Outbound (`zt route --dst name:port`, SOCKS5 with a domain name), `resolve()` turns a name into the
-address `route()` is given, as ztunnel's DNS proxy would have answered the app:
+address `route()` is given: one of the addresses the pod's DNS query for that name is answered
+(zt/state/names.py, the resolver the DNS proxy answers from, with ztunnel's short names and
+search suffixes), IPv4 first, as ztunnel picks a VIP for a hostname, the port unchanged:
 
-- a service with VIPs on the source's network: one of them (IPv4 first, as ztunnel picks a VIP
-  for a hostname), the port unchanged: `route()` then maps the service port to a target port;
-- a service without VIPs (Kubernetes "headless"): ztunnel's DNS answers with the endpoints' own
-  addresses (`dns/server.rs` get_addresses: "Headless service. Use the endpoint IPs."), so zt picks
-  one healthy endpoint on the source's network; the port is unchanged, as a client of a headless
-  service dials the pod's port itself.
+- a service with VIPs: one on the source's network (`route()` then maps the service port);
+- a service without VIPs (Kubernetes "headless"): one healthy endpoint on the source's network
+  (ztunnel's `dns/server.rs` get_addresses: "Headless service. Use the endpoint IPs."); a client
+  of a headless service dials the pod's port itself;
+- a workload `hostname`: the workload's address.
 
 Inbound (an HBONE `:authority` naming a service, docs/design.md §2), `resolve_inbound()` does what
 ztunnel's `find_inbound_upstream` does since it accepts hostname authorities: the tunnel goes to the
 pod the connection reached, and the service port becomes the target port (the pod's own mapping
-first, else the service's); a name no service has, or a port it does not map, is a 503.
-
-Every name is looked up by `lookup_hostname()`, the one place a mesh hostname becomes a mesh object.
+first, else the service's); a name no service has, or a port it does not map, is a 503. A peer
+sends the full hostname (never a short name, which only means something in the client's
+namespace); a workload hostname leads to that workload's address, the port as is.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from dataclasses import dataclass
 from zt.addr import HostPort, IpAddress, SocketAddr
 from zt.errors import H2_CONNECT_ERROR, ZtError
 from zt.state.model import Service, Workload
+from zt.state.names import DEFAULT_CLUSTER_DOMAIN, Found, MeshNames, labels_of, mesh_names, text_of
 from zt.state.route import target_port
 from zt.state.snapshot import Snapshot
 
 # Kubernetes' default cluster domain: `<svc>.<ns>.svc.cluster.local`.
-CLUSTER_DOMAIN = "cluster.local"
+CLUSTER_DOMAIN = DEFAULT_CLUSTER_DOMAIN
 
 
 class UnknownHostname(ZtError):
@@ -56,24 +58,24 @@ class HostnameUnroutable(ZtError):
 
 @dataclass(frozen=True)
 class Resolved:
-    """A name and where it leads: `destination` is what the flow dials or `route()` is given."""
+    """A name and where it leads: `destination` is what the flow dials or `route()` is given;
+    `service` the service the name is (None for a workload hostname), `workload` the workload."""
 
     name: HostPort
     destination: SocketAddr
-    service: Service
+    service: Service | None
     how: str  # human words for the CLI and logs
+    workload: Workload | None = None
 
     def __str__(self) -> str:
         return f"{self.name} -> {self.destination} ({self.how})"
 
 
 def lookup_hostname(snapshot: Snapshot, hostname: str, namespace: str | None) -> Service | None:
-    """The mesh object a hostname names, or None. The same hostname may be a service in several
-    namespaces (a service's key is `<namespace>/<hostname>`): the asking workload's own namespace
-    wins, as in ztunnel's `get_best_by_host(hostname, Some(namespace))`.
-
-    Only services have hostnames today; once workloads carry one too, this is where a name finds
-    them (and `resolve` / `resolve_inbound` get a Workload case: its address, the port as is)."""
+    """The service with exactly this hostname, or None. The same hostname may be a service in
+    several namespaces (a service's key is `<namespace>/<hostname>`): the asking workload's own
+    namespace wins, as in ztunnel's `get_best_by_host(hostname, Some(namespace))`. Short names,
+    search suffixes, wildcards and workload hostnames: `find_name`."""
     if namespace is not None:
         own = snapshot.service_by_key.get(f"{namespace}/{hostname}")
         if own is not None:
@@ -81,19 +83,18 @@ def lookup_hostname(snapshot: Snapshot, hostname: str, namespace: str | None) ->
     return snapshot.service_by_hostname.get(hostname)
 
 
-def search_names(
-    hostname: str, namespace: str, cluster_domain: str = CLUSTER_DOMAIN
-) -> tuple[str, ...]:
-    """The name as given, then its Kubernetes expansions from `namespace` (what a pod's resolver
-    search list does, and ztunnel's DNS `to_kube_fqdns`): `svc` -> `svc.<ns>.svc.<domain>`,
-    `svc.ns` -> `svc.ns.svc.<domain>`, `svc.ns.svc` -> `svc.ns.svc.<domain>`."""
-    labels = hostname.split(".")
-    suffix = {
-        1: f".{namespace}.svc.{cluster_domain}",
-        2: f".svc.{cluster_domain}",
-        3: f".{cluster_domain}" if labels[-1] == "svc" else "",
-    }.get(len(labels), "")
-    return (hostname, hostname + suffix) if suffix else (hostname,)
+def find_name(
+    snapshot: Snapshot, hostname: str, namespace: str, cluster_domain: str = CLUSTER_DOMAIN
+) -> Found | None:
+    """What a pod in `namespace` asking its DNS for `hostname` is answered from (zt/state/names.py:
+    the name, its short-name completions, its search suffixes stripped, wildcards), or None."""
+    return mesh_names(snapshot, cluster_domain).find(labels_of(hostname), namespace)
+
+
+def tried_names(hostname: str, namespace: str, cluster_domain: str = CLUSTER_DOMAIN) -> list[str]:
+    """The names `find_name` looks for, in order (for error messages)."""
+    names = MeshNames(cluster_domain=labels_of(cluster_domain))
+    return [text_of(alias) for alias, _ in names.aliases(labels_of(hostname), namespace)]
 
 
 def resolve(
@@ -102,43 +103,39 @@ def resolve(
     """Outbound: the address `route()` is given for `name` asked by `source` (module docstring).
     Raises UnknownHostname or HostnameUnroutable, naming `field` (where the name came from) and
     the host."""
-    tried = search_names(name.host, source.namespace)
-    for hostname in tried:
-        service = lookup_hostname(snapshot, hostname, source.namespace)
-        if service is not None:
-            return _via_service(snapshot, name, service, source, seed)
-    raise UnknownHostname(
-        f"{field}: got {str(name)!r}, expected a service hostname of the mesh and a port"
-        f" (tried {', '.join(tried)})"
-    )
-
-
-def _via_service(
-    snapshot: Snapshot, name: HostPort, service: Service, source: Workload, seed: int
-) -> Resolved:
-    if service.vips:
-        vips = [ip for network, ip in service.vips if network == source.network]
-        if not vips:
-            raise HostnameUnroutable(
-                f"hostname {name.host!r}: service {service.key} has no VIP on network"
-                f" {source.network!r}"
-            )
-        vip = _ipv4_first(vips)
-        return Resolved(name, SocketAddr(vip, name.port), service, f"service {service.key} VIP")
-    endpoints = [
-        w
-        for w in snapshot.endpoints.get(service.key, ())
-        if w.healthy and w.ips and w.network == source.network
-    ]
-    if not endpoints:
-        raise HostnameUnroutable(
-            f"hostname {name.host!r}: service {service.key} has no VIP and no healthy endpoint"
-            f" on network {source.network!r}"
+    found = find_name(snapshot, name.host, source.namespace)
+    if found is None:
+        raise UnknownHostname(
+            f"{field}: got {str(name)!r}, expected a service or workload hostname of the mesh and"
+            f" a port (tried {', '.join(tried_names(name.host, source.namespace))})"
         )
-    endpoint = random.Random(f"{seed}/{source.uid}/{name}").choice(endpoints)
-    address = SocketAddr(_ipv4_first(list(endpoint.ips)), name.port)
-    how = f"service {service.key} has no VIP: endpoint {endpoint.uid}"
-    return Resolved(name, address, service, how)
+    target = found.target
+    network = source.network
+    ips = list(target.addresses(network, 4) or target.addresses(network, 6))
+    named = target.named
+    if isinstance(named, Workload):
+        if not ips:
+            raise HostnameUnroutable(
+                f"hostname {name.host!r}: workload {named.uid} has no address on network"
+                f" {network!r}"
+            )
+        how = f"workload {named.uid}"
+        return Resolved(name, SocketAddr(ips[0], name.port), None, how, named)
+    if target.vips:
+        if not ips:
+            raise HostnameUnroutable(
+                f"hostname {name.host!r}: service {named.key} has no VIP on network {network!r}"
+            )
+        return Resolved(name, SocketAddr(ips[0], name.port), named, f"service {named.key} VIP")
+    if not ips:
+        raise HostnameUnroutable(
+            f"hostname {name.host!r}: service {named.key} has no VIP and no healthy endpoint"
+            f" on network {network!r}"
+        )
+    ip = random.Random(f"{seed}/{source.uid}/{name}").choice(ips)
+    endpoint = next(w for w in target.endpoints if ip in w.ips)
+    how = f"service {named.key} has no VIP: endpoint {endpoint.uid}"
+    return Resolved(name, SocketAddr(ip, name.port), named, how, endpoint)
 
 
 def resolve_inbound(
@@ -150,25 +147,41 @@ def resolve_inbound(
     As ztunnel, the pod need not be listed as an endpoint of that service: an IP authority may name
     any port of the pod, so a name grants no more; it only says which port the service maps to."""
     service = lookup_hostname(snapshot, authority.host, workload.namespace)
-    if service is None:
+    if service is not None:
+        return _inbound_service(authority, service, workload, reached)
+    # not a service's hostname as is: a wildcard service's name, or a workload's hostname
+    found = mesh_names(snapshot).find(labels_of(authority.host), workload.namespace, exact=True)
+    if found is None:
         raise UnknownHostname(
-            f":authority: got {authority.host!r}, expected a service hostname of the mesh"
+            f":authority: got {authority.host!r}, expected a service or workload hostname of the"
+            " mesh"
         )
+    named = found.target.named
+    if isinstance(named, Service):
+        return _inbound_service(authority, named, workload, reached)
+    # a workload's address, the port as is; if it is not this pod's, the caller refuses it
+    ip = _reached_ip(authority, named, reached if named.uid == workload.uid else None)
+    how = f"workload {named.uid} port {authority.port}"
+    return Resolved(authority, SocketAddr(ip, authority.port), None, how, named)
+
+
+def _inbound_service(
+    authority: HostPort, service: Service, workload: Workload, reached: IpAddress | None
+) -> Resolved:
     port = target_port(service, workload, authority.port)
     if not port:
         raise HostnameUnroutable(
             f":authority {authority}: service {service.key} maps no target port for port"
             f" {authority.port} on pod {workload.uid}"
         )
-    if reached is not None and reached in workload.ips:
-        ip = reached
-    elif workload.ips:
-        ip = workload.ips[0]
-    else:
-        raise HostnameUnroutable(f":authority {authority}: pod {workload.uid} has no address")
+    ip = _reached_ip(authority, workload, reached)
     how = f"service {service.key} port {authority.port} -> pod {workload.uid} port {port}"
-    return Resolved(authority, SocketAddr(ip, port), service, how)
+    return Resolved(authority, SocketAddr(ip, port), service, how, workload)
 
 
-def _ipv4_first(ips: list[IpAddress]) -> IpAddress:
-    return next((ip for ip in ips if ip.version == 4), ips[0])
+def _reached_ip(authority: HostPort, workload: Workload, reached: IpAddress | None) -> IpAddress:
+    if reached is not None and reached in workload.ips:
+        return reached
+    if workload.ips:
+        return workload.ips[0]
+    raise HostnameUnroutable(f":authority {authority}: pod {workload.uid} has no address")

@@ -135,7 +135,7 @@ def _bad(p: dict[str, str]) -> dict[str, list[str]]:
         "--timeout": ["soon"],
         "--listen": ["localhost:8080", "10.0.0.1"],
         "--via": addr,
-        "--authority": addr,
+        "--authority": ["fd00::1:80", "10.0.0.1", "host:0"],  # hostname:port is one
         "--expect-san": ["cluster.local/ns/a/sa/b"],
         "--allow": ["10.0.0.0/33", "10.0.0.0/8:99999"],
         "--drain": ["-1"],

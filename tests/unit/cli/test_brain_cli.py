@@ -153,8 +153,8 @@ def test_route_by_mesh_hostname_prints_the_resolved_address_then_the_same_route(
     [
         (
             "nope:80",
-            "zt: --dst: got 'nope:80', expected a service hostname of the mesh and a port"
-            " (tried nope, nope.default.svc.cluster.local)",
+            "zt: --dst: got 'nope:80', expected a service or workload hostname of the mesh and"
+            " a port (tried nope, nope.default.svc.cluster.local)",
         ),
         ("bad_name:80", "zt: --dst: got 'bad_name' (label 'bad_name'), expected a hostname of"),
         ("echo:0", "zt: --dst: got port '0' in 'echo:0', expected 1..65535"),

@@ -1,4 +1,7 @@
-"""The mesh's DNS names, indexed from one snapshot, and ztunnel's alias search over them.
+"""The mesh's names, indexed from one snapshot, and ztunnel's alias search over them: the one
+resolver of mesh names. The DNS proxy (zt/dns/core.py) answers from it, and `zt route --dst`,
+SOCKS5 domains and HBONE `:authority` (zt/state/hostnames.py) resolve through it, so all of them
+agree on every name.
 
 A name is a tuple of lowercase labels without the root (`(b"echo", b"default", b"svc", b"cluster",
 b"local")`): DNS compares names case-insensitively (RFC 4343 §3), and tuples hash fast.
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from zt.addr import IpAddress
+from zt.state.model import Service, Workload
 from zt.state.snapshot import Snapshot
 
 Labels = tuple[bytes, ...]
@@ -42,23 +46,34 @@ def text_of(labels: Labels) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """What one mesh hostname resolves to."""
+    """What one mesh hostname resolves to: a service (its VIPs, or without VIPs its healthy
+    endpoints) or a workload (its own addresses)."""
 
-    namespace: str
-    hostname: str
+    named: Service | Workload
     vips: tuple[tuple[str, IpAddress], ...] = ()
-    # without VIPs: one group of addresses per endpoint (a workload hostname: one group)
-    groups: tuple[tuple[IpAddress, ...], ...] = ()
-    first_per_group: bool = False  # headless: one address of the family per endpoint (ztunnel)
+    # without VIPs: the endpoints (a workload hostname: the workload itself)
+    endpoints: tuple[Workload, ...] = ()
+    first_per_endpoint: bool = False  # headless: one address of the family per endpoint
+
+    @property
+    def namespace(self) -> str:
+        return self.named.namespace
+
+    @property
+    def hostname(self) -> str:
+        return self.named.hostname
 
     def addresses(self, network: str, version: int) -> tuple[IpAddress, ...]:
-        """The addresses of one IP version a client on `network` is given."""
+        """The addresses of one IP version a client on `network` is given. Endpoint addresses
+        only of endpoints on the client's network: pod IPs of another network are not routable
+        from it (a VIP is, through that network's gateway)."""
         if self.vips:
             return tuple(ip for net, ip in self.vips if net == network and ip.version == version)
         out: list[IpAddress] = []
-        for group in self.groups:
-            of_version = [ip for ip in group if ip.version == version]
-            out.extend(of_version[:1] if self.first_per_group else of_version)
+        for w in self.endpoints:
+            if w.network == network:
+                of_version = [ip for ip in w.ips if ip.version == version]
+                out.extend(of_version[:1] if self.first_per_endpoint else of_version)
         return tuple(out)
 
 
@@ -105,16 +120,13 @@ class MeshNames:
         for s in snapshot.services:
             host = labels_of(s.hostname)
             if s.vips:
-                names._add(host, Target(s.namespace, s.hostname, vips=s.vips))
+                names._add(host, Target(s, vips=s.vips))
             elif _under(host, svc_domain):
-                endpoints = snapshot.endpoints.get(s.key, ())
-                groups = tuple(w.ips for w in endpoints if w.healthy)
-                names._add(
-                    host, Target(s.namespace, s.hostname, groups=groups, first_per_group=True)
-                )
+                healthy = tuple(w for w in snapshot.endpoints.get(s.key, ()) if w.healthy)
+                names._add(host, Target(s, endpoints=healthy, first_per_endpoint=True))
         for w in snapshot.workloads:
             if w.hostname:
-                names._add(labels_of(w.hostname), Target(w.namespace, w.hostname, groups=(w.ips,)))
+                names._add(labels_of(w.hostname), Target(w, endpoints=(w,)))
         return names
 
     def _add(self, host: Labels, target: Target) -> None:
@@ -132,10 +144,12 @@ class MeshNames:
     def in_mesh_domain(self, name: Labels) -> bool:
         return any(name == d or _under(name, d) for d in self.domains)
 
-    def find(self, name: Labels, namespace: str) -> Found | None:
+    def find(self, name: Labels, namespace: str, *, exact: bool = False) -> Found | None:
         """ztunnel's Store::find_server: the first alias of `name`, then its wildcards, that is a
-        mesh hostname; of several services with that hostname, the client's namespace's."""
-        for alias, stripped in self.aliases(name, namespace):
+        mesh hostname; of several services with that hostname, the client's namespace's.
+        `exact`: the name itself and its wildcards only (a peer's `:authority`)."""
+        aliases = [(name, None)] if exact else self.aliases(name, namespace)
+        for alias, stripped in aliases:
             for candidate, wildcard in self._wildcards(alias):
                 table = self.wildcards if wildcard else self.hosts
                 targets = table.get(candidate)
@@ -185,3 +199,17 @@ class MeshNames:
         if n == 4 and name[-1] == SVC:
             return [name + cd]
         return []
+
+
+_indexed: dict[str, tuple[Snapshot, MeshNames]] = {}  # per cluster domain: the newest snapshot's
+
+
+def mesh_names(snapshot: Snapshot, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> MeshNames:
+    """The names of `snapshot`, indexed once: every caller (a DNS query, a SOCKS5 domain, a
+    `:authority`) asks about the newest snapshot, so only the last one is kept."""
+    last = _indexed.get(cluster_domain)
+    if last is not None and last[0] is snapshot:
+        return last[1]
+    names = MeshNames.build(snapshot, cluster_domain)
+    _indexed[cluster_domain] = (snapshot, names)
+    return names
