@@ -20,7 +20,7 @@ def command(
         str,
         typer.Option(
             help="original destination ip:port or [ipv6]:port, or a mesh hostname:port"
-            " (a service's, or its short form from the source's namespace)",
+            " (a service's or a workload's, short forms and search suffixes as the pod's DNS)",
             parser=_values.destination,
             metavar="ADDR:PORT",
         ),

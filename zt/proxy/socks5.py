@@ -3,8 +3,9 @@
 
 Only what a mesh needs: method 0x00 (no authentication), CMD 0x01 (CONNECT), IPv4 and IPv6
 addresses, and domain names (ATYP 0x03) resolved through the mesh (zt/state/hostnames.py): a
-service's hostname, or its short forms from the pod's namespace (`echo`, `echo.ns`), becomes the
-address the pod's DNS would have answered, and the connection is routed like a captured one.
+service's or a workload's hostname, its short forms from the pod's namespace (`echo`, `echo.ns`)
+or a search-suffixed form, becomes the address the pod's DNS would have answered, and the
+connection is routed like a captured one.
 
 A name outside the mesh is refused with 0x04 (host unreachable), the code ztunnel sends when its
 lookup fails; zt does not ask the system resolver instead. That resolver is the node's, not the
