@@ -37,7 +37,7 @@ def reply(core: DnsCore, wire: bytes, now: float = 0.0, transport: Transport = U
 def test_padded_queries_are_answered_but_not_memoized(snapshot: Snapshot) -> None:
     """A 60 KB EDNS option made each memo entry 60 KB (61 MB for 1000 names, never freed)."""
     core = core_for([snapshot])
-    pad = dns.edns.GenericOption(65001, b"x" * 60_000)
+    pad = dns.edns.GenericOption(dns.edns.OptionType.make(65001), b"x" * 60_000)
     for i in range(20):
         q = dns.message.make_query(f"x{i}.default.svc.cluster.local.", "A", use_edns=0)
         q.use_edns(0, options=[pad])

@@ -452,3 +452,43 @@ def test_repeated_queries_reuse_the_answer_only_while_it_is_still_true(snapshot:
     core.forwarded(forward, accepted(forward, upstream_answer(forward, ttl=60)), now=100.0)
     ttls = [answer(core, web, now=t).answer[0].ttl for t in (100.1, 100.9, 101.0, 102.5)]
     assert ttls == [60, 60, 59, 58]
+
+
+# -- what is asked upstream, and what an answer may serve ------------------------------------------
+def test_only_the_cluster_domain_is_denied_other_svc_names_are_exact() -> None:
+    """A ServiceEntry-like `a.b.svc.example.com` answers itself, but the rest of
+    `svc.example.com` is someone else's zone: forwarded, not NXDOMAIN."""
+    entry = {"name": "se", "hostname": "a.b.svc.example.com", "vips": ["240.240.0.9"]}
+    core = core_for(mesh_snapshot({**MESH, "services": [*MESH["services"], entry]}))
+    assert addresses(answer(core, query("a.b.svc.example.com."))) == {"240.240.0.9"}
+    for name in ("other.b.svc.example.com.", "b.svc.example.com.", "svc.example.com."):
+        assert isinstance(core.handle(query(name).to_wire(), UDP, 0.0), Forward)
+    assert result(core, query("nope.default.svc.cluster.local.")) == "nxdomain"
+
+
+def test_the_clients_rd_goes_upstream_and_rd_and_cd_keep_their_own_cache_entries(
+    snapshot: Snapshot,
+) -> None:
+    core = core_for(snapshot)
+    plain = query("www.example.org.")
+    norecurse = query("www.example.org.")
+    norecurse.flags &= ~dns.flags.RD
+    unchecked = query("www.example.org.")
+    unchecked.flags |= dns.flags.CD
+    forward = forward_of(core, norecurse, 0.0)
+    assert not sent(forward).flags & dns.flags.RD  # RFC 1035 §4.1.1: the client's choice
+    forward = forward_of(core, unchecked, 0.0)
+    assert sent(forward).flags & dns.flags.RD and sent(forward).flags & dns.flags.CD
+    core.forwarded(forward, accepted(forward, upstream_answer(forward)), 0.0)
+    assert answer(core, unchecked, 1.0).flags & dns.flags.CD  # cached for CD=1 clients
+    # an unvalidated (CD=1) answer never reaches a CD=0 client, nor an RD=1 answer an RD=0 one
+    assert isinstance(core.handle(plain.to_wire(), UDP, 1.0), Forward)
+    assert isinstance(core.handle(norecurse.to_wire(), UDP, 1.0), Forward)
+
+
+def test_without_edns_drops_only_our_opt(snapshot: Snapshot) -> None:
+    forward = forward_of(core_for(snapshot), query("www.example.org.", want_dnssec=True), 0.0)
+    plain = forward.without_edns()
+    got = sent(plain)
+    assert (got.edns, got.id, got.question) == (-1, sent(forward).id, sent(forward).question)
+    assert plain.without_edns() is plain

@@ -1,7 +1,8 @@
 """The DNS proxy's decisions, without I/O: bytes and time in, commands out.
 
 `DnsCore.handle(wire, transport, now)` returns one of
-- `Reply`: answer these bytes (a mesh name, NXDOMAIN in a mesh domain, a cached answer, an error);
+- `Reply`: answer these bytes (a mesh name, NXDOMAIN under `svc.<cluster domain>`, a cached
+  answer, an error);
 - `Forward`: ask the upstream resolvers `Forward.wire`, then hand what came back (or None: every
   upstream failed) to `DnsCore.forwarded`, which returns the `Reply`;
 - `Drop`: send nothing (no readable header, or a response).
@@ -273,9 +274,10 @@ class DnsCore:
         return self._reply(query, response, "mesh", keep_until=keep_until)
 
     def _absent(self, query: Query, labels: Labels, names: MeshNames) -> Reply:
-        """A name in a mesh domain the mesh does not hold: NXDOMAIN, authoritative, without an
-        SOA (as ztunnel's error answers; so clients do not cache it, RFC 2308 §5). A name above
-        mesh names (`default.svc.cluster.local`) exists: NODATA instead (RFC 8020 §2)."""
+        """A name in the mesh domain (`svc.<cluster domain>`) the mesh does not hold: NXDOMAIN,
+        authoritative, without an SOA (as ztunnel's error answers; so clients do not cache it,
+        RFC 2308 §5). A name above mesh names (`default.svc.cluster.local`) exists: NODATA
+        instead (RFC 8020 §2)."""
         response = respond(query, authoritative=True)
         if labels in names.interior:
             return self._reply(query, response, "mesh", keep_until=math.inf)
