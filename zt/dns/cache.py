@@ -32,7 +32,8 @@ from zt.state.names import Labels
 Key = tuple[Labels, int, int, bool, int]
 KEY_FLAGS = RD | CD
 NOERROR, NXDOMAIN = 0, 3
-# Python's objects around one entry, about: the key's tuples and labels, the Entry, its slot
+# Python's objects around one entry (the key's tuples and labels, the Entry, its slot): ~300
+# measured for a short name; a little more, so the budget errs on the safe side
 ENTRY_OVERHEAD = 400
 
 

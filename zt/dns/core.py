@@ -128,7 +128,7 @@ def _raw_question(wire: bytes) -> bytes | None:
 MEMO_MAX_QUERY = 512
 MEMO_MAX_ANSWER = 1232
 MEMO_BYTES = 256 * 1024  # per pod, keys and answers and MEMO_OVERHEAD per entry
-MEMO_OVERHEAD = 256  # what Python's objects around one entry take, about (tuple, dict slot, Reply)
+MEMO_OVERHEAD = 640  # Python's objects around one entry (key tuple, Reply, QName), measured ~650
 MemoKey = tuple[Transport, bytes]  # the transport and the query but its id
 
 
