@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.dns.conftest import CLIENT, MESH, addresses
+from tests.dns.conftest import CLIENT, MESH, addresses, mesh_snapshot
 from zt.addr import HostPort, SocketAddr
 from zt.dns.cache import Cache
 from zt.dns.core import DnsCore, Forward, Reply
@@ -142,3 +142,20 @@ def test_a_workload_hostname_authority_leads_to_that_workload(snapshot: Snapshot
 def test_unknown_names_say_what_was_tried(snapshot: Snapshot) -> None:
     with pytest.raises(ZtError, match=r"tried nope, nope\.default\.svc\.cluster\.local"):
         resolve(snapshot, HostPort("nope", 80), snapshot.by_uid[CLIENT])
+
+
+def test_a_capitalized_hostname_in_the_mesh_file_is_one_name_everywhere(tmp_path: Path) -> None:
+    """The schema lowercases hostnames (RFC 4343): `Reviews.default...` in a mesh file is found
+    by DNS, `zt route --dst`, SOCKS5 and `:authority`, whatever case each is asked in."""
+    services = [
+        {**s, "hostname": "Reviews.default.svc.cluster.local"} if s["name"] == "reviews" else s
+        for s in MESH["services"]
+    ]
+    doc = {**MESH, "services": services}
+    path = tmp_path / "mesh.yaml"
+    path.write_text(json.dumps(doc))
+    snapshot = mesh_snapshot(doc)
+    for name in ("reviews.default.svc.cluster.local", "REVIEWS.default.svc.cluster.local"):
+        assert _dns(snapshot, name) == ("mesh", {"10.96.0.20"})
+        assert _route(path, name) == _socks(snapshot, name) == f"10.96.0.20:{PORT}"
+        assert _authority(snapshot, name)

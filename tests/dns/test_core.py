@@ -194,15 +194,20 @@ def test_a_new_snapshot_is_used_for_the_next_query(snapshot: Snapshot) -> None:
 
 
 # -- forwarding and the cache ----------------------------------------------------------------------
+def sent(forward: Forward) -> dns.message.Message:
+    """The query zt sends upstream, as the upstream reads it."""
+    return dns.message.from_wire(forward.wire)
+
+
 def upstream_answer(
     forward: Forward,
     ttl: int = 60,
     rcode: int = dns.rcode.NOERROR,
     soa: tuple[int, int] | None = None,
 ) -> dns.message.Message:
-    reply = dns.message.make_response(forward.upstream)
+    reply = dns.message.make_response(sent(forward))
     reply.set_rcode(dns.rcode.Rcode.make(rcode))
-    name = forward.upstream.question[0].name
+    name = sent(forward).question[0].name
     if rcode == dns.rcode.NOERROR and soa is None:
         reply.answer.append(dns.rrset.from_text(name, ttl, "IN", "A", "192.0.2.10", "192.0.2.11"))
     if soa is not None:
@@ -234,7 +239,7 @@ def test_forwarded_answers_are_cached_for_their_smallest_ttl_and_served_aged(
     core = core_for(snapshot)
     q = query("www.example.org.")
     forward = forward_of(core, q, now=100.0)
-    assert forward.upstream.id != q.id and forward.upstream.edns == 0  # our own id and EDNS
+    assert sent(forward).id != q.id and sent(forward).edns == 0  # our own id and EDNS
     reply = core.forwarded(forward, accepted(forward, upstream_answer(forward, ttl=60)), now=100.2)
     first = dns.message.from_wire(reply.wire)
     assert (reply.result, first.id, addresses(first)) == (
@@ -306,7 +311,7 @@ def test_upstream_replies_are_matched_by_id_and_question(snapshot: Snapshot) -> 
     good = upstream_answer(forward)
     assert forward.accept(good.to_wire()) is not None
     wrong_id = upstream_answer(forward)
-    wrong_id.id = (forward.upstream.id + 1) % 65536
+    wrong_id.id = (sent(forward).id + 1) % 65536
     assert forward.accept(wrong_id.to_wire()) is None
     other = forward_of(core, query("other.example.org."), 0.0)
     assert forward.accept(upstream_answer(other).to_wire()) is None
@@ -316,9 +321,9 @@ def test_upstream_replies_are_matched_by_id_and_question(snapshot: Snapshot) -> 
 # -- EDNS0 and truncation --------------------------------------------------------------------------
 def big_forward(core: DnsCore, q: dns.message.Message) -> Reply:
     forward = forward_of(core, q, 0.0)
-    reply = dns.message.make_response(forward.upstream)
+    reply = dns.message.make_response(sent(forward))
     ips = [f"198.51.100.{i}" for i in range(1, 61)]  # 60 A records: ~980 bytes
-    reply.answer.append(dns.rrset.from_text(forward.upstream.question[0].name, 60, "IN", "A", *ips))
+    reply.answer.append(dns.rrset.from_text(sent(forward).question[0].name, 60, "IN", "A", *ips))
     return core.forwarded(forward, accepted(forward, reply), 0.0)
 
 
@@ -341,7 +346,7 @@ def test_the_do_bit_is_passed_upstream_and_copied_back(snapshot: Snapshot) -> No
     core = core_for(snapshot)
     q = query("www.example.org.", use_edns=0, want_dnssec=True)
     forward = forward_of(core, q, 0.0)
-    assert forward.upstream.ednsflags & dns.flags.DO
+    assert sent(forward).ednsflags & dns.flags.DO
     reply = dns.message.from_wire(
         core.forwarded(forward, accepted(forward, upstream_answer(forward)), 0.0).wire
     )
@@ -447,3 +452,43 @@ def test_repeated_queries_reuse_the_answer_only_while_it_is_still_true(snapshot:
     core.forwarded(forward, accepted(forward, upstream_answer(forward, ttl=60)), now=100.0)
     ttls = [answer(core, web, now=t).answer[0].ttl for t in (100.1, 100.9, 101.0, 102.5)]
     assert ttls == [60, 60, 59, 58]
+
+
+# -- what is asked upstream, and what an answer may serve ------------------------------------------
+def test_only_the_cluster_domain_is_denied_other_svc_names_are_exact() -> None:
+    """A ServiceEntry-like `a.b.svc.example.com` answers itself, but the rest of
+    `svc.example.com` is someone else's zone: forwarded, not NXDOMAIN."""
+    entry = {"name": "se", "hostname": "a.b.svc.example.com", "vips": ["240.240.0.9"]}
+    core = core_for(mesh_snapshot({**MESH, "services": [*MESH["services"], entry]}))
+    assert addresses(answer(core, query("a.b.svc.example.com."))) == {"240.240.0.9"}
+    for name in ("other.b.svc.example.com.", "b.svc.example.com.", "svc.example.com."):
+        assert isinstance(core.handle(query(name).to_wire(), UDP, 0.0), Forward)
+    assert result(core, query("nope.default.svc.cluster.local.")) == "nxdomain"
+
+
+def test_the_clients_rd_goes_upstream_and_rd_and_cd_keep_their_own_cache_entries(
+    snapshot: Snapshot,
+) -> None:
+    core = core_for(snapshot)
+    plain = query("www.example.org.")
+    norecurse = query("www.example.org.")
+    norecurse.flags &= ~dns.flags.RD
+    unchecked = query("www.example.org.")
+    unchecked.flags |= dns.flags.CD
+    forward = forward_of(core, norecurse, 0.0)
+    assert not sent(forward).flags & dns.flags.RD  # RFC 1035 §4.1.1: the client's choice
+    forward = forward_of(core, unchecked, 0.0)
+    assert sent(forward).flags & dns.flags.RD and sent(forward).flags & dns.flags.CD
+    core.forwarded(forward, accepted(forward, upstream_answer(forward)), 0.0)
+    assert answer(core, unchecked, 1.0).flags & dns.flags.CD  # cached for CD=1 clients
+    # an unvalidated (CD=1) answer never reaches a CD=0 client, nor an RD=1 answer an RD=0 one
+    assert isinstance(core.handle(plain.to_wire(), UDP, 1.0), Forward)
+    assert isinstance(core.handle(norecurse.to_wire(), UDP, 1.0), Forward)
+
+
+def test_without_edns_drops_only_our_opt(snapshot: Snapshot) -> None:
+    forward = forward_of(core_for(snapshot), query("www.example.org.", want_dnssec=True), 0.0)
+    plain = forward.without_edns()
+    got = sent(plain)
+    assert (got.edns, got.id, got.question) == (-1, sent(forward).id, sent(forward).question)
+    assert plain.without_edns() is plain

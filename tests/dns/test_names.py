@@ -19,15 +19,16 @@ from zt.state.snapshot import Snapshot
     [
         ("reviews.default.svc.cluster.local", "svc.cluster.local"),
         ("web-0.web.default.svc.cluster.local", "svc.cluster.local"),
-        ("echo.shop.svc.corp.example", "svc.corp.example"),
         ("svc.default.svc.cluster.local", "svc.cluster.local"),
+        ("echo.shop.svc.corp.example", None),  # another cluster's, or a ServiceEntry's: exact
+        ("a.b.svc.example.com", None),
         ("api.example.com", None),
         ("default.svc.cluster.local", None),  # too few labels before `svc`
         ("reviews.default.svc", None),  # nothing after `svc`
     ],
 )
 def test_mesh_domain_rule(host: str, domain: str | None) -> None:
-    found = mesh_domain(labels_of(host))
+    found = mesh_domain(labels_of(host), labels_of("cluster.local"))
     assert (text_of(found) if found is not None else None) == domain
 
 

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import dns.asyncquery
 import dns.message
+import dns.rcode
 import dns.rrset
 import pytest
 
@@ -109,3 +110,23 @@ def test_upstream_sockets_are_pooled_and_replaced_after_their_share(snapshot: Sn
     # a few sockets, not one per query; none carried more than its share (fresh random ports)
     assert names // uses <= len(ports) <= names // uses + sockets
     assert max(ports.values()) <= uses
+
+
+def test_formerr_to_our_opt_is_asked_again_without_edns(snapshot: Snapshot) -> None:
+    """RFC 6891 §7: a server that does not speak EDNS answers FORMERR; ask it once more plain."""
+
+    async def go() -> None:
+        async with serving(snapshot) as (server, upstream):
+            client = asyncio.ensure_future(ask(server, "old.example.org."))
+            query, source = await upstream.receive()
+            assert query.edns == 0
+            refusal = dns.message.make_response(query)
+            refusal.set_rcode(dns.rcode.FORMERR)
+            refusal.use_edns(False)
+            await asyncio.get_running_loop().sock_sendto(upstream.sock, refusal.to_wire(), source)
+            again, source = await upstream.receive()
+            assert (again.edns, again.question) == (-1, query.question)
+            await upstream.answer(again, source)
+            assert addresses(await client) == {"192.0.2.7"}
+
+    asyncio.run(go())

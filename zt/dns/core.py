@@ -1,7 +1,8 @@
 """The DNS proxy's decisions, without I/O: bytes and time in, commands out.
 
 `DnsCore.handle(wire, transport, now)` returns one of
-- `Reply`: answer these bytes (a mesh name, NXDOMAIN in a mesh domain, a cached answer, an error);
+- `Reply`: answer these bytes (a mesh name, NXDOMAIN under `svc.<cluster domain>`, a cached
+  answer, an error);
 - `Forward`: ask the upstream resolvers `Forward.wire`, then hand what came back (or None: every
   upstream failed) to `DnsCore.forwarded`, which returns the `Reply`;
 - `Drop`: send nothing (no readable header, or a response).
@@ -29,7 +30,7 @@ import dns.rdtypes.IN.AAAA
 import dns.rrset
 
 from zt.dns import raw
-from zt.dns.cache import Cache, Entry, Key
+from zt.dns.cache import KEY_FLAGS, Cache, Entry, Key
 from zt.dns.raw import Answer, Malformed, scan
 from zt.dns.wire import (
     QName,
@@ -58,6 +59,9 @@ class Reply:
     qtype: str = "none"
     qname: QName | str = ""
     records: int = 0
+    # until when the same query bytes get these same bytes (but the id), as long as the mesh's
+    # names are the same generation: 0 never, inf until they change (`_Memo`)
+    keep_until: float = field(default=0.0, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,13 @@ class Forward:
         """The id of the upstream query (zt's own, random)."""
         return int.from_bytes(self.wire[:2], "big")
 
-    @property
-    def upstream(self) -> dns.message.Message:
-        return dns.message.from_wire(self.wire)
+    def without_edns(self) -> Forward:
+        """The same query without zt's OPT (the last 11 bytes; ARCOUNT 0): RFC 6891 §7, a
+        responder that answers FORMERR or NOTIMP to a query with an OPT may not speak EDNS, "A
+        requester MAY then retry without EDNS"."""
+        if self.wire[10:12] != b"\x00\x01":
+            return self
+        return replace(self, wire=self.wire[:10] + b"\x00\x00" + self.wire[12:-OPT_SIZE])
 
     def accept(self, wire: bytes) -> Answer | None:
         """The upstream's answer to this query, or None for anything else (RFC 5452 §9.1: match
@@ -101,6 +109,7 @@ class Forward:
 
 Command = Reply | Forward | Drop
 HEADER_SIZE = 12
+OPT_SIZE = 11  # zt's own OPT: a root name, type, class, TTL, RDLENGTH 0 (raw.our_opt)
 
 
 def _raw_question(wire: bytes) -> bytes | None:
@@ -114,18 +123,55 @@ def _raw_question(wire: bytes) -> bytes | None:
     return wire[HEADER_SIZE : i + 5]
 
 
-MEMO_ENTRIES = 4096
+# RFC 1035 §4.2.1's classic UDP size: a larger query (EDNS options, padding) is not memoized,
+# so a key costs at most this; a larger answer is not memoized either
+MEMO_MAX_QUERY = 512
+MEMO_MAX_ANSWER = 1232
+MEMO_BYTES = 256 * 1024  # per pod, keys and answers and MEMO_OVERHEAD per entry
+MEMO_OVERHEAD = 640  # Python's objects around one entry (key tuple, Reply, QName), measured ~650
+MemoKey = tuple[Transport, bytes]  # the transport and the query but its id
 
 
-@dataclass(frozen=True)
 class _Memo:
-    """A rendered answer for identical query bytes (but the id), valid while the snapshot is the
-    same one and until `until`: dnspython takes ~200 us to parse and render an answer, a
-    dictionary lookup ~1 us, and a pod asks the same few names again and again."""
+    """Rendered answers for identical query bytes (but the id), valid while the mesh's names are
+    the same generation and until the reply's `keep_until`: dnspython takes ~200 us to parse
+    and render an answer, a dictionary lookup ~1 us, and a pod asks the same few names again
+    and again. At most `budget` bytes, the oldest entry dropped first; emptied when the names
+    change (it holds no snapshot: the generation is a number)."""
 
-    snapshot: Snapshot
-    until: float
-    reply: Reply  # its wire without the 2-byte id
+    def __init__(self, budget: int = MEMO_BYTES) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self._generation = 0
+        self._entries: dict[MemoKey, Reply] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: MemoKey, generation: int, now: float) -> Reply | None:
+        if generation != self._generation:
+            self._entries.clear()
+            self.bytes, self._generation = 0, generation
+            return None
+        reply = self._entries.get(key)
+        return reply if reply is not None and reply.keep_until > now else None
+
+    def put(self, key: MemoKey, body: Reply) -> None:
+        """Keep `body` (a reply without its 2-byte id) for `key`; `get` settled the generation."""
+        if len(key[1]) > MEMO_MAX_QUERY or len(body.wire) > MEMO_MAX_ANSWER:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= _cost(key, old)
+        self._entries[key] = body
+        self.bytes += _cost(key, body)
+        while self.bytes > self.budget:
+            oldest = next(iter(self._entries))
+            self.bytes -= _cost(oldest, self._entries.pop(oldest))
+
+
+def _cost(key: MemoKey, reply: Reply) -> int:
+    return len(key[1]) + len(reply.wire) + MEMO_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -149,41 +195,35 @@ class DnsCore:
         self.settings = settings or CoreSettings()
         # upstream ids must be unpredictable (RFC 5452 §4.3); tests pass a seeded Random
         self._rng = rng or random.SystemRandom()
-        self._snapshot: Snapshot | None = None
-        self._names = MeshNames(cluster_domain=())
-        self._memo: dict[tuple[Transport, bytes], _Memo] = {}
-        self._keep_until = 0.0  # set by the answer being built: how long it may be memoized
+        self.memo = _Memo()
 
     def names(self) -> tuple[Snapshot, MeshNames]:
-        """The newest snapshot and its names, indexed once per snapshot."""
+        """The newest snapshot and its names, indexed once per snapshot for every pod's core
+        (`mesh_names`); a core keeps neither, so an idle pod holds no old snapshot alive."""
         snapshot = self._source()
-        if snapshot is not self._snapshot:
-            self._names = mesh_names(snapshot, self.settings.cluster_domain)
-            self._snapshot = snapshot
-        return snapshot, self._names
+        return snapshot, mesh_names(snapshot, self.settings.cluster_domain)
 
     # -- queries -----------------------------------------------------------------------------------
     def handle(self, wire: bytes, transport: Transport, now: float) -> Command:
+        snapshot, names = self.names()
+        small = len(wire) <= MEMO_MAX_QUERY
         key = (transport, wire[2:])
-        memo = self._memo.get(key)
-        if memo is not None and memo.until > now and memo.snapshot is self._source():
-            return replace(memo.reply, wire=wire[:2] + memo.reply.wire)
+        memoized = self.memo.get(key, names.generation, now) if small else None
+        if memoized is not None:
+            return replace(memoized, wire=wire[:2] + memoized.wire)
         parsed = parse_query(wire, transport)
         if isinstance(parsed, Rejected):
             if parsed.reply is None:
                 return Drop(parsed.reason)
             return Reply(parsed.reply, parsed.reason, parsed.qtype)
-        self._keep_until = now
-        command = self._answer(parsed, now, wire)
-        if isinstance(command, Reply) and self._keep_until > now and self._snapshot is not None:
-            if len(self._memo) >= MEMO_ENTRIES:
-                self._memo.clear()  # bounded; the live names come back at once
-            body = replace(command, wire=command.wire[2:])
-            self._memo[key] = _Memo(self._snapshot, self._keep_until, body)
+        command = self._answer(parsed, now, wire, snapshot, names)
+        if small and isinstance(command, Reply) and command.keep_until > now:
+            self.memo.put(key, replace(command, wire=command.wire[2:]))
         return command
 
-    def _answer(self, query: Query, now: float, wire: bytes) -> Command:
-        snapshot, names = self.names()
+    def _answer(
+        self, query: Query, now: float, wire: bytes, snapshot: Snapshot, names: MeshNames
+    ) -> Command:
         client = snapshot.by_uid.get(self.client_uid)
         if client is None:
             # ztunnel answers SERVFAIL to a source it does not know
@@ -209,15 +249,14 @@ class DnsCore:
         response = respond(query, authoritative=True)
         qtype = query.qtype
         if qtype not in (A, AAAA):
-            self._keep_until = math.inf
             # the name exists, the type does not: NODATA (ztunnel forwards these; with no
             # cluster DNS behind zt an upstream would deny the name, RFC 8020)
-            return self._reply(query, response, "mesh")
+            return self._reply(query, response, "mesh", keep_until=math.inf)
         addresses = list(found.target.addresses(client.network, 4 if qtype == A else 6))
-        if len(addresses) <= 1:
-            self._keep_until = math.inf  # until the snapshot changes; several are shuffled
+        # kept until the names change; several addresses are shuffled per answer instead
+        keep_until = math.inf if len(addresses) <= 1 else 0.0
         if not addresses:
-            return self._reply(query, response, "mesh")
+            return self._reply(query, response, "mesh", keep_until=keep_until)
         self._rng.shuffle(addresses)
         owner = query.question.name
         ttl = self.settings.mesh_ttl
@@ -232,20 +271,24 @@ class DnsCore:
         for ip in addresses:
             rrset.add(rdata(IN, qtype, str(ip)), ttl)
         response.answer.append(rrset)
-        return self._reply(query, response, "mesh")
+        return self._reply(query, response, "mesh", keep_until=keep_until)
 
     def _absent(self, query: Query, labels: Labels, names: MeshNames) -> Reply:
-        """A name in a mesh domain the mesh does not hold: NXDOMAIN, authoritative, without an
-        SOA (as ztunnel's error answers; so clients do not cache it, RFC 2308 §5). A name above
-        mesh names (`default.svc.cluster.local`) exists: NODATA instead (RFC 8020 §2)."""
-        self._keep_until = math.inf
+        """A name in the mesh domain (`svc.<cluster domain>`) the mesh does not hold: NXDOMAIN,
+        authoritative, without an SOA (as ztunnel's error answers; so clients do not cache it,
+        RFC 2308 §5). A name above mesh names (`default.svc.cluster.local`) exists: NODATA
+        instead (RFC 8020 §2)."""
         response = respond(query, authoritative=True)
         if labels in names.interior:
-            return self._reply(query, response, "mesh")
-        return self._reply(query, response, "nxdomain", rcode=dns.rcode.NXDOMAIN)
+            return self._reply(query, response, "mesh", keep_until=math.inf)
+        return self._reply(
+            query, response, "nxdomain", rcode=dns.rcode.NXDOMAIN, keep_until=math.inf
+        )
 
     def _upstream(self, query: Query, labels: Labels, now: float, wire: bytes) -> Command:
-        key: Key = (labels, query.qtype, query.qclass, query.dnssec_ok)
+        # the bits that change what an upstream answers are part of the key: DO (RFC 3225), CD
+        # (RFC 4035 §3.2.2: unvalidated data must not reach a CD=0 client), RD (RFC 1035 §4.1.1)
+        key: Key = (labels, query.qtype, query.qclass, query.dnssec_ok, query.flags & KEY_FLAGS)
         entry = self.cache.get(key, now)
         question = _raw_question(wire) or (
             b"".join(bytes([len(label)]) + label for label in query.labels)
@@ -253,17 +296,15 @@ class DnsCore:
             + struct.pack("!HH", query.qtype, query.qclass)
         )
         if entry is not None:
-            # the same bytes until the TTLs count down one more second, or the entry expires
-            age = now - entry.stored
-            self._keep_until = entry.stored + min(math.floor(age) + 1, entry.ttl)
             return self._cached(query, entry, question, now)
         return Forward(query, key, self._upstream_query(query, question), question)
 
     def _upstream_query(self, query: Query, question: bytes) -> bytes:
         """The client's question, as it sent it, under our own header and OPT (built from bytes:
-        dnspython would take ~100 us): a fresh random id, RD, the client's CD; EDNS0 with our
-        payload size and the client's DO bit (RFC 6891 §6.1.2)."""
-        flags = raw.RD | (query.flags & raw.CD)
+        dnspython would take ~100 us): a fresh random id, the client's RD (RFC 1035 §4.1.1: "it
+        directs the name server to pursue the query recursively", the client's choice) and CD;
+        EDNS0 with our payload size and the client's DO bit (RFC 6891 §6.1.2)."""
+        flags = query.flags & (raw.RD | raw.CD)
         header = struct.pack("!6H", self._rng.getrandbits(16), flags, 1, 0, 0, 1)
         return header + question + raw.our_opt(query.dnssec_ok)
 
@@ -298,7 +339,10 @@ class DnsCore:
             counts=entry.counts,
             records=records,
         )
-        return Reply(wire, "cached", query.type_label, query.qname, entry.counts[0])
+        # the same bytes until the TTLs count down one more second, or the entry expires
+        age = now - entry.stored
+        keep_until = entry.stored + min(math.floor(age) + 1, entry.ttl)
+        return Reply(wire, "cached", query.type_label, query.qname, entry.counts[0], keep_until)
 
     @staticmethod
     def _raw_reply(
@@ -322,15 +366,15 @@ class DnsCore:
 
     @staticmethod
     def _reply(
-        query: Query, response: dns.message.Message, result: str, *, rcode: int | None = None
+        query: Query,
+        response: dns.message.Message,
+        result: str,
+        *,
+        rcode: int | None = None,
+        keep_until: float = 0.0,
     ) -> Reply:
         if rcode is not None:
             response.set_rcode(dns.rcode.Rcode.make(rcode))
         records = sum(len(r) for r in response.answer)
-        return Reply(
-            render(response, query.limit),
-            result,
-            query.type_label,
-            query.qname,
-            records,
-        )
+        wire = render(response, query.limit)
+        return Reply(wire, result, query.type_label, query.qname, records, keep_until)

@@ -2,8 +2,10 @@
 
 Each upstream is asked in turn over UDP (a few pooled sockets, `UpstreamClient`); a truncated
 answer is asked again over TCP (RFC 7766 §5: "a stub resolver ... MUST use TCP when it receives a
-truncated response"). An upstream that times out, cannot be reached, or answers SERVFAIL, REFUSED, NOTIMP or FORMERR is skipped for the
-next; when none answers, the caller gets None (and answers SERVFAIL).
+truncated response"). An upstream answering FORMERR or NOTIMP to the query (which carries zt's
+OPT) is asked once more without it (RFC 6891 §7). An upstream that times out, cannot be reached,
+or answers SERVFAIL, REFUSED, NOTIMP or FORMERR is skipped for the next; when none answers, the
+caller gets None (and answers SERVFAIL).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ SOCKET_USES = 64  # queries one of them carries before a new socket (a new rando
 LENGTH = struct.Struct("!H")  # RFC 7766 §8: the two-byte length before each TCP message
 # rcodes that say "this upstream cannot answer", not "the name is so": try the next one
 UNUSABLE = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.NOTIMP, dns.rcode.FORMERR})
+# RFC 6891 §7: "Responders that do not understand ... EDNS ... are expected to ... return
+# FORMERR"; "A requester MAY then retry without EDNS" (NOTIMP: servers that reject the OPT so)
+NO_EDNS = frozenset({dns.rcode.FORMERR, dns.rcode.NOTIMP})
 
 
 @dataclass(frozen=True)
@@ -222,14 +227,23 @@ class UpstreamClient:
         return None
 
     async def _ask(self, upstream: Upstream, forward: Forward) -> Answer:
-        answer = await self._udp(upstream, forward)
-        if answer.scanned.flags & TC:
-            answer = await self._tcp(upstream, forward)
+        answer = await self._exchange(upstream, forward)
+        if answer.scanned.rcode in NO_EDNS:
+            plain = forward.without_edns()
+            if plain is not forward:
+                answer = await self._exchange(upstream, plain)
         rcode = answer.scanned.rcode
         if rcode in UNUSABLE:
             raise UpstreamError(
                 str(upstream), f"rcode: {dns.rcode.to_text(dns.rcode.Rcode(rcode))}"
             )
+        return answer
+
+    async def _exchange(self, upstream: Upstream, forward: Forward) -> Answer:
+        """UDP, then TCP if the answer came truncated."""
+        answer = await self._udp(upstream, forward)
+        if answer.scanned.flags & TC:
+            answer = await self._tcp(upstream, forward)
         return answer
 
     def _counted(self, transport: str) -> None:

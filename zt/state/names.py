@@ -12,14 +12,16 @@ What zt answers itself (docs/dns.md):
   hostname is a Kubernetes one under `svc.<cluster domain>`: ztunnel forwards other VIP-less
   names) and every workload `hostname` (the workload's addresses);
 - a hostname starting with `*.` is a wildcard: it answers every name below its suffix;
-- the mesh's domains: for each of those hostnames of the Kubernetes shape
-  `<...>.<name>.<namespace>.svc.<domain>` (the rightmost `svc` label with at least two labels
-  before it and one after), the suffix from that `svc` on, e.g. `svc.cluster.local`. A name under
-  a mesh domain that the mesh does not hold gets NXDOMAIN; any other unknown name is forwarded.
+- the mesh's domain: `svc.<cluster domain>`, once a hostname of the Kubernetes shape
+  `<...>.<name>.<namespace>.svc.<cluster domain>` is in the mesh. A name under it that the mesh
+  does not hold gets NXDOMAIN; any other unknown name is forwarded. Only the cluster domain: a
+  ServiceEntry-like `a.b.svc.example.com` is answered exactly, and does not deny the rest of
+  `svc.example.com` (someone else's zone).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -88,12 +90,11 @@ class Found:
     wildcard: bool
 
 
-def mesh_domain(host: Labels) -> Labels | None:
-    """`svc.<domain>` of a Kubernetes-shaped hostname, else None (see the module docstring)."""
-    for i in range(len(host) - 2, 1, -1):
-        if host[i] == SVC:
-            return host[i:]
-    return None
+def mesh_domain(host: Labels, cluster_domain: Labels) -> Labels | None:
+    """`svc.<cluster domain>` if `host` is `<...>.<name>.<namespace>` under it, else None (see
+    the module docstring)."""
+    domain = (SVC, *cluster_domain)
+    return domain if len(host) >= len(domain) + 2 and _under(host, domain) else None
 
 
 def _under(name: Labels, domain: Labels) -> bool:
@@ -101,11 +102,17 @@ def _under(name: Labels, domain: Labels) -> bool:
     return len(name) > len(domain) and name[len(name) - len(domain) :] == domain
 
 
+_generations = itertools.count(1)
+
+
 @dataclass
 class MeshNames:
-    """The names of one snapshot. Built once per snapshot; read-only afterwards."""
+    """The names of one snapshot. Built once per snapshot; read-only afterwards. `generation`
+    tells one snapshot's names from the next (what a memo of answers keys by, so it holds no
+    snapshot alive)."""
 
     cluster_domain: Labels
+    generation: int = 0
     hosts: dict[Labels, list[Target]] = field(default_factory=dict)
     wildcards: dict[Labels, list[Target]] = field(default_factory=dict)
     domains: set[Labels] = field(default_factory=set)
@@ -115,7 +122,7 @@ class MeshNames:
 
     @classmethod
     def build(cls, snapshot: Snapshot, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> MeshNames:
-        names = cls(cluster_domain=labels_of(cluster_domain))
+        names = cls(cluster_domain=labels_of(cluster_domain), generation=next(_generations))
         svc_domain = (SVC, *names.cluster_domain)
         for s in snapshot.services:
             host = labels_of(s.hostname)
@@ -134,7 +141,7 @@ class MeshNames:
             self.wildcards.setdefault(host[1:], []).append(target)
             return
         self.hosts.setdefault(host, []).append(target)
-        domain = mesh_domain(host)
+        domain = mesh_domain(host, self.cluster_domain)
         if domain is not None:
             self.domains.add(domain)
             for i in range(1, len(host) - len(domain) + 1):
