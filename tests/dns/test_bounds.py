@@ -35,9 +35,11 @@ def reply(core: DnsCore, wire: bytes, now: float = 0.0, transport: Transport = U
 
 
 def test_padded_queries_are_answered_but_not_memoized(snapshot: Snapshot) -> None:
-    """A 60 KB EDNS option made each memo entry 60 KB (61 MB for 1000 names, never freed)."""
+    """A 60 KB EDNS option made each memo entry 60 KB (61 MB for 1000 names, never freed). The
+    gate refuses such a query now (zt/dns/wire.py `gate`); one between the memo's limit (512
+    bytes) and the gate's (1232) is answered and still not kept."""
     core = core_for([snapshot])
-    pad = dns.edns.GenericOption(dns.edns.OptionType.make(65001), b"x" * 60_000)
+    pad = dns.edns.GenericOption(dns.edns.OptionType.make(65001), b"x" * 600)
     for i in range(20):
         q = dns.message.make_query(f"x{i}.default.svc.cluster.local.", "A", use_edns=0)
         q.use_edns(0, options=[pad])

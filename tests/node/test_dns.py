@@ -24,8 +24,8 @@ from tests.dns.conftest import mesh_snapshot
 from tests.node.lab import Lab, handed_on, metric
 from tests.packets.sniff import sniffing
 from zt.capture.netns import run_in_netns
+from zt.dns.errors import DnsBindError
 from zt.dns.metrics import DnsMetrics
-from zt.dns.server import DnsBindError
 from zt.dns.upstream import parse_upstream
 from zt.lab import dns as labdns
 from zt.lab import mesh

@@ -26,3 +26,10 @@ class UpstreamConfigError(DnsError, UsageError):
     """The upstream resolvers given (or found in resolv.conf) are not usable."""
 
     reason = "dns_upstream_config"
+
+
+class DnsBindError(DnsError):
+    """A pod's DNS proxy cannot have its sockets: the port is taken in the pod (an app bound
+    15053 first) or the pod's namespace refused a socket. That pod goes without DNS proxying."""
+
+    reason = "dns_bind"

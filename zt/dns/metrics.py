@@ -43,6 +43,11 @@ class DnsMetrics:
             "Upstream exchanges that gave no usable answer, by reason",
             ("reason",),
         )
+        self.rate_limited = registry.counter(
+            "zt_dns_rate_limited_total",
+            "Queries over their pod's rate limit, by transport: UDP ones dropped, TCP ones delayed",
+            ("transport",),
+        )
         self.cache_hits = registry.counter(
             "zt_dns_cache_hits_total", "Forwardable queries answered from the cache"
         )
@@ -80,6 +85,12 @@ class DnsMetrics:
     def dropped(self, reason: str, client: str) -> None:
         self.requests.inc(labels={"type": "none", "result": "dropped"})
         log.debug("dns src=%s dropped reason=%s", client, reason)
+
+    def over_budget(self, transport: str) -> None:
+        """One query over its pod's budget (the server logs a summary line now and then)."""
+        self.rate_limited.inc(labels={"transport": transport})
+        if transport == "udp":  # dropped unread; a delayed TCP query is counted when answered
+            self.requests.inc(labels={"type": "none", "result": "rate_limited"})
 
     def sent_upstream(self, transport: str) -> None:
         self.upstream.inc(labels={"transport": transport})

@@ -5,9 +5,16 @@ sockets in the pod's network namespace (`PodNet`); binding and all I/O then happ
 event loop. Upstream sockets are made in zt's own namespace unless the caller passes another
 maker: the node's resolv.conf names servers reachable from the node.
 
+Every pod shares the node's one event loop, so a pod's queries are budgeted before anything
+parses them (`zt/dns/ratelimit.py`): past it, UDP queries are dropped (the client retries) and a
+TCP connection stops being read until the budget allows its next query.
+
 TCP follows RFC 7766: each message behind a two-byte length (§8), several queries per connection
-answered in order (§6.2.1), and a connection idle for `tcp_idle_timeout` closed (§6.2.3; ztunnel
-waits 5 s). Connections and forwarded queries in flight are capped per pod.
+processed concurrently and answered as each is ready (§6.2.1.1; the ids tell them apart), at most
+`tcp_pipeline` of one connection in flight (past it, the connection is not read), a connection
+idle for `tcp_idle_timeout` closed (§6.2.3; ztunnel waits 5 s), and one whose client does not read
+its answers for `tcp_write_timeout` aborted. Connections and forwarded queries in flight are
+capped per pod.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from typing import Any, cast
 
 from zt.dns.cache import Cache, CacheSettings, Key
 from zt.dns.core import CoreSettings, DnsCore, Drop, Forward, Reply
+from zt.dns.errors import DnsBindError
 from zt.dns.metrics import DnsMetrics
+from zt.dns.ratelimit import LimitLog, RateLimit, TokenBucket
 from zt.dns.raw import CD, Answer
 from zt.dns.upstream import (
     LENGTH,
@@ -35,15 +44,10 @@ from zt.dns.upstream import (
     UpstreamClient,
 )
 from zt.dns.wire import Transport
-from zt.errors import ZtError
 from zt.state.snapshot import Snapshot
 
 log = logging.getLogger("zt.dns")
 DNS_PROXY_PORT = 15053
-
-
-class DnsBindError(ZtError):
-    reason = "dns_bind"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class ServerSettings:
     port: int = DNS_PROXY_PORT
     tcp_idle_timeout: float = 5.0
     max_tcp_connections: int = 64
+    tcp_pipeline: int = 16  # queries of one TCP connection in flight
+    tcp_write_timeout: float = 5.0  # a client that reads no answer for this long is cut off
     max_forwards: int = 256  # upstream exchanges in flight; past it, SERVFAIL at once
     udp_timeout: float = 2.0
     tcp_timeout: float = 5.0
@@ -59,6 +65,7 @@ class ServerSettings:
     upstream_socket_uses: int = SOCKET_USES  # queries per socket before a new one replaces it
     core: CoreSettings = field(default_factory=CoreSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    rate_limit: RateLimit | None = field(default_factory=RateLimit)  # None: unlimited (benches)
 
 
 class _Udp(asyncio.DatagramProtocol):
@@ -112,8 +119,12 @@ class DnsServer:
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._connections: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()  # asyncio's, one per TCP connection
         self._forwards = 0  # upstream exchanges in flight
         self._inflight: dict[tuple[Key, bool], asyncio.Future[Answer | None]] = {}
+        limit = self.settings.rate_limit
+        self._budget = TokenBucket(limit, clock()) if limit is not None else None
+        self._limit_log = LimitLog()
         self.udp_address: tuple[str, int] | None = None
         self.tcp_address: tuple[str, int] | None = None
 
@@ -147,6 +158,7 @@ class DnsServer:
             for sock in pending:
                 sock.close()
             await self.close()
+            self.udp_address = self.tcp_address = None  # start may be tried again
             raise
         log.info("dns proxy for %s on %s udp+tcp", self.client_uid, self.udp_address)
 
@@ -180,19 +192,25 @@ class DnsServer:
             server.close()
         self._tcp.clear()
         for writer in list(self._connections):
-            writer.close()
+            writer.transport.abort()  # close() would wait for a client that does not read
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._handlers:
+            await asyncio.wait(self._handlers)  # done once their connection's task is
         self.upstream.close()
 
     # -- queries -----------------------------------------------------------------------------------
     def udp_query(
         self, data: bytes, addr: tuple[str, int], transport: asyncio.DatagramTransport
     ) -> None:
-        """One datagram: answered at once when the core can, else in a task."""
+        """One datagram: answered at once when the core can, else in a task; dropped when the
+        pod is over its budget (RFC 1035 §4.2.1: UDP clients retry)."""
         start = self._clock()
+        if self._budget is not None and not self._budget.take(start):
+            self._over_budget(Transport.UDP, start)
+            return
         command = self.core.handle(data, Transport.UDP, start)
         if isinstance(command, Forward):
             self._spawn(self._udp_forward(command, addr, start, transport))
@@ -252,6 +270,30 @@ class DnsServer:
             )
         return command.wire
 
+    def _over_budget(self, transport: Transport, now: float) -> None:
+        if self._metrics is not None:
+            self._metrics.over_budget(transport.value)
+        udp = transport is Transport.UDP
+        line = self._limit_log.note(now, dropped=int(udp), delayed=int(not udp))
+        if line is not None and self._budget is not None:
+            limit = self._budget.limit
+            log.warning("dns proxy for %s over its rate limit (%g queries/s, burst %g): %s in "
+                        "the last %g s", self.client_uid, limit.rate, limit.burst, line,
+                        self._limit_log.every)  # fmt: skip
+
+    def _tcp_budget(self) -> float:
+        """Seconds to wait before the next TCP query (0: at once). Delayed rather than REFUSED:
+        the connection is simply not read meanwhile, so the kernel's window slows the client at
+        no cost to the loop, and a stub resolver that took REFUSED would fail the lookup or ask
+        the same proxy again at once (a pod has one nameserver)."""
+        if self._budget is None:
+            return 0.0
+        now = self._clock()
+        wait = self._budget.reserve(now)
+        if wait > 0:
+            self._over_budget(Transport.TCP, now)
+        return wait
+
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -263,35 +305,113 @@ class DnsServer:
             writer.close()
             return
         self._connections.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+        # close() cancels the connection's own task, never asyncio's handler: asyncio (3.11) logs
+        # a handler ending cancelled as an error
+        task = asyncio.ensure_future(_TcpConnection(self, reader, writer).serve())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         try:
-            while await self._tcp_one(reader, writer):
-                pass
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass  # idle, closed mid-message, reset: the connection ends, the server goes on
+            await asyncio.wait([task])
         finally:
             self._connections.discard(writer)
-            if task is not None:
-                self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            self._handlers.discard(handler)
 
-    async def _tcp_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+
+class _TcpConnection:
+    """One client's TCP connection: a loop that reads and dispatches queries, and a task per
+    forwarded one that writes its answer when it comes."""
+
+    def __init__(
+        self, server: DnsServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.reader = reader
+        self.writer = writer
+        self.slots = asyncio.Semaphore(self.settings.tcp_pipeline)
+        self.pending: set[asyncio.Task[None]] = set()
+        self.stalled = False  # the client stopped reading: abort, unsent answers and all
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                await self.slots.acquire()  # past the cap, unread queries wait in the socket
+                data = await self._read()
+                wait = self.server._tcp_budget()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self._dispatch(data)
+        except asyncio.IncompleteReadError:
+            # the client is done sending: what it asked is still answered (each bounded by the
+            # upstream and write timeouts)
+            if self.pending:
+                await asyncio.wait(self.pending)
+        except (TimeoutError, ConnectionError):
+            pass  # idle, stalled, reset: the connection ends, the server goes on
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        for task in self.pending:
+            task.cancel()
+        await asyncio.gather(*self.pending, return_exceptions=True)
+        if not self.stalled:
+            self.writer.close()  # sends what is buffered first, if the client reads it in time
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(self.settings.tcp_write_timeout):
+                    await self.writer.wait_closed()
+                    return
+        self.writer.transport.abort()
+
+    async def _read(self) -> bytes:
+        """The next message. RFC 7766 §6.2.3: the idle timeout counts only while no query is
+        outstanding; a message begun must then arrive within the same time."""
         idle = self.settings.tcp_idle_timeout
-        async with asyncio.timeout(idle):
-            head = await reader.readexactly(LENGTH.size)
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    head = await self.reader.readexactly(LENGTH.size)
+                break
+            except TimeoutError:
+                if not self.pending:
+                    raise
         (size,) = LENGTH.unpack(head)
         async with asyncio.timeout(idle):
-            data = await reader.readexactly(size)
-        start = self._clock()
-        command = self.core.handle(data, Transport.TCP, start)
+            return await self.reader.readexactly(size)
+
+    async def _dispatch(self, data: bytes) -> None:
+        server = self.server
+        start = server._clock()
+        command = server.core.handle(data, Transport.TCP, start)
         if isinstance(command, Forward):
-            command = await self._forward(command)
-        wire = self._finish(command, start)
-        if wire is not None:
-            writer.write(LENGTH.pack(len(wire)) + wire)
-            await writer.drain()
-        return True
+            task = asyncio.ensure_future(self._forward(command, start))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+            return
+        try:
+            await self._send(server._finish(command, start))
+        finally:
+            self.slots.release()
+
+    async def _forward(self, forward: Forward, start: float) -> None:
+        try:
+            reply = await self.server._forward(forward)
+            await self._send(self.server._finish(reply, start))
+        except (TimeoutError, ConnectionError):
+            self.writer.transport.abort()  # the reading loop then sees the end and cleans up
+        finally:
+            self.slots.release()
+
+    async def _send(self, wire: bytes | None) -> None:
+        if wire is None or self.writer.is_closing():
+            return
+        self.writer.write(LENGTH.pack(len(wire)) + wire)  # one write: answers never interleave
+        try:
+            async with asyncio.timeout(self.settings.tcp_write_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            self.stalled = True
+            raise

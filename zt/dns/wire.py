@@ -32,6 +32,15 @@ QR = 0x8000
 OPCODE_MASK = 0x7800
 RD = 0x0100
 DO = 0x8000  # RFC 3225 §3, in the OPT's flags (plain ints: dnspython's flag enums cost ~3 us)
+OPT = 41
+# The largest query parsed: the size zt's own OPT announces as the most it takes (a legitimate
+# query is its header, a name of at most 255 bytes, 4 bytes of type and class and an OPT: under
+# ~400 bytes even with RFC 8467's padding to a multiple of 128). dnspython's cost grows with the
+# records a message holds: a 64 KiB one of ~4,000 records takes ~0.4 s of the node's event loop.
+MAX_QUERY = OUR_PAYLOAD
+# EDNS options one query may carry (cookie, padding, client subnet, keepalive, NSID, ... are
+# a handful); each costs dnspython ~12 us: 1,000 empty ones in 4 KiB took ~12 ms.
+MAX_OPTIONS = 8
 # the query types counted by name in metrics; every other is "other" (bounded label values)
 NAMED_TYPES = frozenset(
     {"A", "AAAA", "CNAME", "MX", "TXT", "SRV", "PTR", "NS", "SOA", "HTTPS", "SVCB", "ANY", "CAA"}
@@ -189,13 +198,13 @@ def parse_query(wire: bytes, transport: Transport) -> Query | Rejected:
     """A query, or why not. RFC 1035 §4.1.1 RCODE 1, "Format error - The name server was unable
     to interpret the query": sent whenever the 12-byte header could be read; shorter packets
     and responses are dropped (answering a response could start an endless exchange between
-    two servers doing the same)."""
-    if len(wire) < HEADER.size:
-        return Rejected("short", None)
+    two servers doing the same). `gate` looks at the header first, so dnspython only ever
+    parses a message of one question and at most an OPT, of at most MAX_QUERY bytes."""
+    rejected = gate(wire)
+    if rejected is not None:
+        return rejected
     qid, flags, *_ = HEADER.unpack_from(wire)
-    if flags & QR:
-        return Rejected("response", None)
-    plain = _plain_query(wire, transport)
+    plain = _plain_query(wire, transport)  # the gate dropped responses already
     if plain is not None:
         return plain
     try:
@@ -204,12 +213,7 @@ def parse_query(wire: bytes, transport: Transport) -> Query | Rejected:
         # FormError, BadPointer (compression loops: RFC 1035 §4.1.4 pointers must point back),
         # TrailingJunk, ShortHeader, bad rdata; a value error from a label (RFC 1035 §2.3.4)
         return Rejected("malformed", _error_header(qid, flags, dns.rcode.FORMERR))
-    if message.opcode() != dns.opcode.QUERY:
-        # RFC 1035 §4.1.1 RCODE 4: "The name server does not support the requested kind of query"
-        return Rejected("not_implemented", _error_header(qid, flags, dns.rcode.NOTIMP))
-    if len(message.question) != 1:
-        # RFC 9619 §3: a QUERY with a QDCOUNT other than 1 is malformed
-        return Rejected("question_count", _error_header(qid, flags, dns.rcode.FORMERR))
+    # opcode and question count were checked by `gate` (NOTIMP, FORMERR) before any parse
     query = _of_message(message, wire, transport)
     if message.edns > 0:
         # RFC 6891 §6.1.3: "If a responder does not implement the VERSION level of the request,
@@ -218,6 +222,56 @@ def parse_query(wire: bytes, transport: Transport) -> Query | Rejected:
         response.set_rcode(dns.rcode.BADVERS)
         return Rejected("bad_edns_version", render(response, query.limit), query.type_label)
     return query
+
+
+def gate(wire: bytes) -> Rejected | None:
+    """Why a message is no query worth parsing, from its bytes alone (a few microseconds; None:
+    parse it). RFC 1035 §4.1.1: a standard query has QDCOUNT 1 (RFC 9619 §3: any other count is
+    malformed) and nothing in the answer and authority sections; its additional section holds
+    at most the OPT (RFC 6891 §6.1.1). A TSIG or SIG(0) record would make two; zt holds no keys
+    to check them, so signed queries are refused as dnspython would (no keyring)."""
+    if len(wire) < HEADER.size:
+        return Rejected("short", None)
+    qid, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
+    if flags & QR:
+        return Rejected("response", None)
+    if flags & OPCODE_MASK:  # QUERY is opcode 0
+        # RFC 1035 §4.1.1 RCODE 4: "The name server does not support the requested kind of query"
+        return Rejected("not_implemented", _error_header(qid, flags, dns.rcode.NOTIMP))
+    formerr = _error_header(qid, flags, dns.rcode.FORMERR)
+    if len(wire) > MAX_QUERY:
+        return Rejected("too_large", formerr)
+    if qdcount != 1:
+        return Rejected("question_count", formerr)
+    if ancount or nscount or arcount > 1:
+        return Rejected("record_count", formerr)
+    if arcount and not _one_small_opt(wire):
+        return Rejected("additional", formerr)
+    return None
+
+
+def _one_small_opt(wire: bytes) -> bool:
+    """Whether the additional record after the one question is an OPT of at most MAX_OPTIONS
+    options; a message that ends early says yes (dnspython then finds it malformed). At most
+    MAX_QUERY / 2 labels and MAX_OPTIONS + 1 options are walked."""
+    i = HEADER.size
+    while i < len(wire) and 0 < wire[i] < 0x40:  # RFC 1035 §4.1.4: a label, its length first
+        i += wire[i] + 1
+    i += 2 if i < len(wire) and wire[i] >= 0xC0 else 1  # a pointer or the root label ends it
+    i += 4  # QTYPE, QCLASS
+    # RFC 6891 §6.1.2: NAME "MUST be 0 (root domain)", then TYPE, CLASS, TTL and RDLEN
+    if len(wire) < i + 11:
+        return True
+    if wire[i] != 0 or struct.unpack_from("!H", wire, i + 1)[0] != OPT:
+        return False
+    i += 11
+    options = 0
+    while i + 4 <= len(wire):  # RFC 6891 §6.1.2: OPTION-CODE, OPTION-LENGTH, OPTION-DATA
+        options += 1
+        if options > MAX_OPTIONS:
+            return False
+        i += 4 + struct.unpack_from("!H", wire, i + 2)[0]
+    return True
 
 
 def respond(query: Query, *, authoritative: bool) -> dns.message.Message:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zt.capture.netns import open_dns_sockets
+from zt.dns.errors import DnsBindError
 from zt.dns.metrics import DnsMetrics
-from zt.dns.server import DNS_PROXY_PORT, DnsBindError, DnsServer
+from zt.dns.server import DNS_PROXY_PORT, DnsServer
 from zt.dns.upstream import RESOLV_CONF, Upstream, system_upstreams
 from zt.state.snapshot import Snapshot
 from zt.telemetry.metrics import Registry
