@@ -45,6 +45,7 @@ from zt.node.workers import HEARTBEAT_EVERY, HEARTBEAT_TIMEOUT
 from zt.proxy.client import open_tunnel
 from zt.proxy.driver import HboneDriver
 from zt.proxy.tls import server_peer_check
+from zt.timescale import scaled
 
 pytestmark = pytest.mark.root
 
@@ -212,7 +213,8 @@ def grew(before: tuple[float, float], after: tuple[float, float]) -> tuple[float
 
 
 def wait_until(check: Callable[[], bool], seconds: float = 30.0) -> bool:
-    end = time.monotonic() + seconds
+    # patience, not a timing assertion: an emulated VM guest starts a follower process slowly
+    end = time.monotonic() + scaled(seconds)
     while time.monotonic() < end:
         with contextlib.suppress(OSError, AssertionError):
             if check():
