@@ -100,7 +100,8 @@ Performance notes: hyperframe's DATA repr (hex of the whole payload, evaluated b
 received frame) is replaced by a constant-time one (_h2.py): receive_data is ~6-9x faster at 1 MiB
 frames (`python -m tests.unit.hbone.bench_core`). DATA fast paths (docs/PERFORMANCE.md), same API:
 - outbound (_h2.py): `send_data` frames DATA with a 9-byte header and passes payloads by reference;
-  `chunks_to_send()` returns them for `transport.writelines`.
+  `chunks_to_send()` returns them for `transport.writelines`. `send_held` queues a frame whose
+  payload is a `HeldPayload` (bytes the transport splices itself); `output()` returns it in place.
 - inbound (_inbound.py, `HboneSettings.inbound_fast_path`, on by default): received chunks are
   scanned without copying; unpadded DATA is parsed without hyperframe objects and handed to h2's
   own DATA handler, so windows, stream states and errors are h2's. `DataReceived.data` may be a
@@ -108,15 +109,18 @@ frames (`python -m tests.unit.hbone.bench_core`). DATA fast paths (docs/PERFORMA
 """
 
 from zt.hbone import errors, events
+from zt.hbone._h2 import Chunk, HeldPayload
 from zt.hbone.connection import HboneConnection, Role
 from zt.hbone.request import ConnectRequest, format_hostport, new_traceparent, parse_authority
 from zt.hbone.settings import HboneSettings
 from zt.hbone.streams import StreamState
 
 __all__ = [
+    "Chunk",
     "ConnectRequest",
     "HboneConnection",
     "HboneSettings",
+    "HeldPayload",
     "Role",
     "StreamState",
     "errors",

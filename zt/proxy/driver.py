@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Literal, cast
 
 from zt.errors import H2_CANCEL, H2_CONNECT_ERROR, ZtError
+from zt.hbone import HeldPayload
 from zt.hbone import events as ev
-from zt.hbone._h2 import HeldPayload
 from zt.hbone.connection import HboneConnection
 from zt.hbone.errors import HboneError
 from zt.hbone.limits import WRITE_BUFFER

@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass
 
 from zt.errors import H2_CANCEL, H2_CONNECT_ERROR
-from zt.hbone._h2 import HeldPayload
+from zt.hbone import HeldPayload
 from zt.proxy import zerocopy
 from zt.proxy.errors import StreamResetError
 from zt.proxy.stream import HboneStream

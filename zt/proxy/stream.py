@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from zt.errors import H2_CANCEL
-from zt.hbone._h2 import HeldPayload
+from zt.hbone import HeldPayload
 from zt.hbone.request import ConnectRequest
 from zt.identity.spiffe import SpiffeId
 from zt.proxy.errors import StreamResetError

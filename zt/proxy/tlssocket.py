@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from zt.errors import UsageError
-from zt.hbone._h2 import Chunk, HeldPayload
+from zt.hbone import Chunk, HeldPayload
 from zt.proxy import _openssl, ktls, zerocopy
 
 # Module switch between this transport and asyncio/uvloop's SSL protocol (zt/proxy/client.py

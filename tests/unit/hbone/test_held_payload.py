@@ -8,7 +8,7 @@ from hyperframe.frame import DataFrame
 
 from tests.unit.hbone.frames import of_type
 from tests.unit.hbone.pair import Pair
-from zt.hbone._h2 import HeldPayload
+from zt.hbone import HeldPayload
 from zt.hbone.errors import HboneUsageError
 from zt.hbone.events import DataReceived
 
