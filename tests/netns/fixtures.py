@@ -73,8 +73,8 @@ def open_listeners(topo: Topology, mode: Mode) -> ListenerSockets:
     return ListenerSockets(*made)
 
 
-def enrolled_pod(topo: Topology, mode: Mode) -> Generator[Pod, None, None]:
-    cap = Capture.open(mode)
+def enrolled_pod(topo: Topology, mode: Mode, *, dns: bool = True) -> Generator[Pod, None, None]:
+    cap = Capture.open(mode, dns=dns)
     listeners: ListenerSockets | None = None
     try:
         listeners = open_listeners(topo, mode)

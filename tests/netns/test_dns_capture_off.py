@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.netns.fixtures import Pod, open_listeners
+from tests.netns.fixtures import Pod, enrolled_pod
 from tests.netns.topo import Topology
-from zt.capture import Capture, PodCapture, parse_ips
 from zt.capture.netns import run_in_netns
 
 pytestmark = pytest.mark.root
@@ -18,18 +17,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def pod_without_dns(topo: Topology) -> Iterator[Pod]:
-    cap = Capture.open("connect", dns=False)
-    listeners = None
-    try:
-        listeners = open_listeners(topo, "connect")
-        spec = PodCapture(topo.pod, topo.pod_path, parse_ips([topo.pod_ip4]), listeners)
-        cap.enroll(spec)
-        yield Pod(topo, cap, listeners, spec)
-    finally:
-        cap.close()
-        if listeners is not None:
-            for sock in (listeners.outbound, listeners.inbound_plain, listeners.inbound_hbone):
-                sock.close()
+    yield from enrolled_pod(topo, "connect", dns=False)
 
 
 def test_port_53_is_left_alone(pod_without_dns: Pod) -> None:
