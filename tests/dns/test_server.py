@@ -25,12 +25,12 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
 from tests.dns.conftest import CLIENT, addresses
-from zt.bench.dnsmasq import Dnsmasq
 from zt.capture.netns import run_in_netns
 from zt.dns.metrics import DnsMetrics
 from zt.dns.server import DnsServer, ServerSettings
 from zt.dns.upstream import Upstream, parse_resolv_conf, parse_upstream
 from zt.errors import ZtError
+from zt.lab.dnsmasq import Dnsmasq
 from zt.state.snapshot import Snapshot
 from zt.telemetry.metrics import Registry
 

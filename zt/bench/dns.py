@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zt.bench.dnsmasq import Dnsmasq, free_udp_port
+from zt.lab.dnsmasq import Dnsmasq, free_udp_port
 
 MESH_NAME = "reviews.default.svc.cluster.local"
 CACHED_NAME = "web.example.org"

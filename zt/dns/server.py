@@ -34,7 +34,7 @@ from zt.dns.core import CoreSettings, DnsCore, Drop, Forward, Reply
 from zt.dns.errors import DnsBindError
 from zt.dns.metrics import DnsMetrics
 from zt.dns.ratelimit import LimitLog, RateLimit, TokenBucket
-from zt.dns.raw import CD, Answer
+from zt.dns.raw import Answer
 from zt.dns.upstream import (
     LENGTH,
     POOL_SOCKETS,
@@ -121,7 +121,7 @@ class DnsServer:
         self._connections: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[Any]] = set()  # asyncio's, one per TCP connection
         self._forwards = 0  # upstream exchanges in flight
-        self._inflight: dict[tuple[Key, bool], asyncio.Future[Answer | None]] = {}
+        self._inflight: dict[Key, asyncio.Future[Answer | None]] = {}
         limit = self.settings.rate_limit
         self._budget = TokenBucket(limit, clock()) if limit is not None else None
         self._limit_log = LimitLog()
@@ -231,9 +231,9 @@ class DnsServer:
             transport.sendto(wire, addr)
 
     async def _forward(self, forward: Forward) -> Reply:
-        """Ask the upstreams; a question already being asked (the same name, type, class and
-        DO and CD bits) waits for that exchange instead of starting another."""
-        key = (forward.key, bool(forward.wire[3] & CD))
+        """Ask the upstreams; a question already being asked (the same cache key: name, type,
+        class, DO, RD and CD) waits for that exchange instead of starting another."""
+        key = forward.key
         pending = self._inflight.get(key)
         if pending is not None:
             # shielded: a waiter cancelled does not cancel the future the others wait on

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from zt.bench.dnsmasq import DnsmasqError, dnsmasq_binary
 from zt.lab import runner
+from zt.lab.dnsmasq import DnsmasqError, dnsmasq_binary
 from zt.lab.topology import LabPlan
 from zt.timescale import scaled
 

@@ -1,4 +1,5 @@
-"""A Debian dnsmasq on a loopback address: the real upstream of the DNS tests and `zt bench dns`.
+"""A Debian dnsmasq: the real upstream of the lab's pods (zt/lab/dns.py), of the DNS tests and of
+`zt bench dns`.
 
 It answers from a hosts file (`--addn-hosts`, with `--local-ttl` so answers are cacheable), says
 NXDOMAIN for unknown names of its `--local` domains, and logs every query (`--log-queries`) to a
