@@ -21,11 +21,12 @@ from pathlib import Path
 
 import dns.rcode
 
-from zt.addr import IpAddress
+from zt.addr import IpAddress, SocketAddr, parse_ip
 from zt.dns.core import Forward
 from zt.dns.errors import UpstreamConfigError, UpstreamError
 from zt.dns.metrics import DnsMetrics
 from zt.dns.raw import TC, Answer
+from zt.errors import AddressError
 
 SocketMaker = Callable[[int, int], socket.socket]  # (family, type) -> a new socket
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -61,26 +62,20 @@ class Upstream:
 
 
 def parse_upstream(text: str) -> Upstream:
-    """`10.96.0.10`, `10.96.0.10:5353`, `fd00::a`, `[fd00::a]:5353` (the `--dns-upstream` form)."""
-    host, port = text, str(DNS_PORT)
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            host = ""  # `[fd00::a` or `[fd00::a]x`: refused below
-        port = rest.removeprefix(":") or port
-    elif text.count(":") == 1:
-        host, port = text.split(":")
+    """`10.96.0.10`, `10.96.0.10:5353`, `fd00::a`, `[fd00::a]:5353` (the `--dns-upstream` form):
+    an address alone (zt.addr `parse_ip`) or with a port (`SocketAddr.parse`)."""
     try:
-        ip = ipaddress.ip_address(host)
-        number = int(port)
-    except ValueError:
-        number = -1
-    if number < 1 or number > 65535:
+        if text.startswith("[") and text.endswith("]") and ":" in text:  # `[fd00::a]`, port 53
+            return Upstream(parse_ip(text[1:-1]))
+        if text.startswith("[") or text.count(":") == 1:
+            addr = SocketAddr.parse(text)
+            return Upstream(addr.ip, addr.port)
+        return Upstream(parse_ip(text))
+    except AddressError:
         raise UpstreamConfigError(
             f"DNS upstream: got {text!r}, expected an IP address with an optional port "
             "(10.96.0.10, 10.96.0.10:5353, [fd00::a]:53)"
-        )
-    return Upstream(ip, number)
+        ) from None
 
 
 def parse_resolv_conf(text: str) -> tuple[Upstream, ...]:
