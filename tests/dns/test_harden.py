@@ -24,7 +24,6 @@ import pytest
 from tests.dns.conftest import CLIENT, addresses
 from zt.dns.cache import Cache
 from zt.dns.core import DnsCore, Reply
-from zt.dns.errors import DnsBindError
 from zt.dns.metrics import DnsMetrics
 from zt.dns.ratelimit import LimitLog, RateLimit, TokenBucket
 from zt.dns.server import DnsServer, ServerSettings
@@ -156,13 +155,7 @@ async def serving(
     settings = ServerSettings(port=0, **kw)  # type: ignore[arg-type]
     server = DnsServer(lambda: snapshot, [parse_upstream(f"127.0.0.1:{port}")], maker, metrics,
                        clock, client_uid=CLIENT, settings=settings)  # fmt: skip
-    for attempt in range(3):  # port 0: UDP's port may be taken for TCP by someone else
-        try:
-            await server.start()
-            break
-        except DnsBindError:
-            if attempt == 2:
-                raise
+    await server.start()  # port 0: the server finds a port free for both UDP and TCP
     try:
         yield server
     finally:

@@ -48,6 +48,7 @@ from zt.state.snapshot import Snapshot
 
 log = logging.getLogger("zt.dns")
 DNS_PROXY_PORT = 15053
+PAIR_TRIES = 8  # port 0: fresh ports tried for a UDP+TCP pair before giving up
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,7 @@ class DnsServer:
         pending = list(sockets)
         try:
             if not pending:
-                udp = self._bound(socket.SOCK_DGRAM)
-                pending.append(udp)
-                # the same port for TCP (port 0: the one UDP got), as clients expect (RFC 7766 §5)
-                pending.append(self._bound(socket.SOCK_STREAM, udp.getsockname()[1]))
+                pending = self._bound_pair()
             while pending:
                 sock = pending.pop(0)
                 sock.setblocking(False)
@@ -161,6 +159,21 @@ class DnsServer:
             self.udp_address = self.tcp_address = None  # start may be tried again
             raise
         log.info("dns proxy for %s on %s udp+tcp", self.client_uid, self.udp_address)
+
+    def _bound_pair(self) -> list[socket.socket]:
+        """A UDP and a TCP socket on one port, as clients expect (RFC 7766 §5). With port 0 the
+        TCP socket takes the port UDP got, which another TCP socket may hold already: then try
+        a new port (a few times), not fail."""
+        tries = PAIR_TRIES if self.settings.port == 0 else 1
+        for attempt in range(tries):
+            udp = self._bound(socket.SOCK_DGRAM)
+            try:
+                return [udp, self._bound(socket.SOCK_STREAM, udp.getsockname()[1])]
+            except DnsBindError:
+                udp.close()
+                if attempt == tries - 1:
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _bound(self, kind: int, port: int | None = None) -> socket.socket:
         s = dataclasses.replace(self.settings, port=port) if port is not None else self.settings
