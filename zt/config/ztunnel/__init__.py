@@ -26,7 +26,13 @@ FORMATS: tuple[str, ...] = ("auto", "zt", "ztunnel")
 __all__ = ["FORMATS", "Format", "Imported", "Note", "detect", "dump_yaml", "export_document",
            "import_document", "normal_form", "parse"]  # fmt: skip
 
-_ZTUNNEL_WORKLOAD_KEYS = ("networkGateway", "networkMode", "workloadType", "nativeTunnel", "capacity")
+_ZTUNNEL_WORKLOAD_KEYS = (
+    "networkGateway",
+    "networkMode",
+    "workloadType",
+    "nativeTunnel",
+    "capacity",
+)
 _ZTUNNEL_SERVICE_KEYS = ("canonical", "visibility", "endpoints", "cidrVips",
                          "weightedWaypoints", "ipFamilies")  # fmt: skip
 _STRING_FIELDS = ("namespaces", "notNamespaces", "principals", "notPrincipals")

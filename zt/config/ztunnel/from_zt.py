@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel
 
 from zt.config.schema import MatchModel, MeshFile, PolicyModel, ServiceModel, WorkloadModel
-from zt.config.ztunnel.to_zt import HEALTH, KINDS, MODES, ROUTING, Doc, Imported, Collect
+from zt.config.ztunnel.to_zt import HEALTH, KINDS, MODES, ROUTING, Collect, Doc, Imported
 from zt.state.model import StringMatch
 
 _KIND_NAMES = {kind: name for name, kind in KINDS.items()}
@@ -59,7 +59,9 @@ def _opt(model: BaseModel, name: str) -> Any:
 
 def gateway(g: dict[str, Any]) -> Doc:
     d = g["destination"]
-    text = f"{d['network']}/{d['address']}" if "address" in d else f"{d['namespace']}/{d['hostname']}"
+    text = (
+        f"{d['network']}/{d['address']}" if "address" in d else f"{d['namespace']}/{d['hostname']}"
+    )
     return {"destination": text, "hboneMtlsPort": g["hboneMtlsPort"]}
 
 

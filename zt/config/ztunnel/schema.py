@@ -64,7 +64,9 @@ def _cidr(value: str) -> str:
             raise ValueError
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValueError("a CIDR with its prefix length, such as 10.0.0.0/8 or 10.1.0.9/32") from None
+        raise ValueError(
+            "a CIDR with its prefix length, such as 10.0.0.0/8 or 10.1.0.9/32"
+        ) from None
     return value
 
 
@@ -164,8 +166,14 @@ class StringMatch(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _one_variant(cls, data: object) -> object:
-        if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in STRING_MATCH_KINDS:
-            raise ValueError("one of !Exact v, !Prefix v, !Suffix v, !Presence [] (or {Exact: v} ...)")
+        if (
+            not isinstance(data, dict)
+            or len(data) != 1
+            or next(iter(data)) not in STRING_MATCH_KINDS
+        ):
+            raise ValueError(
+                "one of !Exact v, !Prefix v, !Suffix v, !Presence [] (or {Exact: v} ...)"
+            )
         if data.get("Presence", []) != []:
             raise ValueError("!Presence [] (Presence takes no value)")
         return data

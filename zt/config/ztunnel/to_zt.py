@@ -75,7 +75,9 @@ def _set(doc: Doc, key: str, value: object, default: object = "") -> None:
 def workload(w: z.Workload, at: str, out: Collect) -> Doc:
     _refuse_workload(w, at, out)
     doc: Doc = {"uid": w.uid, "name": w.name, "namespace": w.namespace}
-    _set(doc, "serviceAccount", w.service_account or DEFAULT_SERVICE_ACCOUNT, DEFAULT_SERVICE_ACCOUNT)
+    _set(
+        doc, "serviceAccount", w.service_account or DEFAULT_SERVICE_ACCOUNT, DEFAULT_SERVICE_ACCOUNT
+    )
     _set(doc, "trustDomain", w.trust_domain or DEFAULT_TRUST_DOMAIN, DEFAULT_TRUST_DOMAIN)
     doc["workloadIps"] = [str(ip) for ip in w.workload_ips]
     _set(doc, "network", w.network)
