@@ -38,7 +38,10 @@ FormatOpt = Annotated[
     ),
 ]
 OutOpt = Annotated[
-    Path | None, typer.Option("--out", "-o", help="write the document here (default: stdout)")
+    Path | None,
+    typer.Option(
+        "--out", "-o", dir_okay=False, help="write the document to this file (default: stdout)"
+    ),
 ]
 
 
@@ -68,8 +71,13 @@ def _notes(notes: "Sequence[Note]") -> None:
 def _write(text: str, out: Path | None) -> None:
     if out is None:
         typer.echo(text, nl=False)
-    else:
+        return
+    from zt.errors import UsageError  # noqa: PLC0415
+
+    try:
         out.write_text(text)
+    except OSError as exc:
+        raise UsageError(f"--out: got {str(out)!r}, expected a file to write ({exc})") from None
 
 
 def _render(doc: object, as_json: bool) -> str:
@@ -140,8 +148,8 @@ def import_(
 
     text, source = _read_text(file)
     imported, _ = ztunnel.import_document(ztunnel.parse(text, source), source)
-    _notes(imported.notes)
     _write(_render(imported.mesh, as_json), out_file)
+    _notes(imported.notes)
 
 
 @app.command()
@@ -164,8 +172,8 @@ def export(
 
     text, source = _read_text(file)
     exported = ztunnel.export_document(ztunnel.parse(text, source), source)
-    _notes(exported.notes)
     _write(ztunnel.dump_yaml(exported.mesh), out_file)
+    _notes(exported.notes)
 
 
 @app.command()

@@ -211,7 +211,9 @@ def _parse_json(text: str, source: str) -> object:
 
 def _parse_yaml(text: str, source: str, enum_tags: bool = False) -> object:
     try:
-        loader = (_EnumTagLoader if enum_tags else _BoundedLoader)(text)  # the reader already rejects unprintable characters
+        loader = (_EnumTagLoader if enum_tags else _BoundedLoader)(
+            text
+        )  # the reader already rejects unprintable characters
         loader.name = source
         try:
             node = loader.get_single_node()

@@ -124,7 +124,7 @@ def match(m: MatchModel) -> Doc:
     for field, values in m:
         if not values:
             continue
-        key = m.model_fields[field].alias or field
+        key = type(m).model_fields[field].alias or field
         if field in ("namespaces", "not_namespaces", "principals", "not_principals"):
             doc[key] = [_pattern(v) for v in values]
         elif field in ("service_accounts", "not_service_accounts"):
