@@ -99,6 +99,25 @@ _BoundedLoader.add_constructor(
 )
 
 
+class _EnumTagLoader(_BoundedLoader):
+    """Reads a local `!Tag value` as the one-key mapping `{Tag: value}`: ztunnel's serde_yaml 0.9
+    writes its enums so (`namespaces: [!Exact default]`, zt/config/ztunnel.py)."""
+
+
+def _construct_enum_tag(loader: _BoundedLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    value: object
+    if isinstance(node, yaml.MappingNode):
+        value = _construct_mapping(loader, node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_scalar(node)  # type: ignore[arg-type]
+    return {suffix: value}
+
+
+_EnumTagLoader.add_multi_constructor("!", _construct_enum_tag)
+
+
 def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.SequenceNode):
         return list(node.value)
@@ -190,9 +209,11 @@ def _parse_json(text: str, source: str) -> object:
     return document
 
 
-def _parse_yaml(text: str, source: str) -> object:
+def _parse_yaml(text: str, source: str, enum_tags: bool = False) -> object:
     try:
-        loader = _BoundedLoader(text)  # the reader already rejects unprintable characters
+        loader = (_EnumTagLoader if enum_tags else _BoundedLoader)(
+            text
+        )  # the reader already rejects unprintable characters
         loader.name = source
         try:
             node = loader.get_single_node()
@@ -208,15 +229,16 @@ def _parse_yaml(text: str, source: str) -> object:
         raise ConfigError(source, [FieldProblem(where, str(exc), "valid YAML")]) from None
 
 
-def parse_text(text: str, source: str) -> object:
+def parse_text(text: str, source: str, *, enum_tags: bool = False) -> object:
     """YAML (a superset of JSON) text to plain data; syntax errors and documents past the limits
-    (size, depth, alias expansion) become ConfigError. An empty document parses to None."""
+    (size, depth, alias expansion) become ConfigError. An empty document parses to None.
+    `enum_tags`: local tags read as one-key mappings (ztunnel's local config)."""
     if len(text) > MAX_FILE_BYTES:
         problem = FieldProblem("(file)", f"{len(text)} characters", f"at most {MAX_FILE_BYTES}")
         raise ConfigTooLarge(source, [problem])
     if source.endswith(".json"):
         return _parse_json(text, source)
-    return _parse_yaml(text, source)
+    return _parse_yaml(text, source, enum_tags)
 
 
 def load_document(document: object, source: str) -> Snapshot:

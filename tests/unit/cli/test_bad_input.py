@@ -20,6 +20,7 @@ from tests.unit.cli.tree import commands
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = str(ROOT / "examples" / "mesh.yaml")
+LOCALHOST = ROOT / "tests" / "data" / "ztunnel-localhost.yaml"
 TOKEN = "ztjoin-0123abcd." + "A" * 43
 ETCD = ["--etcd", "https://127.0.0.1:9"]  # discard port: nothing listens
 
@@ -51,6 +52,8 @@ def _base(p: dict[str, str]) -> dict[str, list[str]]:
         "pod list": ["--pod-socket", p["file"]],
         "config check": [EXAMPLE],
         "config dump": [EXAMPLE],
+        "config import": [str(LOCALHOST)],
+        "config export": [EXAMPLE],
         "config push": [EXAMPLE, *ETCD],
         "config get": ETCD,
         "config diff": [EXAMPLE, *ETCD],
@@ -108,6 +111,7 @@ def _bad(p: dict[str, str]) -> dict[str, list[str]]:
         "--admin-addr": addr,
         "--log-format": ["xml"],
         "--ktls": ["yes"],
+        "--format": ["yaml"],
         "--dns-upstream": ["dns.example", "10.0.0.1:0", "[fe80::1"],
         "--drain-deadline": ["-1", "soon"],
         "--handshake-timeout": ["0", "x"],
