@@ -6,6 +6,8 @@ import ipaddress
 from types import MappingProxyType
 
 from zt.config.schema import (
+    ApplicationTunnelModel,
+    GatewayAddressModel,
     MatchModel,
     MeshFile,
     PolicyModel,
@@ -15,15 +17,20 @@ from zt.config.schema import (
 )
 from zt.state.model import (
     Action,
+    ApplicationTunnel,
+    GatewayAddress,
     Health,
     Locality,
     Match,
+    NamespacedHostname,
+    NetworkAddress,
     Policy,
     Protocol,
     Scope,
     Service,
     ServiceAccountMatch,
     StringMatch,
+    TunnelProtocol,
     Workload,
     frozen_map,
 )
@@ -55,6 +62,8 @@ def workload(m: WorkloadModel) -> Workload:
         cluster_id=m.cluster_id,
         locality=Locality(m.locality.region, m.locality.zone, m.locality.subzone),
         hostname=m.hostname,
+        waypoint=gateway_address(m.waypoint),
+        application_tunnel=application_tunnel(m.application_tunnel),
     )
 
 
@@ -70,7 +79,25 @@ def service(m: ServiceModel) -> Service:
         vips=tuple(vips),
         ports=MappingProxyType(dict(m.ports)),
         subject_alt_names=tuple(m.subject_alt_names),
+        waypoint=gateway_address(m.waypoint),
     )
+
+
+def gateway_address(m: GatewayAddressModel | None) -> GatewayAddress | None:
+    if m is None:
+        return None
+    d = m.destination
+    destination: NetworkAddress | NamespacedHostname
+    if d.address is not None:
+        destination = NetworkAddress(d.network or "", d.address)
+    else:  # the schema admits only the two forms
+        assert d.namespace is not None and d.hostname is not None
+        destination = NamespacedHostname(d.namespace, d.hostname)
+    return GatewayAddress(destination, m.hbone_mtls_port)
+
+
+def application_tunnel(m: ApplicationTunnelModel | None) -> ApplicationTunnel | None:
+    return None if m is None else ApplicationTunnel(TunnelProtocol(m.protocol), m.port)
 
 
 def _strings(values: list[str]) -> tuple[StringMatch, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from zt.config.schema import MeshFile, WorkloadModel
+from zt.config.schema import GatewayAddressModel, MeshFile, WorkloadModel
 from zt.errors import FieldProblem
 
 
@@ -115,6 +115,42 @@ def _policy_problems(mesh: MeshFile) -> list[FieldProblem]:
     return problems
 
 
+def _waypoint_problem(
+    where: str, gw: GatewayAddressModel, addresses: set[tuple[str, object]], services: set[str]
+) -> FieldProblem | None:
+    """A waypoint must name something the mesh has: a workload's address or a service VIP, or a
+    service by namespace/hostname (ztunnel would fail every connection with "failed to find
+    waypoint"; a typo is better refused here)."""
+    d = gw.destination
+    if d.address is not None:
+        if (d.network or "", d.address) in addresses:
+            return None
+        expected = f"the address of a workload or a service VIP on network {d.network or ''!r}"
+        return FieldProblem(f"{where}.destination.address", str(d.address), expected)
+    key = f"{d.namespace}/{d.hostname}"
+    if key in services:
+        return None
+    return FieldProblem(f"{where}.destination", key, "the namespace/hostname of a service")
+
+
+def _waypoint_problems(mesh: MeshFile) -> list[FieldProblem]:
+    addresses: set[tuple[str, object]] = {
+        (w.network, ip) for w in mesh.workloads for ip in w.workload_ips
+    }
+    addresses |= {_vip_ip(vip) for s in mesh.services for vip in s.vips}
+    services = {f"{s.namespace}/{s.hostname}" for s in mesh.services}
+    found = [
+        _waypoint_problem(f"workloads[{i}].waypoint", w.waypoint, addresses, services)
+        for i, w in enumerate(mesh.workloads)
+        if w.waypoint is not None
+    ] + [
+        _waypoint_problem(f"services[{i}].waypoint", s.waypoint, addresses, services)
+        for i, s in enumerate(mesh.services)
+        if s.waypoint is not None
+    ]
+    return [p for p in found if p is not None]
+
+
 def cross_check(mesh: MeshFile) -> list[FieldProblem]:
     return (
         _workload_problems(mesh)
@@ -122,4 +158,5 @@ def cross_check(mesh: MeshFile) -> list[FieldProblem]:
         + _reference_problems(mesh)
         + _port_mapping_problems(mesh)
         + _policy_problems(mesh)
+        + _waypoint_problems(mesh)
     )

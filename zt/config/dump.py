@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from zt.state.model import Match, Policy, Service, ServiceAccountMatch, Workload
+from zt.state.model import (
+    ApplicationTunnel,
+    GatewayAddress,
+    Match,
+    NetworkAddress,
+    Policy,
+    Service,
+    ServiceAccountMatch,
+    Workload,
+)
 from zt.state.snapshot import Snapshot
 
 
@@ -34,6 +43,8 @@ def workload(w: Workload) -> dict[str, object]:
             "subzone": w.locality.subzone,
         },
         "hostname": w.hostname,
+        "waypoint": gateway_address(w.waypoint),
+        "applicationTunnel": application_tunnel(w.application_tunnel),
         "identity": w.identity,
     }
 
@@ -46,7 +57,24 @@ def service(s: Service) -> dict[str, object]:
         "vips": [f"{network}/{ip}" for network, ip in s.vips],
         "ports": dict(s.ports),
         "subjectAltNames": list(s.subject_alt_names),
+        "waypoint": gateway_address(s.waypoint),
     }
+
+
+def gateway_address(g: GatewayAddress | None) -> dict[str, object] | None:
+    if g is None:
+        return None
+    d = g.destination
+    destination = (
+        {"network": d.network, "address": str(d.address)}
+        if isinstance(d, NetworkAddress)
+        else {"namespace": d.namespace, "hostname": d.hostname}
+    )
+    return {"destination": destination, "hboneMtlsPort": g.hbone_mtls_port}
+
+
+def application_tunnel(t: ApplicationTunnel | None) -> dict[str, object] | None:
+    return None if t is None else {"protocol": t.protocol.value, "port": t.port}
 
 
 def _account(a: ServiceAccountMatch) -> dict[str, str]:

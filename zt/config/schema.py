@@ -9,7 +9,7 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
 from pydantic.alias_generators import to_camel
 
 from zt.addr import HOSTNAME_FORM, parse_hostname
@@ -169,6 +169,8 @@ class WorkloadModel(_Model):
     cluster_id: LabelValue = ""
     locality: LocalityModel = LocalityModel()
     hostname: WorkloadHostname = ""
+    waypoint: GatewayAddressModel | None = None
+    application_tunnel: ApplicationTunnelModel | None = None
 
 
 class ServiceModel(_Model):
@@ -178,6 +180,7 @@ class ServiceModel(_Model):
     vips: list[Vip] = []
     ports: dict[Port, TargetPort] = {}
     subject_alt_names: list[SpiffeUri] = []
+    waypoint: GatewayAddressModel | None = None
 
 
 class ServiceAccountModel(_Model):
@@ -213,3 +216,50 @@ class MeshFile(_Model):
     workloads: list[WorkloadModel] = []
     services: list[ServiceModel] = []
     policies: list[PolicyModel] = []
+
+
+# --- Waypoints and application tunnels (ztunnel's GatewayAddress and ApplicationTunnel, whose
+# YAML shape they keep). Defined after their users: `from __future__ import annotations` and
+# pydantic's deferred resolution (MeshFile.model_rebuild below) allow it.
+
+_DESTINATION_FORMS = (
+    "{address: <ip>, network: <network>} (a waypoint workload's address or its service's VIP)"
+    " or {namespace: <ns>, hostname: <service hostname>}"
+)
+
+
+class GatewayDestinationModel(_Model):
+    """ztunnel's untagged `NetworkAddress | NamespacedHostname`: the keys present decide the form
+    (one flat model, so a bad key gets a plain field path instead of one per union branch)."""
+
+    network: str | None = None
+    address: IPvAnyAddress | None = None
+    namespace: Name | None = None
+    hostname: Annotated[str, AfterValidator(_host)] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> GatewayDestinationModel:
+        by_address = self.address is not None or self.network is not None
+        by_name = self.namespace is not None or self.hostname is not None
+        if by_address == by_name:  # both forms mixed, or neither
+            raise ValueError(_DESTINATION_FORMS)
+        if by_address and self.address is None:
+            raise ValueError(f"an address beside the network; {_DESTINATION_FORMS}")
+        if by_name and (self.namespace is None or self.hostname is None):
+            raise ValueError(f"both namespace and hostname; {_DESTINATION_FORMS}")
+        return self
+
+
+class GatewayAddressModel(_Model):
+    destination: GatewayDestinationModel
+    hbone_mtls_port: Port = 15008
+
+
+class ApplicationTunnelModel(_Model):
+    protocol: Literal["NONE", "PROXY"]
+    port: Port | None = None  # None: the target port (ztunnel's `port.unwrap_or(dest.port())`)
+
+
+WorkloadModel.model_rebuild()
+ServiceModel.model_rebuild()
+MeshFile.model_rebuild()

@@ -79,6 +79,10 @@ class Workload:
     # A DNS name resolving to this workload's addresses (ztunnel's Workload.hostname; "": none),
     # served by the DNS proxy (docs/dns.md).
     hostname: str = ""
+    # The waypoint this workload's inbound traffic goes through (None: none), and how zt delivers
+    # tunnels to this workload when it is itself a waypoint (None: plain TCP to the target port).
+    waypoint: GatewayAddress | None = None
+    application_tunnel: ApplicationTunnel | None = None
 
     @property
     def identity(self) -> str:
@@ -98,6 +102,8 @@ class Service:
     vips: tuple[tuple[str, IpAddress], ...]  # (network, ip)
     ports: Mapping[int, int]  # service port -> target port (0: the endpoint's own mapping decides)
     subject_alt_names: tuple[str, ...] = ()
+    # The waypoint traffic to this service's VIPs goes through (None: none).
+    waypoint: GatewayAddress | None = None
 
     @property
     def key(self) -> str:
@@ -198,3 +204,62 @@ class Policy:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+# --- Waypoints and application tunnels (ztunnel's src/state/workload.rs GatewayAddress and
+# ApplicationTunnel). A destination that names a waypoint is reached through it (docs/design.md §5).
+
+
+class TunnelProtocol(enum.Enum):
+    """How zt hands a tunnel's bytes to a workload that asked for an application tunnel: NONE as
+    they are, PROXY behind a PROXY protocol v2 header (zt/proxy/proxyv2.py)."""
+
+    NONE = "NONE"
+    PROXY = "PROXY"
+
+
+@dataclass(frozen=True)
+class NetworkAddress:
+    """An address on a network: a workload's IP or a service VIP."""
+
+    network: str
+    address: IpAddress
+
+    def __str__(self) -> str:
+        return f"{self.network}/{self.address}"
+
+
+@dataclass(frozen=True)
+class NamespacedHostname:
+    """A service named by namespace and hostname (the snapshot's `service_by_key`)."""
+
+    namespace: str
+    hostname: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.hostname}"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True)
+class GatewayAddress:
+    """Where a waypoint (or gateway) is: an address (of its workload, or a VIP of its service) or
+    a service hostname, and the port its HBONE listener takes (ztunnel's hbone_mtls_port)."""
+
+    destination: NetworkAddress | NamespacedHostname
+    hbone_mtls_port: int = 15008
+
+    def __str__(self) -> str:
+        return f"{self.destination}:{self.hbone_mtls_port}"
+
+
+@dataclass(frozen=True)
+class ApplicationTunnel:
+    """A workload (a waypoint, typically) that takes its inbound tunnels on `port` (None: the
+    target port, as ztunnel's `port.unwrap_or(dest.port())`) in `protocol`."""
+
+    protocol: TunnelProtocol
+    port: int | None = None
