@@ -215,9 +215,11 @@ def scenarios(lab: LabPlan) -> list[Scenario]:
 
 
 def mesh_ips(lab: LabPlan) -> set[str]:
-    """Addresses of the HBONE pods (the TCP workload is outside ambient capture by design)."""
+    """Addresses of the HBONE pods (the TCP workload is outside ambient capture by design) and
+    of the waypoint, which speaks only HBONE to them."""
     tcp = mesh.tcp_pod(lab)
-    return {str(ip) for p in lab.pods if p != tcp for ip in (p.ipv4, p.ipv6)}
+    pods = [p for p in lab.pods if p != tcp] + ([lab.waypoint] if lab.waypoint else [])
+    return {str(ip) for p in pods for ip in (p.ipv4, p.ipv6)}
 
 
 def run(state: LabState, on_row: Callable[[Row], None] | None = None) -> list[Row]:
@@ -230,6 +232,10 @@ def run(state: LabState, on_row: Callable[[Row], None] | None = None) -> list[Ro
             rows.append(driver.run(sc))
             if on_row is not None:
                 on_row(rows[-1])
+        if state.waypoint:  # inside the sniff: the waypoint's hop to the pods crosses the link
+            from zt.lab import waypointdemo  # noqa: PLC0415 (it imports this module)
+
+            rows += waypointdemo.run(driver, on_row)
     report = wire.analyse(segments, mesh_ips(lab), driver.marker)
     link = f"{lab.nodes[0].netns}/{lab.nodes[0].link}"
     rows.append(

@@ -17,8 +17,10 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from zt.capture.netns import run_in_netns
+from zt.lab import runner
 from zt.lab.apps import _fmt
 
 BODY = "zt lab web: {method} {path}\n"
@@ -38,15 +40,18 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         body = BODY.format(method="GET", path=self.path).encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
+        # one request per connection: the waypoint's tunnel to this pod then ends with each
+        # request, so the pod's node writes its access record at once (zt.lab.waypointdemo)
+        self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (base signature)
+    def log_message(self, format: str, *args: object) -> None:
         print(f"request {_fmt(self.client_address)} {format % args}", flush=True)
 
 
@@ -59,6 +64,11 @@ def serve(port: int, stop: threading.Event) -> None:
         thread.join()
 
 
+def start(netns: str, port: int, log: Path) -> int:
+    """The app as a process inside a pod; its pid."""
+    return runner.spawn(netns, [sys.executable, "-P", "-m", "zt.lab.web", "--port", str(port)], log)
+
+
 # -- client ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Response:
@@ -69,15 +79,23 @@ class Response:
     seconds: float
 
 
-def _parse(data: bytes) -> tuple[int, str]:
-    head, _, body = data.partition(b"\r\n\r\n")
+def _parse(data: bytes) -> tuple[int, str, bool]:
+    """(status, body, complete): complete once the body holds Content-Length bytes."""
+    head, sep, body = data.partition(b"\r\n\r\n")
     line = head.split(b"\r\n", 1)[0].split(b" ")
-    return (int(line[1]) if len(line) > 1 and line[1].isdigit() else 0), body.decode(
-        errors="replace"
-    )
+    status = int(line[1]) if sep and len(line) > 1 and line[1].isdigit() else 0
+    length = next(
+        (int(h.partition(b":")[2]) for h in head.split(b"\r\n")[1:]
+         if h.lower().startswith(b"content-length:")),
+        -1,
+    )  # fmt: skip
+    return status, body.decode(errors="replace"), status > 0 and len(body) >= length >= 0
 
 
 def _get(host: str, port: int, path: str, timeout: float) -> Response:
+    """Reads until the response is whole: whether the tunnel behind the socket then ends with a
+    FIN or a reset (Envoy resets the CONNECT stream once it closed its side) is not the app's
+    concern."""
     start = time.monotonic()
     local, data, error = "", b"", ""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -87,16 +105,16 @@ def _get(host: str, port: int, path: str, timeout: float) -> Response:
         local = _fmt(sock.getsockname())
         # Connection: close makes the server end the exchange (RFC 9112 §9.6)
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        while chunk := sock.recv(65536):
+        while not _parse(data)[2] and (chunk := sock.recv(65536)):
             data += chunk
     except OSError as exc:
         error = exc.strerror or type(exc).__name__
     finally:
         sock.close()
-    status, body = _parse(data)
-    if not error and not status:
-        error = f"no HTTP response ({len(data)} bytes)"
-    return Response(local, status, body, error, time.monotonic() - start)
+    status, body, whole = _parse(data)
+    if not whole:
+        error = error or f"no whole HTTP response ({len(data)} bytes)"
+    return Response(local, status, body, "" if whole else error, time.monotonic() - start)
 
 
 def get(netns: str, host: str, port: int, path: str, *, timeout: float = 10.0) -> Response:
