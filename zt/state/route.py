@@ -3,7 +3,9 @@
 It returns data; the proxy acts on it. Service VIP -> a healthy endpoint (deterministic for a seed)
 with the service port translated to the target port; an HBONE workload -> a tunnel to
 `<pod ip>:15008` with authority `<pod ip>:<target port>`; a TCP workload -> plain TCP; an address
-outside the mesh -> passthrough. The loop guard (zt/state/loopguard.py) refuses zt's own ports,
+outside the mesh -> passthrough. A destination that names a waypoint (a service VIP whose service
+has one, a workload addressed by its own IP that has one) is tunnelled to the waypoint instead,
+with the original destination as the authority (zt/state/waypoint.py). The loop guard (zt/state/loopguard.py) refuses zt's own ports,
 but only on loopback and on zt's own addresses (the pods this node serves), as ztunnel does: another
 host's :15008 as an app destination is carried like any port (its inbound answers 400).
 """
@@ -17,8 +19,9 @@ from dataclasses import dataclass
 
 from zt.addr import IpAddress, SocketAddr
 from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS, check_outbound
-from zt.state.model import Protocol, Service, Workload
+from zt.state.model import GatewayAddress, Protocol, Service, Workload
 from zt.state.snapshot import Snapshot
+from zt.state.waypoint import WaypointMissing, from_waypoint, waypoint_hop
 
 HBONE_PORT = 15008
 
@@ -40,6 +43,8 @@ class Route:
     destination_workload: str | None = None  # uid
     service: str | None = None  # "<ns>/<hostname>"
     loop_guard: bool = False  # REFUSED because the destination is zt itself
+    # the waypoint the route goes through (its service key, or its workload's uid); None: none
+    waypoint: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -50,6 +55,7 @@ class Route:
             "reason": self.reason,
             "destination_workload": self.destination_workload,
             "service": self.service,
+            "waypoint": self.waypoint,
         }
 
 
@@ -130,10 +136,50 @@ def route(
 
 
 def _decide(dst: SocketAddr, source: Workload, snapshot: Snapshot, seed: int) -> Route:
+    # ztunnel's build_request: a service's waypoint first (service-addressed traffic never takes
+    # an endpoint's own waypoint), then a workload's, unless the source is that waypoint itself
+    # (check_from_waypoint: else the waypoint's own connection would come back to it).
     service = snapshot.service_by_vip.get((source.network, dst.ip))
     if service is not None:
+        if service.waypoint is not None and not from_waypoint(service.waypoint, source, snapshot):
+            routed = _via_waypoint(
+                service.waypoint,
+                f"service {service.key}",
+                dst=dst,
+                source=source,
+                snapshot=snapshot,
+                seed=seed,
+            )
+            return dataclasses.replace(routed, service=service.key)
         return _via_service(service, dst, source, snapshot, seed)
     workload = snapshot.workload_at(source.network, dst.ip)
     if workload is not None:
+        if workload.waypoint is not None and not from_waypoint(workload.waypoint, source, snapshot):
+            what = f"workload {workload.uid}"
+            return _via_waypoint(
+                workload.waypoint, what, dst=dst, source=source, snapshot=snapshot, seed=seed
+            )
         return _to_workload(workload, dst.ip, dst.port, f"workload {workload.uid}")
     return Route(RouteKind.PASSTHROUGH, dst, None, (), f"{dst.ip} is not in the mesh")
+
+
+def _via_waypoint(
+    gateway: GatewayAddress,
+    what: str,
+    *,
+    dst: SocketAddr,
+    source: Workload,
+    snapshot: Snapshot,
+    seed: int,
+) -> Route:
+    """Always HBONE to the waypoint's pod at its hboneMtlsPort, the original destination (VIP or
+    pod address, untranslated) as the authority, the waypoint's identity expected."""
+    try:
+        hop = waypoint_hop(gateway, dst, source, snapshot, seed)
+    except WaypointMissing as exc:
+        return _refused(f"{what}: {exc}")
+    reason = f"{what} -> waypoint {hop.name} ({hop.workload.uid} at {hop.address})"
+    sans = (hop.workload.identity, *(s for s in hop.sans if s != hop.workload.identity))
+    return Route(
+        RouteKind.HBONE, hop.address, dst, sans, reason, hop.workload.uid, waypoint=hop.name
+    )
