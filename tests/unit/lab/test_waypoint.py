@@ -24,12 +24,14 @@ WEB = Backend(
 def _listener(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     found = [lis for lis in cfg["static_resources"]["listeners"] if lis["name"] == name]
     assert len(found) == 1, name
-    return found[0]
+    out: dict[str, Any] = found[0]
+    return out
 
 
 def _cluster(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     (found,) = [c for c in cfg["static_resources"]["clusters"] if c["name"] == name]
-    return found
+    out: dict[str, Any] = found
+    return out
 
 
 def test_the_waypoint_is_a_pod_of_the_first_node_outside_the_served_pods() -> None:
