@@ -57,13 +57,15 @@ class ConnectRequest:
     baggage: str | None = None
     forwarded_for: str | None = None
     traceparent: str | None = None
+    # ztunnel's x-forwarded-network: set by a gateway that carried the tunnel from another network
+    forwarded_network: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.authority, SocketAddr | HostPort):
             raise BadConnectRequest("authority", self.authority, "a SocketAddr or a HostPort")
         if not 1 <= self.authority.port <= 65535:
             raise BadConnectRequest("authority port", self.authority.port, "1..65535")
-        for name in ("baggage", "forwarded_for", "traceparent"):
+        for name in ("baggage", "forwarded_for", "traceparent", "forwarded_network"):
             value = getattr(self, name)
             if value is not None and not _FIELD_VALUE.fullmatch(_latin1(value)):
                 raise BadConnectRequest(name, value, "a non-empty header value without CR/LF/NUL")
@@ -88,6 +90,8 @@ class ConnectRequest:
             out.append((b"forwarded", _latin1(f'for="{self.forwarded_for}"')))
         if self.traceparent is not None:
             out.append((b"traceparent", _latin1(self.traceparent)))
+        if self.forwarded_network is not None:
+            out.append((b"x-forwarded-network", _latin1(self.forwarded_network)))
         return out
 
     @classmethod
@@ -109,6 +113,7 @@ class ConnectRequest:
             baggage=_joined(regular, b"baggage", ","),
             forwarded_for=_forwarded_for(_joined(regular, b"forwarded", ",")),
             traceparent=_valid_traceparent(regular.get(b"traceparent")),
+            forwarded_network=_first(regular.get(b"x-forwarded-network")),
         )
 
 
@@ -272,6 +277,11 @@ def _valid_traceparent(values: list[bytes] | None) -> str | None:
     ):
         return None
     return text
+
+
+def _first(values: list[bytes] | None) -> str | None:
+    """The first value of a header that is read once (as http's HeaderMap::get); empty: absent."""
+    return values[0].decode("latin-1") or None if values else None
 
 
 def _latin1(value: str) -> bytes:

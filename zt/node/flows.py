@@ -22,12 +22,13 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from zt.addr import HostPort, IpAddress, SocketAddr
+from zt.addr import HostPort, IpAddress, SocketAddr, unmap
 from zt.errors import ZtError
 from zt.hbone.errors import AuthorityMismatch, PolicyDenied
 from zt.identity.spiffe import SpiffeId
 from zt.node.podnet import PodNet
 from zt.node.services import NodeServices
+from zt.proxy import proxyv2
 from zt.proxy.flow import NO_ROUTE, Observer, Outcome, Progress
 from zt.proxy.inbound import Admission, Arrival, InboundFlow
 from zt.proxy.outbound import OutboundFlow
@@ -37,6 +38,7 @@ from zt.state import (
     Decision,
     Route,
     RouteKind,
+    Service,
     Snapshot,
     Workload,
     authorize,
@@ -47,6 +49,8 @@ from zt.state import (
     resolve_inbound,
     route,
 )
+from zt.state.inbound import from_gateway, inbound_upstream
+from zt.state.model import TunnelProtocol
 from zt.telemetry.connections import (
     ConnectionInfo,
     ConnectionReport,
@@ -169,34 +173,65 @@ class PodFlows:
 
     def admit(self, arrival: Arrival) -> Admission:
         """A hostname authority resolved to this pod (zt/state/hostnames.py), then the loop guard
-        on where it lands, then (HBONE) the authority must be this pod's, then policy."""
+        on where it lands, then (HBONE) the authority must be this pod's or name it as its
+        waypoint and the pod's application tunnel may move the port (zt/state/inbound.py), then
+        policy on where it is delivered (ztunnel's RBAC sees the upstream address too)."""
         path = "hbone" if arrival.hbone else "plaintext"
-        target = arrival.target
+        snapshot = self.services.store.current
+        reached = unmap(arrival.local.ip) if arrival.local is not None else None
+        target, service = arrival.target, None
         if isinstance(target, HostPort):
-            reached = arrival.local.ip if arrival.local is not None else None
             try:
-                target = resolve_inbound(
-                    self.services.store.current, target, self.workload, reached
-                ).destination
+                resolved = resolve_inbound(snapshot, target, self.workload, reached)
             except ZtError as exc:
                 return Admission.deny(exc, NO_ROUTE)
+            target, service = resolved.destination, resolved.service
         looping = check_inbound(target, self.services.illegal_ports)
         if looping is not None:  # refuse, never dial: the dial would come straight back here
             self.services.count_loop_guard(self.workload.uid, path, str(looping))
             return Admission.deny(looping.error(), NO_ROUTE)
         if arrival.source is None:
             return Admission.deny(AuthorityMismatch("the client's address is unknown"), NO_ROUTE)
-        if arrival.hbone and target.ip not in self.workload.ips:
-            error = AuthorityMismatch(f"{target} is not an address of pod {self.workload.uid}")
-            return Admission.deny(error, NO_ROUTE)
+        preamble = b""
+        if arrival.hbone:
+            try:
+                target, preamble = self._deliver(arrival, target, service, reached)
+            except ZtError as exc:
+                return Admission.deny(exc, NO_ROUTE)
         identity = str(arrival.identity) if arrival.identity is not None else None
         conn = Connection(arrival.source.ip, target, identity, self.workload.network)
-        decision = authorize(conn, self.services.store.current)
+        decision = authorize(conn, snapshot)
         if not decision.allowed:
             self._deny_log(conn, decision)  # the node's DENY line: the flow logs no other
             denied = Admission.deny(PolicyDenied(decision.reason), policy=decision.policy or "")
             return dataclasses.replace(denied, logged=True)
-        return Admission.allow(decision.policy or "", conn, target)
+        return Admission.allow(decision.policy or "", conn, target, preamble)
+
+    def _deliver(
+        self,
+        arrival: Arrival,
+        target: SocketAddr,
+        service: Service | None,
+        reached: IpAddress | None,
+    ) -> tuple[SocketAddr, bytes]:
+        """Where a tunnel to `target` is delivered on this pod, and the PROXY header ahead of it;
+        raises AuthorityMismatch (400) or the loop guard's error."""
+        pod, snapshot = self.workload, self.services.store.current
+        found = inbound_upstream(
+            snapshot, pod, reached, target, authority=arrival.target, service=service
+        )
+        if isinstance(found, str):
+            raise AuthorityMismatch(found)
+        looping = check_inbound(found.dial, self.services.illegal_ports)
+        if looping is not None:
+            self.services.count_loop_guard(pod.uid, "hbone", str(looping))
+            raise looping.error()
+        if found.protocol is not TunnelProtocol.PROXY or found.proxy_target is None:
+            return found.dial, b""
+        assert arrival.source is not None
+        identity = str(arrival.identity) if arrival.identity is not None else None
+        source = SocketAddr(unmap(arrival.source.ip), arrival.source.port)
+        return found.dial, proxyv2.encode(source, found.proxy_target, identity)
 
     def _deny_log(self, conn: Connection, decision: Decision) -> None:
         log.info(
@@ -218,8 +253,13 @@ class PodFlows:
     def _observe_inbound(self, arrival: Arrival) -> Observer:
         snapshot = self.services.store.current
         identity = str(arrival.identity) if arrival.identity is not None else ""
+        forwarded = arrival.request.forwarded_network if arrival.request is not None else None
         if arrival.source is not None:
-            known = snapshot.workload_at(self.workload.network, arrival.source.ip)
+            # through a gateway from another network, the source address names nobody here
+            gateway = from_gateway(forwarded, self.workload.network)
+            known = (
+                None if gateway else snapshot.workload_at(self.workload.network, arrival.source.ip)
+            )
             src = Peer.of(known, str(arrival.source), identity)
         else:
             src = Peer(identity=identity)

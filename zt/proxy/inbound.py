@@ -86,6 +86,9 @@ class Admission:
     logged: bool = False  # `admit` logged the refusal itself: the flow adds no line of its own
     # where to dial when it is not the arrival's target: a hostname authority `admit` resolved
     target: SocketAddr | None = None
+    # written to the upstream before any relayed byte: the PROXY v2 header of a workload whose
+    # applicationTunnel asks for it (zt/proxy/proxyv2.py), after the 200 as ztunnel writes it
+    preamble: bytes = b""
 
     @classmethod
     def allow(
@@ -93,8 +96,9 @@ class Admission:
         policy: str = "",
         connection: Connection | None = None,
         target: SocketAddr | None = None,
+        preamble: bytes = b"",
     ) -> Admission:
-        return cls(True, policy=policy, connection=connection, target=target)
+        return cls(True, policy=policy, connection=connection, target=target, preamble=preamble)
 
     @classmethod
     def deny(cls, error: ZtError, flags: str = DENIED, policy: str = "") -> Admission:
@@ -200,6 +204,8 @@ class InboundFlow:
             return Outcome(DRAINED, "client went away during the dial", admission.policy)
         else:
             self.tunnels += 1
+            if admission.preamble and tcp.transport is not None:
+                tcp.transport.write(admission.preamble)  # ahead of every relayed byte
             tcp.begin(stream)
         finally:
             if corked:
