@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zt.lab import logs, mesh, waypoint, web
-from zt.lab.demo import Driver, Row, _endpoint, _ids
+from zt.lab import waypointconfig as wpconfig
+from zt.lab.demo import Driver, Row, endpoint, identities
 from zt.lab.logs import AccessRecord
 from zt.lab.topology import PodPlan
 
-UPSTREAM = f"cluster.{waypoint.CONNECT_ORIGINATE}.upstream_rq_total"  # CONNECTs to pods
+UPSTREAM = f"cluster.{wpconfig.CONNECT_ORIGINATE}.upstream_rq_total"  # CONNECTs to pods
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Case:
 
 CASES = (
     Case("waypoint L7 allow", "/", 200, "allowed"),
-    Case("waypoint L7 deny", waypoint.DENIED_PREFIX, 403, "denied"),
+    Case("waypoint L7 deny", wpconfig.DENIED_PREFIX, 403, "denied"),
 )
 
 
@@ -37,7 +38,7 @@ def _grew(before: dict[str, int], after: dict[str, int], name: str) -> int:
 
 
 def _inbound_to_web(rec: AccessRecord) -> bool:
-    return rec.direction == "inbound" and _endpoint(rec).endswith(f":{mesh.WEB_APP_PORT}")
+    return rec.direction == "inbound" and endpoint(rec).endswith(f":{mesh.WEB_APP_PORT}")
 
 
 @dataclass
@@ -82,7 +83,7 @@ class WaypointDriver:
         problems += self.check_out(out, src)
         if case.status == 200:
             problems += self.check_in(inb)
-        hop = f"{wp.ipv4}:{waypoint.HBONE_PORT}"
+        hop = f"{wp.ipv4}:{wpconfig.HBONE_PORT}"
         detail = "; ".join(problems) or (
             f"envoy rbac.{case.rbac} +1, CONNECTs to pods +{want_up}"
             + (f"; in policy={inb.get('policy')}" if inb is not None else "; app not reached")
@@ -90,8 +91,8 @@ class WaypointDriver:
         return Row(
             case.name,
             f"{src.name} -> {mesh.WEB_VIP4}:{mesh.WEB_PORT} GET {case.path} [hbone via {hop}]",
-            _ids(out),
-            _ids(inb) if case.status == 200 else "(not reached)",
+            identities(out),
+            identities(inb) if case.status == 200 else "(not reached)",
             f"HTTP {resp.status or '-'}, {len(resp.body)} B",
             not problems,
             detail,
@@ -100,8 +101,8 @@ class WaypointDriver:
     def check_response(self, case: Case, resp: web.Response) -> list[str]:
         if resp.status != case.status:
             return [f"HTTP {resp.status or resp.error}, expected {case.status}"]
-        if case.status == 403 and resp.body != waypoint.RBAC_BODY:
-            return [f"403 body {resp.body!r}, expected Envoy's {waypoint.RBAC_BODY!r}"]
+        if case.status == 403 and resp.body != wpconfig.RBAC_BODY:
+            return [f"403 body {resp.body!r}, expected Envoy's {wpconfig.RBAC_BODY!r}"]
         want = web.BODY.format(method="GET", path=case.path)
         if case.status == 200 and resp.body != want:
             return [f"body {resp.body!r}, expected the web app's {want!r}"]
@@ -114,7 +115,7 @@ class WaypointDriver:
         want = {
             "protocol": "hbone",
             "src.identity": self.driver.workload_identity(src),
-            "dst.addr": f"{self.wp.ipv4}:{waypoint.HBONE_PORT}",
+            "dst.addr": f"{self.wp.ipv4}:{wpconfig.HBONE_PORT}",
             "dst.hbone_addr": f"{mesh.WEB_VIP4}:{mesh.WEB_PORT}",
         }
         return [
@@ -157,7 +158,7 @@ class WaypointDriver:
             "waypoint bypass refused (L4)",
             f"{src.name} -> {pod.ipv4}:{mesh.WEB_APP_PORT} GET / [hbone, no waypoint]",
             "-",
-            _ids(inb),
+            identities(inb),
             f"HTTP {resp.status or '-'}, {len(resp.body)} B",
             not problems,
             "; ".join(problems) or f"in flags=DENY ({resp.error or 'closed'} at the app)",

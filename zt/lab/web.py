@@ -21,7 +21,6 @@ from pathlib import Path
 
 from zt.capture.netns import run_in_netns
 from zt.lab import runner
-from zt.lab.apps import _fmt
 
 BODY = "zt lab web: {method} {path}\n"
 
@@ -52,7 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
-        print(f"request {_fmt(self.client_address)} {format % args}", flush=True)
+        print(f"request {self.client_address[0]} {format % args}", flush=True)
 
 
 def serve(port: int, stop: threading.Event) -> None:
@@ -102,7 +101,8 @@ def _get(host: str, port: int, path: str, timeout: float) -> Response:
     try:
         sock.settimeout(timeout)
         sock.connect((host, port))
-        local = _fmt(sock.getsockname())
+        bound_ip, bound_port = sock.getsockname()[:2]
+        local = f"[{bound_ip}]:{bound_port}" if ":" in bound_ip else f"{bound_ip}:{bound_port}"
         # Connection: close makes the server end the exchange (RFC 9112 §9.6)
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         while not _parse(data)[2] and (chunk := sock.recv(65536)):

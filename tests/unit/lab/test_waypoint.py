@@ -11,8 +11,9 @@ import pytest
 
 from zt.addr import SocketAddr, parse_ip
 from zt.config import load_document
-from zt.lab import mesh, topology, waypoint, web
-from zt.lab.waypoint import Backend, TlsFiles
+from zt.lab import mesh, topology, web
+from zt.lab import waypointconfig as wpconfig
+from zt.lab.waypointconfig import Backend, TlsFiles
 from zt.state.authz import Connection, authorize
 
 TLS = TlsFiles(Path("/w/wp.crt"), Path("/w/wp.key"), Path("/w/wp.roots"))
@@ -64,7 +65,7 @@ def test_mesh_points_the_web_service_at_the_waypoint_and_admits_only_it_to_the_w
 
 
 def test_envoy_config_has_istios_waypoint_shape() -> None:
-    cfg = waypoint.config(TLS, "cluster.local", (WEB,))
+    cfg = wpconfig.config(TLS, "cluster.local", (WEB,))
     term = _listener(cfg, "connect_terminate")
     assert term["address"]["socket_address"]["port_value"] == 15008
     tls = term["filter_chains"][0]["transport_socket"]["typed_config"]
