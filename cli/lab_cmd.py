@@ -62,6 +62,14 @@ def up(
             "http://127.0.0.1:9090 (a free port if 9090 is taken; `zt lab status` prints it)",
         ),
     ] = False,
+    waypoint: Annotated[
+        bool,
+        typer.Option(
+            "--waypoint",
+            help="also run a waypoint (Envoy, shaped as Istio's) in an uncaptured pod, a web "
+            "service behind it with an L7 policy (deny /admin), and `zt lab demo` rows for it",
+        ),
+    ] = False,
     name: NameOpt = "lab",
     as_json: Annotated[bool, typer.Option("--json", help="the lab's status as JSON")] = False,
 ) -> None:
@@ -70,13 +78,14 @@ def up(
 
     \b
     Example:
-      zt lab up --nodes 2 --pods 2 --control etcd
+      zt lab up --nodes 2 --pods 2 --control etcd --waypoint
     """
     from zt.lab import control  # noqa: PLC0415
 
     started = time.monotonic()
     typer.echo(
-        f"zt lab up {name}: {nodes} nodes x {pods} pods, capture {capture}, control {control_}",
+        f"zt lab up {name}: {nodes} nodes x {pods} pods, capture {capture}, control {control_}"
+        + (", waypoint" if waypoint else ""),
         err=True,
     )
     opts = control.UpOptions(
@@ -87,6 +96,7 @@ def up(
         log_format=log_format,
         control=control_,
         prometheus=prometheus,
+        waypoint=waypoint,
     )
     control.up(opts, progress=_say)
     typer.echo(f"lab {name!r} ready in {time.monotonic() - started:.1f} s", err=True)
@@ -126,6 +136,13 @@ def _print_status(st: dict[str, object]) -> None:
     prom = st.get("prometheus")
     if isinstance(prom, dict):
         typer.echo(f"prometheus: {prom['url']}  pid={prom['pid']}  log={prom['log']}")
+    wp = st.get("waypoint")
+    if isinstance(wp, dict):
+        svc = wp["service"]
+        typer.echo(
+            f"waypoint: netns={wp['netns']} ip={wp['ip']} envoy pid={wp['pid']} admin={wp['admin']}"
+            f"  {wp['identity']}  in front of {svc['hostname']} ({svc['vip']}:{svc['port']})"
+        )
     typer.echo("nodes:")
     for n in st["nodes"]:  # type: ignore[attr-defined]
         ready = "ready" if n["ready"] else "NOT READY"
@@ -167,7 +184,10 @@ def status(
 def exec_(
     ctx: typer.Context,
     pod: Annotated[
-        str, typer.Argument(help="pod (pod1-1), node (node1) or ext", parser=_values.lab_member)
+        str,
+        typer.Argument(
+            help="pod (pod1-1), node (node1), ext, ctl or waypoint", parser=_values.lab_member
+        ),
     ],
     name: NameOpt = "lab",
 ) -> None:

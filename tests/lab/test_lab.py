@@ -16,7 +16,7 @@ import yaml
 
 from tests.node.lab import GENERATION, metric
 from zt.errors import UsageError
-from zt.lab import control, demo, mesh, runner, topology
+from zt.lab import control, demo, mesh, runner, topology, waypointdemo
 from zt.lab import dns as labdns
 from zt.lab.apps import wait_listening
 from zt.lab.state import LabState, state_dir
@@ -185,11 +185,22 @@ def test_state_written_by_up_is_what_status_and_down_read(lab_name: str) -> None
     assert_nothing_left(lab_name, (stray,))
 
 
-def test_demo_passes_with_sklookup_capture_and_json_access_logs(lab_name: str) -> None:
-    state = control.up(control.UpOptions(name=lab_name, capture="sklookup", log_format="json"))
-    assert control.status(lab_name)["capture"] == "sklookup"
+def test_demo_passes_with_sklookup_capture_json_access_logs_and_a_waypoint(lab_name: str) -> None:
+    opts = control.UpOptions(name=lab_name, capture="sklookup", log_format="json", waypoint=True)
+    state = control.up(opts)
+    st = control.status(lab_name)
+    assert st["capture"] == "sklookup"
+    wp = st["waypoint"]
+    assert isinstance(wp, dict) and runner.alive(wp["pid"]) and wp["ip"] == "10.1.0.250"
     rows = demo.run(state)
     assert demo.failed(rows) == [], demo.table(rows)
-    assert len(rows) == len(demo.scenarios(state.plan)) + 1
+    # the waypoint's rows (zt.lab.waypointdemo), judged inside the node link's capture
+    assert [r.scenario for r in rows[-4:-1]] == [c.name for c in waypointdemo.CASES] + [
+        "waypoint bypass refused (L4)"
+    ]
+    assert len(rows) == len(demo.scenarios(state.plan)) + 3 + 1
+    # the app behind the waypoint got the allowed request and never the denied one
+    served = (state.dir / "web-pod2-1.log").read_text() + (state.dir / "web-pod2-2.log").read_text()
+    assert '"GET / HTTP/1.1" 200' in served and "/admin" not in served
     first = (state.dir / "node1.log").read_text()
     assert '"msg":"connection complete"' in first  # the rows above were judged from JSON records

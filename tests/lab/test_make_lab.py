@@ -1,5 +1,5 @@
 """`make lab` (it "passes from a fresh clone as root on this machine, twice in a row, leaving
-nothing behind"): the real target (the fleet lab), first with KEEP=1 (left running, with what a user
+nothing behind"): the real target (the fleet lab with a waypoint), first with KEEP=1 (left running, with what a user
 then sees: status, the mesh in etcd, a push), then again in a row (which first removes the kept
 lab), then nothing of either run is left."""
 
@@ -32,8 +32,9 @@ def assert_rows(done: subprocess.CompletedProcess[str], run: str) -> None:
     assert done.returncode == 0, f"{run}:\n{done.stdout}\n{done.stderr}"
     assert "scenarios as expected" in done.stdout and "not as expected" not in done.stdout
     assert "node link: only TLS to :15008" in done.stdout
-    # the fleet lab (lab.mk's LAB_CONTROL=etcd) adds its rows
+    # the fleet lab (lab.mk's LAB_CONTROL=etcd) adds its rows, the waypoint (LAB_WAYPOINT=1) its own
     assert "policy pushed to every node" in done.stdout and "etcd down" in done.stdout
+    assert "waypoint L7 allow" in done.stdout and "waypoint L7 deny" in done.stdout
 
 
 def status_and_config(name: str, tmp_path: Path) -> list[int]:
@@ -46,11 +47,14 @@ def status_and_config(name: str, tmp_path: Path) -> list[int]:
     assert runner.alive(ctl["signer"]["pid"]) and ctl["ca_dir"].endswith("/ca")
     assert oct(Path(ctl["etcd_password_file"]).stat().st_mode & 0o777) == "0o600"
     assert all(Path(n["state_dir"], "node.key").exists() and n["ready"] for n in st["nodes"])
+    assert runner.alive(st["waypoint"]["pid"])
 
     got = zt("lab", "config", "get", "--name", name)
     assert got.returncode == 0 and "# revision " in got.stdout, got.stderr
     doc = yaml.safe_load(got.stdout)
     doc["policies"] = []
+    for workload in doc["workloads"]:  # the web pods name the waypoint's ALLOW policy
+        workload.pop("authorizationPolicies", None)
     new = tmp_path / "mesh.yaml"
     new.write_text(yaml.safe_dump(doc))
     pushed = zt("lab", "config", "push", "--name", name, str(new))
@@ -58,7 +62,9 @@ def status_and_config(name: str, tmp_path: Path) -> list[int]:
     again = zt("lab", "config", "get", "--name", name)
     assert yaml.safe_load(again.stdout)["policies"] == []
     return (
-        [m["pid"] for m in ctl["etcd"]] + [ctl["signer"]["pid"]] + [n["pid"] for n in st["nodes"]]
+        [m["pid"] for m in ctl["etcd"]]
+        + [ctl["signer"]["pid"], st["waypoint"]["pid"]]
+        + [n["pid"] for n in st["nodes"]]
     )
 
 
@@ -72,7 +78,7 @@ def test_make_lab_kept_then_again_in_a_row_leaves_nothing(tmp_path: Path) -> Non
         assert f"zt lab exec --name {name}" in kept.stdout
         namespaces = topology.leftovers(f"zt-{name}-")
         assert f"zt-{name}-ctl" in namespaces  # the fleet lab's control host
-        assert len(namespaces) == len(topology.plan(name, control=True).namespaces)
+        assert len(namespaces) == len(topology.plan(name, control=True, waypoint=True).namespaces)
         first_pids = status_and_config(name, tmp_path)
 
         again = make_lab("lab", f"LAB_NAME={name}")  # removes the kept lab, then a fresh one

@@ -24,7 +24,7 @@ from zt.capture import remove_pins
 from zt.config import load_document
 from zt.errors import NotFoundError, UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
-from zt.lab import dns, fleet, mesh, prometheus, runner, topology
+from zt.lab import dns, fleet, mesh, prometheus, runner, topology, waypoint, web
 from zt.lab.apps import wait_listening
 from zt.lab.state import LabState, Proc, load, load_or_none, save, start_time, state_dir
 from zt.timescale import scaled
@@ -68,6 +68,7 @@ class UpOptions:
     node_args: tuple[str, ...] = ()  # extra `zt run` flags (tests inject failures with these)
     control: str = "file"  # "etcd": the fleet lab (zt.lab.fleet); the CLI's default is in lab_cmd
     prometheus: bool = False  # also run Prometheus scraping every node (zt.lab.prometheus)
+    waypoint: bool = False  # also run the waypoint Envoy and the web service behind it
 
 
 def check_options(opts: UpOptions) -> None:
@@ -85,6 +86,8 @@ def check_options(opts: UpOptions) -> None:
         )
     if opts.prometheus:
         prometheus.binary()  # a missing package is refused before anything is built
+    if opts.waypoint:
+        waypoint.envoy_binary()
 
 
 # -- up --------------------------------------------------------------------------------------------
@@ -102,6 +105,7 @@ def up(opts: UpOptions, progress: Progress = _quiet) -> LabState:
         log_format=opts.log_format,
         node_args=opts.node_args,
         control=opts.control,
+        waypoint=opts.waypoint,
     )
     lab = state.plan
     build = _Build(lab, opts, state)
@@ -138,6 +142,11 @@ class _Build:
             at = [name for name, _ in steps].index("mesh config") + 1
             steps.insert(at, ("prometheus", self.start_prometheus))
             steps.append(("prometheus scrapes", self.prometheus_scraped))
+        if self.opts.waypoint:
+            # Envoy starts (~1 s) while the node daemons do; readiness waits for both
+            at = [name for name, _ in steps].index("node daemons")
+            steps.insert(at, ("waypoint", self.start_waypoint))
+            steps.append(("waypoint ready", self.waypoint_ready))
         return steps
 
     def _lab_steps(self) -> list[tuple[str, Callable[[], str]]]:
@@ -215,6 +224,14 @@ class _Build:
         for label, ns, ports in where:
             log = self.state.dir / f"app-{label}.log"
             self.record(_proc(f"app:{label}", runner.start_app(ns, ports, log), log))
+        echo = len(where)
+        if self.lab.waypoint is not None:  # the HTTP app behind the waypoint (zt.lab.web)
+            for pod in mesh.web_pods(self.lab):
+                log = self.state.dir / f"web-{pod.name}.log"
+                self.record(
+                    _proc(f"web:{pod.name}", web.start(pod.netns, mesh.WEB_APP_PORT, log), log)
+                )
+                where.append((f"web:{pod.name}", pod.netns, (mesh.WEB_APP_PORT,)))
         # the outside host's DNS server, every node's upstream (zt.lab.dns)
         pid, log = dns.start_dnsmasq(self.lab, self.state.dir)
         self.record(_proc(dns.ROLE, pid, log))
@@ -223,8 +240,13 @@ class _Build:
             for port in ports:
                 wait_listening(ns, port)
         return (
-            f"echo servers on {', '.join(map(str, APP_PORTS))} in {len(where)} namespaces; "
-            f"dnsmasq on {EXT}:53 pid {pid}; {confs} pod resolv.conf(s)"
+            f"echo servers on {', '.join(map(str, APP_PORTS))} in {echo} namespaces; "
+            + (
+                f"web app on {mesh.WEB_APP_PORT} in {len(where) - echo}; "
+                if len(where) > echo
+                else ""
+            )
+            + f"dnsmasq on {EXT}:53 pid {pid}; {confs} pod resolv.conf(s)"
         )
 
     def daemons(self) -> str:
@@ -247,6 +269,14 @@ class _Build:
             np = node_process(self.state, node.name)
             runner.wait_ready(np, max(1.0, deadline - time.monotonic()))
         return f"{len(self.lab.nodes)} node(s) answer 200 on /healthz/ready"
+
+    def start_waypoint(self) -> str:
+        self.record(waypoint.launch(self.state))
+        wp = waypoint.plan_of(self.state)
+        return f"envoy pid {self.state.procs[-1].pid} in {wp.netns} ({wp.ipv4})"
+
+    def waypoint_ready(self) -> str:
+        return waypoint.wait_lab(self.state)
 
     def start_prometheus(self) -> str:
         url = prometheus.start(self.state, self.record)
@@ -439,6 +469,7 @@ def status(name: str) -> dict[str, object]:
         "nodes": nodes,
         "pods": pods,
         "prometheus": _prometheus_status(state),
+        "waypoint": waypoint.status(state),
     }
 
 
@@ -457,13 +488,15 @@ def _ready(netns: str) -> bool:
 
 
 def netns_of(state: LabState, target: str) -> str:
-    """The namespace of a pod, a node (`node1`), the outside host (`ext`) or the control host
-    (`ctl`, fleet lab)."""
+    """The namespace of a pod, a node (`node1`), the outside host (`ext`), the control host
+    (`ctl`, fleet lab) or the waypoint (`waypoint`, `up --waypoint`)."""
     lab = state.plan
     names = {p.name: p.netns for p in lab.pods} | {n.name: n.netns for n in lab.nodes}
     names[EXT] = lab.external_netns
     if lab.control_netns:
         names[CTL] = lab.control_netns
+    if lab.waypoint is not None:
+        names[lab.waypoint.name] = lab.waypoint.netns
     if target not in names:
         raise UnknownPod(f"POD: got {target!r}, expected one of {', '.join(sorted(names))}")
     return names[target]

@@ -52,7 +52,7 @@ def _short(identity: str) -> str:
     return identity.rpartition("/sa/")[2] or "-"
 
 
-def _ids(rec: AccessRecord | None) -> str:
+def identities(rec: AccessRecord | None) -> str:
     if rec is None:
         return "(no record)"
     return f"{_short(rec.get('src.identity'))} -> {_short(rec.get('dst.identity'))}"
@@ -91,11 +91,11 @@ class Driver:
             )
         inb = None
         if sc.dest_node is not None:
-            target = _endpoint(out) if out is not None else f"{sc.host}:{sc.port}"
+            target = endpoint(out) if out is not None else f"{sc.host}:{sc.port}"
             inb = logs.wait_for(
                 self.log(sc.dest_node),
                 offsets[sc.dest_node],
-                lambda r: r.direction == "inbound" and _endpoint(r) == _addr(target),
+                lambda r: r.direction == "inbound" and endpoint(r) == _addr(target),
             )
         return self.judge(sc, ex, out, inb)
 
@@ -124,8 +124,8 @@ class Driver:
         return Row(
             sc.name,
             path,
-            _ids(out) if sc.protocol else "(not captured)",
-            _ids(inb) if sc.dest_node else "-",
+            identities(out) if sc.protocol else "(not captured)",
+            identities(inb) if sc.dest_node else "-",
             f"{ex.sent}/{len(ex.received)}",
             not problems,
             detail,
@@ -135,7 +135,7 @@ class Driver:
         return f"spiffe://cluster.local/ns/lab/sa/sa-{pod.name}"
 
 
-def _endpoint(rec: AccessRecord) -> str:
+def endpoint(rec: AccessRecord) -> str:
     """The app address a record's connection went to: the HBONE authority through a tunnel
     (dst.addr is then the :15008 hop), else dst.addr."""
     return rec.get("dst.hbone_addr") or rec.get("dst.addr")
@@ -215,9 +215,11 @@ def scenarios(lab: LabPlan) -> list[Scenario]:
 
 
 def mesh_ips(lab: LabPlan) -> set[str]:
-    """Addresses of the HBONE pods (the TCP workload is outside ambient capture by design)."""
+    """Addresses of the HBONE pods (the TCP workload is outside ambient capture by design) and
+    of the waypoint, which speaks only HBONE to them."""
     tcp = mesh.tcp_pod(lab)
-    return {str(ip) for p in lab.pods if p != tcp for ip in (p.ipv4, p.ipv6)}
+    pods = [p for p in lab.pods if p != tcp] + ([lab.waypoint] if lab.waypoint else [])
+    return {str(ip) for p in pods for ip in (p.ipv4, p.ipv6)}
 
 
 def run(state: LabState, on_row: Callable[[Row], None] | None = None) -> list[Row]:
@@ -230,6 +232,10 @@ def run(state: LabState, on_row: Callable[[Row], None] | None = None) -> list[Ro
             rows.append(driver.run(sc))
             if on_row is not None:
                 on_row(rows[-1])
+        if state.waypoint:  # inside the sniff: the waypoint's hop to the pods crosses the link
+            from zt.lab import waypointdemo  # noqa: PLC0415 (it imports this module)
+
+            rows += waypointdemo.run(driver, on_row)
     report = wire.analyse(segments, mesh_ips(lab), driver.marker)
     link = f"{lab.nodes[0].netns}/{lab.nodes[0].link}"
     rows.append(

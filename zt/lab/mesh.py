@@ -1,5 +1,8 @@
 """The lab's mesh config, derived from its plan: a workload per pod, one plain-TCP workload, a
-service with a VIP in front of the last node's pods, and one DENY policy."""
+service with a VIP in front of the last node's pods, and one DENY policy. A lab with a waypoint
+adds its workload, a second service in front of the same pods (an HTTP app) whose traffic goes
+through the waypoint (`waypoint:`), and an ALLOW policy on those pods admitting only the waypoint
+to that app's port (so a tunnel straight from a client is refused)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,18 @@ SERVICE_VIP6 = "fd00:96::10"
 SERVICE_PORT = 80
 APP_PORT = 8080
 DENIED_PORT = 9090  # the DENY policy refuses every connection to this port
+WEB_HOST = "web.lab.svc.cluster.local"
+WEB_VIP4 = "10.96.0.20"
+WEB_VIP6 = "fd00:96::20"
+WEB_PORT = 80
+WEB_APP_PORT = 8081  # the HTTP app (zt.lab.web) behind the waypoint
+WAYPOINT_SA = "waypoint"
+WAYPOINT_POLICY = "web-via-waypoint"
+TRUST_DOMAIN = "cluster.local"
+
+
+def waypoint_identity() -> str:
+    return f"spiffe://{TRUST_DOMAIN}/ns/lab/sa/{WAYPOINT_SA}"
 
 
 def tcp_pod(lab: LabPlan) -> PodPlan:
@@ -40,15 +55,24 @@ def _workload(
     }
 
 
+def web_pods(lab: LabPlan) -> tuple[PodPlan, ...]:
+    """The pods behind both services (the echo and, with a waypoint, the web service)."""
+    return lab.pods_of(lab.nodes[-1].name)
+
+
+def _services_of(lab: LabPlan, pod: PodPlan) -> dict[str, dict[int, int]]:
+    if pod not in web_pods(lab):
+        return {}
+    out = {f"lab/{SERVICE_HOST}": {SERVICE_PORT: APP_PORT}}
+    if lab.waypoint is not None:
+        out[f"lab/{WEB_HOST}"] = {WEB_PORT: WEB_APP_PORT}
+    return out
+
+
 def mesh_config(lab: LabPlan) -> dict[str, object]:
     plain = tcp_pod(lab)
-    behind_service = set(lab.pods_of(lab.nodes[-1].name))
     workloads = [
-        _workload(
-            pod,
-            "TCP" if pod == plain else "HBONE",
-            {f"lab/{SERVICE_HOST}": {SERVICE_PORT: APP_PORT}} if pod in behind_service else {},
-        )
+        _workload(pod, "TCP" if pod == plain else "HBONE", _services_of(lab, pod))
         for pod in lab.pods
     ]
     service = {
@@ -65,4 +89,52 @@ def mesh_config(lab: LabPlan) -> dict[str, object]:
         "action": "Deny",
         "rules": [[[{"destinationPorts": [DENIED_PORT]}]]],
     }
-    return {"workloads": workloads, "services": [service], "policies": [deny]}
+    doc: dict[str, object] = {"workloads": workloads, "services": [service], "policies": [deny]}
+    if lab.waypoint is not None:
+        _add_waypoint(lab, lab.waypoint, doc)
+    return doc
+
+
+def _add_waypoint(lab: LabPlan, wp: PodPlan, doc: dict[str, object]) -> None:
+    """The waypoint's workload (no `netns`: zt serves and captures no waypoint, as ztunnel), the
+    web service pointing at it, and the ALLOW policy of the pods behind it."""
+    waypoint = {
+        **_workload(wp, "HBONE", {}),
+        "serviceAccount": WAYPOINT_SA,
+        "canonicalName": "waypoint",
+    }
+    del waypoint["netns"]
+    web = {
+        "name": "web",
+        "namespace": "lab",
+        "hostname": WEB_HOST,
+        "vips": [f"/{WEB_VIP4}", f"/{WEB_VIP6}"],
+        "ports": {WEB_PORT: WEB_APP_PORT},
+        "waypoint": {
+            "destination": {"network": "", "address": str(wp.ipv4)},
+            "hboneMtlsPort": 15008,
+        },
+    }
+    # ALLOW semantics (docs/config-reference.md, policies): with an Allow policy applying, what
+    # matches none of its rules is denied; so rule 2 keeps every other port open to everyone
+    principal = waypoint_identity().removeprefix("spiffe://")
+    allow = {
+        "name": WAYPOINT_POLICY,
+        "namespace": "lab",
+        "scope": "WorkloadSelector",
+        "action": "Allow",
+        "rules": [
+            [[{"principals": [principal]}]],
+            [[{"notDestinationPorts": [WEB_APP_PORT]}]],
+        ],
+    }
+    workloads = doc["workloads"]
+    assert isinstance(workloads, list)
+    for entry, pod in zip(workloads, lab.pods, strict=True):
+        if pod in web_pods(lab):
+            entry["authorizationPolicies"] = [f"lab/{WAYPOINT_POLICY}"]
+    workloads.append(waypoint)
+    for key, item in (("services", web), ("policies", allow)):
+        section = doc[key]
+        assert isinstance(section, list)
+        section.append(item)

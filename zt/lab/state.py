@@ -26,7 +26,8 @@ class LabStateError(UsageError):
 
 @dataclass(frozen=True)
 class Proc:
-    role: str  # "node:<node>", "app:<pod or ext>", "etcd:<member>", "signer", "prometheus[:relay]"
+    role: str  # "node:<node>", "app:<pod or ext>", "etcd:<member>", "signer", "prometheus[:relay]",
+    # "waypoint", "web:<pod>"
     pid: int
     start_time: int  # /proc/<pid>/stat field 22: tells this process from a later one with its pid
     log: str
@@ -44,6 +45,7 @@ class LabState:
     node_args: tuple[str, ...] = ()  # extra `zt run` flags, reused when a node is restarted
     control: str = "file"  # "file": one mesh file and CA dir; "etcd": the fleet control host
     prometheus: str = ""  # the host's URL of the lab's Prometheus (`up --prometheus`), else ""
+    waypoint: bool = False  # `up --waypoint`: the waypoint Envoy and the service behind it
 
     @property
     def fleet(self) -> bool:
@@ -51,7 +53,9 @@ class LabState:
 
     @property
     def plan(self) -> topology.LabPlan:
-        return topology.plan(self.name, self.nodes, self.pods, control=self.fleet)
+        return topology.plan(
+            self.name, self.nodes, self.pods, control=self.fleet, waypoint=self.waypoint
+        )
 
     @property
     def dir(self) -> Path:

@@ -10,6 +10,8 @@ namespaces):
     zt-<p>-ext      eth0 10.255.0.200/24 fd00:ff::200/64: a host outside the mesh (passthrough)
     zt-<p>-ctl      eth0 10.255.0.250/24 fd00:ff::250/64: the control host of a fleet lab (etcd,
                     the signer); only with `control=True`. Nodes reach it on the fabric directly.
+    zt-<p>-wp       eth0 10.1.0.250/24 fd00:1::250/64 on the first node's br0: the waypoint, a pod
+                    zt does not capture (zt.lab.waypoint); only with `waypoint=True`.
 
 Every name starts with `zt-<p>-`, so `destroy(prefix)` finds leftovers of a crashed run.
 """
@@ -27,6 +29,7 @@ from pyroute2 import IPRoute, netns
 NETNS_DIR = Path("/run/netns")
 CONTROL_IPV4 = ipaddress.IPv4Address("10.255.0.250")
 CONTROL_IPV6 = ipaddress.IPv6Address("fd00:ff::250")
+WAYPOINT_HOST = 250  # the waypoint's host number in its node's pod network (pods use 2..201)
 IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection (v6 usable at once)
 
 
@@ -66,6 +69,7 @@ class LabPlan:
     control_ipv4: ipaddress.IPv4Address = CONTROL_IPV4
     control_ipv6: ipaddress.IPv6Address = CONTROL_IPV6
     control_veth: str = "fab-ctl"  # the fabric-side end of the control host's link
+    waypoint: PodPlan | None = None  # the waypoint's pod (not in `pods`: zt never serves it)
 
     def node(self, name: str) -> NodePlan:
         return next(n for n in self.nodes if n.name == name)
@@ -81,10 +85,18 @@ class LabPlan:
             *(p.netns for p in self.pods),
             self.external_netns,
             *((self.control_netns,) if self.control_netns else ()),
+            *((self.waypoint.netns,) if self.waypoint else ()),
         )
 
 
-def plan(name: str = "lab", nodes: int = 2, pods: int = 2, *, control: bool = False) -> LabPlan:
+def plan(
+    name: str = "lab",
+    nodes: int = 2,
+    pods: int = 2,
+    *,
+    control: bool = False,
+    waypoint: bool = False,
+) -> LabPlan:
     if not 1 <= nodes <= 50 or not 1 <= pods <= 200:
         raise ValueError(f"nodes 1..50 and pods 1..200 per node, got {nodes} and {pods}")
     prefix = f"zt-{name}-"
@@ -123,6 +135,20 @@ def plan(name: str = "lab", nodes: int = 2, pods: int = 2, *, control: bool = Fa
         external_ipv4=ipaddress.IPv4Address("10.255.0.200"),
         external_ipv6=ipaddress.IPv6Address("fd00:ff::200"),
         control_netns=f"{prefix}ctl" if control else None,
+        waypoint=_waypoint(prefix, node_plans[0]) if waypoint else None,
+    )
+
+
+def _waypoint(prefix: str, node: NodePlan) -> PodPlan:
+    """On the first node, where the demo's client runs: its hop to the service's pods crosses the
+    node link, which the demo sniffs."""
+    return PodPlan(
+        name="waypoint",
+        node=node.name,
+        netns=f"{prefix}wp",
+        ipv4=node.pod_net4.network_address + WAYPOINT_HOST,
+        ipv6=node.pod_net6.network_address + WAYPOINT_HOST,
+        host_veth="vwp",
     )
 
 
@@ -227,7 +253,7 @@ def _build(lab: LabPlan) -> None:
         _addr(ipr, "eth0", f"{lab.external_ipv4}/24", f"{lab.external_ipv6}/64")
         for node in lab.nodes:
             _routes_via(ipr, node, node.link_ipv4, node.link_ipv6)
-    for pod in lab.pods:
+    for pod in (*lab.pods, *((lab.waypoint,) if lab.waypoint else ())):
         _build_pod(lab, pod)
     if lab.control_netns:
         _build_control(lab, lab.control_netns)
