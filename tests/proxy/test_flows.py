@@ -46,9 +46,13 @@ class Recorder:
     def __init__(self) -> None:
         self.opens = 0
         self.outcomes: list[Outcome] = []
+        self.baggage: list[str | None] = []
 
     def __call__(self, *_: object) -> Recorder:
         return self
+
+    def answered(self, baggage: str | None) -> None:
+        self.baggage.append(baggage)
 
     def opened(self, progress: Progress) -> None:
         self.opens += 1
