@@ -6,6 +6,7 @@ import ipaddress
 from types import MappingProxyType
 
 from zt.config.schema import (
+    LoadBalancerModel,
     MatchModel,
     MeshFile,
     PolicyModel,
@@ -16,6 +17,10 @@ from zt.config.schema import (
 from zt.state.model import (
     Action,
     Health,
+    HealthPolicy,
+    LoadBalancer,
+    LoadBalancerMode,
+    LoadBalancerScope,
     Locality,
     Match,
     Policy,
@@ -70,6 +75,7 @@ def service(m: ServiceModel) -> Service:
         vips=tuple(vips),
         ports=MappingProxyType(dict(m.ports)),
         subject_alt_names=tuple(m.subject_alt_names),
+        load_balancer=None if m.load_balancer is None else load_balancer(m.load_balancer),
     )
 
 
@@ -118,4 +124,12 @@ def snapshot(mesh: MeshFile) -> Snapshot:
         tuple(workload(w) for w in mesh.workloads),
         tuple(service(s) for s in mesh.services),
         tuple(policy(p) for p in mesh.policies),
+    )
+
+
+def load_balancer(m: LoadBalancerModel) -> LoadBalancer:
+    return LoadBalancer(
+        routing_preferences=tuple(LoadBalancerScope(s) for s in m.routing_preferences),
+        mode=LoadBalancerMode(m.mode),
+        health_policy=HealthPolicy(m.health_policy),
     )

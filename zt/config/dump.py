@@ -39,7 +39,7 @@ def workload(w: Workload) -> dict[str, object]:
 
 
 def service(s: Service) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "name": s.name,
         "namespace": s.namespace,
         "hostname": s.hostname,
@@ -47,6 +47,14 @@ def service(s: Service) -> dict[str, object]:
         "ports": dict(s.ports),
         "subjectAltNames": list(s.subject_alt_names),
     }
+    lb = s.load_balancer
+    if lb is not None:  # as the mesh file says it (zt/config/schema.py LoadBalancerModel)
+        out["loadBalancer"] = {
+            "routingPreferences": [scope.value for scope in lb.routing_preferences],
+            "mode": lb.mode.value,
+            "healthPolicy": lb.health_policy.value,
+        }
+    return out
 
 
 def _account(a: ServiceAccountMatch) -> dict[str, str]:

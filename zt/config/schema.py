@@ -178,6 +178,7 @@ class ServiceModel(_Model):
     vips: list[Vip] = []
     ports: dict[Port, TargetPort] = {}
     subject_alt_names: list[SpiffeUri] = []
+    load_balancer: LoadBalancerModel | None = None
 
 
 class ServiceAccountModel(_Model):
@@ -213,3 +214,29 @@ class MeshFile(_Model):
     workloads: list[WorkloadModel] = []
     services: list[ServiceModel] = []
     policies: list[PolicyModel] = []
+
+
+# -- load balancing: ztunnel's Service.load_balancer (Istio's workload API LoadBalancing) ------
+
+
+def _distinct(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("each scope at most once")
+    return values
+
+
+class LoadBalancerModel(_Model):
+    """`loadBalancer: {routingPreferences: [...], mode: ..., healthPolicy: ...}`; meanings:
+    zt/state/endpoints.py."""
+
+    routing_preferences: Annotated[
+        list[Literal["NETWORK", "REGION", "ZONE", "SUBZONE", "NODE", "CLUSTER"]],
+        AfterValidator(_distinct),
+    ] = []
+    mode: Literal["UNSPECIFIED_MODE", "FAILOVER", "STRICT"] = "UNSPECIFIED_MODE"
+    health_policy: Literal["ONLY_HEALTHY", "ALLOW_ALL"] = "ONLY_HEALTHY"
+
+
+# ServiceModel names LoadBalancerModel before it is defined (this block is appended so that
+# edits elsewhere in the file merge cleanly): resolve it now, aliases included.
+ServiceModel.model_rebuild(force=True)

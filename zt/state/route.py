@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 
 from zt.addr import IpAddress, SocketAddr
+from zt.state.endpoints import pick, strict_note
 from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS, check_outbound
 from zt.state.model import Protocol, Service, Workload
 from zt.state.snapshot import Snapshot
@@ -85,15 +86,18 @@ def _via_service(
     key = service.key
     if dst.port not in service.ports:
         return _refused(f"service {key} has no port {dst.port}", key)
-    candidates = [
-        w
-        for w in snapshot.endpoints.get(key, ())
-        if w.healthy and w.ips and w.network == source.network
-        if target_port(service, w, dst.port)
-    ]
-    if not candidates:
-        return _refused(f"service {key} has no healthy endpoint for port {dst.port}", key)
-    endpoint = random.Random(f"{seed}/{source.uid}/{dst}").choice(candidates)
+
+    def usable(w: Workload) -> bool:  # reachable without a gateway, and serving this port
+        return (
+            bool(w.ips) and w.network == source.network and bool(target_port(service, w, dst.port))
+        )
+
+    # health and locality (the service's load balancer): zt/state/endpoints.py
+    rng = random.Random(f"{seed}/{source.uid}/{dst}")
+    endpoint = pick(service, snapshot.endpoints.get(key, ()), source, rng, usable)
+    if endpoint is None:
+        why = f"service {key} has no healthy endpoint for port {dst.port}"
+        return _refused(why + strict_note(service), key)
     port = target_port(service, endpoint, dst.port)
     reason = f"service {key} port {dst.port} -> endpoint {endpoint.uid} port {port}"
     chosen = _to_workload(
