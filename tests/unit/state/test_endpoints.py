@@ -11,7 +11,7 @@ import pytest
 
 from zt.addr import HostPort, SocketAddr
 from zt.config import load_document
-from zt.config.loader import ConfigError
+from zt.errors import ConfigError
 from zt.state import RouteKind, Snapshot, resolve, route
 from zt.state.endpoints import nearest, pick, rank
 from zt.state.model import (
