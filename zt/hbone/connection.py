@@ -126,7 +126,11 @@ class HboneConnection:
         self._timers = Timers(
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
-            idle_timeout=self.settings.idle_timeout,
+            # Idle close is the client's alone (ztunnel: the pool releases a connection unused for
+            # 5 min, which sends GOAWAY; its HBONE server has no idle timer): a client may keep
+            # a connection for its next tunnel, and the server must not race it with a GOAWAY
+            # while that tunnel's HEADERS are on the way.
+            idle_timeout=self.settings.idle_timeout if role == "client" else None,
             last_ping=now,
             idle_since=now,
             preface_deadline=None if preface is None else now + preface,
