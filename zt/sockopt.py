@@ -31,3 +31,16 @@ def set_keepalive(sock: socket.socket, keepalive: Keepalive = KEEPALIVE) -> None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, keepalive.idle)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, keepalive.interval)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, keepalive.count)
+
+
+def make_socket(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """`socket.socket(family, kind)`, with keepalive when it is TCP: the socket maker of callers
+    that are not given one (a listener's options pass on to what it accepts)."""
+    sock = socket.socket(family, kind)
+    if kind == socket.SOCK_STREAM:
+        try:
+            set_keepalive(sock)
+        except BaseException:
+            sock.close()
+            raise
+    return sock

@@ -71,9 +71,19 @@ def _socket_address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def hbone_server_config(port: int, tls: TlsFiles, trust_domain: str) -> dict[str, Any]:
+def hbone_server_config(
+    port: int,
+    tls: TlsFiles,
+    trust_domain: str,
+    *,
+    access_log: Path | None = None,
+    response_baggage: str | None = None,
+) -> dict[str, Any]:
     """Envoy as HBONE server: mTLS (client cert required, SPIFFE URI SAN in `trust_domain`), HCM
     accepting CONNECT, a `connect_matcher` route to an ORIGINAL_DST cluster keyed by `:authority`.
+    `access_log`: one JSON line per CONNECT with the context headers it carried (what a client
+    sent, as Envoy read it); `response_baggage`: a `baggage` header on every 200, as ztunnel's
+    inbound adds its workload's.
     """
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
@@ -97,6 +107,11 @@ def hbone_server_config(port: int, tls: TlsFiles, trust_domain: str) -> dict[str
                                     {"upgrade_type": "CONNECT", "connect_config": {}}
                                 ],
                             },
+                            "response_headers_to_add": [
+                                {"header": {"key": "baggage", "value": response_baggage}}
+                            ]
+                            if response_baggage
+                            else [],
                         }
                     ],
                 }
@@ -111,6 +126,8 @@ def hbone_server_config(port: int, tls: TlsFiles, trust_domain: str) -> dict[str
             }
         ],
     }
+    if access_log is not None:
+        hcm["access_log"] = [_json_access_log(access_log)]
     downstream_tls = {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
         "DownstreamTlsContext",
@@ -156,6 +173,26 @@ def hbone_server_config(port: int, tls: TlsFiles, trust_domain: str) -> dict[str
                 }
             ],
         }
+    }
+
+
+# What the access log records of each CONNECT (Envoy's command operators; "-" when absent).
+ACCESS_LOG_FIELDS = {
+    "authority": "%REQ(:AUTHORITY)%",
+    "baggage": "%REQ(BAGGAGE)%",
+    "forwarded": "%REQ(FORWARDED)%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+}
+
+
+def _json_access_log(path: Path) -> dict[str, Any]:
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(path),
+            "log_format": {"json_format": ACCESS_LOG_FIELDS},
+        },
     }
 
 
@@ -270,6 +307,7 @@ def run_envoy(
         "-l", "warning",
         "--log-path", str(log),
         "--admin-address-path", str(admin_path),
+        "--file-flush-interval-msec", "50",  # access logs readable at once (default 10 s)
     ]  # fmt: skip
     with open(workdir / f"envoy{n}.stderr", "wb") as err:
         proc = subprocess.Popen(cmd, stdout=err, stderr=subprocess.STDOUT)

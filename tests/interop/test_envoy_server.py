@@ -9,30 +9,57 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import json
 import os
 import queue
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.interop import targets
-from tests.interop.conftest import SERVER_ID, TD, InteropPki
+from tests.interop.conftest import CLIENT_ID, SERVER_ID, TD, InteropPki
 from tests.interop.envoy import Envoy, hbone_server_config, run_envoy
+from tests.proxy.helpers import read_all
+from tests.proxy.test_flows import listening
 from zt.addr import SocketAddr
+from zt.hbone.baggage import Baggage
 from zt.hbone.request import ConnectRequest
 from zt.identity.certs import WorkloadCert
 from zt.identity.errors import PeerIdentityMismatch, TlsError
 from zt.identity.spiffe import SpiffeId
 from zt.identity.tls import client_context
+from zt.node.flows import Reported
 from zt.proxy.client import dial, open_tunnel
 from zt.proxy.driver import HboneDriver
 from zt.proxy.errors import StreamResetError, TunnelRefused
+from zt.proxy.flow import Observer
+from zt.proxy.forward import fixed_route
+from zt.proxy.outbound import OutboundFlow
+from zt.proxy.pool import HbonePool, PoolKey
 from zt.proxy.stream import HboneStream
 from zt.proxy.tls import server_peer_check
+from zt.state.route import Route
+from zt.telemetry.connections import (
+    ConnectionInfo,
+    ConnectionOutcome,
+    ConnectionReport,
+    ConnectionTelemetry,
+    Peer,
+)
+from zt.telemetry.metrics import Registry
 
 pytestmark = pytest.mark.envoy
+
+# What Envoy's 200s carry, as a ztunnel's would (its inbound `build_response`).
+ENVOY_BAGGAGE = (
+    "k8s.cluster.name=c2,k8s.namespace.name=far,k8s.deployment.name=envoy-wl,"
+    "service.name=envoy-svc,service.version=v9,cloud.region=r2,cloud.availability_zone=z2"
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +71,7 @@ class Setup:
     hello_first_got: queue.Queue[bytes]
     reply_after_eof: int
     reply_after_eof_got: queue.Queue[bytes]
+    access_log: Path
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +80,17 @@ def setup(interop_pki: InteropPki) -> Iterator[Setup]:
     hello_q: queue.Queue[bytes] = queue.Queue()
     reply_q: queue.Queue[bytes] = queue.Queue()
     port = targets.free_port()
+    access_log = interop_pki.directory / "envoy-srv" / "connects.jsonl"
+    config = hbone_server_config(
+        port, tls, TD, access_log=access_log, response_baggage=ENVOY_BAGGAGE
+    )
     with contextlib.ExitStack() as stack:
         echo = stack.enter_context(targets.serve(targets.echo))
         hello = stack.enter_context(targets.serve(targets.hello_first(hello_q)))
         reply = stack.enter_context(targets.serve(targets.reply_after_eof(reply_q)))
-        envoy = stack.enter_context(
-            run_envoy(hbone_server_config(port, tls, TD), interop_pki.directory / "envoy-srv")
-        )
-        yield Setup(
-            envoy, SocketAddr.parse(f"127.0.0.1:{port}"), echo, hello, hello_q, reply, reply_q
-        )
+        envoy = stack.enter_context(run_envoy(config, interop_pki.directory / "envoy-srv"))
+        address = SocketAddr.parse(f"127.0.0.1:{port}")
+        yield Setup(envoy, address, echo, hello, hello_q, reply, reply_q, access_log)
 
 
 def run(coro: object, timeout: float = 60.0) -> None:
@@ -238,3 +267,70 @@ def test_50_concurrent_streams_on_one_connection(setup: Setup, interop_pki: Inte
             driver.close()
 
     run(body())
+
+
+def test_envoy_reads_ztunnels_context_headers_and_zt_reads_envoys_baggage(
+    setup: Setup, interop_pki: InteropPki
+) -> None:
+    """The outbound flow as a node runs it: Envoy's access log shows the `baggage`, `forwarded`
+    (`for=` the app, `host=` the service) and `traceparent` zt sent, parsed by Envoy's HTTP/2
+    codec; the 200's `baggage` labels the destination zt's state does not know (metrics labels
+    and the access log's dst.workload)."""
+    names = Baggage("c1", "shop", "frontend", "frontend", "v1", "r1", "z1").header()
+    target = SocketAddr.parse(f"127.0.0.1:{setup.echo}")
+    telemetry = ConnectionTelemetry(Registry())
+    reports: list[ConnectionReport] = []
+
+    def observe(app: SocketAddr, destination: SocketAddr, decided: Route) -> Observer:
+        info = ConnectionInfo("outbound", Peer(str(app)), Peer(str(decided.next_hop)))
+        reports.append(ConnectionReport(telemetry, info))
+        return Reported(reports[-1])
+
+    async def body() -> str:
+        pool = HbonePool(lambda key: _dial(setup, interop_pki.client))
+        key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), setup.address)
+        route = dataclasses.replace(fixed_route(key, target), service="shop/echo.shop.svc")
+        flow = OutboundFlow(
+            lambda app, dst: route, CLIENT_ID, pool.open, observe=observe, baggage=lambda: names
+        )
+        try:
+            async with listening(flow, target) as app:
+                reader, writer = await asyncio.open_connection(str(app.ip), app.port)
+                writer.write(b"hello")
+                writer.write_eof()
+                assert await asyncio.wait_for(read_all(reader), 5) == b"hello"
+                local = writer.get_extra_info("sockname")
+                writer.close()
+        finally:
+            await pool.close()
+        return f"127.0.0.1:{local[1]}"
+
+    app_addr = asyncio.run(asyncio.wait_for(body(), 30))
+    logged = _access_logged(setup.access_log, app_addr)
+    assert logged["authority"] == str(target)
+    assert logged["baggage"] == names
+    assert logged["forwarded"] == f'for="{app_addr}";host=echo.shop.svc'
+    request = [(b":method", b"CONNECT"), (b":authority", b"1.2.3.4:5")]
+    traceparent = (b"traceparent", (logged["traceparent"] or "").encode())
+    assert ConnectRequest.parse([*request, traceparent]).traceparent  # a valid W3C one
+    [report] = reports
+    assert report.labels["destination_workload"] == "envoy-wl"
+    assert report.labels["destination_workload_namespace"] == "far"
+    assert (report.labels["destination_cluster"], report.labels["destination_zone"]) == ("c2", "z2")
+    assert "dst.workload=envoy-svc dst.namespace=far" in telemetry.format(
+        report.info, ConnectionOutcome(0, 0, 0.0)
+    )
+
+
+def _access_logged(path: Path, app: str, wait: float = 5.0) -> dict[str, str | None]:
+    """Envoy's access-log line (flushed within 50 ms) for the CONNECT `app`'s connection made:
+    the one whose `forwarded` names it (other tests' CONNECTs carry none)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                entry: dict[str, str | None] = json.loads(line)
+                if f'"{app}"' in (entry.get("forwarded") or ""):
+                    return entry
+        time.sleep(0.05)
+    raise AssertionError(f"no access-log line for a CONNECT from {app} in {path}")

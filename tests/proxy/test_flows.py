@@ -4,6 +4,7 @@ its observer, with the flag, the error and the bytes of what happened on the wir
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,7 @@ import pytest
 from tests.proxy.helpers import (
     CLIENT_ID,
     LOOPBACK,
+    SERVER_ID,
     Pki,
     closed_port,
     read_all,
@@ -31,9 +33,10 @@ from zt.proxy import socks5
 from zt.proxy.client import open_tunnel
 from zt.proxy.errors import TunnelRefused
 from zt.proxy.flow import DENIED, NO_ROUTE, OK, UPSTREAM_FAILURE, Outcome, Progress
+from zt.proxy.forward import fixed_route
 from zt.proxy.inbound import Admission, Arrival, InboundFlow
 from zt.proxy.outbound import OutboundFlow
-from zt.proxy.pool import PoolKey
+from zt.proxy.pool import HbonePool, PoolKey
 from zt.proxy.stream import HboneStream
 from zt.proxy.tcpside import HeldTcp
 from zt.state import Snapshot, UnknownHostname, resolve_inbound
@@ -46,9 +49,13 @@ class Recorder:
     def __init__(self) -> None:
         self.opens = 0
         self.outcomes: list[Outcome] = []
+        self.baggage: list[str | None] = []
 
     def __call__(self, *_: object) -> Recorder:
         return self
+
+    def answered(self, baggage: str | None) -> None:
+        self.baggage.append(baggage)
 
     def opened(self, progress: Progress) -> None:
         self.opens += 1
@@ -355,5 +362,55 @@ def test_socks5_domain_name_is_resolved_through_the_mesh_or_refused() -> None:
                 writer.close()
             server.close()
         assert routed == [SocketAddr(echo.ip, echo.port)]
+
+    run(body())
+
+
+def test_baggage_and_forwarded_host_cross_a_tunnel_both_ways(pki: Pki) -> None:
+    """zt to zt over real HBONE: the outbound flow's CONNECT carries its baggage and
+    `forwarded: for="<app>";host=<service>` (the route's service); the inbound flow's 200
+    carries the server's baggage, which the outbound observer hears before the open."""
+    client_names = "k8s.namespace.name=shop,k8s.deployment.name=frontend"
+    server_names = "k8s.namespace.name=shop,k8s.deployment.name=echo,service.name=echo"
+    outbound, inbound = Recorder(), Recorder()
+    arrivals: list[Arrival] = []
+
+    def admit(arrival: Arrival) -> Admission:
+        arrivals.append(arrival)
+        return Admission.allow()
+
+    async def body() -> None:
+        async with tcp_server() as echo, zt_server(pki) as (server, addr):
+            server.flow = InboundFlow(admit, observe=inbound, baggage=lambda: server_names)
+            pool = HbonePool(lambda key: zt_dial(pki, key.destination))
+            key = PoolKey(CLIENT_ID, frozenset({SERVER_ID}), addr)
+            route = dataclasses.replace(
+                fixed_route(key, echo), service="shop/echo.shop.svc.cluster.local"
+            )
+            flow = OutboundFlow(
+                route=lambda app, dst: route,
+                identity=CLIENT_ID,
+                open_tunnel=pool.open,
+                observe=outbound,
+                baggage=lambda: client_names,
+            )
+            async with listening(flow, echo) as app:
+                reader, writer = await asyncio.open_connection(str(app.ip), app.port)
+                writer.write(b"hi")
+                writer.write_eof()
+                assert await asyncio.wait_for(read_all(reader), 5) == b"hi"
+                local = writer.get_extra_info("sockname")
+                writer.close()
+                for _ in range(100):
+                    if outbound.outcomes:
+                        break
+                    await asyncio.sleep(0.02)
+            await pool.close()
+        [arrival] = arrivals
+        assert arrival.request is not None
+        assert arrival.request.baggage == client_names
+        assert arrival.request.forwarded_for == f"127.0.0.1:{local[1]}"
+        assert arrival.request.forwarded_host == "echo.shop.svc.cluster.local"
+        assert outbound.baggage == [server_names]
 
     run(body())

@@ -217,3 +217,37 @@ def test_connection_is_full_at_the_peer_stream_limit(pki: Pki) -> None:
             await pool.close()
 
     run(body())
+
+
+def test_idle_client_connection_leaves_with_goaway_and_an_idle_server_never_closes(
+    pki: Pki,
+) -> None:
+    """Idle close is the client's (ztunnel's pool_unused_release_timeout): the pool's reaper,
+    on the clock it is given, sends GOAWAY and closes; the server side has no idle timer at
+    all and keeps a connection without streams open as long as the client does."""
+    clock = [0.0]
+
+    async def body() -> None:
+        settings = HboneSettings(ping_interval=None, idle_timeout=0.05)  # the server's: unused
+        async with tcp_server() as echo, zt_server(pki, settings=settings) as (server, addr):
+            pool = HbonePool(
+                lambda key: zt_dial(
+                    pki, key.destination, settings=HboneSettings(idle_timeout=None)
+                ),
+                clock=lambda: clock[0],
+            )
+            key = _key(pki, addr)
+            stream = await pool.open(key, ConnectRequest(SocketAddr(echo.ip, echo.port)))
+            assert await _echo_once(stream, b"x") == b"x"
+            [client] = pool.connections(key)
+            await asyncio.sleep(0.3)  # six of the server's would-be idle timeouts
+            [served] = server.drivers
+            assert not served.closed.done() and client.alive
+            assert pool.reap(client.idle_since + 299.0) == 0
+            assert pool.reap(client.idle_since + 300.0) == 1
+            await asyncio.wait_for(served.closed, 3)
+            assert served.goaway and served.close_reason == "peer_goaway"
+            assert client.close_reason == "idle_timeout"
+            await pool.close()
+
+    run(body())

@@ -8,6 +8,7 @@ from types import MappingProxyType
 from zt.config.schema import (
     ApplicationTunnelModel,
     GatewayAddressModel,
+    LoadBalancerModel,
     MatchModel,
     MeshFile,
     PolicyModel,
@@ -20,6 +21,10 @@ from zt.state.model import (
     ApplicationTunnel,
     GatewayAddress,
     Health,
+    HealthPolicy,
+    LoadBalancer,
+    LoadBalancerMode,
+    LoadBalancerScope,
     Locality,
     Match,
     NamespacedHostname,
@@ -80,6 +85,7 @@ def service(m: ServiceModel) -> Service:
         ports=MappingProxyType(dict(m.ports)),
         subject_alt_names=tuple(m.subject_alt_names),
         waypoint=gateway_address(m.waypoint),
+        load_balancer=None if m.load_balancer is None else load_balancer(m.load_balancer),
     )
 
 
@@ -145,4 +151,12 @@ def snapshot(mesh: MeshFile) -> Snapshot:
         tuple(workload(w) for w in mesh.workloads),
         tuple(service(s) for s in mesh.services),
         tuple(policy(p) for p in mesh.policies),
+    )
+
+
+def load_balancer(m: LoadBalancerModel) -> LoadBalancer:
+    return LoadBalancer(
+        routing_preferences=tuple(LoadBalancerScope(s) for s in m.routing_preferences),
+        mode=LoadBalancerMode(m.mode),
+        health_policy=HealthPolicy(m.health_policy),
     )

@@ -50,7 +50,7 @@ def workload(w: Workload) -> dict[str, object]:
 
 
 def service(s: Service) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "name": s.name,
         "namespace": s.namespace,
         "hostname": s.hostname,
@@ -59,6 +59,14 @@ def service(s: Service) -> dict[str, object]:
         "subjectAltNames": list(s.subject_alt_names),
         "waypoint": gateway_address(s.waypoint),
     }
+    lb = s.load_balancer
+    if lb is not None:  # as the mesh file says it (zt/config/schema.py LoadBalancerModel)
+        out["loadBalancer"] = {
+            "routingPreferences": [scope.value for scope in lb.routing_preferences],
+            "mode": lb.mode.value,
+            "healthPolicy": lb.health_policy.value,
+        }
+    return out
 
 
 def gateway_address(g: GatewayAddress | None) -> dict[str, object] | None:

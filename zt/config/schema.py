@@ -181,6 +181,7 @@ class ServiceModel(_Model):
     ports: dict[Port, TargetPort] = {}
     subject_alt_names: list[SpiffeUri] = []
     waypoint: GatewayAddressModel | None = None
+    load_balancer: LoadBalancerModel | None = None
 
 
 class ServiceAccountModel(_Model):
@@ -260,6 +261,30 @@ class ApplicationTunnelModel(_Model):
     port: Port | None = None  # None: the target port (ztunnel's `port.unwrap_or(dest.port())`)
 
 
-WorkloadModel.model_rebuild()
-ServiceModel.model_rebuild()
-MeshFile.model_rebuild()
+# -- load balancing: ztunnel's Service.load_balancer (Istio's workload API LoadBalancing) ------
+
+
+def _distinct(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("each scope at most once")
+    return values
+
+
+class LoadBalancerModel(_Model):
+    """`loadBalancer: {routingPreferences: [...], mode: ..., healthPolicy: ...}`; meanings:
+    zt/state/endpoints.py."""
+
+    routing_preferences: Annotated[
+        list[Literal["NETWORK", "REGION", "ZONE", "SUBZONE", "NODE", "CLUSTER"]],
+        AfterValidator(_distinct),
+    ] = []
+    mode: Literal["UNSPECIFIED_MODE", "FAILOVER", "STRICT"] = "UNSPECIFIED_MODE"
+    health_policy: Literal["ONLY_HEALTHY", "ALLOW_ALL"] = "ONLY_HEALTHY"
+
+
+# The models above name the waypoint and load-balancer models before they are defined (these
+# blocks are appended so that edits elsewhere in the file merge cleanly): resolve them now,
+# aliases included.
+WorkloadModel.model_rebuild(force=True)
+ServiceModel.model_rebuild(force=True)
+MeshFile.model_rebuild(force=True)

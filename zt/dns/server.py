@@ -44,6 +44,7 @@ from zt.dns.upstream import (
     UpstreamClient,
 )
 from zt.dns.wire import Transport
+from zt.sockopt import make_socket
 from zt.state.snapshot import Snapshot
 
 log = logging.getLogger("zt.dns")
@@ -93,13 +94,13 @@ class DnsServer:
         self,
         names: Callable[[], Snapshot],
         upstreams: Sequence[Upstream],
-        socket_maker: SocketMaker = socket.socket,
+        socket_maker: SocketMaker = make_socket,  # keepalive on TCP (zt/sockopt.py)
         metrics: DnsMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         *,
         client_uid: str,
         settings: ServerSettings | None = None,
-        upstream_socket_maker: SocketMaker = socket.socket,
+        upstream_socket_maker: SocketMaker = make_socket,  # keepalive on TCP (zt/sockopt.py)
     ) -> None:
         self.settings = settings or ServerSettings()
         self.client_uid = client_uid

@@ -27,6 +27,7 @@ from zt.dns.errors import UpstreamConfigError, UpstreamError
 from zt.dns.metrics import DnsMetrics
 from zt.dns.raw import TC, Answer
 from zt.errors import AddressError
+from zt.sockopt import make_socket
 
 SocketMaker = Callable[[int, int], socket.socket]  # (family, type) -> a new socket
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -181,7 +182,7 @@ class UpstreamClient:
     def __init__(
         self,
         upstreams: Sequence[Upstream],
-        socket_maker: SocketMaker = socket.socket,
+        socket_maker: SocketMaker = make_socket,  # keepalive on TCP (zt/sockopt.py)
         metrics: DnsMetrics | None = None,
         *,
         udp_timeout: float = UDP_TIMEOUT,

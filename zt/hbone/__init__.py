@@ -18,8 +18,9 @@ API (stable contract for zt/proxy; refinements are marked "refined"):
     conn.max_streams -> int                         # min(100, peer's MAX_CONCURRENT_STREAMS)
     conn.open_stream(ConnectRequest) -> int         # raises errors.ConnectionFull / ConnectionNotUsable
     # server
-    conn.respond(stream_id, status, reason="")      # 200 opens; other statuses end the stream;
-                                                    # no-op if the stream was reset meanwhile
+    conn.respond(stream_id, status, reason="", baggage=None)  # 200 opens (with `baggage`, the
+                                                    # answering workload's names); other statuses
+                                                    # end the stream; no-op if reset meanwhile
     conn.reject(stream_id, err: errors.HboneError)  # refined: respond(err.http_status, err.reason)
     # both
     conn.send_data(stream_id, data, end_stream=False) -> int   # bytes accepted (≤ windows); keep rest
@@ -37,7 +38,8 @@ Events (zt.hbone.events, frozen):
     ConnectRequested(stream_id, request)            server: admit, dial, then respond()
     RequestRejected(stream_id, status, error)       refined, server: malformed request; the core already
                                                     answered 400 and closed it (for logs only)
-    ConnectResponded(stream_id, status, reason)     client; `.ok`; non-200: the core closed the stream
+    ConnectResponded(stream_id, status, reason, baggage)  client; `.ok`; non-200: the core closed
+                                                    the stream; a 200's `baggage` header, or None
     DataReceived(stream_id, data, flow_controlled_length)  → write, then acknowledge(id, length)
     StreamEnded(stream_id)                          peer END_STREAM → shutdown(SHUT_WR) after writing
     StreamReset(stream_id, error_code, after_end_stream, remote=True)

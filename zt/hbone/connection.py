@@ -67,7 +67,12 @@ from zt.hbone.limits import (
     FrameGuard,
     RateBudget,
 )
-from zt.hbone.request import ConnectRequest, parse_response, response_headers
+from zt.hbone.request import (
+    ConnectRequest,
+    parse_response,
+    response_baggage,
+    response_headers,
+)
 from zt.hbone.settings import DEFAULT_WINDOW as DEFAULT_STREAM_WINDOW
 from zt.hbone.settings import HboneSettings
 from zt.hbone.streams import StreamRecord, StreamState, StreamTable
@@ -121,7 +126,11 @@ class HboneConnection:
         self._timers = Timers(
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
-            idle_timeout=self.settings.idle_timeout,
+            # Idle close is the client's alone (ztunnel: the pool releases a connection unused for
+            # 5 min, which sends GOAWAY; its HBONE server has no idle timer): a client may keep
+            # a connection for its next tunnel, and the server must not race it with a GOAWAY
+            # while that tunnel's HEADERS are on the way.
+            idle_timeout=self.settings.idle_timeout if role == "client" else None,
             last_ping=now,
             idle_since=now,
             preface_deadline=None if preface is None else now + preface,
@@ -250,9 +259,12 @@ class HboneConnection:
         self._timers.streams_changed(self._streams.any_active(), self._now)
         return stream_id
 
-    def respond(self, stream_id: int, status: int, reason: str = "") -> None:
+    def respond(
+        self, stream_id: int, status: int, reason: str = "", baggage: str | None = None
+    ) -> None:
         """Server: answer a ConnectRequested. 200 opens the tunnel; any other status ends the stream
-        (docs/design.md §2: After 200, failures become RST_STREAM)."""
+        (docs/design.md §2: After 200, failures become RST_STREAM). A 200 may carry the answering
+        workload's `baggage` (zt/hbone/baggage.py)."""
         record = self._server_record(stream_id)
         if record is None:
             return  # reset meanwhile (its StreamReset event is in the same batch): nothing to answer
@@ -261,7 +273,8 @@ class HboneConnection:
         if not 200 <= status <= 599:
             raise HboneUsageError(f"status: got {status!r}, expected 200..599")
         end = status != 200
-        self._h2.send_headers(stream_id, response_headers(status, reason), end_stream=end)
+        headers = response_headers(status, reason, baggage)
+        self._h2.send_headers(stream_id, headers, end_stream=end)
         record.status = status
         self._unanswered.discard(stream_id)
         if end:
@@ -534,7 +547,8 @@ class HboneConnection:
             return
         status, reason = parse_response(ev.headers or [])
         record.status = status
-        out.append(ConnectResponded(record.stream_id, status, reason))
+        baggage = response_baggage(ev.headers or []) if status == 200 else None
+        out.append(ConnectResponded(record.stream_id, status, reason, baggage))
         if status == 200:
             return
         # A refused tunnel is over for both sides: close ours now and drop any body.

@@ -36,6 +36,8 @@ class ConnectResponded:
     stream_id: int
     status: int
     reason: str
+    # a 200's `baggage`: the answering workload's telemetry names (zt/hbone/baggage.py)
+    baggage: str | None = None
 
     @property
     def ok(self) -> bool:

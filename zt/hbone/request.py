@@ -2,8 +2,10 @@
 
 docs/design.md §2: the request is `:method CONNECT` with `:authority <dst-ip>:<dst-port>` (`[v6]:port`
 for IPv6), or `<service hostname>:<service port>` as ztunnel accepts it (the inbound side resolves
-the name: zt/state/hostnames.py), and no `:scheme`, `:path` or `:protocol`. ztunnel adds `baggage`,
-`forwarded: for="<src>"` and `traceparent`; zt sends them and never requires them (Envoy sends none).
+the name: zt/state/hostnames.py), and no `:scheme`, `:path` or `:protocol`. ztunnel adds `baggage`
+(zt/hbone/baggage.py), `forwarded: for="<src>"` (`for="<src>";host=<service hostname>` when the
+app addressed a service: its outbound.rs `build_forwarded`) and `traceparent`; zt sends them and
+never requires them (Envoy sends none). A 200 may carry the destination's `baggage`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 # RFC 7239 §4: forwarded-element = [ forwarded-pair ] *( ";" [ forwarded-pair ] ), pair = token "="
 # value, value = token / quoted-string. We keep the first `for=` node.
 _FORWARDED_PAIR = re.compile(r'\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)=("(?:[^"\\]|\\.)*"|[^;,\s"]+)\s*')
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.6.2 token
 # RFC 9113 §8.2.2: "An endpoint MUST NOT generate an HTTP/2 message containing connection-specific
 # header fields [...] Any message containing connection-specific header fields MUST be treated as
 # malformed."
@@ -59,13 +62,23 @@ class ConnectRequest:
     traceparent: str | None = None
     # ztunnel's x-forwarded-network: set by a gateway that carried the tunnel from another network
     forwarded_network: str | None = None
+    # the service the client meant (`forwarded: ...;host=<hostname>`): the receiver's telemetry
+    # names it instead of guessing one of the pod's services from the port (ztunnel's
+    # guess_inbound_service)
+    forwarded_host: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.authority, SocketAddr | HostPort):
             raise BadConnectRequest("authority", self.authority, "a SocketAddr or a HostPort")
         if not 1 <= self.authority.port <= 65535:
             raise BadConnectRequest("authority port", self.authority.port, "1..65535")
-        for name in ("baggage", "forwarded_for", "traceparent", "forwarded_network"):
+        for name in (
+            "baggage",
+            "forwarded_for",
+            "traceparent",
+            "forwarded_network",
+            "forwarded_host",
+        ):
             value = getattr(self, name)
             if value is not None and not _FIELD_VALUE.fullmatch(_latin1(value)):
                 raise BadConnectRequest(name, value, "a non-empty header value without CR/LF/NUL")
@@ -73,6 +86,8 @@ class ConnectRequest:
             '"' in self.forwarded_for or "\\" in self.forwarded_for
         ):
             raise BadConnectRequest("forwarded_for", self.forwarded_for, "ip:port without quotes")
+        if self.forwarded_host is not None and not _TOKEN.fullmatch(self.forwarded_host):
+            raise BadConnectRequest("forwarded_host", self.forwarded_host, "a hostname (a token)")
 
     @property
     def authority_text(self) -> str:
@@ -86,13 +101,24 @@ class ConnectRequest:
         # text in the ISO-8859-1 charset". Latin-1 maps them 1:1 both ways.
         if self.baggage is not None:
             out.append((b"baggage", _latin1(self.baggage)))
-        if self.forwarded_for is not None:
-            out.append((b"forwarded", _latin1(f'for="{self.forwarded_for}"')))
+        forwarded = self.forwarded_value()
+        if forwarded is not None:
+            out.append((b"forwarded", _latin1(forwarded)))
         if self.traceparent is not None:
             out.append((b"traceparent", _latin1(self.traceparent)))
         if self.forwarded_network is not None:
             out.append((b"x-forwarded-network", _latin1(self.forwarded_network)))
         return out
+
+    def forwarded_value(self) -> str | None:
+        """ztunnel's `build_forwarded`: `for="<src>"`, then `;host=<hostname>` (a token, so
+        unquoted, RFC 7239 §4) when the client addressed a service."""
+        parts = []
+        if self.forwarded_for is not None:
+            parts.append(f'for="{self.forwarded_for}"')
+        if self.forwarded_host is not None:
+            parts.append(f"host={self.forwarded_host}")
+        return ";".join(parts) or None
 
     @classmethod
     def parse(cls, headers: Iterable[tuple[bytes, bytes]]) -> ConnectRequest:
@@ -108,12 +134,14 @@ class ConnectRequest:
         authority = pseudo.get(b":authority")
         if authority is None:
             raise BadConnectRequest(":authority", None, AUTHORITY_FORM)
+        forwarded_for, forwarded_host = _forwarded(_joined(regular, b"forwarded", ","))
         return cls(
             authority=parse_authority(authority),
             baggage=_joined(regular, b"baggage", ","),
-            forwarded_for=_forwarded_for(_joined(regular, b"forwarded", ",")),
+            forwarded_for=forwarded_for,
             traceparent=_valid_traceparent(regular.get(b"traceparent")),
             forwarded_network=_first(regular.get(b"x-forwarded-network")),
+            forwarded_host=forwarded_host,
         )
 
 
@@ -167,8 +195,9 @@ def new_traceparent(
     return f"00-{trace_id.hex()}-{parent_id.hex()}-{'01' if sampled else '00'}"
 
 
-def response_headers(status: int, reason: str = "") -> Headers:
-    """`:status` plus, for failures, our short reason."""
+def response_headers(status: int, reason: str = "", baggage: str | None = None) -> Headers:
+    """`:status` plus, for failures, our short reason; a 200 may carry the answering workload's
+    `baggage` (ztunnel's inbound `build_response`)."""
     if not 200 <= status <= 599:  # RFC 9110 §15: a final status; zt sends no 1xx
         raise HboneUsageError(f"status: got {status!r}, expected a final status 200..599")
     out: Headers = [(b":status", str(status).encode())]
@@ -176,7 +205,18 @@ def response_headers(status: int, reason: str = "") -> Headers:
     text = "".join(c if " " <= c <= "~" else "?" for c in reason[:128]).strip()
     if status != 200 and text:
         out.append((REASON_HEADER, text.encode("ascii")))
+    if status == 200 and baggage is not None:
+        if not _FIELD_VALUE.fullmatch(_latin1(baggage)):
+            raise HboneUsageError(f"baggage: got {baggage!r}, expected a header value")
+        out.append((b"baggage", _latin1(baggage)))
     return out
+
+
+def response_baggage(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The `baggage` lines of a response joined into one list (RFC 9110 §5.3), None without any;
+    what they say is read by zt/hbone/baggage.py, leniently."""
+    values = [v.decode("latin-1") for name, v in headers if name == b"baggage"]
+    return ",".join(values) if values else None
 
 
 def parse_response(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int, str]:
@@ -239,10 +279,13 @@ def _joined(regular: dict[bytes, list[bytes]], name: bytes, sep: str) -> str | N
     return sep.join(v.decode("latin-1") for v in values)
 
 
-def _forwarded_for(value: str | None) -> str | None:
-    """The first `for=` node of a `forwarded` header (RFC 7239), unquoted; None when absent."""
+def _forwarded(value: str | None) -> tuple[str | None, str | None]:
+    """The first `for=` node and the first `host=` of a `forwarded` header (RFC 7239), unquoted;
+    None when absent. A host that is not a token (RFC 7239 §5.3: "host = Host", a name or an
+    address and port) is ignored: ztunnel only matches it against the pod's own services."""
     if value is None:
-        return None
+        return None, None
+    found: dict[str, str] = {}
     for element in value.split(","):
         for pair in element.split(";"):
             if not pair.strip():
@@ -250,10 +293,11 @@ def _forwarded_for(value: str | None) -> str | None:
             match = _FORWARDED_PAIR.fullmatch(pair)
             if match is None:
                 raise BadConnectRequest("forwarded", value, 'pairs like for="ip:port"')
-            if match.group(1).lower() == "for":
-                node = match.group(2)
-                return node[1:-1].replace("\\", "") if node.startswith('"') else node
-    return None
+            node = match.group(2)
+            node = node[1:-1].replace("\\", "") if node.startswith('"') else node
+            found.setdefault(match.group(1).lower(), node)
+    host = found.get("host")
+    return found.get("for"), host if host is not None and _TOKEN.fullmatch(host) else None
 
 
 def _valid_traceparent(values: list[bytes] | None) -> str | None:

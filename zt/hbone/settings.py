@@ -40,7 +40,7 @@ class HboneSettings:
     max_header_list_size: int = 64 * KiB
     ping_interval: float | None = 10.0
     ping_timeout: float = 20.0
-    idle_timeout: float | None = 300.0
+    idle_timeout: float | None = 300.0  # a client's only: a server never closes an idle connection
     # The inbound DATA fast path (zt/hbone/_inbound.py); False: h2 parses every frame (the frame
     # limits of zt/hbone/limits.py apply either way).
     inbound_fast_path: bool = True

@@ -1,8 +1,9 @@
 """Pure timer logic of a connection: PING keepalive, idle close, drain deadline, preface deadline.
 
 docs/design.md §2: a PING goes out every 10 s; 20 s without its answer ends the connection; idle
-connections close after 5 minutes; a GOAWAY drains, with a deadline on shutdown. Times are plain floats from the caller's
-clock (sans-IO: the core never reads a clock).
+client connections close after 5 minutes (a server never idles out); a GOAWAY drains, with a
+deadline on shutdown. Times are plain floats from the caller's clock (sans-IO: the core never
+reads a clock).
 """
 
 from __future__ import annotations

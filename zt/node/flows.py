@@ -55,6 +55,7 @@ from zt.telemetry.connections import (
     ConnectionInfo,
     ConnectionReport,
     Peer,
+    baggage_of,
     guess_inbound_service,
 )
 
@@ -77,6 +78,9 @@ class Reported:
 
     def __init__(self, report: ConnectionReport) -> None:
         self.report = report
+
+    def answered(self, baggage: str | None) -> None:
+        self.report.answered(baggage)
 
     def opened(self, progress: Progress) -> None:
         self.report.opened(progress)
@@ -113,6 +117,7 @@ class PodFlows:
             connect=self.net.connect,
             dial_timeout=self.services.dial_timeout,
             observe=observe,
+            baggage=self.baggage,
         )
 
     def route(self, app: SocketAddr, destination: SocketAddr) -> Route:
@@ -130,6 +135,12 @@ class PodFlows:
             own_ips=_own_ips(snapshot, self.services.node),
             illegal_ports=self.services.illegal_ports,
         )
+
+    def baggage(self) -> str | None:
+        """The pod's names as its CONNECTs and 200s carry them (zt/hbone/baggage.py), from the
+        newest snapshot."""
+        snapshot = self.services.store.current
+        return baggage_of(snapshot.by_uid.get(self.workload.uid, self.workload)).header()
 
     def resolve(self, name: HostPort) -> SocketAddr:
         """A name the pod's app gave SOCKS5, resolved as the mesh's DNS would answer the pod
@@ -169,6 +180,7 @@ class PodFlows:
             dial_timeout=self.services.dial_timeout,
             observe=self._observe_inbound,
             track=self._track,
+            baggage=self.baggage,
         )
 
     def admit(self, arrival: Arrival) -> Admission:
@@ -253,21 +265,28 @@ class PodFlows:
     def _observe_inbound(self, arrival: Arrival) -> Observer:
         snapshot = self.services.store.current
         identity = str(arrival.identity) if arrival.identity is not None else ""
-        forwarded = arrival.request.forwarded_network if arrival.request is not None else None
+        request = arrival.request
+        # a source zt's state does not hold is named by the baggage it sent (ztunnel's
+        # derived_source); plaintext sends none
+        baggage = request.baggage if request is not None else None
+        forwarded = request.forwarded_network if request is not None else None
         if arrival.source is not None:
             # through a gateway from another network, the source address names nobody here
             gateway = from_gateway(forwarded, self.workload.network)
             known = (
                 None if gateway else snapshot.workload_at(self.workload.network, arrival.source.ip)
             )
-            src = Peer.of(known, str(arrival.source), identity)
+            src = Peer.of(known, str(arrival.source), identity, baggage)
         else:
-            src = Peer(identity=identity)
+            src = Peer.of(None, "", identity, baggage)
         workload = self.workload
         if isinstance(arrival.target, HostPort):  # the CONNECT named its service
             service = lookup_hostname(snapshot, arrival.target.host, workload.namespace)
         else:
-            service = guess_inbound_service(workload, arrival.target.port, snapshot.service_by_key)
+            for_host = request.forwarded_host if request is not None else None
+            service = guess_inbound_service(
+                workload, arrival.target.port, snapshot.service_by_key, for_host
+            )
         # dst.addr: where the connection reached zt (a :15008 for HBONE); dst.hbone_addr: the
         # CONNECT authority (ztunnel logs inbound tunnels so, "for consistency with outbound").
         local = arrival.local if arrival.hbone else arrival.target

@@ -342,13 +342,15 @@ class HboneDriver(asyncio.Protocol):
         self._arm_timer()
         return stream
 
-    def respond(self, stream: HboneStream, status: int, reason: str = "") -> None:
-        """Server: answer a CONNECT (non-200 ends the stream). A stream the client already reset
-        gets no answer: the reset is raised to the caller."""
+    def respond(
+        self, stream: HboneStream, status: int, reason: str = "", baggage: str | None = None
+    ) -> None:
+        """Server: answer a CONNECT (non-200 ends the stream; a 200 may carry `baggage`). A
+        stream the client already reset gets no answer: the reset is raised to the caller."""
         core = self._core_or_raise()
         if stream.was_reset is not None:
             raise stream.was_reset
-        core.respond(stream.stream_id, status, reason)
+        core.respond(stream.stream_id, status, reason, baggage)
         stream.answered = True
         if status != 200:
             stream.local_ended = True
@@ -432,8 +434,8 @@ class HboneDriver(asyncio.Protocol):
                     self._on_window(stream_id, all_streams)
                 case ev.ConnectRequested(stream_id, request):
                     self._on_connect(stream_id, request)
-                case ev.ConnectResponded(stream_id, status, reason):
-                    self._on_response(stream_id, status, reason)
+                case ev.ConnectResponded(stream_id, status, reason, baggage):
+                    self._on_response(stream_id, status, reason, baggage)
                 case ev.StreamEnded(stream_id):
                     self._on_ended(stream_id)
                 case ev.StreamReset():
@@ -503,10 +505,11 @@ class HboneDriver(asyncio.Protocol):
             return
         self._on_request(stream)
 
-    def _on_response(self, stream_id: int, status: int, reason: str) -> None:
+    def _on_response(self, stream_id: int, status: int, reason: str, baggage: str | None) -> None:
         stream = self.streams.get(stream_id)
         if stream is None:
             return
+        stream.peer_baggage = baggage
         if not stream.response.done():
             stream.response.set_result((status, reason))
         if status != 200:

@@ -60,7 +60,10 @@ Progress = Callable[[], tuple[int, int]]
 
 
 class Observer(Protocol):
-    """What the caller learns of one connection: when bytes may start to flow, and its end."""
+    """What the caller learns of one connection: who answered upstream (an HBONE 200's
+    `baggage`), when bytes may start to flow, and its end."""
+
+    def answered(self, baggage: str | None) -> None: ...
 
     def opened(self, progress: Progress) -> None: ...
 
@@ -69,6 +72,9 @@ class Observer(Protocol):
 
 class Unobserved:
     """The observer of a caller that records nothing (`zt hbone serve|connect`, tests)."""
+
+    def answered(self, baggage: str | None) -> None:
+        pass
 
     def opened(self, progress: Progress) -> None:
         pass
@@ -91,6 +97,10 @@ class Report:
         self.observer = observer
         self.ended_once = False
         self._progress: Progress | None = None
+
+    def answered(self, baggage: str | None) -> None:
+        """The upstream's 200 carried `baggage` (its workload's names): before `opened`."""
+        self.observer.answered(baggage)
 
     def opened(self, progress: Progress) -> None:
         self._progress = progress

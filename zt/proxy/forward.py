@@ -18,6 +18,7 @@ from zt.proxy.flow import OK, Outcome
 from zt.proxy.outbound import OutboundFlow
 from zt.proxy.pool import HbonePool, PoolKey
 from zt.proxy.tcpside import HeldTcp
+from zt.sockopt import set_keepalive
 from zt.state.route import Route, RouteKind
 
 log = logging.getLogger("zt.proxy.forward")
@@ -39,6 +40,9 @@ class _AppSide(HeldTcp):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # ztunnel's keepalive on every socket it accepts (zt/sockopt.py)
+            set_keepalive(sock)
         self._forwarder._spawn(self)
 
 

@@ -124,6 +124,10 @@ def _untracked(admission: Admission, revoke: Callable[[str], None]) -> Callable[
     return lambda: None
 
 
+def _no_baggage() -> str | None:
+    return None
+
+
 def _ending(outcome: str) -> str:
     return "" if outcome == "closed" else outcome
 
@@ -158,8 +162,11 @@ class InboundFlow:
         dial_timeout: float = DIAL_TIMEOUT,
         observe: Callable[[Arrival], Observer] = _unobserved,
         track: Track = _untracked,
+        baggage: Callable[[], str | None] = _no_baggage,
     ) -> None:
+        """`baggage`: the served workload's names for each 200 (zt/hbone/baggage.py)."""
         self.admit = admit
+        self.baggage = baggage
         self.connect = connect
         self.dial_timeout = dial_timeout
         self.observe = observe
@@ -197,7 +204,8 @@ class InboundFlow:
         driver = stream.driver
         corked = driver.cork()  # the 200 and what the target already sent: one TLS record
         try:
-            self._respond(stream, 200)  # only now: the upstream socket is connected
+            # only now: the upstream socket is connected
+            self._respond(stream, 200, baggage=self.baggage())
         except (StreamResetError, ZtError):  # the client gave up while we dialed
             if tcp.transport is not None:
                 tcp.transport.close()
@@ -269,8 +277,10 @@ class InboundFlow:
             arrival.target, source, arrival.identity, error.http_status, error.reason, error,
         )  # fmt: skip
 
-    def _respond(self, stream: HboneStream, status: int, reason: str = "") -> None:
-        stream.driver.respond(stream, status, reason)
+    def _respond(
+        self, stream: HboneStream, status: int, reason: str = "", baggage: str | None = None
+    ) -> None:
+        stream.driver.respond(stream, status, reason, baggage)
         self.statuses[status] += 1
 
     # -- plaintext -----------------------------------------------------------------------------

@@ -59,13 +59,18 @@ def _unobserved(app: SocketAddr, destination: SocketAddr, decided: Route) -> Obs
     return UNOBSERVED
 
 
+def _no_baggage() -> str | None:
+    return None
+
+
 def _ending(outcome: str) -> str:
     return "" if outcome == "closed" else outcome
 
 
 @dataclass(frozen=True)
 class OutboundFlow:
-    """`identity` is the source's: the pool keys its HBONE connections by it (its certificate)."""
+    """`identity` is the source's: the pool keys its HBONE connections by it (its certificate).
+    `baggage` says who the source is on each CONNECT (zt/hbone/baggage.py; None: no header)."""
 
     route: Router
     identity: SpiffeId
@@ -73,6 +78,7 @@ class OutboundFlow:
     connect: Connector = connect_direct
     dial_timeout: float = DIAL_TIMEOUT
     observe: Callable[[SocketAddr, SocketAddr, Route], Observer] = field(default=_unobserved)
+    baggage: Callable[[], str | None] = _no_baggage
 
     async def carry(
         self,
@@ -105,8 +111,15 @@ class OutboundFlow:
         assert decided.next_hop is not None and decided.authority is not None
         expected = frozenset(SpiffeId.parse(i) for i in decided.expected_identities)
         key = PoolKey(self.identity, expected, decided.next_hop)
+        # ztunnel's create_hbone_request: baggage, `forwarded: for="<app>"` plus `;host=` the
+        # service the app addressed (its intended_destination_service), a fresh traceparent
+        service_host = decided.service.partition("/")[2] if decided.service else None
         request = ConnectRequest(
-            decided.authority, forwarded_for=str(peer), traceparent=new_traceparent()
+            decided.authority,
+            baggage=self.baggage(),
+            forwarded_for=str(peer),
+            traceparent=new_traceparent(),
+            forwarded_host=service_host or None,
         )
         try:
             stream = await self.open_tunnel(key, request, self.dial_timeout)
@@ -115,6 +128,7 @@ class OutboundFlow:
         except ZtError as exc:  # dial, TLS or peer identity failure
             return _refuse(app, announce, failure_flag(exc), str(exc))
         announce(True)
+        report.answered(stream.peer_baggage)
         tcp = TcpRelay()
         # originator = the app: towards it is what the stream delivered, from it what it carried
         report.opened(lambda: (stream.bytes_in, stream.bytes_out))

@@ -2,7 +2,9 @@
 
 docs/design.md §2: Pooling: connections keyed by (source identity, expected peer identities, destination
 address); one dial per key at a time under contention; a connection is full at min(100, peer's max
-streams); idle connections close after 5 min; GOAWAY drains.
+streams); idle connections close after 5 min; GOAWAY drains. Idle close is the client's alone: the
+reaper sends GOAWAY (ztunnel's pool_unused_release_timeout); an HBONE server never closes a
+connection for idling.
 """
 
 from __future__ import annotations
@@ -112,8 +114,10 @@ class HbonePool:
                 if not driver.alive:
                     continue
                 if not driver.streams and now - driver.idle_since >= self.idle_timeout:
+                    # GOAWAY, then close with it (and TLS close_notify) written: the server
+                    # learns the connection ended on purpose; it never closes one for idling
                     driver.start_drain(0.0)
-                    driver.close("idle_timeout")
+                    driver.close("idle_timeout", abort=False)
                     closed += 1
                 else:
                     keep.append(driver)

@@ -61,7 +61,9 @@ class StreamHost(Protocol):
 
     def forget_if_finished(self, stream_id: int) -> None: ...
 
-    def respond(self, stream: HboneStream, status: int, reason: str = "") -> None: ...
+    def respond(
+        self, stream: HboneStream, status: int, reason: str = "", baggage: str | None = None
+    ) -> None: ...
 
     def cork(self) -> bool: ...
 
@@ -93,6 +95,8 @@ class HboneStream:
         self.stream_id = stream_id
         self.request = request
         self.response: asyncio.Future[tuple[int, str]] = driver.loop.create_future()
+        # client: the 200's `baggage` (the answering workload's telemetry names), if it had one
+        self.peer_baggage: str | None = None
         self._chunks: deque[tuple[bytes | memoryview, int]] = deque()
         self._unacked = 0
         self._eof = False

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from zt.addr import HostPort, IpAddress, SocketAddr
 from zt.errors import H2_CONNECT_ERROR, ZtError
+from zt.state.endpoints import pick
 from zt.state.model import Service, Workload
 from zt.state.names import DEFAULT_CLUSTER_DOMAIN, Found, MeshNames, labels_of, mesh_names, text_of
 from zt.state.route import target_port
@@ -132,8 +133,22 @@ def resolve(
             f"hostname {name.host!r}: service {named.key} has no VIP and no healthy endpoint"
             f" on network {network!r}"
         )
-    ip = random.Random(f"{seed}/{source.uid}/{name}").choice(ips)
-    endpoint = next(w for w in target.endpoints if ip in w.ips)
+    # the nearest endpoint with an address of the family `ips` holds (zt/state/endpoints.py)
+    version = ips[0].version
+    rng = random.Random(f"{seed}/{source.uid}/{name}")
+    endpoint = pick(
+        named,
+        target.endpoints,
+        source,
+        rng,
+        lambda w: w.network == network and any(ip.version == version for ip in w.ips),
+    )
+    if endpoint is None:
+        raise HostnameUnroutable(
+            f"hostname {name.host!r}: service {named.key} has no endpoint its load balancer"
+            f" allows for {source.uid}"
+        )
+    ip = next(ip for ip in endpoint.ips if ip.version == version)
     how = f"service {named.key} has no VIP: endpoint {endpoint.uid}"
     return Resolved(name, SocketAddr(ip, name.port), named, how, endpoint)
 

@@ -104,6 +104,8 @@ class Service:
     subject_alt_names: tuple[str, ...] = ()
     # The waypoint traffic to this service's VIPs goes through (None: none).
     waypoint: GatewayAddress | None = None
+    # how endpoints are picked (locality, health): zt/state/endpoints.py; None: any healthy one
+    load_balancer: LoadBalancer | None = None
 
     @property
     def key(self) -> str:
@@ -263,3 +265,40 @@ class ApplicationTunnel:
 
     protocol: TunnelProtocol
     port: int | None = None
+
+
+# -- load balancing (ztunnel's LoadBalancer, src/state/service.rs) ------------------------------
+
+
+class LoadBalancerScope(enum.Enum):
+    """What an endpoint may share with the source (Istio's workload API LoadBalancing.Scope)."""
+
+    NETWORK = "NETWORK"
+    REGION = "REGION"
+    ZONE = "ZONE"
+    SUBZONE = "SUBZONE"
+    NODE = "NODE"
+    CLUSTER = "CLUSTER"
+
+
+class LoadBalancerMode(enum.Enum):
+    """UNSPECIFIED_MODE: scopes are ignored; FAILOVER: the endpoints matching the most leading
+    scopes win, others only when none does; STRICT: only endpoints matching every scope."""
+
+    UNSPECIFIED_MODE = "UNSPECIFIED_MODE"
+    FAILOVER = "FAILOVER"
+    STRICT = "STRICT"
+
+
+class HealthPolicy(enum.Enum):
+    """ONLY_HEALTHY: unhealthy endpoints are never picked; ALLOW_ALL: they are."""
+
+    ONLY_HEALTHY = "ONLY_HEALTHY"
+    ALLOW_ALL = "ALLOW_ALL"
+
+
+@dataclass(frozen=True)
+class LoadBalancer:
+    routing_preferences: tuple[LoadBalancerScope, ...] = ()
+    mode: LoadBalancerMode = LoadBalancerMode.UNSPECIFIED_MODE
+    health_policy: HealthPolicy = HealthPolicy.ONLY_HEALTHY

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from zt.addr import IpAddress
+from zt.state.endpoints import included
 from zt.state.model import Service, Workload
 from zt.state.snapshot import Snapshot
 
@@ -129,8 +130,9 @@ class MeshNames:
             if s.vips:
                 names._add(host, Target(s, vips=s.vips))
             elif _under(host, svc_domain):
-                healthy = tuple(w for w in snapshot.endpoints.get(s.key, ()) if w.healthy)
-                names._add(host, Target(s, endpoints=healthy, first_per_endpoint=True))
+                # healthy ones, or all with healthPolicy ALLOW_ALL (zt/state/endpoints.py)
+                eps = tuple(w for w in snapshot.endpoints.get(s.key, ()) if included(s, w))
+                names._add(host, Target(s, endpoints=eps, first_per_endpoint=True))
         for w in snapshot.workloads:
             if w.hostname:
                 names._add(labels_of(w.hostname), Target(w, endpoints=(w,)))

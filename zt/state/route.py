@@ -5,9 +5,10 @@ with the service port translated to the target port; an HBONE workload -> a tunn
 `<pod ip>:15008` with authority `<pod ip>:<target port>`; a TCP workload -> plain TCP; an address
 outside the mesh -> passthrough. A destination that names a waypoint (a service VIP whose service
 has one, a workload addressed by its own IP that has one) is tunnelled to the waypoint instead,
-with the original destination as the authority (zt/state/waypoint.py). The loop guard (zt/state/loopguard.py) refuses zt's own ports,
-but only on loopback and on zt's own addresses (the pods this node serves), as ztunnel does: another
-host's :15008 as an app destination is carried like any port (its inbound answers 400).
+with the original destination as the authority (zt/state/waypoint.py). The loop guard
+(zt/state/loopguard.py) refuses zt's own ports, but only on loopback and on zt's own addresses
+(the pods this node serves), as ztunnel does: another host's :15008 as an app destination is
+carried like any port (its inbound answers 400).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import random
 from dataclasses import dataclass
 
 from zt.addr import IpAddress, SocketAddr
+from zt.state.endpoints import pick, strict_note
 from zt.state.loopguard import DEFAULT_ILLEGAL_PORTS, check_outbound
 from zt.state.model import GatewayAddress, Protocol, Service, Workload
 from zt.state.snapshot import Snapshot
@@ -91,15 +93,18 @@ def _via_service(
     key = service.key
     if dst.port not in service.ports:
         return _refused(f"service {key} has no port {dst.port}", key)
-    candidates = [
-        w
-        for w in snapshot.endpoints.get(key, ())
-        if w.healthy and w.ips and w.network == source.network
-        if target_port(service, w, dst.port)
-    ]
-    if not candidates:
-        return _refused(f"service {key} has no healthy endpoint for port {dst.port}", key)
-    endpoint = random.Random(f"{seed}/{source.uid}/{dst}").choice(candidates)
+
+    def usable(w: Workload) -> bool:  # reachable without a gateway, and serving this port
+        return (
+            bool(w.ips) and w.network == source.network and bool(target_port(service, w, dst.port))
+        )
+
+    # health and locality (the service's load balancer): zt/state/endpoints.py
+    rng = random.Random(f"{seed}/{source.uid}/{dst}")
+    endpoint = pick(service, snapshot.endpoints.get(key, ()), source, rng, usable)
+    if endpoint is None:
+        why = f"service {key} has no healthy endpoint for port {dst.port}"
+        return _refused(why + strict_note(service), key)
     port = target_port(service, endpoint, dst.port)
     reason = f"service {key} port {dst.port} -> endpoint {endpoint.uid} port {port}"
     chosen = _to_workload(

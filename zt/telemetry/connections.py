@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from zt.hbone.baggage import Baggage
 from zt.identity.errors import PeerIdentityError, TlsError
 from zt.state.model import Service, Workload
 from zt.telemetry.metrics import Registry
@@ -104,10 +106,13 @@ class Peer:
     zone: str = ""
 
     @classmethod
-    def of(cls, workload: Workload | None, addr: str, identity: str = "") -> Peer:
-        """A peer at `addr`, named after the mesh workload found there (if any)."""
+    def of(
+        cls, workload: Workload | None, addr: str, identity: str = "", baggage: str | None = None
+    ) -> Peer:
+        """A peer at `addr`, named after the mesh workload found there; else after the `baggage`
+        it sent (ztunnel's DerivedWorkload: its state is more reliable, so it wins)."""
         if workload is None:
-            return cls(addr, identity=identity)
+            return cls.derived(Baggage.parse(baggage), addr, identity)
         return cls(
             addr,
             workload.name,
@@ -120,6 +125,40 @@ class Peer:
             workload.locality.region,
             workload.locality.zone,
         )
+
+    @classmethod
+    def derived(cls, names: Baggage, addr: str, identity: str = "") -> Peer:
+        """A peer zt's state does not hold, named by what its `baggage` said."""
+        return cls(
+            addr,
+            "",
+            names.namespace,
+            identity,
+            names.workload_name,
+            names.service_name,
+            names.revision,
+            names.cluster_id,
+            names.region,
+            names.zone,
+        )
+
+    @property
+    def known(self) -> bool:
+        """Named at all (by zt's state or by baggage)."""
+        return bool(self.workload or self.workload_name or self.canonical_name)
+
+
+def baggage_of(workload: Workload) -> Baggage:
+    """What zt says about `workload` in `baggage` (ztunnel's Workload::baggage)."""
+    return Baggage(
+        cluster_id=workload.cluster_id,
+        namespace=workload.namespace,
+        workload_name=workload.workload_name,
+        service_name=workload.canonical_name,
+        revision=workload.canonical_revision,
+        region=workload.locality.region,
+        zone=workload.locality.zone,
+    )
 
 
 @dataclass(frozen=True)
@@ -154,10 +193,16 @@ class ConnectionOutcome:
 
 
 def guess_inbound_service(
-    workload: Workload, port: int, services: Mapping[str, Service]
+    workload: Workload, port: int, services: Mapping[str, Service], for_host: str | None = None
 ) -> Service | None:
-    """The destination workload's service whose target port is `port` (ztunnel's
-    guess_inbound_service: an inbound connection does not say which service it was for)."""
+    """The destination workload's service the client named in `forwarded: ...;host=` (only one
+    of the pod's own services: a peer's claim names nothing else), else the one whose target port
+    is `port` (ztunnel's guess_inbound_service)."""
+    if for_host is not None:
+        for key in workload.services:
+            named = services.get(key)
+            if named is not None and named.hostname == for_host.lower():
+                return named
     for key, ports in workload.services.items():
         if port in ports.values() and key in services:
             return services[key]
@@ -362,6 +407,18 @@ class ConnectionReport:
         self._progress: Progress | None = None
         self._flushed = (0, 0)
         self._counters: tuple[Callable[[float], None], Callable[[float], None]] | None = None
+
+    def answered(self, baggage: str | None) -> None:
+        """The upstream's CONNECT 200 named its workload: a destination zt's state does not know
+        is labelled with those names (ztunnel's with_derived_destination). Only before the open:
+        labels are fixed there."""
+        if self.was_opened or baggage is None or self.info.dst.known:
+            return
+        names = Baggage.parse(baggage)
+        if names:
+            dst = Peer.derived(names, self.info.dst.addr, self.info.dst.identity)
+            self.info = dataclasses.replace(self.info, dst=dst)
+            self.labels = tcp_labels(self.info)
 
     def opened(self, progress: Progress | None = None) -> None:
         """Count the open; with `progress`, bytes are flushed while the connection lives."""

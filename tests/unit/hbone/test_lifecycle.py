@@ -92,6 +92,21 @@ def test_idle_connection_closes_after_5_minutes_without_streams() -> None:
     assert [g.error_code for g in goaways] == [H2_NO_ERROR]
 
 
+def test_an_idle_server_connection_never_times_out() -> None:
+    """The server side has no idle timer whatever its settings say: only the client ends an
+    idle connection (ztunnel's HBONE server has none either)."""
+    settings = HboneSettings(ping_interval=None, idle_timeout=1.0)
+    pair = Pair(client_settings=NO_IDLE, server_settings=settings)
+    assert pair.server.next_deadline() is None
+    sid = pair.tunnel()
+    pair.client.send_data(sid, b"", end_stream=True)
+    pair.server.end_stream(sid)
+    pair.pump()
+    assert pair.server.open_streams == 0
+    assert pair.server.next_deadline() is None
+    assert pair.server.on_timer(10_000.0) == [] and not pair.server.closed
+
+
 def test_server_drain_lets_open_streams_finish() -> None:
     pair = Pair(client_settings=NO_IDLE, server_settings=NO_IDLE)
     sid = pair.tunnel()

@@ -25,6 +25,7 @@ from zt.telemetry.connections import (
     ConnectionTelemetry,
     Peer,
     access_record,
+    baggage_of,
     failure_flag,
     guess_inbound_service,
     tcp_labels,
@@ -303,3 +304,48 @@ def test_peer_of_a_workload_outside_the_mesh() -> None:
     assert Peer.of(None, "192.0.2.1:5", "") == Peer("192.0.2.1:5")
     w: Workload = A
     assert Peer.of(w, str(SocketAddr.parse("10.1.0.2:1"))).cluster == "east"
+
+
+def test_baggage_names_a_peer_outside_zts_state_and_never_overrides_it() -> None:
+    """ztunnel's derived workload: a source it does not know is labelled from the CONNECT's
+    `baggage`; a known one from its own state."""
+    sent = baggage_of(A).header()
+    assert sent == (
+        "k8s.cluster.name=east,k8s.namespace.name=shop,k8s.deployment.name=frontend,"
+        "service.name=frontend-svc,service.version=v2,cloud.region=eu-west,"
+        "cloud.availability_zone=eu-west-1a"
+    )
+    stranger = Peer.of(None, "192.0.2.1:5", "spiffe://td/ns/shop/sa/x", sent)
+    inbound = ConnectionInfo("inbound", stranger, Peer.of(B, "10.2.0.2:15008"), protocol="hbone")
+    labels = tcp_labels(inbound)
+    assert labels["source_workload"] == "frontend"
+    assert labels["source_canonical_service"] == "frontend-svc"
+    assert (labels["source_cluster"], labels["source_region"]) == ("east", "eu-west")
+    assert labels["source_principal"] == "spiffe://td/ns/shop/sa/x"  # mTLS's, not baggage's
+    assert Peer.of(B, "10.2.0.2:1", "", sent).workload_name == B.workload_name
+
+
+def test_a_200s_baggage_labels_an_unknown_destination_before_the_open() -> None:
+    reg = Registry()
+    telemetry = ConnectionTelemetry(reg)
+    unknown = ConnectionInfo("outbound", Peer.of(A, "10.1.0.2:1"), Peer("192.0.2.9:15008"))
+    report = ConnectionReport(telemetry, unknown)
+    report.answered("k8s.namespace.name=far,k8s.pod.name=far-1,service.name=far-svc")
+    report.opened()
+    report.closed()
+    assert report.labels["destination_workload"] == "far-1"
+    assert report.labels["destination_workload_namespace"] == "far"
+    text = telemetry.format(report.info, ConnectionOutcome(0, 0, 0.0), now=0.0)
+    assert "dst.workload=far-svc dst.namespace=far" in text
+    # a destination zt knows keeps its own names; after the open labels never change
+    known = ConnectionReport(telemetry, _info())
+    known.answered("k8s.namespace.name=far")
+    assert known.labels["destination_workload_namespace"] == "shop"
+
+
+def test_forwarded_host_picks_the_service_among_the_pods_own() -> None:
+    services = SNAPSHOT.service_by_key
+    assert guess_inbound_service(B, 9999, services, "echo.shop.svc") == SERVICE
+    assert guess_inbound_service(B, 9999, services, "ECHO.shop.svc") == SERVICE
+    assert guess_inbound_service(A, 9999, services, "echo.shop.svc") is None  # not A's service
+    assert guess_inbound_service(B, 8080, services, "other.svc") == SERVICE  # port, as before
