@@ -165,3 +165,40 @@ def test_cli_check_import_export(tmp_path: Path) -> None:
         example.exit_code == 0 and "!Exact 'cluster.local/ns/default/sa/frontend'" in example.stdout
     )
     assert "workloads[0].netns: not exported" in example.stderr
+
+
+def test_waypoints_tunnels_and_load_balancers_round_trip() -> None:
+    # Both waypoint forms (an address, a service hostname), an application tunnel and a load
+    # balancer in ztunnel's own enum names: ztunnel -> zt model -> ztunnel is unchanged.
+    waypoint_ip = {"destination": "/10.0.0.9", "hboneMtlsPort": 15008}
+    waypoint_name = {"destination": "default/wp.default.svc", "hboneMtlsPort": 15009}
+    workloads = [
+        dict(WORKLOAD, waypoint=waypoint_ip),
+        dict(WORKLOAD, uid="wp", name="wp", workloadIps=["10.0.0.9"],
+             applicationTunnel={"protocol": "PROXY", "port": 15088}),
+    ]  # fmt: skip
+    lb = {"routingPreferences": ["Region", "Zone"], "mode": "Failover",
+          "healthPolicy": "AllowAll"}  # fmt: skip
+    services = [
+        {"name": "s", "namespace": "default", "hostname": "s.default.svc",
+         "vips": ["/10.96.0.1"], "ports": {80: 8080}, "waypoint": waypoint_name,
+         "loadBalancer": lb},
+        {"name": "wp", "namespace": "default", "hostname": "wp.default.svc",
+         "vips": ["/10.96.0.9"], "ports": {15009: 15008}},
+    ]  # fmt: skip
+    document = {"workloads": workloads, "services": services}
+    imported, snap = ztunnel.import_document(document, "t")
+    assert str(snap.workloads[0].waypoint) == "/10.0.0.9:15008"
+    tunnel = snap.workloads[1].application_tunnel
+    assert tunnel is not None and (tunnel.protocol.value, tunnel.port) == ("PROXY", 15088)
+    [svc, _] = snap.services
+    assert str(svc.waypoint) == "default/wp.default.svc:15009"
+    assert svc.load_balancer is not None
+    assert [s.value for s in svc.load_balancer.routing_preferences] == ["REGION", "ZONE"]
+    assert (svc.load_balancer.mode.value, svc.load_balancer.health_policy.value) == (
+        "FAILOVER",
+        "ALLOW_ALL",
+    )
+    exported = ztunnel.dump_yaml(ztunnel.export_document(imported.mesh, "m").mesh)
+    again = ztunnel.parse(exported, "e")
+    assert ztunnel.normal_form(again, "e") == ztunnel.normal_form(document, "t")

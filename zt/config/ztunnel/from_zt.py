@@ -51,17 +51,18 @@ def _unknown(model: BaseModel, handled: set[str], at: str, out: Collect) -> None
             out.refuse(f"{at}.{field.alias}", value, "unset: ztunnel export does not know it")
 
 
-def _opt(model: BaseModel, name: str) -> Any:
-    """A field other helpers' branches add to zt's schema (None until they are merged)."""
-    value = getattr(model, name, None)
-    return value.model_dump(by_alias=True, mode="json") if isinstance(value, BaseModel) else None
+def _dumped(value: BaseModel | None) -> Any:
+    """An optional nested model as its YAML mapping (aliases), None when unset."""
+    return None if value is None else value.model_dump(by_alias=True, mode="json")
 
 
 def gateway(g: dict[str, Any]) -> Doc:
+    # zt's destination model is one flat mapping: the form is the one whose keys are set
     d = g["destination"]
-    text = (
-        f"{d['network']}/{d['address']}" if "address" in d else f"{d['namespace']}/{d['hostname']}"
-    )
+    if d.get("address") is not None:
+        text = f"{d.get('network') or ''}/{d['address']}"
+    else:
+        text = f"{d['namespace']}/{d['hostname']}"
     return {"destination": text, "hboneMtlsPort": g["hboneMtlsPort"]}
 
 
@@ -89,7 +90,7 @@ def workload(w: WorkloadModel, at: str, out: Collect) -> Doc:
     _put(doc, "clusterId", w.cluster_id)
     _put(doc, "locality", w.locality.model_dump(), {"region": "", "zone": "", "subzone": ""})
     _put(doc, "hostname", w.hostname)
-    waypoint, tunnel = _opt(w, "waypoint"), _opt(w, "application_tunnel")
+    waypoint, tunnel = _dumped(w.waypoint), _dumped(w.application_tunnel)
     if waypoint is not None:
         doc["waypoint"] = gateway(waypoint)
     if tunnel is not None:
@@ -102,7 +103,7 @@ def service(s: ServiceModel, at: str, out: Collect) -> Doc:
     doc: Doc = {"name": s.name, "namespace": s.namespace, "hostname": s.hostname,
                 "vips": list(s.vips), "ports": dict(s.ports)}  # fmt: skip
     _put(doc, "subjectAltNames", list(s.subject_alt_names), [])
-    waypoint, lb = _opt(s, "waypoint"), _opt(s, "load_balancer")
+    waypoint, lb = _dumped(s.waypoint), _dumped(s.load_balancer)
     if waypoint is not None:
         doc["waypoint"] = gateway(waypoint)
     if lb is not None:
