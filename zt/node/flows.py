@@ -6,8 +6,8 @@ Outbound (:15001, SOCKS5): `route()` (zt/state/route.py) from the pod's workload
 socket marked and made inside the pod's netns (docs/design.md §5, §6).
 Inbound (:15008, :15006), docs/design.md §2: 400 when the authority is not this pod's; 401 policy
 denied; only IP/port rules can allow plaintext (§1). Delivery to the app is a marked connection
-from inside the pod to `<pod ip>:<port>`; its source is the pod's own IP, which sk_lookup leaves
-alone (§6).
+from inside the pod to `<pod ip>:<port>`: from the caller's IP with original source (the default,
+as ztunnel; zt/capture/origsrc.py), else from the pod's own IP, which sk_lookup leaves alone (§6).
 
 Loop guard (zt/state/loopguard.py): a destination port zt listens on is refused before policy and
 before any dial, on every path. Without it, a connection to `<pod ip>:15006` would be delivered to
@@ -165,6 +165,7 @@ class PodFlows:
             dial_timeout=self.services.dial_timeout,
             observe=self._observe_inbound,
             track=self._track,
+            connect_from=self.net.connect_from if self.services.original_source else None,
         )
 
     def admit(self, arrival: Arrival) -> Admission:
