@@ -29,7 +29,9 @@ table the app's accept() returns A's address (IPv4 and IPv6), the accepted socke
 0x53a (the mark survives the lo hop: loopback_xmit keeps skb->mark) and data flows both ways;
 without them connect() times out (the SYN-ACK leaves through the veth). Neither `src` on the route nor accept_local is needed: the
 replies already have their source, and looped-back packets keep their output route (no input
-route lookup, so no martian or reverse-path check).
+route lookup, so no martian or reverse-path check). Cost, same run, 400 dials each interleaved,
+connect mode: a delivery dial from the pod's IP took 422 us median, from the caller's IP 517 us
+(x1.23: the extra socket options, bind and the two zt_deliveries updates).
 """
 
 from __future__ import annotations
