@@ -1,4 +1,4 @@
-/* cgroup/bind4 + bind6 guard: in an enrolled pod only sockets marked ZT_MARK may bind
+/* cgroup/bind4 + bind6 guard: in an enrolled pod only zt's marked sockets (zt_own_mark) may bind
  * 15001/15006/15008 (docs/design.md §6: A bind4/bind6 guard keeps apps from binding
  * 15001/15006/15008 in enrolled pods), and 15053 where the pod's DNS is captured (an app there
  * would answer the pod's DNS). Return 0 = bind() fails with EPERM.
@@ -16,7 +16,7 @@ static __always_inline int zt_bind(struct bpf_sock_addr *ctx)
     if (port != ZT_PORT_OUTBOUND && port != ZT_PORT_INBOUND && port != ZT_PORT_HBONE && !dns)
         return 1;
     struct bpf_sock *sk = ctx->sk;
-    if (sk && sk->mark == ZT_MARK)
+    if (sk && zt_own_mark(sk->mark))
         return 1;
     zt_count(ZT_C_BIND_DENIED);
     return 0;

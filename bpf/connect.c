@@ -10,8 +10,8 @@
  *     shows replies as coming from it: glibc, musl and dig drop replies from another source).
  *     Left alone as by connect below: zt's marked sockets (its own sockets inside a pod) and
  *     port 53 on loopback or the pod's own IPs (a DNS server inside the pod).
- *   - TCP otherwise: loopback, the pod's own IPs and sockets marked ZT_MARK are left alone; other
- *     TCP connects are rewritten to <pod ip>:15001 and the original destination is stored in the
+ *   - TCP otherwise: loopback, the pod's own IPs and zt's marked sockets (zt_own_mark) are left
+ *     alone; other TCP connects are rewritten to <pod ip>:15001 and the original destination is stored in the
  *     socket's own storage (zt_orig_app; sockops re-keys it by the app's (ip, port) once the source
  *     port is known).
  * A socket may connect() again after a failed attempt: every attempt overwrites or forgets what an
@@ -49,7 +49,7 @@ static __always_inline int zt_leave(struct bpf_sock_addr *ctx, __u32 why)
 static __always_inline int zt_marked(struct bpf_sock_addr *ctx)
 {
     struct bpf_sock *sk = ctx->sk;
-    return sk && sk->mark == ZT_MARK;
+    return sk && zt_own_mark(sk->mark);
 }
 
 /* The enrolled pod whose TCP connect this is, or NULL to leave it alone: not an enrolled netns, not

@@ -23,7 +23,7 @@ static __always_inline int zt_dns_send(struct bpf_sock_addr *ctx, struct zt_addr
                                        int via6)
 {
     struct bpf_sock *sk = ctx->sk;
-    if (sk && sk->mark == ZT_MARK) {
+    if (sk && zt_own_mark(sk->mark)) {
         zt_count(ZT_C_DNS_SKIP_MARK);
         return 0;
     }

@@ -3,6 +3,16 @@
  * Linked (BPF link on the netns fd) into every enrolled pod netns. Runs only when no established
  * socket matches, i.e. for SYNs. Decisions, in order:
  *   local ip is a pod IP, remote ip is a pod IP of the same pod -> pass (in-pod / delivery to app)
+ *   local ip is a pod IP, the SYN came in on lo, and its 4-tuple is in zt_deliveries
+ *                                                               -> pass (zt's delivery to the app
+ *     from the caller's IP: zt/capture/origsrc.py). Sound because only zt writes zt_deliveries,
+ *     from bind() until connect() returns, for the exact 4-tuple of its own marked socket; and a
+ *     SYN whose ingress_ifindex is lo was routed inside that netns over a route through lo (a
+ *     packet from another netns has the interface it crossed), so nothing outside the pod can
+ *     match an entry. zt's socket is bound to lo for that: a SYN to a local address otherwise
+ *     carries the device of the local table's route (the pod's eth0; measured on 6.18). The
+ *     4-tuple, not the interface alone: in the sk_lookup outbound mode the pod's own captured
+ *     SYNs to a same-node pod also arrive on lo with two pod IPs, in the other order.
  *   remote ip is a pod IP whose pod uses sk_lookup outbound, the SYN came in on lo, and the local
  *     ip is another pod's                                       -> the remote pod's 15001 listener
  *     (same-node pod to pod: the source pod's policy routing delivered its app's SYN locally, in
@@ -34,6 +44,18 @@ static __always_inline int zt_assign(struct bpf_sk_lookup *ctx, __u32 slot, __u3
     return SK_PASS;
 }
 
+/* The SYN of one of zt's deliveries from the caller's IP (zt_deliveries, written by zt). */
+static __always_inline int zt_is_delivery(struct bpf_sk_lookup *ctx, const struct zt_addr *local,
+                                          const struct zt_addr *remote)
+{
+    struct zt_delivery key = {};
+    __builtin_memcpy(key.src, remote->ip, 16);
+    __builtin_memcpy(key.dst, local->ip, 16);
+    key.sport = (__u16)ctx->remote_port; /* network order (5.17+: a __be16 field) */
+    key.dport = bpf_htons((__u16)ctx->local_port); /* local_port is in host order */
+    return zt_deliveries.lookup(&key) != NULL;
+}
+
 int zt_sk_lookup(struct bpf_sk_lookup *ctx)
 {
     struct zt_addr local = {};
@@ -62,6 +84,10 @@ int zt_sk_lookup(struct bpf_sk_lookup *ctx)
             return SK_PASS;
         }
 #ifdef ZT_HAVE_INGRESS_IFINDEX
+        if (ctx->ingress_ifindex == ZT_LOOPBACK_IFINDEX && zt_is_delivery(ctx, &local, &remote)) {
+            zt_count(ZT_C_LOOKUP_DELIVERY);
+            return SK_PASS;
+        }
         /* bpf_get_netns_cookie() is not offered to sk_lookup programs (EINVAL on 6.18); the
          * loopback ifindex (1 in every netns) tells the source pod's netns from the destination's. */
         if (src && (src->flags & ZT_POD_OUT_SKLOOKUP) && ctx->ingress_ifindex == ZT_LOOPBACK_IFINDEX)

@@ -37,6 +37,16 @@
  *   zt_counters    PERCPU_ARRAY u32 ZT_C_*             -> u64 verdict / error counters
  *   zt_pod_meta    HASH      u64 netns cookie          -> struct zt_pod_meta (Python only: names
  *                                                         for `zt capture status` from the pins)
+ *   zt_deliveries  LRU_HASH  struct zt_delivery (4-tuple) -> u32 (1): zt's delivery to an app from
+ *                                                         the caller's own address (original source,
+ *                                                         zt/capture/origsrc.py), written by zt from
+ *                                                         bind() until connect() returns, read by
+ *                                                         sk_lookup so that SYN reaches the app
+ *
+ * Marks: zt's sockets carry ZT_MARK (0x539), except its original-source deliveries, which carry
+ * ZT_MARK_ORIGSRC (0x53a) so the pod's policy routing can send the app's replies back to zt (a
+ * fwmark rule; the app's socket takes the SYN's mark, net.ipv4.tcp_fwmark_accept=1). Every rule
+ * that leaves zt's own sockets alone treats both alike (zt_own_mark).
  */
 #ifndef ZT_CAPTURE_H
 #define ZT_CAPTURE_H
@@ -48,6 +58,12 @@
 
 #ifndef ZT_MARK
 #define ZT_MARK 0x539 /* SO_MARK of every socket zt creates for a pod (docs/design.md §6) */
+#endif
+#ifndef ZT_MARK_ORIGSRC
+#define ZT_MARK_ORIGSRC 0x53a /* SO_MARK of zt's deliveries from the caller's IP (origsrc.py) */
+#endif
+#ifndef ZT_MAX_DELIVERIES
+#define ZT_MAX_DELIVERIES 16384 /* deliveries mid-handshake at once (an entry lives that long) */
 #endif
 #ifndef ZT_PORT_OUTBOUND
 #define ZT_PORT_OUTBOUND 15001
@@ -85,6 +101,7 @@
 #define ZT_POD_HAS_IP6 2
 #define ZT_POD_OUT_SKLOOKUP 4 /* outbound by policy routing + sk_lookup, not by connect4/6 */
 #define ZT_POD_DNS 8          /* the pod's DNS (UDP and TCP port 53) goes to its DNS proxy */
+#define ZT_POD_ORIGSRC 16     /* zt/capture/origsrc.py's reply routing is installed (user space) */
 
 /* struct zt_addr.kind */
 #define ZT_ORIG_DNS 1 /* zt_orig_app: a DNS connect sent to the DNS proxy, not to 15001 */
@@ -114,7 +131,8 @@
 #define ZT_C_DNS_SKIP_MARK 21       /* sendmsg, connect: zt's own (marked) socket to port 53 */
 #define ZT_C_DNS_SKIP_LOCAL 22      /* sendmsg, connect: port 53 on loopback or the pod's IP */
 #define ZT_C_DNS_MAP_ERROR 23       /* sendmsg, connect: store failed -> EPERM */
-#define ZT_C_MAX 24
+#define ZT_C_LOOKUP_DELIVERY 24     /* sk_lookup: zt's original-source delivery to the app, left alone */
+#define ZT_C_MAX 25
 
 struct zt_addr {
     __u8 ip[16];   /* IPv6, or IPv4-mapped ::ffff:a.b.c.d */
@@ -130,6 +148,16 @@ struct zt_addr {
 struct zt_dns_orig {
     struct zt_addr via4; /* sent to 127.0.0.1:15053 */
     struct zt_addr via6; /* sent to [::1]:15053 */
+};
+
+/* zt_deliveries key: a delivery's 4-tuple as the app's side sees its SYN (src = the caller's IP,
+ * zt's socket; dst = the pod IP and app port); ports in network order. */
+struct zt_delivery {
+    __u8 src[16];  /* IPv6, or IPv4-mapped */
+    __u8 dst[16];
+    __u16 sport;
+    __u16 dport;
+    __u32 pad;     /* zero */
 };
 
 struct zt_pod {
@@ -163,6 +191,7 @@ BPF_SK_STORAGE(zt_orig_app, struct zt_addr);
 BPF_TABLE("lru_hash", struct zt_addr, struct zt_addr, zt_orig_addr, ZT_MAX_ORIG);
 BPF_SK_STORAGE(zt_orig_proxy, struct zt_addr);
 BPF_SK_STORAGE(zt_orig_dns, struct zt_dns_orig);
+BPF_TABLE("lru_hash", struct zt_delivery, __u32, zt_deliveries, ZT_MAX_DELIVERIES);
 BPF_PERCPU_ARRAY(zt_counters, __u64, ZT_C_MAX);
 BPF_HASH(zt_pod_meta, __u64, struct zt_pod_meta, ZT_MAX_PODS);
 
@@ -171,6 +200,12 @@ static __always_inline void zt_count(__u32 which)
     __u64 *v = zt_counters.lookup(&which);
     if (v)
         *v += 1;
+}
+
+/* One of zt's own sockets: ZT_MARK, or ZT_MARK_ORIGSRC on a delivery from the caller's IP. */
+static __always_inline int zt_own_mark(__u32 mark)
+{
+    return mark == ZT_MARK || mark == ZT_MARK_ORIGSRC;
 }
 
 /* One 32-bit load of a context field: clang would otherwise merge neighbouring ip6 words into one

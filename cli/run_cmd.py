@@ -184,6 +184,14 @@ def command(
             help="splice(2) DATA payloads from app sockets into kTLS sockets (needs --ktls on)"
         ),
     ] = SPLICE,
+    original_source: Annotated[
+        bool,
+        typer.Option(
+            "--original-source/--no-original-source",
+            help="deliver to apps from the caller's own IP, as ztunnel (needs kernel >= 5.17; "
+            "older ones deliver from the pod's IP); off: from the pod's IP",
+        ),
+    ] = True,
 ) -> None:
     """Run the node proxy: capture, HBONE, policy, metrics, readiness and admin endpoints.
 
@@ -231,6 +239,7 @@ def command(
         dns=dns,
         dns_upstreams=tuple(parse_dns_upstream(u) for u in dns_upstream or ()),
         splice=splice,
+        original_source=original_source,
     )
     preflight(options)  # a missing CA or state dir: one line, before any BPF or socket
     ktls_mode.configure(ktls)  # --ktls on without the kernel's tls module: one line, too

@@ -73,7 +73,9 @@ def open_listeners(topo: Topology, mode: Mode) -> ListenerSockets:
     return ListenerSockets(*made)
 
 
-def enrolled_pod(topo: Topology, mode: Mode, *, dns: bool = True) -> Generator[Pod, None, None]:
+def enrolled_pod(
+    topo: Topology, mode: Mode, *, dns: bool = True, original_source: bool = False
+) -> Generator[Pod, None, None]:
     cap = Capture.open(mode, dns=dns)
     listeners: ListenerSockets | None = None
     try:
@@ -83,6 +85,7 @@ def enrolled_pod(topo: Topology, mode: Mode, *, dns: bool = True) -> Generator[P
             netns=topo.pod_path,
             ips=parse_ips([topo.pod_ip4, topo.pod_ip6]),
             listeners=listeners,
+            original_source=original_source,
         )
         cap.enroll(spec)
         yield Pod(topo, cap, listeners, spec)

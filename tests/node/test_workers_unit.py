@@ -41,12 +41,12 @@ def test_ktls_setting_is_checked() -> None:
 
 def test_follower_options_round_trip() -> None:
     opts = NodeOptions(config=Path("/m.yaml"), node="n1", capture="sklookup", workers=3,
-                       drain_deadline=2.5, socks5=True, ktls="on",
+                       drain_deadline=2.5, socks5=True, ktls="on", original_source=False,
                        dns_upstreams=(dns_upstream("[fd00::a]:5353"), dns_upstream("10.0.0.2")))  # fmt: skip
     back = NodeOptions.from_follower_json(opts.follower_json())
     for name in ("config", "node", "ca_dir", "capture", "pin_dir", "drain_deadline", "socks5",
                  "workers", "log_format", "trust_domain", "config_poll", "ktls", "dns",
-                 "dns_upstreams"):  # fmt: skip
+                 "dns_upstreams", "original_source"):  # fmt: skip
         assert getattr(back, name) == getattr(opts, name), name
     with pytest.raises(UsageError, match="capture"):
         NodeOptions.from_follower_json(opts.follower_json().replace("sklookup", "iptables"))

@@ -15,15 +15,17 @@ proxy on 127.0.0.1:15053 / [::1]:15053 in the pod netns (docs/design.md §6, DNS
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from zt.capture import bpfsys, hostcheck, loader, maps, routing
+from zt.capture import bpfsys, hostcheck, loader, maps, origsrc, routing
 from zt.capture.errors import (
     CaptureBusyError,
     CaptureError,
@@ -270,6 +272,11 @@ class Capture:
                 flags |= maps.POD_OUT_SKLOOKUP
             if self.dns:
                 flags |= maps.POD_DNS
+            if pod.original_source:
+                flags |= maps.POD_ORIGSRC
+                origsrc.install(origsrc.ReplyRouting.of(path, pod.ips))
+            elif cookie in current and current[cookie].flags & maps.POD_ORIGSRC:
+                origsrc.remove(origsrc.ReplyRouting.of(path, pod.ips))
             self._tables.put_pod(cookie, slot, flags, pod, path)
             pin = f"link_sk_lookup_{cookie}"
             if pin not in self._links:
@@ -298,6 +305,8 @@ class Capture:
         netns = Path(entry.netns)
         if entry.flags & maps.POD_OUT_SKLOOKUP and netns.exists():
             routing.remove(routing.RoutingPlan(netns, ips, routing.interfaces(netns)))
+        if entry.flags & maps.POD_ORIGSRC:
+            origsrc.remove(origsrc.ReplyRouting.of(netns, ips))
 
     # ---- the proxy's questions -------------------------------------------------------------
 
@@ -323,6 +332,20 @@ class Capture:
                 )
             return orig
         return OrigDst(_ip(local[0]), local[1])
+
+    @contextlib.contextmanager
+    def delivering(
+        self, src: maps.IPAddress, sport: int, dst: maps.IPAddress, dport: int
+    ) -> Iterator[None]:
+        """While zt connects from the caller's (src, sport) to the app's (dst, dport), sk_lookup
+        lets that SYN reach the app (zt/capture/origsrc.py); the entry goes once connect()
+        returned, whatever it returned. Leader and followers alike (the maps are shared)."""
+        key = maps.delivery_key(src, sport, dst, dport)
+        self._tables.put_delivery(key)
+        try:
+            yield
+        finally:
+            self._tables.drop_delivery(key)
 
     def counters(self) -> dict[str, int]:
         return self._tables.counters()

@@ -42,6 +42,12 @@ def supports_sklookup_outbound(release: str | None = None) -> bool:
     return kernel_version(release or os.uname().release) >= SKLOOKUP_OUTBOUND_FLOOR
 
 
+def supports_original_source(release: str | None = None) -> bool:
+    """Delivery from the caller's IP (zt/capture/origsrc.py): sk_lookup tells zt's delivery SYN
+    by its 4-tuple *and* its arrival on lo, which needs `ingress_ifindex` too."""
+    return supports_sklookup_outbound(release)
+
+
 def check_mode(mode: str, release: str | None = None) -> None:
     """The sk_lookup outbound mode needs a newer kernel than the floor."""
     release = release or os.uname().release

@@ -112,6 +112,8 @@ def source_text() -> str:
 def cflags() -> list[str]:
     return [
         f"-DZT_MARK={maps.ZT_MARK:#x}",
+        f"-DZT_MARK_ORIGSRC={maps.ZT_MARK_ORIGSRC:#x}",
+        f"-DZT_MAX_DELIVERIES={maps.MAX_DELIVERIES}",
         f"-DZT_PORT_OUTBOUND={maps.PORT_OUTBOUND}",
         f"-DZT_PORT_INBOUND={maps.PORT_INBOUND}",
         f"-DZT_PORT_HBONE={maps.PORT_HBONE}",

@@ -15,6 +15,11 @@ from typing import Final
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 ZT_MARK: Final = 0x539
+# SO_MARK of zt's deliveries to an app from the caller's own IP (zt/capture/origsrc.py): the
+# pod's policy routing sends the app's replies, which take this mark, back to zt's socket. BPF
+# and routing that leave zt's own sockets alone treat both marks alike (bpf/zt_capture.h).
+ZT_MARK_ORIGSRC: Final = 0x53A
+MAX_DELIVERIES: Final = 16384
 PORT_OUTBOUND: Final = 15001
 PORT_INBOUND: Final = 15006
 PORT_HBONE: Final = 15008
@@ -42,6 +47,9 @@ POD_HAS_IP4: Final = 1
 POD_HAS_IP6: Final = 2
 POD_OUT_SKLOOKUP: Final = 4
 POD_DNS: Final = 8
+POD_ORIGSRC: Final = (
+    16  # the pod has origsrc.py's reply routing (user space only: no program reads it)
+)
 
 # ZT_C_* in order: the index is the per-CPU array slot.
 COUNTERS: Final = (
@@ -69,6 +77,7 @@ COUNTERS: Final = (
     "dns_skip_mark",
     "dns_skip_local",
     "dns_map_error",
+    "lookup_delivery",
 )
 
 # name -> (key size, value size) of every map. zt_listeners: a socket fd on update, the socket
@@ -84,10 +93,12 @@ MAPS: Final = {
     "zt_orig_dns": (4, 48),
     "zt_counters": (4, 8),
     "zt_pod_meta": (8, 256),
+    "zt_deliveries": (40, 4),
 }
 
 _ADDR = struct.Struct("<16sHHI")  # ip, port (bytes already big-endian), family, kind
 _POD = struct.Struct("<4s16sII")
+_DELIVERY = struct.Struct("<16s16sHHI")  # src, dst, ports (bytes already big-endian), zero
 _IPVAL = struct.Struct("<IIQ")
 _META = struct.Struct("<64s192s")
 _SOCKADDR_IN = struct.Struct("!2xH4s8x")  # family (host order, skipped), port, addr, zero
@@ -109,6 +120,11 @@ def from_ip16(raw: bytes) -> IPAddress:
 def addr_key(ip: IPAddress, port: int = 0, family: int = 0) -> bytes:
     """struct zt_addr; family 0 and port 0 in zt_ips keys, port set in zt_orig_addr keys."""
     return _ADDR.pack(ip16(ip), socket.htons(port), family, 0)
+
+
+def delivery_key(src: IPAddress, sport: int, dst: IPAddress, dport: int) -> bytes:
+    """struct zt_delivery: the 4-tuple of a delivery's SYN as the app's side sees it."""
+    return _DELIVERY.pack(ip16(src), ip16(dst), socket.htons(sport), socket.htons(dport), 0)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 from zt.capture import maps
 from zt.capture.bpfsys import setns
 from zt.capture.errors import PodSpecError
-from zt.capture.maps import ZT_MARK
+from zt.capture.maps import ZT_MARK, ZT_MARK_ORIGSRC, IPAddress
 from zt.sockopt import set_keepalive
 
 T = TypeVar("T")
@@ -30,6 +30,8 @@ T = TypeVar("T")
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (5.14+)
 IP_TRANSPARENT = 19
 IPV6_TRANSPARENT = 75
+IP_FREEBIND = 15  # include/uapi/linux/in.h
+IPV6_FREEBIND = 78  # include/uapi/linux/in6.h (4.15)
 NETNS_RUN_DIR = Path("/run/netns")
 
 
@@ -93,7 +95,11 @@ def iproute_in(netns: str | Path) -> Iterator[IPRoute]:
 
 
 def marked_socket(
-    family: int = socket.AF_INET6, *, transparent: bool = False, kind: int = socket.SOCK_STREAM
+    family: int = socket.AF_INET6,
+    *,
+    transparent: bool = False,
+    kind: int = socket.SOCK_STREAM,
+    mark: int = ZT_MARK,
 ) -> socket.socket:
     """A socket with SO_MARK 0x539 (in the calling thread's netns); optionally IP_TRANSPARENT.
     A TCP socket also gets keepalive (zt/sockopt.py `KEEPALIVE`, ztunnel's timings): an
@@ -101,7 +107,7 @@ def marked_socket(
     a listener passes the same options on to the sockets it accepts."""
     sock = socket.socket(family, kind)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZT_MARK)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         if kind == socket.SOCK_STREAM:
             set_keepalive(sock)
         if transparent:
@@ -109,6 +115,30 @@ def marked_socket(
                 sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def origsrc_socket(source: IPAddress) -> socket.socket:
+    """zt's delivery socket that connects to the app from the caller's own IP (made in the
+    calling thread's netns): marked ZT_MARK_ORIGSRC, IP(V6)_TRANSPARENT and FREEBIND (bind to an
+    address the netns does not own), bound to (source, 0), so the kernel picks its port now and
+    the 4-tuple is known before connect() (zt/capture/origsrc.py)."""
+    v4 = source.version == 4
+    family = socket.AF_INET if v4 else socket.AF_INET6
+    sock = marked_socket(family, transparent=True, mark=ZT_MARK_ORIGSRC)
+    try:
+        if v4:
+            sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        # Bound to lo, the route lookup skips the local table's route to the pod IP (its device
+        # is eth0) and takes the fwmark rule's `local default dev lo`, so the SYN's
+        # ingress_ifindex is lo's, which no packet from outside the netns can have (origsrc.py).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        sock.bind((str(source), 0))
     except BaseException:
         sock.close()
         raise

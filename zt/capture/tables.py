@@ -43,7 +43,7 @@ class Tables:
 
     def reset(self) -> None:
         """Empty every map and zero the counters (a fresh capture starts clean)."""
-        for name in ("zt_pods", "zt_ips", "zt_orig_addr", "zt_pod_meta"):
+        for name in ("zt_pods", "zt_ips", "zt_orig_addr", "zt_pod_meta", "zt_deliveries"):
             for key in bpfsys.map_keys(self.fds[name], maps.MAPS[name][0]):
                 bpfsys.map_delete(self.fds[name], key)
         for i in range(maps.MAX_PODS * maps.L_COUNT):
@@ -136,6 +136,13 @@ class Tables:
         size = maps.MAPS["zt_orig_addr"][1]
         raw = bpfsys.map_lookup_and_delete(self.fds["zt_orig_addr"], key, size)
         return maps.decode_addr(raw) if raw is not None else None
+
+    def put_delivery(self, key: bytes) -> None:
+        """Let sk_lookup pass the SYN with this 4-tuple (maps.delivery_key) to the app."""
+        bpfsys.map_update(self.fds["zt_deliveries"], key, maps.u32(1))
+
+    def drop_delivery(self, key: bytes) -> None:
+        bpfsys.map_delete(self.fds["zt_deliveries"], key)
 
     def counters(self) -> dict[str, int]:
         fd = self.fds["zt_counters"]

@@ -49,6 +49,9 @@ class PodCapture:
     netns: Path
     ips: tuple[IPAddress, ...]
     listeners: ListenerSockets
+    # zt delivers to the pod's app from the caller's IP: install the reply routing
+    # (zt/capture/origsrc.py) with the pod, remove it with the pod
+    original_source: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name.encode()) > 63 or "\0" in self.name:

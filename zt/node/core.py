@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
-from zt.capture import Capture
+from zt.capture import Capture, hostcheck
 from zt.config import SnapshotStore
 from zt.identity.manager import CertificateManager
 from zt.node.dns import NodeDns
@@ -67,6 +67,7 @@ class NodeCore:
             enrolls=leader,
             # the leader alone serves each pod's DNS (zt/node/dns.py says why)
             dns=NodeDns.open(opts.dns_upstreams, self.registry) if opts.dns and leader else None,
+            original_source=self._original_source(),
         )
         # what escapes a callback is counted and logged rate-limited, not one traceback each
         install_exception_handler(metrics=services.accept_metrics())
@@ -74,6 +75,20 @@ class NodeCore:
         # pods served but gone from the file (their removal grace) are served as they were
         store.retain(lambda: [pod.workload for pod in self.pods.values()])
         return services
+
+    def _original_source(self) -> bool:
+        """--original-source on a kernel that can tell zt's delivery SYN (zt/capture/origsrc.py);
+        on an older one the node delivers from the pod's IP and says so (ztunnel: best effort)."""
+        if not self.options.original_source:
+            return False
+        if hostcheck.supports_original_source():
+            return True
+        log.warning(
+            "%s: --original-source needs kernel >= 5.17 (sk_lookup ingress_ifindex); delivering "
+            "to apps from the pod's own IP",
+            self.who,
+        )
+        return False
 
     async def renewal(self) -> None:
         """This process renews its own workload certificates (zt/node/services.py renew_loop)."""

@@ -481,6 +481,8 @@ class NodeDaemon:
             "pods": [self._pod_info(p) for p in self.pods.values()],
             "capture": services.capture.status().to_dict() if services else None,
             "dns": services.dns.dump() if services and services.dns else {"enabled": False},
+            # deliveries to apps come from the caller's IP (zt/capture/origsrc.py)
+            "original_source": services.original_source if services else None,
             "workers": self.workers.info() if self.workers else [],
         }  # fmt: skip
 

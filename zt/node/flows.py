@@ -6,8 +6,8 @@ Outbound (:15001, SOCKS5): `route()` (zt/state/route.py) from the pod's workload
 socket marked and made inside the pod's netns (docs/design.md §5, §6).
 Inbound (:15008, :15006), docs/design.md §2: 400 when the authority is not this pod's; 401 policy
 denied; only IP/port rules can allow plaintext (§1). Delivery to the app is a marked connection
-from inside the pod to `<pod ip>:<port>`; its source is the pod's own IP, which sk_lookup leaves
-alone (§6).
+from inside the pod to `<pod ip>:<port>`: from the caller's IP with original source (the default,
+as ztunnel; zt/capture/origsrc.py), else from the pod's own IP, which sk_lookup leaves alone (§6).
 
 Loop guard (zt/state/loopguard.py): a destination port zt listens on is refused before policy and
 before any dial, on every path. Without it, a connection to `<pod ip>:15006` would be delivered to
@@ -181,6 +181,7 @@ class PodFlows:
             observe=self._observe_inbound,
             track=self._track,
             baggage=self.baggage,
+            connect_from=self.net.connect_from if self.services.original_source else None,
         )
 
     def admit(self, arrival: Arrival) -> Admission:
@@ -204,10 +205,10 @@ class PodFlows:
             return Admission.deny(looping.error(), NO_ROUTE)
         if arrival.source is None:
             return Admission.deny(AuthorityMismatch("the client's address is unknown"), NO_ROUTE)
-        preamble = b""
+        preamble, dial = b"", None
         if arrival.hbone:
             try:
-                target, preamble = self._deliver(arrival, target, service, reached)
+                target, dial, preamble = self._deliver(arrival, target, service, reached)
             except ZtError as exc:
                 return Admission.deny(exc, NO_ROUTE)
         identity = str(arrival.identity) if arrival.identity is not None else None
@@ -217,7 +218,7 @@ class PodFlows:
             self._deny_log(conn, decision)  # the node's DENY line: the flow logs no other
             denied = Admission.deny(PolicyDenied(decision.reason), policy=decision.policy or "")
             return dataclasses.replace(denied, logged=True)
-        return Admission.allow(decision.policy or "", conn, target, preamble)
+        return Admission.allow(decision.policy or "", conn, dial or target, preamble)
 
     def _deliver(
         self,
@@ -225,9 +226,10 @@ class PodFlows:
         target: SocketAddr,
         service: Service | None,
         reached: IpAddress | None,
-    ) -> tuple[SocketAddr, bytes]:
-        """Where a tunnel to `target` is delivered on this pod, and the PROXY header ahead of it;
-        raises AuthorityMismatch (400) or the loop guard's error."""
+    ) -> tuple[SocketAddr, SocketAddr, bytes]:
+        """Where a tunnel to `target` is delivered on this pod (the address policy sees, the one
+        zt connects to) and the PROXY header ahead of it; raises AuthorityMismatch (400) or the
+        loop guard's error."""
         pod, snapshot = self.workload, self.services.store.current
         found = inbound_upstream(
             snapshot, pod, reached, target, authority=arrival.target, service=service
@@ -239,11 +241,12 @@ class PodFlows:
             self.services.count_loop_guard(pod.uid, "hbone", str(looping))
             raise looping.error()
         if found.protocol is not TunnelProtocol.PROXY or found.proxy_target is None:
-            return found.dial, b""
+            return found.dial, found.connect_to, b""
         assert arrival.source is not None
         identity = str(arrival.identity) if arrival.identity is not None else None
         source = SocketAddr(unmap(arrival.source.ip), arrival.source.port)
-        return found.dial, proxyv2.encode(source, found.proxy_target, identity)
+        header = proxyv2.encode(source, found.proxy_target, identity)
+        return found.dial, found.connect_to, header
 
     def _deny_log(self, conn: Connection, decision: Decision) -> None:
         log.info(

@@ -88,6 +88,9 @@ class NodeOptions:
     dns: bool = True
     dns_upstreams: tuple[Upstream, ...] = ()
     splice: bool = False  # DATA payloads spliced into kTLS sockets (zt/proxy/zerocopy.py)
+    # deliver to apps from the caller's IP, as ztunnel (zt/capture/origsrc.py); off: from the
+    # pod's own IP
+    original_source: bool = True
 
     def __post_init__(self) -> None:
         self._check_mode()
@@ -187,6 +190,7 @@ class NodeOptions:
                 "dns": self.dns,
                 "dns_upstreams": [str(u) for u in self.dns_upstreams],
                 "splice": self.splice,
+                "original_source": self.original_source,
                 # not served by followers, but guarded by them (the loop guard's ports)
                 "metrics": str(self.metrics),
                 "readiness": str(self.readiness),
@@ -224,6 +228,7 @@ class NodeOptions:
                 dns=bool(doc["dns"]),
                 dns_upstreams=tuple(parse_upstream(str(u)) for u in doc["dns_upstreams"]),
                 splice=bool(doc["splice"]),
+                original_source=bool(doc["original_source"]),
                 metrics=SocketAddr.parse(str(doc["metrics"])),
                 readiness=SocketAddr.parse(str(doc["readiness"])),
                 admin=SocketAddr.parse(str(doc["admin"])),

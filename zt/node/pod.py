@@ -57,7 +57,7 @@ class PodProxy:
         self.uid = workload.uid
         self.netns = netns
         self.identity = SpiffeId.parse(workload.identity)
-        self.net = PodNet(netns)
+        self.net = PodNet(netns, services.capture if services.original_source else None)
         self.pool = HbonePool(self._connect, clock=None)
         self._servers: list[asyncio.AbstractServer] = []
         # zt's accept loops (zt/proxy/accept.py): all of the pod's listeners share one group
@@ -149,7 +149,13 @@ class PodProxy:
     def _capture_spec(self, socks: ListenerSockets) -> PodCapture:
         first = {ip.version: ip for ip in reversed(self.workload.ips)}
         ips = tuple(first[v] for v in (4, 6) if v in first)
-        return PodCapture(capture_name(self.uid), Path(self.net.path), ips, socks)
+        return PodCapture(
+            capture_name(self.uid),
+            Path(self.net.path),
+            ips,
+            socks,
+            original_source=self.services.original_source,
+        )
 
     async def stop(self, deadline: float, *, unenroll: bool) -> None:
         """Stop accepting, drain (GOAWAY, let open connections finish until `deadline` seconds),

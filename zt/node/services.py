@@ -59,6 +59,9 @@ class NodeServices:
     enrolls: bool = True
     # each pod's DNS proxy (zt/node/dns.py): None with --no-dns and in follower workers
     dns: NodeDns | None = None
+    # deliver to apps from the caller's IP (zt/capture/origsrc.py); --no-original-source: from
+    # the pod's own IP
+    original_source: bool = False
     _accepted: Counter | None = field(default=None, init=False, repr=False)
     # Caps, deadlines and keepalive of every pod's accept loops (zt/proxy/accept.py).
     accept_limits: AcceptLimits = DEFAULT_LIMITS

@@ -19,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from zt.addr import Destination, SocketAddr, from_sockaddr, unmap
+from zt.addr import Destination, IpAddress, SocketAddr, from_sockaddr, unmap
 from zt.errors import ZtError
 from zt.hbone.errors import UpstreamUnreachable
 from zt.hbone.request import ConnectRequest
@@ -107,6 +108,9 @@ class Admission:
 
 
 Admit = Callable[[Arrival], Admission]
+# Delivery from the client's own IP (ztunnel's original source; zt/node/podnet.py connect_from):
+# (client ip, target, timeout) -> the connected socket.
+ConnectFrom = Callable[[IpAddress, SocketAddr, float], Awaitable[socket.socket]]
 # Registers a live connection with its revoke(reason) callback; returns the function that
 # forgets it (the node's conntrack: a policy change re-checks `Admission.connection`).
 Track = Callable[[Admission, Callable[[str], None]], Callable[[], None]]
@@ -163,11 +167,13 @@ class InboundFlow:
         observe: Callable[[Arrival], Observer] = _unobserved,
         track: Track = _untracked,
         baggage: Callable[[], str | None] = _no_baggage,
+        connect_from: ConnectFrom | None = None,
     ) -> None:
         """`baggage`: the served workload's names for each 200 (zt/hbone/baggage.py)."""
         self.admit = admit
         self.baggage = baggage
         self.connect = connect
+        self.connect_from = connect_from  # None: every delivery comes from `connect`'s address
         self.dial_timeout = dial_timeout
         self.observe = observe
         self.track = track
@@ -193,7 +199,7 @@ class InboundFlow:
             self._refuse(stream, arrival, target)
             return Outcome(UPSTREAM_FAILURE, str(target), admission.policy)
         try:
-            tcp = await self._dial(target)
+            tcp = await self._dial(arrival, target)
         except Exception as exc:
             error = _dial_error(target, exc)
             self._refuse(stream, arrival, error)
@@ -237,11 +243,23 @@ class InboundFlow:
             forget()
         return revocation.outcome(relayed, admission.policy, stream.bytes_out, stream.bytes_in)
 
-    async def _dial(self, target: SocketAddr) -> TcpRelay:
+    def _deliver(self, arrival: Arrival, target: SocketAddr) -> Awaitable[socket.socket]:
+        """Connect to the target: from the client's IP when original source is on, except to a
+        loopback target (a PROXY application tunnel), which is reached from loopback: "we must
+        bind the src to be localhost when sending to localhost" (ztunnel's inbound)."""
+        if (
+            self.connect_from is not None
+            and arrival.source is not None
+            and not target.ip.is_loopback
+        ):
+            return self.connect_from(arrival.source.ip, target, self.dial_timeout)
+        return self.connect(target, self.dial_timeout)
+
+    async def _dial(self, arrival: Arrival, target: SocketAddr) -> TcpRelay:
         """The upstream as a transport whose protocol is the relay's TCP side (no StreamReader in
         between); it keeps what the target sends before the 200."""
         async with asyncio.timeout(self.dial_timeout):
-            sock = await self.connect(target, self.dial_timeout)
+            sock = await self._deliver(arrival, target)
         tcp = TcpRelay()
         try:
             await asyncio.get_running_loop().create_connection(lambda: tcp, sock=sock)
@@ -301,7 +319,7 @@ class InboundFlow:
             return Outcome(UPSTREAM_FAILURE, str(target), admission.policy)
         try:
             async with asyncio.timeout(self.dial_timeout):
-                upstream = await self.connect(target, self.dial_timeout)
+                upstream = await self._deliver(arrival, target)
         except Exception as exc:
             _reset(client)
             return Outcome(UPSTREAM_FAILURE, str(_dial_error(target, exc)), admission.policy)

@@ -8,7 +8,9 @@ validate_destination, find_inbound_upstream and the from_gateway test of build_i
 - Where an accepted tunnel is delivered (`delivery`): always this pod, at the target port, or at
   its applicationTunnel port; with protocol PROXY, a PROXY v2 header names the source, the target
   (for a hostname authority: a VIP of that service, IPv4 first, and the service port) and the
-  peer's identity (zt/proxy/proxyv2.py).
+  peer's identity (zt/proxy/proxyv2.py), and the bytes go to the pod's loopback from loopback
+  (ztunnel's default LOCALHOST_APP_TUNNEL=true: "app tunnels should only bind to localhost to
+  prevent being accessed without going through ztunnel"; the PROXY header keeps the source).
 - Whether a tunnel came through a gateway from another network (`from_gateway`): then the source
   address says nothing about a workload here, and telemetry does not look it up. Policy is not
   affected: it always sees the TLS peer's identity and the tunnel's source address, as ztunnel's.
@@ -16,6 +18,7 @@ validate_destination, find_inbound_upstream and the from_gateway test of build_i
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from zt.addr import Destination, HostPort, IpAddress, SocketAddr
@@ -23,6 +26,9 @@ from zt.errors import H2_CONNECT_ERROR, ZtError
 from zt.state.model import Service, TunnelProtocol, Workload
 from zt.state.snapshot import Snapshot
 from zt.state.waypoint import is_waypoint_of
+
+IPV4_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
 
 
 class NoServiceAddress(ZtError):
@@ -62,11 +68,20 @@ def check_authority(snapshot: Snapshot, pod: Workload, authority: SocketAddr) ->
 @dataclass(frozen=True)
 class Delivery:
     """Where an admitted tunnel goes: `dial` (this pod; the application tunnel's port if it has
-    one), and for a PROXY tunnel the header's destination (`proxy_target`)."""
+    one; what policy sees), and for a PROXY tunnel the header's destination (`proxy_target`)."""
 
     dial: SocketAddr
     protocol: TunnelProtocol | None = None
     proxy_target: SocketAddr | None = None
+
+    @property
+    def connect_to(self) -> SocketAddr:
+        """The address zt connects to: a PROXY tunnel goes to the pod's loopback, "guess the
+        family based on the destination address" (ztunnel's localhost_app_tunnel)."""
+        if self.protocol is not TunnelProtocol.PROXY:
+            return self.dial
+        loopback = IPV4_LOOPBACK if self.dial.ip.version == 4 else IPV6_LOOPBACK
+        return SocketAddr(loopback, self.dial.port)
 
 
 def _service_vip(service: Service, pod: Workload, port: int) -> SocketAddr:

@@ -149,12 +149,15 @@ def test_an_application_tunnel_accepts_any_authority() -> None:
     assert isinstance(got, Delivery)
     assert got.dial == SocketAddr.parse(f"{WAYPOINT_POD_IP}:{PROXY_PORT}")
     assert got.proxy_target == SocketAddr.parse("192.0.2.7:9")
+    # ztunnel's LOCALHOST_APP_TUNNEL default: the PROXY tunnel itself goes to the pod's loopback
+    assert got.connect_to == SocketAddr.parse(f"127.0.0.1:{PROXY_PORT}")
 
 
 def test_a_none_tunnel_moves_the_port_and_sends_no_header() -> None:
     tunnel = {"protocol": "NONE", "port": 15099}
     got = _decide(("workload", WAYPOINT_POD_IP, tunnel), WAYPOINT_POD_IP, f"{SERVER_POD_IP}:80")
     assert got == Delivery(SocketAddr.parse(f"{WAYPOINT_POD_IP}:15099"), TunnelProtocol.NONE)
+    assert isinstance(got, Delivery) and got.connect_to == got.dial  # no PROXY: the pod's address
 
 
 def test_a_tunnel_without_port_keeps_the_target_port() -> None:

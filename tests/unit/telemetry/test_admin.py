@@ -164,7 +164,13 @@ def _daemon(tmp_path: Path) -> tuple[NodeDaemon, CertificateManager]:
     capture = SimpleNamespace(status=lambda: SimpleNamespace(to_dict=lambda: {"mode": "connect"}))
     daemon.services = cast(
         NodeServices,
-        SimpleNamespace(certs=manager, capture=capture, store=SnapshotStore(snapshot), dns=None),
+        SimpleNamespace(
+            certs=manager,
+            capture=capture,
+            store=SnapshotStore(snapshot),
+            dns=None,
+            original_source=True,
+        ),
     )
     return daemon, manager
 
@@ -185,6 +191,7 @@ def test_config_dump_has_ztunnels_keys_and_the_nodes_own(tmp_path: Path) -> None
     assert [p["name"] for p in dump["policies"]] == ["p"]
     assert dump["version"]["version"] == zt.__version__
     assert dump["node"] == "n1" and dump["capture"] == {"mode": "connect"}
+    assert dump["original_source"] is True  # delivery from the caller's IP
     assert dump["config"]["path"] == "mesh.yaml" and dump["config"]["generation"] == 1
     assert "workloads" not in dump["config"]  # said once, at the top
     [held] = dump["certificates"]
