@@ -20,6 +20,7 @@ from zt.capture.maps import ZT_MARK
 from zt.errors import UsageError
 from zt.identity.ca import CertificateAuthority
 from zt.identity.spiffe import SpiffeId
+from zt.lab import envoy as lab_envoy
 from zt.lab import topology
 
 ZT = Path(sys.executable).with_name("zt")
@@ -106,7 +107,7 @@ def test_a_variant_is_name_equals_a_zt_source_tree(tmp_path: Path) -> None:
 
 
 def _config(tmp_path: Path) -> dict[str, Any]:
-    files = envoy_node.TlsFiles(tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "r.pem")
+    files = lab_envoy.TlsFiles(tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "r.pem")
     return envoy_node.node_config(files, "cluster.local")
 
 
@@ -135,7 +136,7 @@ def test_the_envoy_node_config_has_zts_three_listeners_all_marked(tmp_path: Path
 @pytest.mark.envoy
 def test_envoy_accepts_the_node_config(tmp_path: Path) -> None:
     ca = CertificateAuthority.load_or_init(tmp_path / "ca")
-    tls = envoy_node.write_tls(ca, SpiffeId("cluster.local", "lab", "sa"), tmp_path / "pod")
+    tls = lab_envoy.write_tls(ca, SpiffeId("cluster.local", "lab", "sa"), tmp_path / "pod")
     cfg = tmp_path / "envoy.json"
     cfg.write_text(json.dumps(envoy_node.node_config(tls, "cluster.local")))
     envoy = envoy_node.find_envoy(None)

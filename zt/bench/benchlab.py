@@ -33,7 +33,7 @@ from zt.config import load_document
 from zt.errors import UsageError
 from zt.identity.ca import CertificateAuthority
 from zt.identity.spiffe import SpiffeId
-from zt.lab import control, mesh, runner, topology
+from zt.lab import control, envoy, mesh, runner, topology
 from zt.lab.apps import wait_listening
 from zt.lab.state import LabState, Proc, save, start_time, state_dir
 
@@ -159,11 +159,11 @@ class _Lab:
         self.record(f"node:{node.name}", proc.pid, proc.log)
         return proc
 
-    def tls(self, pod: topology.PodPlan) -> envoy_node.TlsFiles:
+    def tls(self, pod: topology.PodPlan) -> envoy.TlsFiles:
         """The pod's SPIFFE certificate from the lab's CA: what zt would present for it."""
         ca = CertificateAuthority.load(self.state.ca_dir)
         identity = SpiffeId("cluster.local", "lab", f"sa-{pod.name}")
-        return envoy_node.write_tls(ca, identity, self.state.dir / f"envoy-{pod.name}")
+        return envoy.write_tls(ca, identity, self.state.dir / f"envoy-{pod.name}")
 
 
 def _variant_program(tree: Path) -> tuple[str, ...]:

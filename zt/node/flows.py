@@ -140,20 +140,20 @@ class PodFlows:
         """The pod's names as its CONNECTs and 200s carry them (zt/hbone/baggage.py), from the
         newest snapshot."""
         snapshot = self.services.store.current
-        return baggage_of(snapshot.by_uid.get(self.workload.uid, self.workload)).header()
+        return baggage_of(self._current(snapshot)).header()
 
     def resolve(self, name: HostPort) -> SocketAddr:
         """A name the pod's app gave SOCKS5, resolved as the mesh's DNS would answer the pod
         (zt/state/hostnames.py); raises UnknownHostname or HostnameUnroutable."""
         snapshot = self.services.store.current
-        source = snapshot.by_uid.get(self.workload.uid, self.workload)
+        source = self._current(snapshot)
         return resolve(snapshot, name, source, seed=random.getrandbits(32)).destination
 
     def _outbound_info(
         self, app: SocketAddr, destination: SocketAddr, decided: Route
     ) -> ConnectionInfo:
         snapshot = self.services.store.current
-        source = snapshot.by_uid.get(self.workload.uid, self.workload)
+        source = self._current(snapshot)
         dst = snapshot.by_uid.get(decided.destination_workload or "")
         service = snapshot.service_by_key.get(decided.service or "")
         hbone = decided.kind is RouteKind.HBONE
@@ -191,11 +191,14 @@ class PodFlows:
         policy on where it is delivered (ztunnel's RBAC sees the upstream address too)."""
         path = "hbone" if arrival.hbone else "plaintext"
         snapshot = self.services.store.current
+        # the pod's entry as the newest snapshot has it: an edit in place (its waypoint role,
+        # its application tunnel) applies to the next connection without a pod restart
+        pod = self._current(snapshot)
         reached = unmap(arrival.local.ip) if arrival.local is not None else None
         target, service = arrival.target, None
         if isinstance(target, HostPort):
             try:
-                resolved = resolve_inbound(snapshot, target, self.workload, reached)
+                resolved = resolve_inbound(snapshot, target, pod, reached)
             except ZtError as exc:
                 return Admission.deny(exc, NO_ROUTE)
             target, service = resolved.destination, resolved.service
@@ -208,11 +211,11 @@ class PodFlows:
         preamble, dial = b"", None
         if arrival.hbone:
             try:
-                target, dial, preamble = self._deliver(arrival, target, service, reached)
+                target, dial, preamble = self._deliver(arrival, pod, target, service, reached)
             except ZtError as exc:
                 return Admission.deny(exc, NO_ROUTE)
         identity = str(arrival.identity) if arrival.identity is not None else None
-        conn = Connection(arrival.source.ip, target, identity, self.workload.network)
+        conn = Connection(arrival.source.ip, target, identity, pod.network)
         decision = authorize(conn, snapshot)
         if not decision.allowed:
             self._deny_log(conn, decision)  # the node's DENY line: the flow logs no other
@@ -223,6 +226,7 @@ class PodFlows:
     def _deliver(
         self,
         arrival: Arrival,
+        pod: Workload,
         target: SocketAddr,
         service: Service | None,
         reached: IpAddress | None,
@@ -230,7 +234,7 @@ class PodFlows:
         """Where a tunnel to `target` is delivered on this pod (the address policy sees, the one
         zt connects to) and the PROXY header ahead of it; raises AuthorityMismatch (400) or the
         loop guard's error."""
-        pod, snapshot = self.workload, self.services.store.current
+        snapshot = self.services.store.current
         found = inbound_upstream(
             snapshot, pod, reached, target, authority=arrival.target, service=service
         )
@@ -247,6 +251,10 @@ class PodFlows:
         source = SocketAddr(unmap(arrival.source.ip), arrival.source.port)
         header = proxyv2.encode(source, found.proxy_target, identity)
         return found.dial, found.connect_to, header
+
+    def _current(self, snapshot: Snapshot) -> Workload:
+        """This pod's workload in `snapshot` (the one it started with if it has left)."""
+        return snapshot.by_uid.get(self.workload.uid, self.workload)
 
     def _deny_log(self, conn: Connection, decision: Decision) -> None:
         log.info(

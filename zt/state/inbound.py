@@ -86,14 +86,15 @@ class Delivery:
 
 def _service_vip(service: Service, pod: Workload, port: int) -> SocketAddr:
     """ztunnel: a VIP on the pod's network, IPv4 first, else any (PROXY cannot carry a name)."""
-    ranked = sorted(
-        service.vips,
-        key=lambda v: (v[0] == pod.network) * (2 if v[1].version == 4 else 1),
-        reverse=True,
-    )
-    if not ranked:
+    if not service.vips:
         raise NoServiceAddress(f"service {service.key} has no VIP for the PROXY header")
-    return SocketAddr(ranked[0][1], port)
+    # Rust's Iterator::max_by_key "returns the last element" of equal maxima: max() over the
+    # reversed list picks the same VIP as ztunnel when several tie
+    _, ip = max(
+        reversed(service.vips),
+        key=lambda v: (v[0] == pod.network) * (2 if v[1].version == 4 else 1),
+    )
+    return SocketAddr(ip, port)
 
 
 def delivery(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from zt.addr import IpAddress, SocketAddr
 from zt.errors import ZtError
+from zt.state.endpoints import pick
 from zt.state.model import GatewayAddress, NetworkAddress, Service, Workload
 from zt.state.snapshot import Snapshot
 
@@ -110,16 +111,20 @@ def waypoint_hop(
             raise WaypointMissing(f"waypoint workload {found.uid} has no address")
         hop = SocketAddr(_pick_ip(found, like), port)
         return WaypointHop(found, hop, (), found.uid)
-    candidates = [
-        (w, p)
-        for w in snapshot.endpoints.get(found.key, ())
-        if w.healthy and w.ips and w.network == source.network
-        if (p := _endpoint_port(found, w, port))
-    ]
-    if not candidates:
+    waypoint = found
+
+    def usable(w: Workload) -> bool:  # reachable without a gateway, and taking the HBONE port
+        return (
+            bool(w.ips) and w.network == source.network and bool(_endpoint_port(waypoint, w, port))
+        )
+
+    # the waypoint service's own health policy and locality, as for any service (ztunnel's
+    # fetch_waypoint -> find_upstream_from_service -> load_balance)
+    rng = random.Random(f"{seed}/{source.uid}/{dst}/waypoint")
+    chosen = pick(waypoint, snapshot.endpoints.get(waypoint.key, ()), source, rng, usable)
+    if chosen is None:
         raise WaypointMissing(f"waypoint service {found.key} has no healthy endpoint for {port}")
-    chosen, target = random.Random(f"{seed}/{source.uid}/{dst}/waypoint").choice(candidates)
-    hop = SocketAddr(_pick_ip(chosen, like), target)
+    hop = SocketAddr(_pick_ip(chosen, like), _endpoint_port(waypoint, chosen, port))
     return WaypointHop(chosen, hop, found.subject_alt_names, found.key)
 
 
@@ -132,5 +137,6 @@ def is_waypoint_of(target: Service | Workload, pod: Workload, snapshot: Snapshot
         return False
     found = find(gateway, snapshot)
     if isinstance(found, Service):
-        return pod in snapshot.endpoints.get(found.key, ())
+        # by uid: `pod` may be the node's copy of an entry since edited in place
+        return any(w.uid == pod.uid for w in snapshot.endpoints.get(found.key, ()))
     return found is not None and found.uid == pod.uid

@@ -13,7 +13,8 @@ from zt.addr import SocketAddr, parse_ip
 from zt.config import load_document
 from zt.lab import mesh, topology, web
 from zt.lab import waypointconfig as wpconfig
-from zt.lab.waypointconfig import Backend, TlsFiles
+from zt.lab.envoy import TlsFiles
+from zt.lab.waypointconfig import Backend
 from zt.state.authz import Connection, authorize
 
 TLS = TlsFiles(Path("/w/wp.crt"), Path("/w/wp.key"), Path("/w/wp.roots"))

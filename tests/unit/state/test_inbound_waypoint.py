@@ -4,6 +4,8 @@ from_gateway cases."""
 
 from __future__ import annotations
 
+import dataclasses
+from ipaddress import ip_address as ip
 from typing import Any
 
 import pytest
@@ -11,8 +13,8 @@ import pytest
 from zt.addr import HostPort, SocketAddr, parse_destination
 from zt.config import load_document
 from zt.state import Snapshot, resolve_inbound
-from zt.state.inbound import Delivery, from_gateway, inbound_upstream
-from zt.state.model import TunnelProtocol
+from zt.state.inbound import Delivery, check_authority, delivery, from_gateway, inbound_upstream
+from zt.state.model import ApplicationTunnel, Service, TunnelProtocol
 
 CLIENT_POD_IP = "10.0.0.1"
 SERVER_POD_IP = "10.0.0.2"
@@ -181,3 +183,29 @@ def test_from_gateway_is_a_different_forwarded_network(
     header: str | None, network: str, expected: bool
 ) -> None:
     assert from_gateway(header, network) is expected
+
+
+def test_an_entry_edited_in_place_is_still_the_waypoint() -> None:
+    """The node holds the pod's workload as it started; after an edit of any other field the
+    sandwich check still recognises it (by uid, not by the whole record)."""
+    snapshot = _state(SVC_VIP)
+    old = snapshot.workload_at("", SocketAddr.parse(f"{WAYPOINT_POD_IP}:1").ip)
+    assert old is not None
+    edited = dataclasses.replace(old, canonical_revision="v2")
+    target = SocketAddr.parse(f"{SERVER_SVC_IP}:80")
+    assert check_authority(snapshot, edited, target) is None
+
+
+def test_a_proxy_header_names_the_last_of_equally_good_vips() -> None:
+    """ztunnel picks the VIP with Iterator::max_by_key, which returns the last of equal maxima."""
+    service = Service(
+        "s", "default", "s.default.svc", (("", ip("10.10.0.1")), ("", ip("10.10.0.9"))), {80: 80}
+    )
+    pod = _state(NONE).by_uid["cluster1//v1/Pod/default/server"]
+    got = delivery(
+        dataclasses.replace(pod, application_tunnel=ApplicationTunnel(TunnelProtocol.PROXY)),
+        SocketAddr.parse(f"{SERVER_POD_IP}:80"),
+        HostPort("s.default.svc", 80),
+        service,
+    )
+    assert got.proxy_target == SocketAddr.parse("10.10.0.9:80")

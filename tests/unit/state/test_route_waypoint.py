@@ -33,6 +33,14 @@ def _mesh(
     service_wp: dict[str, Any] | None = None,
     waypoint_extra: dict[str, Any] | None = None,
 ) -> Snapshot:
+    return load_document(_mesh_doc(server_wp, service_wp, waypoint_extra), "test")
+
+
+def _mesh_doc(
+    server_wp: dict[str, Any] | None = None,
+    service_wp: dict[str, Any] | None = None,
+    waypoint_extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     server: dict[str, Any] = {"services": {SERVER_SVC: {80: 8080}}}
     if server_wp is not None:
         server["waypoint"] = server_wp
@@ -66,7 +74,7 @@ def _mesh(
             },
         ],
     }
-    return load_document(doc, "test")
+    return doc
 
 
 def _route(snapshot: Snapshot, dst: str, src: str = "client") -> Route:
@@ -166,3 +174,13 @@ def test_an_unhealthy_waypoint_pod_is_not_picked() -> None:
     snapshot = _mesh(server_wp=BY_VIP, waypoint_extra={"status": "Unhealthy"})
     r = _route(snapshot, "10.0.0.2:80")
     assert r.kind is RouteKind.REFUSED and "waypoint" in r.reason
+
+
+def test_the_waypoint_services_load_balancer_decides_the_hop() -> None:
+    """fetch_waypoint -> find_upstream_from_service -> load_balance: the waypoint service's own
+    health policy applies to the hop (ALLOW_ALL picks an unhealthy waypoint pod)."""
+    doc = _mesh_doc(server_wp=BY_VIP, waypoint_extra={"status": "Unhealthy"})
+    assert _route(load_document(doc, "test"), "10.0.0.2:80").kind is RouteKind.REFUSED
+    doc["services"][1]["loadBalancer"] = {"healthPolicy": "ALLOW_ALL"}
+    r = _route(load_document(doc, "test"), "10.0.0.2:80")
+    assert _seen(r) == (RouteKind.HBONE, "10.0.0.3:15008", "10.0.0.2:80")
