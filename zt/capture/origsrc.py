@@ -108,8 +108,10 @@ class _Found:
 
     def saved(self) -> tuple[str, ...]:
         """The sysctl values recorded before zt changed them; the kernel's defaults (0) when
-        no route holds the record (then zt never changed them: see the module docstring)."""
-        proto = next(iter(self.routes.values()), _PROTO)
+        no route holds the record (then zt never changed them: see the module docstring) or a
+        route from a zt before the record (its protocol is outside _PROTO's span)."""
+        records = [p for p in self.routes.values() if _PROTO <= p < _PROTO + _PROTO_SPAN]
+        proto = records[0] if records else _PROTO
         return tuple(str((proto - _PROTO) >> i & 1) for i in range(len(SYSCTLS)))
 
 
@@ -190,7 +192,7 @@ def _found(ns: Any) -> _Found:
         family: int(r["proto"])
         for family in _FAMILIES
         for r in ns.get_routes(family=family, table=TABLE)
-        if r.get_attr("RTA_TABLE") == TABLE and _PROTO <= r["proto"] < _PROTO + _PROTO_SPAN
+        if r.get_attr("RTA_TABLE") == TABLE and r["type"] == _RTN_LOCAL and r["dst_len"] == 0
     }
     return _Found(rules, routes)
 
