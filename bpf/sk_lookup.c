@@ -7,16 +7,21 @@
  *                                                               -> pass (zt's delivery to the app
  *     from the caller's IP: zt/capture/origsrc.py). Sound because only zt writes zt_deliveries,
  *     from bind() until connect() returns, for the exact 4-tuple of its own marked socket; and a
- *     SYN whose ingress_ifindex is lo was routed inside that netns over a route through lo (a
- *     packet from another netns has the interface it crossed), so nothing outside the pod can
- *     match an entry. zt's socket is bound to lo for that: a SYN to a local address otherwise
+ *     SYN whose ingress_ifindex is lo was sent inside that netns (a packet from another netns has
+ *     the interface it crossed), so no packet from outside the pod can match an entry. Inside,
+ *     a pod app with CAP_NET_RAW could forge one (guessing a live 4-tuple); it would reach only
+ *     its own pod's app, from a source it can forge at that app anyway. zt's socket is bound to
+ *     lo for that: a SYN to a local address otherwise
  *     carries the device of the local table's route (the pod's eth0; measured on 6.18). The
  *     4-tuple, not the interface alone: in the sk_lookup outbound mode the pod's own captured
  *     SYNs to a same-node pod also arrive on lo with two pod IPs, in the other order.
  *   remote ip is a pod IP whose pod uses sk_lookup outbound, the SYN came in on lo, and the local
  *     ip is another pod's                                       -> the remote pod's 15001 listener
  *     (same-node pod to pod: the source pod's policy routing delivered its app's SYN locally, in
- *     the *source* netns; only a pod's own unmarked SYNs arrive on its lo, never another pod's)
+ *     the *source* netns. Checked after the delivery rule because a pod's own SYNs are not the
+ *     only ones on its lo with another pod's IP as source: zt's deliveries from that pod to this
+ *     one arrive there too, passed above. No packet from outside the pod arrives on lo; a pod
+ *     app with CAP_NET_RAW can put any source on a SYN inside its own netns, as everywhere.)
  *   local ip is a pod IP, port 15008                            -> the pod's HBONE listener
  *   local ip is a pod IP, any other port                        -> the pod's 15006 listener
  *   remote ip is a pod IP whose pod uses sk_lookup outbound     -> the pod's 15001 listener

@@ -37,11 +37,15 @@
  *   zt_counters    PERCPU_ARRAY u32 ZT_C_*             -> u64 verdict / error counters
  *   zt_pod_meta    HASH      u64 netns cookie          -> struct zt_pod_meta (Python only: names
  *                                                         for `zt capture status` from the pins)
- *   zt_deliveries  LRU_HASH  struct zt_delivery (4-tuple) -> u32 (1): zt's delivery to an app from
+ *   zt_deliveries  HASH      struct zt_delivery (4-tuple) -> u32 (1): zt's delivery to an app from
  *                                                         the caller's own address (original source,
  *                                                         zt/capture/origsrc.py), written by zt from
  *                                                         bind() until connect() returns, read by
- *                                                         sk_lookup so that SYN reaches the app
+ *                                                         sk_lookup so that SYN reaches the app.
+ *                                                         Not LRU: an evicted entry would send its
+ *                                                         SYN to 15006 silently; full, the update
+ *                                                         fails (E2BIG) and zt delivers that one
+ *                                                         from the pod's IP, counted (podnet.py)
  *
  * Marks: zt's sockets carry ZT_MARK (0x539), except its original-source deliveries, which carry
  * ZT_MARK_ORIGSRC (0x53a) so the pod's policy routing can send the app's replies back to zt (a
@@ -191,7 +195,7 @@ BPF_SK_STORAGE(zt_orig_app, struct zt_addr);
 BPF_TABLE("lru_hash", struct zt_addr, struct zt_addr, zt_orig_addr, ZT_MAX_ORIG);
 BPF_SK_STORAGE(zt_orig_proxy, struct zt_addr);
 BPF_SK_STORAGE(zt_orig_dns, struct zt_dns_orig);
-BPF_TABLE("lru_hash", struct zt_delivery, __u32, zt_deliveries, ZT_MAX_DELIVERIES);
+BPF_HASH(zt_deliveries, struct zt_delivery, __u32, ZT_MAX_DELIVERIES);
 BPF_PERCPU_ARRAY(zt_counters, __u64, ZT_C_MAX);
 BPF_HASH(zt_pod_meta, __u64, struct zt_pod_meta, ZT_MAX_PODS);
 

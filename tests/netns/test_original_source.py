@@ -2,13 +2,20 @@
 from the caller's IP reaches the app (sk_lookup passes it by its zt_deliveries 4-tuple on lo),
 the app's replies come back to zt's socket, and un-enrolling removes the reply routing. The
 sk_lookup mode's hard case: a caller whose IP is another enrolled sk_lookup pod's (a same-node
-pod), whose own SYNs also arrive on lo; the pod's app still goes out through 15001."""
+pod), whose own SYNs also arrive on lo; the pod's app still goes out through 15001. A closed app
+port refuses zt's delivery at once (the kernel's RST takes the SYN's mark back to zt); the reply
+routing is installed and removed by presence (a previous run's, a half-installed one), giving the
+pod back its own sysctls; a full table of deliveries in flight falls back to the pod's IP."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import logging
 import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +26,16 @@ from tests.netns.sockets import connect_from
 from tests.netns.topo import Topology, build
 from zt.addr import SocketAddr
 from zt.capture import PodCapture, bpfsys, maps, origsrc, parse_ips
+from zt.capture.errors import BpfSyscallError
 from zt.capture.netns import run_in_netns
+from zt.node import podnet
 from zt.node.podnet import PodNet
+from zt.telemetry.metrics import Registry
 
 pytestmark = pytest.mark.root
 
 APP_PORT = 8080
+CLOSED_PORT = 8081  # nothing listens there
 
 
 @pytest.fixture(params=["connect", "sklookup"])
@@ -94,11 +105,116 @@ def test_the_app_sees_the_callers_ip(pod: Pod, app: socket.socket, family: int) 
     assert _deliveries_left(pod) == 0  # the entry lives only while zt connects
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_closed_app_port_refuses_at_once(pod: Pod, family: int) -> None:
+    """Nothing listens on the port: the kernel answers zt's SYN with a RST that has no socket.
+    net.ipv4/ipv6.fwmark_reflect give it the SYN's mark 0x53a, so it loops back to zt instead of
+    leaving through eth0 to the caller's IP (then connect() would wait out its whole timeout)."""
+    topo = pod.topo
+    source, target = (
+        (topo.peer_ip4, f"{topo.pod_ip4}:{CLOSED_PORT}")
+        if family == 4
+        else (topo.peer_ip6, f"[{topo.pod_ip6}]:{CLOSED_PORT}")
+    )
+    net = PodNet(topo.pod, pod.capture)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            asyncio.run(net.connect_from(ipaddress.ip_address(source), SocketAddr.parse(target), 5))
+    finally:
+        net.close()
+    took = time.monotonic() - started
+    print(f"IPv{family} delivery to a closed port refused after {took * 1000:.1f} ms")
+    assert took < 0.5, f"refused after {took:.2f} s: the RST did not come back to zt"
+    assert _deliveries_left(pod) == 0
+
+
 def test_unenroll_removes_the_reply_routing(pod: Pod) -> None:
     path = pod.topo.pod_path
-    assert origsrc.installed(path) and _fwmark_accept(path) == "1"
+    assert origsrc.installed(path) and origsrc.sysctls(path) == ("1", "1", "1")
     pod.capture.unenroll(pod.spec.name)
-    assert not origsrc.installed(path) and _fwmark_accept(path) == "0"
+    assert not origsrc.installed(path) and origsrc.sysctls(path) == ("0", "0", "0")
+
+
+def test_the_pods_own_sysctls_come_back(topo: Topology) -> None:
+    """A pod that had tcp_fwmark_accept=1 before zt keeps it after un-enrol; the others return to
+    0. The record is in the netns (its routes), so a second install keeps it."""
+    _set_sysctl(topo.pod_path, "ipv4/tcp_fwmark_accept", "1")
+    plan = origsrc.ReplyRouting.of(topo.pod_path, parse_ips([topo.pod_ip4, topo.pod_ip6]))
+    try:
+        origsrc.install(plan)
+        origsrc.install(plan)
+        assert origsrc.sysctls(topo.pod_path) == ("1", "1", "1")
+    finally:
+        origsrc.remove(plan)
+    assert origsrc.sysctls(topo.pod_path) == ("1", "0", "0")
+    assert not origsrc.installed(topo.pod_path)
+
+
+def test_a_half_installed_reply_routing_is_repaired(pod: Pod, app: socket.socket) -> None:
+    """A rule without its route (a crash mid-install): enrolling again adds the route back."""
+    path = pod.topo.pod_path
+    ip = ["ip", "-n", pod.topo.pod, "route", "del", "local", "default", "table", "102"]
+    subprocess.run(ip, check=True, timeout=10)
+    assert origsrc.installed(path)  # its rules are there
+    pod.capture.enroll(pod.spec)
+    topo = pod.topo
+    assert _deliver(pod, app, topo.peer_ip4, f"{topo.pod_ip4}:{APP_PORT}") == topo.peer_ip4
+
+
+def test_a_fresh_capture_without_original_source_removes_a_previous_runs(topo: Topology) -> None:
+    """zt ran with original source and its capture went (`zt capture remove`, or unpinned): the
+    netns kept the reply routing. The next run, without original source, takes it away."""
+    plan = origsrc.ReplyRouting.of(topo.pod_path, parse_ips([topo.pod_ip4, topo.pod_ip6]))
+    origsrc.install(plan)
+    try:
+        for pod in enrolled_pod(topo, "connect", original_source=False):
+            assert not origsrc.installed(topo.pod_path)
+            assert origsrc.sysctls(topo.pod_path) == ("0", "0", "0")
+            assert not pod.spec.original_source
+    finally:
+        origsrc.remove(plan)
+
+
+def test_a_full_table_of_deliveries_falls_back_to_the_pods_ip(
+    pod: Pod, app: socket.socket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The map refuses a new entry (E2BIG, as a full BPF hash map does): that one delivery comes
+    from the pod's IP, counted and logged; no other delivery's entry is evicted."""
+    topo = pod.topo
+    full = BpfSyscallError("BPF_MAP_UPDATE_ELEM", errno.E2BIG)
+    registry = Registry()
+    net = PodNet(topo.pod, pod.capture, registry)
+
+    async def dial() -> socket.socket:
+        target = SocketAddr.parse(f"{topo.pod_ip4}:{APP_PORT}")
+        return await net.connect_from(ipaddress.ip_address(topo.peer_ip4), target, 5)
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING):
+        patch.setattr(pod.capture._tables, "put_delivery", _raiser(full))
+        patch.setattr(podnet, "_fallback_warnings", podnet.Throttle(podnet.WARN_INTERVAL))
+        try:
+            for _ in range(2):
+                with asyncio.run(dial()):
+                    conn, peer = app.accept()
+                    conn.close()
+                    assert peer[0].removeprefix("::ffff:") == topo.pod_ip4
+        finally:
+            net.close()
+    assert registry.value(podnet.FALLBACK_METRIC) == 2
+    warnings = [r for r in caplog.records if "instead of the caller's" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once per interval
+
+
+def _raiser(exc: Exception) -> object:
+    def put(key: bytes) -> None:
+        raise exc
+
+    return put
+
+
+def _set_sysctl(netns: Path, name: str, value: str) -> None:
+    run_in_netns(netns, lambda: Path("/proc/sys/net", name).write_text(value))
 
 
 @pytest.fixture
@@ -130,7 +246,3 @@ def test_a_same_node_caller(pod: Pod, app: socket.socket, neighbour: Topology) -
         with conn:
             orig = pod.capture.original_destination(conn)
             assert (str(orig.ip), orig.port) == (caller, APP_PORT)
-
-
-def _fwmark_accept(netns: Path) -> str:
-    return run_in_netns(netns, Path("/proc/sys/net/ipv4/tcp_fwmark_accept").read_text).strip()

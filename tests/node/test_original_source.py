@@ -1,7 +1,9 @@
 """The node tier, original source (zt/capture/origsrc.py): the app's accept() sees the caller's
 IP, as behind ztunnel, for cross-node HBONE (IPv4 and IPv6), same-node HBONE and plaintext; its
 replies to that IP loop back to zt inside the pod (seen on the pod's lo, never on its eth0); with
-`--no-original-source` the app sees the pod's own IP again.
+`--no-original-source` the app sees the pod's own IP again. A HBONE CONNECT to a closed port gets its
+503 at once (the kernel's RST loops back to zt: net.ipv4/ipv6.fwmark_reflect), not after the dial
+timeout.
 
 On the lab the node modules share (tests/node/conftest.py), in its capture mode (connect); the
 sk_lookup mode's own case (a same-node caller whose SYNs also arrive on lo) is
@@ -10,6 +12,7 @@ tests/netns/test_original_source.py."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
-from tests.node.lab import Lab, handed_on
+from tests.node.lab import Lab, handed_on, hbone_status
 from tests.packets.sniff import sniffing
 from zt.capture.netns import run_in_netns
 from zt.lab import logs, mesh
@@ -26,6 +29,8 @@ from zt.lab.apps import exchange
 from zt.lab.topology import PodPlan
 
 pytestmark = pytest.mark.root
+
+CLOSED_PORT = 8099  # nothing listens there in the lab's pods
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +94,15 @@ def test_app_sees_the_callers_ip_and_replies_stay_in_the_pod(
     assert _replies(on_lo, app, peer), f"{case}: no reply of the app to {peer} looped back on lo"
     leaked = _replies(on_eth0, app, peer)
     assert not leaked, f"{case}: the app's replies left the pod: {leaked[:3]}"
+
+
+def test_a_connect_to_a_closed_port_gets_503_at_once(lab: Lab) -> None:
+    server, client = lab.pod("pod2-1"), lab.pod("pod1-1")
+    started = time.monotonic()
+    assert hbone_status(lab, client, server, str(server.ipv4), CLOSED_PORT) == 503
+    took = time.monotonic() - started
+    print(f"503 for a closed port after {took * 1000:.0f} ms (TLS handshake included)")
+    assert took < 3.0, f"503 after {took:.1f} s: the app's RST did not come back to zt"
 
 
 def test_no_original_source_delivers_from_the_pods_ip(lab: Lab) -> None:

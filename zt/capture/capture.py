@@ -16,6 +16,7 @@ proxy on 127.0.0.1:15053 / [::1]:15053 in the pod netns (docs/design.md §6, DNS
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import socket
@@ -27,10 +28,12 @@ from typing import ClassVar
 
 from zt.capture import bpfsys, hostcheck, loader, maps, origsrc, routing
 from zt.capture.errors import (
+    BpfSyscallError,
     CaptureBusyError,
     CaptureError,
     CaptureIncompatibleError,
     CaptureNotRunningError,
+    DeliveriesFullError,
     NoOriginalDestinationError,
     PodNotEnrolledError,
     PodSpecError,
@@ -274,9 +277,6 @@ class Capture:
                 flags |= maps.POD_DNS
             if pod.original_source:
                 flags |= maps.POD_ORIGSRC
-                origsrc.install(origsrc.ReplyRouting.of(path, pod.ips))
-            elif cookie in current and current[cookie].flags & maps.POD_ORIGSRC:
-                origsrc.remove(origsrc.ReplyRouting.of(path, pod.ips))
             self._tables.put_pod(cookie, slot, flags, pod, path)
             pin = f"link_sk_lookup_{cookie}"
             if pin not in self._links:
@@ -288,6 +288,14 @@ class Capture:
                 self._add_link(pin, _Link(fd, "zt_sk_lookup", f"netns:{pod.name}"))
             if self.mode == "sklookup" and not routing.installed(path):
                 routing.install(routing.RoutingPlan(path, pod.ips, routing.interfaces(path)))
+            # Last, once the pod entry exists: a failure before leaves nothing of it behind, and
+            # unenroll()/close() remove it by presence. Without original source, remove what a
+            # previous run left (a fresh capture does not know that run's flags).
+            reply = origsrc.ReplyRouting.of(path, pod.ips)
+            if pod.original_source:
+                origsrc.install(reply)
+            else:
+                origsrc.remove(reply)
             return cookie
 
     def unenroll(self, name: str) -> None:
@@ -305,8 +313,7 @@ class Capture:
         netns = Path(entry.netns)
         if entry.flags & maps.POD_OUT_SKLOOKUP and netns.exists():
             routing.remove(routing.RoutingPlan(netns, ips, routing.interfaces(netns)))
-        if entry.flags & maps.POD_ORIGSRC:
-            origsrc.remove(origsrc.ReplyRouting.of(netns, ips))
+        origsrc.remove(origsrc.ReplyRouting.of(netns, ips))  # by presence, whatever the flags
 
     # ---- the proxy's questions -------------------------------------------------------------
 
@@ -339,9 +346,19 @@ class Capture:
     ) -> Iterator[None]:
         """While zt connects from the caller's (src, sport) to the app's (dst, dport), sk_lookup
         lets that SYN reach the app (zt/capture/origsrc.py); the entry goes once connect()
-        returned, whatever it returned. Leader and followers alike (the maps are shared)."""
+        returned, whatever it returned. Leader and followers alike (the maps are shared).
+        DeliveriesFullError when ZT_MAX_DELIVERIES are mid-handshake already (a plain hash map:
+        the update fails with E2BIG rather than evict another delivery's entry)."""
         key = maps.delivery_key(src, sport, dst, dport)
-        self._tables.put_delivery(key)
+        try:
+            self._tables.put_delivery(key)
+        except BpfSyscallError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+            raise DeliveriesFullError(
+                f"zt_deliveries: {maps.MAX_DELIVERIES} deliveries from callers' IPs mid-handshake"
+                f" already (ZT_MAX_DELIVERIES); {src} -> {dst}:{dport} cannot be added"
+            ) from exc
         try:
             yield
         finally:

@@ -111,3 +111,10 @@ class RoutingError(CaptureError):
     """Installing or removing the sk_lookup-mode policy routing failed."""
 
     reason = "capture_routing"
+
+
+class DeliveriesFullError(CaptureError):
+    """zt_deliveries is full (ZT_MAX_DELIVERIES deliveries mid-handshake): this delivery cannot
+    come from the caller's IP (zt/node/podnet.py delivers it from the pod's IP instead)."""
+
+    reason = "capture_deliveries_full"

@@ -136,7 +136,7 @@ def origsrc_socket(source: IPAddress) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
         # Bound to lo, the route lookup skips the local table's route to the pod IP (its device
         # is eth0) and takes the fwmark rule's `local default dev lo`, so the SYN's
-        # ingress_ifindex is lo's, which no packet from outside the netns can have (origsrc.py).
+        # ingress_ifindex is lo's, which no packet from outside the pod can have (origsrc.py).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
         sock.bind((str(source), 0))
     except BaseException:

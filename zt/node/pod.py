@@ -57,7 +57,9 @@ class PodProxy:
         self.uid = workload.uid
         self.netns = netns
         self.identity = SpiffeId.parse(workload.identity)
-        self.net = PodNet(netns, services.capture if services.original_source else None)
+        self.net = PodNet(
+            netns, services.capture if services.original_source else None, services.registry
+        )
         self.pool = HbonePool(self._connect, clock=None)
         self._servers: list[asyncio.AbstractServer] = []
         # zt's accept loops (zt/proxy/accept.py): all of the pod's listeners share one group

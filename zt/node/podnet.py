@@ -6,14 +6,19 @@ event loop. One thread per pod avoids paying a thread start and two setns calls 
 
 Delivery to the app comes from the pod's own IP (`connect`) or, with original source (`zt run
 --original-source`, the default, as ztunnel), from the caller's IP (`connect_from`: a transparent
-socket bound to it; zt/capture/origsrc.py says how the replies come back to zt).
+socket bound to it; zt/capture/origsrc.py says how the replies come back to zt). When capture's
+table of deliveries in flight is full (`DeliveriesFullError`), that one delivery comes from the
+pod's IP: the connection works, the app sees the pod's IP, `zt_original_source_fallbacks_total`
+counts it and a warning says so at most once a minute per process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -22,7 +27,11 @@ from typing import Protocol
 
 from zt.addr import IpAddress, SocketAddr
 from zt.capture.bpfsys import setns
+from zt.capture.errors import DeliveriesFullError
 from zt.capture.netns import marked_socket, netns_path, open_listener, origsrc_socket
+from zt.telemetry.metrics import Registry
+
+log = logging.getLogger("zt.node.podnet")
 
 STREAM_LIMIT = 1024 * 1024
 
@@ -48,10 +57,44 @@ class Deliveries(Protocol):
     ) -> AbstractContextManager[None]: ...
 
 
+FALLBACK_METRIC = "zt_original_source_fallbacks_total"
+FALLBACK_HELP = (
+    "Deliveries made from the pod's IP instead of the caller's because capture's table of"
+    " deliveries in flight was full (ZT_MAX_DELIVERIES)"
+)
+WARN_INTERVAL = 60.0  # seconds between two warnings about fallbacks, per process
+
+
+class Throttle:
+    """At most one report per `interval`: `due(now)` is the number of events since the last
+    report (this one included) when one is due, else None."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: float | None = None
+        self._pending = 0
+
+    def due(self, now: float) -> int | None:
+        self._pending += 1
+        if self._last is not None and now - self._last < self.interval:
+            return None
+        self._last, count, self._pending = now, self._pending, 0
+        return count
+
+
+_fallback_warnings = Throttle(WARN_INTERVAL)  # one per process: the table is the node's
+
+
 class PodNet:
-    def __init__(self, netns: str | Path, deliveries: Deliveries | None = None) -> None:
+    def __init__(
+        self,
+        netns: str | Path,
+        deliveries: Deliveries | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         self.path = netns_path(netns)
         self._deliveries = deliveries
+        self._registry = registry
         self._thread = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix=f"netns-{self.path.name}",
@@ -125,10 +168,27 @@ class PodNet:
             port = int(sock.getsockname()[1])
             with self._deliveries.delivering(source, port, target.ip, target.port):
                 await self._connected(sock, target, timeout)
+        except DeliveriesFullError as exc:
+            sock.close()
+            self._fell_back(exc)
+            return await self.connect(target, timeout)
         except BaseException:
             sock.close()
             raise
         return sock
+
+    def _fell_back(self, exc: DeliveriesFullError) -> None:
+        """Keep the connection working from the pod's IP, as a visible exception: counted, and
+        logged at most once per WARN_INTERVAL (a full table comes with thousands of them)."""
+        if self._registry is not None:
+            self._registry.counter(FALLBACK_METRIC, FALLBACK_HELP).inc()
+        count = _fallback_warnings.due(time.monotonic())
+        if count is not None:
+            log.warning(
+                "original source: %d deliveries from the pod's IP instead of the caller's: %s",
+                count,
+                exc,
+            )
 
     async def _made(self, make: Callable[[], socket.socket]) -> socket.socket:
         """A socket made by the pod's thread (inside its netns)."""
