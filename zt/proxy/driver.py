@@ -85,6 +85,7 @@ class HboneDriver(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._paused = False
+        self._lost = False  # connection_lost() ran: the transport is not to be touched again
         self._wake_turn = 0  # round robin over streams waiting for the TLS buffer (resume_writing)
         self._resumed = asyncio.Event()
         self._resumed.set()
@@ -173,6 +174,7 @@ class HboneDriver(asyncio.Protocol):
         return None  # close the transport: HTTP/2 has no half-closed connection
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         while self._more_input():  # what the peer sent before it closed still counts
             self._receive(b"")
         if not self.ready.done():
@@ -370,14 +372,13 @@ class HboneDriver(asyncio.Protocol):
 
     def close(self, reason: str = "closed", *, abort: bool = True) -> None:
         """End the connection now; live streams are reset. `abort=False` first writes what is
-        queued (a GOAWAY, a last END_STREAM) and TLS close_notify."""
-        self.close_reason = reason
-        if self.transport is not None:
-            if abort:
-                self.transport.abort()
-            else:
-                self._write_out()  # even while corked: nothing is written after close()
-                self.transport.close()
+        queued (a GOAWAY, a last END_STREAM) and TLS close_notify. A connection that already
+        ended keeps the reason it ended with."""
+        if not self.closed.done():
+            self.close_reason = reason
+        if not abort and self._transport_open():
+            self._write_out()  # even while corked: nothing is written after close()
+        self._end_transport(abort=abort)
         self._terminate(reason)
 
     # -- internals --------------------------------------------------------------------------
@@ -445,17 +446,17 @@ class HboneDriver(asyncio.Protocol):
                 case ev.ConnectionTerminated(reason):
                     self._write_out()  # the GOAWAY, even while corked: close() follows
                     self.close_reason = reason
-                    if self.transport is None:
+                    if not self._transport_open():
                         pass
                     elif reason in _NO_GRACE:
                         # An abusive peer gets no grace: during a TLS close the transport keeps
                         # reading whatever it sends (measured: ~0.7 MB per refused connection).
                         # The GOAWAY went to the socket in the write above.
-                        self.transport.abort()
+                        self._end_transport(abort=True)
                     else:
-                        self.transport.close()  # close after the queued GOAWAY is written...
+                        self._end_transport(abort=False)  # after the queued GOAWAY is written...
                         # ...unless the peer stopped reading (a ping timeout): then cut it.
-                        self.loop.call_later(CLOSE_GRACE, self.transport.abort)
+                        self.loop.call_later(CLOSE_GRACE, self._end_transport, True)
                     self._terminate(reason)
                 case ev.RequestRejected(stream_id, status, error):
                     log.info("rejected stream %d: %d %s", stream_id, status, error)
@@ -555,6 +556,22 @@ class HboneDriver(asyncio.Protocol):
         self._stream_blocked.discard(stream_id)
         if self.streams.pop(stream_id, None) is not None and not self.streams:
             self.idle_since = self.clock()
+
+    def _transport_open(self) -> bool:
+        return self.transport is not None and not self._lost
+
+    def _end_transport(self, abort: bool) -> None:
+        """Close (or abort) the transport, unless its connection is already lost: asyncio's TLS
+        transport marks itself closed when the connection is lost, a close() then drops its
+        protocol, and any later abort() raises AttributeError (CPython 3.11 sslproto; seen when
+        TCP keepalive ended a connection and the connection was closed again afterwards)."""
+        if not self._transport_open():
+            return
+        assert self.transport is not None
+        if abort:
+            self.transport.abort()
+        elif not self.transport.is_closing():
+            self.transport.close()
 
     def _terminate(self, reason: str) -> None:
         if self._timer is not None:
