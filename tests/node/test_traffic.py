@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.node.lab import Lab, handed_on, hbone_status, identity, metric
-from zt.lab import demo, logs, mesh, runner, wire
+from zt.lab import demo, demodriver, logs, mesh, runner, wire
 from zt.lab.apps import exchange
 
 pytestmark = pytest.mark.root
@@ -77,7 +77,7 @@ def test_cross_node_echo_identities_on_both_sides_and_metrics(lab: Lab) -> None:
 def test_scenario_as_the_demo_judges_it(lab: Lab, scenario: str) -> None:
     """App bytes, both access logs (identities, protocol, flags, policy) for each path."""
     sc = next(s for s in demo.scenarios(lab.plan) if s.name == scenario)
-    row = demo.Driver(lab.state, lab.plan, b"ZT-NODE-TEST-").run(sc)
+    row = demodriver.Driver(lab.state, lab.plan, b"ZT-NODE-TEST-").run(sc)
     assert row.ok, f"{row.scenario}: {row.path}: {row.detail}"
 
 

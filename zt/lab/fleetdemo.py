@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from zt.lab import fleet, fleetident, mesh, runner
 from zt.lab.apps import connect_only, exchange
-from zt.lab.demo import Row
+from zt.lab.demodriver import Row
 from zt.lab.state import LabState
 from zt.lab.topology import LabPlan, PodPlan
 

@@ -13,7 +13,7 @@ from zt.fleet.nodestate import NodeState
 from zt.identity.errors import CertificateRefused
 from zt.identity.spiffe import SpiffeId
 from zt.lab import fleet, logs
-from zt.lab.demo import Row
+from zt.lab.demodriver import Row
 from zt.lab.state import LabState
 from zt.telemetry.metrics import Registry
 

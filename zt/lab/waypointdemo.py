@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from zt.lab import logs, mesh, waypoint, web
 from zt.lab import waypointconfig as wpconfig
-from zt.lab.demo import Driver, Row, endpoint, identities
+from zt.lab.demodriver import Driver, Row, endpoint, identities
 from zt.lab.logs import AccessRecord
 from zt.lab.topology import PodPlan
 

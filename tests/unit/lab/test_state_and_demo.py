@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from zt.errors import UsageError
-from zt.lab import control, demo, mesh, topology
+from zt.lab import control, demo, demodriver, mesh, topology
 from zt.lab import state as lab_state
 from zt.lab.apps import Exchange
 from zt.lab.logs import AccessRecord
@@ -57,7 +57,7 @@ def test_scenarios_cover_the_issue_list_and_judging_uses_both_sides() -> None:
     assert names[0] == "cross-node HBONE" and "service VIP" in names and "passthrough" in names
     assert "DNS: service by name" in names
     sc = demo.scenarios(lab)[0]
-    driver = demo.Driver(LabState("t", 2, 2, "connect", "/tmp/none"), lab, b"M")
+    driver = demodriver.Driver(LabState("t", 2, 2, "connect", "/tmp/none"), lab, b"M")
     ex = Exchange("10.1.0.2:5", 10, b"M" * 10, "", 0.01)
     out = AccessRecord(
         {
@@ -86,8 +86,8 @@ def test_scenarios_cover_the_issue_list_and_judging_uses_both_sides() -> None:
 
 def test_table_has_one_row_per_scenario_and_failed_lists_them() -> None:
     rows = [
-        demo.Row("a", "p1 -> q", "x -> y", "x -> y", "1/1", True, "out flags=-"),
-        demo.Row("bb", "p2 -> q", "-", "-", "0/0", False, "no echo"),
+        demodriver.Row("a", "p1 -> q", "x -> y", "x -> y", "1/1", True, "out flags=-"),
+        demodriver.Row("bb", "p2 -> q", "-", "-", "0/0", False, "no echo"),
     ]
     text = demo.table(rows)
     assert text.splitlines()[0].split() == [
