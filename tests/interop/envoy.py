@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zt.bench.envoy_node import common_tls_context
+from zt.lab.envoy import common_tls_context
 
 ENVOY = Path(sys.executable).parent / "envoy"
 _base_ids = itertools.count(1)

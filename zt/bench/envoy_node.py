@@ -41,7 +41,7 @@ from zt.capture.maps import PORT_HBONE, PORT_INBOUND, PORT_OUTBOUND, ZT_MARK
 from zt.capture.types import ListenerSockets, PodCapture
 from zt.errors import UsageError, ZtError
 from zt.lab import envoy, runner
-from zt.lab.envoy import TlsFiles
+from zt.lab.envoy import TlsFiles, common_tls_context
 
 ADMIN_PORT = 15100  # on the pod's loopback; none of zt's ports
 SOL_SOCKET, SO_MARK = 1, 36  # asm-generic/socket.h
@@ -78,32 +78,6 @@ def _mark() -> list[dict[str, Any]]:
 
 def _address(port: int, host: str = "0.0.0.0") -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
-
-
-def common_tls_context(
-    cert: Path, key: Path, roots: Path, san_matchers: list[dict[str, str]]
-) -> dict[str, Any]:
-    """Envoy's CommonTlsContext for HBONE: TLS 1.3 only, ALPN h2, this side's certificate, the
-    mesh roots, and the peer's URI SAN matched by `san_matchers` (Envoy StringMatchers)."""
-    validation: dict[str, Any] = {"trusted_ca": {"filename": str(roots)}}
-    if san_matchers:
-        validation["match_typed_subject_alt_names"] = [
-            {"san_type": "URI", "matcher": m} for m in san_matchers
-        ]
-    return {
-        "tls_params": {
-            "tls_minimum_protocol_version": "TLSv1_3",
-            "tls_maximum_protocol_version": "TLSv1_3",
-        },
-        "alpn_protocols": ["h2"],
-        "tls_certificates": [
-            {
-                "certificate_chain": {"filename": str(cert)},
-                "private_key": {"filename": str(key)},
-            }
-        ],
-        "validation_context": validation,
-    }
 
 
 def _common_tls(tls: TlsFiles, trust_domain: str) -> dict[str, Any]:
@@ -282,12 +256,7 @@ class EnvoyNode:
         status, body = admin_get(self.netns, "/stats?format=json")
         if status != 200:
             raise EnvoyNodeError(f"envoy in {self.netns}: /stats answered {status}")
-        out: dict[str, int] = {}
-        for item in json.loads(body).get("stats", []):
-            name, value = item.get("name"), item.get("value")
-            if isinstance(name, str) and isinstance(value, int):
-                out[name] = value
-        return out
+        return envoy.parse_stats(body)
 
 
 def admin_get(netns: str, path: str, timeout: float = 5.0) -> tuple[int, str]:

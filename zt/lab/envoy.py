@@ -1,14 +1,16 @@
-"""What every Envoy zt starts needs: its certificate files and a GET on its admin listener inside
-a network namespace. Shared by the lab's waypoint (zt/lab/waypoint.py) and the node bench's Envoy
+"""What every Envoy zt starts needs: its certificate files and HBONE's TLS context, and a GET on its
+admin listener inside a network namespace. Shared by the lab's waypoint (zt/lab/waypoint.py) and the node bench's Envoy
 (zt/bench/envoy_node.py)."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zt.capture.netns import run_in_netns
 from zt.identity.ca import CertificateAuthority
@@ -31,6 +33,43 @@ def write_tls(ca: CertificateAuthority, identity: SpiffeId, base: Path) -> TlsFi
     files.key.chmod(0o600)
     files.roots.write_bytes(leaf.roots_pem)
     return files
+
+
+def common_tls_context(
+    cert: Path, key: Path, roots: Path, san_matchers: list[dict[str, str]]
+) -> dict[str, Any]:
+    """Envoy's CommonTlsContext for HBONE: TLS 1.3 only, ALPN h2, this side's certificate, the
+    mesh roots, and the peer's URI SAN matched by `san_matchers` (Envoy StringMatchers)."""
+    validation: dict[str, Any] = {"trusted_ca": {"filename": str(roots)}}
+    if san_matchers:
+        validation["match_typed_subject_alt_names"] = [
+            {"san_type": "URI", "matcher": m} for m in san_matchers
+        ]
+    return {
+        "tls_params": {
+            "tls_minimum_protocol_version": "TLSv1_3",
+            "tls_maximum_protocol_version": "TLSv1_3",
+        },
+        "alpn_protocols": ["h2"],
+        "tls_certificates": [
+            {
+                "certificate_chain": {"filename": str(cert)},
+                "private_key": {"filename": str(key)},
+            }
+        ],
+        "validation_context": validation,
+    }
+
+
+def parse_stats(body: str) -> dict[str, int]:
+    """Counters and gauges of an admin `/stats?format=json` answer (what proves what Envoy
+    carried)."""
+    out: dict[str, int] = {}
+    for item in json.loads(body).get("stats", []):
+        name, value = item.get("name"), item.get("value")
+        if isinstance(name, str) and isinstance(value, int):
+            out[name] = value
+    return out
 
 
 def admin_get(netns: str, port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from zt.errors import UsageError, ZtError
 from zt.identity.ca import CertificateAuthority
 from zt.identity.spiffe import SpiffeId
 from zt.lab import mesh, runner
-from zt.lab.envoy import admin_get, write_tls
+from zt.lab.envoy import admin_get, parse_stats, write_tls
 from zt.lab.state import LabState, Proc, same_process, start_time
 from zt.lab.topology import LabPlan, PodPlan
 from zt.lab.waypointconfig import ADMIN_PORT, HBONE_PORT, Backend, config
@@ -41,12 +41,7 @@ def stats(netns: str) -> dict[str, int]:
     status, body = admin_get(netns, ADMIN_PORT, "/stats?format=json")
     if status != 200:
         raise WaypointFailed(f"waypoint in {netns}: /stats answered {status}")
-    out: dict[str, int] = {}
-    for item in json.loads(body).get("stats", []):
-        name, value = item.get("name"), item.get("value")
-        if isinstance(name, str) and isinstance(value, int):
-            out[name] = value
-    return out
+    return parse_stats(body)
 
 
 def start(envoy: Path, netns: str, cfg: dict[str, Any], workdir: Path) -> tuple[int, Path]:

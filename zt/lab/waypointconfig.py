@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from zt.lab.envoy import TlsFiles
+from zt.lab.envoy import TlsFiles, common_tls_context
 
 ADMIN_PORT = 15000  # Istio's proxies keep admin on 127.0.0.1:15000
 HBONE_PORT = 15008
@@ -71,25 +71,9 @@ def _internal(listener: str, endpoint_id: str = "") -> dict[str, Any]:
 
 def _tls_context(tls: TlsFiles, trust_domain: str) -> dict[str, Any]:
     """HBONE's TLS: 1.3 only, ALPN h2, the waypoint's certificate, peers of the trust domain."""
-    return {
-        "tls_params": {
-            "tls_minimum_protocol_version": "TLSv1_3",
-            "tls_maximum_protocol_version": "TLSv1_3",
-        },
-        "alpn_protocols": ["h2"],
-        "tls_certificates": [
-            {
-                "certificate_chain": {"filename": str(tls.cert)},
-                "private_key": {"filename": str(tls.key)},
-            }
-        ],
-        "validation_context": {
-            "trusted_ca": {"filename": str(tls.roots)},
-            "match_typed_subject_alt_names": [
-                {"san_type": "URI", "matcher": {"prefix": f"spiffe://{trust_domain}/"}}
-            ],
-        },
-    }
+    return common_tls_context(
+        tls.cert, tls.key, tls.roots, [{"prefix": f"spiffe://{trust_domain}/"}]
+    )
 
 
 def _filter(name: str, type_url: str, **config: Any) -> dict[str, Any]:
