@@ -49,6 +49,7 @@ LOGGER_SCOPES: tuple[str, ...] = (
     "zt.node.control",
     "zt.node.flows",
     "zt.node.pod",
+    "zt.node.podnet",
     "zt.node.podapi",
     "zt.node.worker",
     "zt.node.workers",
