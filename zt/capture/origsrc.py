@@ -71,11 +71,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 from zt.capture.errors import RoutingError
 from zt.capture.maps import ZT_MARK_ORIGSRC, IPAddress
 from zt.capture.netns import iproute_in, run_in_netns
+from zt.capture.routing import local_default
 
 TABLE: Final = 102
 PREF: Final = 99  # before the sk_lookup outbound mode's 100 (zt's marks) and 101 (capture)
 _RTN_LOCAL: Final = 2
-_SCOPE_HOST: Final = 254
 _FAMILIES: Final[tuple[int, ...]] = (socket.AF_INET, socket.AF_INET6)
 # The pod's sysctls install() sets to 1 and remove() restores (each is a 0/1 switch).
 SYSCTLS: Final = ("ipv4/tcp_fwmark_accept", "ipv4/fwmark_reflect", "ipv6/fwmark_reflect")
@@ -126,13 +126,7 @@ def _rule(family: int) -> dict[str, Any]:
 
 
 def _route(family: int) -> dict[str, Any]:
-    return {
-        "family": family,
-        "dst": "0.0.0.0/0" if family == socket.AF_INET else "::/0",
-        "table": TABLE,
-        "type": _RTN_LOCAL,
-        "scope": _SCOPE_HOST,
-    }
+    return local_default(family, TABLE)
 
 
 def install(plan: ReplyRouting) -> None:

@@ -66,16 +66,20 @@ def _rules(family: int) -> list[dict[str, Any]]:
     ]
 
 
-def _route(ip: IPAddress) -> dict[str, Any]:
-    family = _family(ip)
+def local_default(family: int, table: int) -> dict[str, Any]:
+    """pyroute2 arguments of `local default dev lo` in `table` (the caller adds `oif`): every
+    destination is delivered locally. Also the original-source reply table (origsrc.py)."""
     return {
         "family": family,
         "dst": "0.0.0.0/0" if family == socket.AF_INET else "::/0",
-        "table": TABLE,
+        "table": table,
         "type": _RTN_LOCAL,
         "scope": _SCOPE_HOST,
-        "prefsrc": str(ip),
     }
+
+
+def _route(ip: IPAddress) -> dict[str, Any]:
+    return {**local_default(_family(ip), TABLE), "prefsrc": str(ip)}
 
 
 def install(plan: RoutingPlan) -> None:

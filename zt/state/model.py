@@ -93,6 +93,13 @@ class Workload:
     def healthy(self) -> bool:
         return self.status is Health.HEALTHY
 
+    def address_like(self, like: IpAddress) -> IpAddress:
+        """`like` itself if this workload has it, else its first address of `like`'s family, else
+        its first (ztunnel's pick_workload_destination_or_resolve). Needs at least one address."""
+        if like in self.ips:
+            return like
+        return next((ip for ip in self.ips if ip.version == like.version), self.ips[0])
+
 
 @dataclass(frozen=True)
 class Service:

@@ -65,12 +65,6 @@ def _refused(reason: str, service: str | None = None, *, loop_guard: bool = Fals
     return Route(RouteKind.REFUSED, None, None, (), reason, service=service, loop_guard=loop_guard)
 
 
-def _pick_ip(workload: Workload, like: IpAddress) -> IpAddress:
-    """Prefer an address of the family the application asked for."""
-    same = [ip for ip in workload.ips if ip.version == like.version]
-    return (same or list(workload.ips))[0]
-
-
 def _to_workload(
     w: Workload, ip: IpAddress, port: int, reason: str, extra_sans: tuple[str, ...] = ()
 ) -> Route:
@@ -108,7 +102,7 @@ def _via_service(
     port = target_port(service, endpoint, dst.port)
     reason = f"service {key} port {dst.port} -> endpoint {endpoint.uid} port {port}"
     chosen = _to_workload(
-        endpoint, _pick_ip(endpoint, dst.ip), port, reason, service.subject_alt_names
+        endpoint, endpoint.address_like(dst.ip), port, reason, service.subject_alt_names
     )
     return dataclasses.replace(chosen, service=key)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from zt.addr import IpAddress, SocketAddr
+from zt.addr import SocketAddr
 from zt.errors import ZtError
 from zt.state.endpoints import pick
 from zt.state.model import GatewayAddress, NetworkAddress, Service, Workload
@@ -75,14 +75,6 @@ def from_waypoint(gateway: GatewayAddress, source: Workload, snapshot: Snapshot)
     )
 
 
-def _pick_ip(workload: Workload, like: IpAddress) -> IpAddress:
-    """The address itself if the workload has it, else one of its family, else its first
-    (ztunnel's pick_workload_destination_or_resolve)."""
-    if like in workload.ips:
-        return like
-    return next((ip for ip in workload.ips if ip.version == like.version), workload.ips[0])
-
-
 def _endpoint_port(service: Service, endpoint: Workload, port: int) -> int:
     """The port a waypoint endpoint takes the service's `port` (the hboneMtlsPort) on: its own
     mapping, else the service's, else (with an application tunnel of its own port) the port
@@ -109,7 +101,7 @@ def waypoint_hop(
     if isinstance(found, Workload):
         if not found.ips:
             raise WaypointMissing(f"waypoint workload {found.uid} has no address")
-        hop = SocketAddr(_pick_ip(found, like), port)
+        hop = SocketAddr(found.address_like(like), port)
         return WaypointHop(found, hop, (), found.uid)
     waypoint = found
 
@@ -124,7 +116,7 @@ def waypoint_hop(
     chosen = pick(waypoint, snapshot.endpoints.get(waypoint.key, ()), source, rng, usable)
     if chosen is None:
         raise WaypointMissing(f"waypoint service {found.key} has no healthy endpoint for {port}")
-    hop = SocketAddr(_pick_ip(chosen, like), _endpoint_port(waypoint, chosen, port))
+    hop = SocketAddr(chosen.address_like(like), _endpoint_port(waypoint, chosen, port))
     return WaypointHop(chosen, hop, found.subject_alt_names, found.key)
 
 
